@@ -1,0 +1,1095 @@
+//! Configuration: the TOML file's serde shape (`Raw*`, `deny_unknown_fields`) and its
+//! validation into [`Config`], the only type the runtime sees.
+//!
+//! Every validation error names the key path (`sink.splunk.batch.max_events`) and the reason.
+//! Secrets are loaded here, so a missing env var or file is a config error, never a runtime
+//! surprise; error messages name the reference (`env VF_SECRET`), never the value.
+//! All defaults live in [`defaults`].
+
+use crate::secret::{Secret, SecretRef};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every default value of the configuration, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    /// `server.listen`.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// `admin.listen`.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    /// `server.grace_period`.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// `server.max_body_bytes`: 1 MiB.
+    pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+    /// `dedupe.ttl`.
+    pub const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// `dedupe.max_entries`.
+    pub const DEDUPE_MAX_ENTRIES: u64 = 10_000_000;
+    /// `source.max_future_skew`.
+    pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
+    /// `source.require_version`.
+    pub const REQUIRE_VERSION: bool = true;
+    /// `sink.*.batch.max_events`.
+    pub const BATCH_MAX_EVENTS: usize = 1;
+    /// `sink.*.batch.max_bytes`: 1 MiB.
+    pub const BATCH_MAX_BYTES: u64 = 1024 * 1024;
+    /// `sink.*.batch.linger`.
+    pub const BATCH_LINGER: Duration = Duration::ZERO;
+    /// `sink.*.timeout`.
+    pub const SINK_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `sink.*.retry.budget`.
+    pub const RETRY_BUDGET: Duration = Duration::from_secs(10);
+    /// `sink.*.concurrency`: batches in flight per sink.
+    pub const SINK_CONCURRENCY: usize = 8;
+    /// Largest `batch.max_events` any sink accepts.
+    pub const MAX_BATCH_EVENTS: usize = 10_000;
+}
+
+/// A configuration problem: the key path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// Config file path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// TOML syntax error (the message carries line and column).
+    #[error("syntax: {0}")]
+    Syntax(String),
+    /// A key has a bad value.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted key path, e.g. `sink.splunk.batch.max_events`.
+        key: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A bad value at `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Deserialises `value` into `T`, naming the failing key under `prefix` in the error.
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    prefix: &str,
+    value: toml::Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let inner = e.path().to_string();
+        let key = match (prefix.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        // toml's own message may repeat position info; keep the serde reason only.
+        let msg = e.into_inner().to_string();
+        let first = msg.lines().next().unwrap_or("").trim().to_string();
+        ConfigError::invalid(key, first)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Value types shared by every section.
+
+/// A duration written as `"500ms"`, `"30s"`, `"24h"`, `"7d"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(DurationStr)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"30s\", \"24h\""
+                ))
+            })
+    }
+}
+
+/// A size in bytes: an integer, or a string such as `"512KiB"`, `"10GiB"`, `"1MB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"512KiB"`, `"10 GiB"`, `"1MB"`, `"42"`, `"42B"`.
+    pub fn parse(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        if num.is_empty() {
+            return Err(format!("invalid size {s:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"));
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "KiB" => 1 << 10,
+            "MB" => 1_000_000,
+            "MiB" => 1 << 20,
+            "GB" => 1_000_000_000,
+            "GiB" => 1 << 30,
+            "TB" => 1_000_000_000_000,
+            "TiB" => 1 << 40,
+            u => {
+                return Err(format!(
+                    "invalid size {s:?}: unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(i) if i >= 0 => Ok(ByteSize(i as u64)),
+            Raw::Int(i) => Err(serde::de::Error::custom(format!(
+                "size must not be negative, got {i}"
+            ))),
+            Raw::Str(s) => ByteSize::parse(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "an address string like \"127.0.0.1:8080\" or a list of them")]
+pub enum OneOrMany {
+    /// `listen = "127.0.0.1:8080"`
+    One(String),
+    /// `listen = ["127.0.0.1:8080", "[::1]:8080"]`
+    Many(Vec<String>),
+}
+
+// ---------------------------------------------------------------------------------------
+// The raw (serde) shape of the file.
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`: the webhook listener.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[admin]`: metrics and health listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[dedupe]`: duplicate detection.
+    #[serde(default)]
+    pub dedupe: RawDedupe,
+    /// `[[source]]`: one per webhook path.
+    #[serde(default)]
+    pub source: Vec<RawSource>,
+    /// `[sink.NAME]`: destinations; the keys depend on `type`.
+    #[serde(default)]
+    pub sink: BTreeMap<String, toml::Table>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address(es) to listen on for webhooks.
+    pub listen: Option<OneOrMany>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period: Option<DurationStr>,
+    /// Largest accepted request body.
+    pub max_body_bytes: Option<ByteSize>,
+    /// TLS for the webhook listener.
+    pub tls: Option<RawServerTls>,
+    /// Worker threads for the webhook listener (default: number of cores).
+    pub threads: Option<usize>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address for `/metrics`, `/healthz`, `/readyz`.
+    pub listen: Option<String>,
+}
+
+/// `[dedupe]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    /// `"memory"` (default).
+    pub backend: Option<String>,
+    /// How long a delivered event_id is remembered.
+    pub ttl: Option<DurationStr>,
+    /// Upper bound on remembered ids; the oldest are evicted beyond it.
+    pub max_entries: Option<u64>,
+}
+
+/// One entry of `source.secrets`: a secret reference plus an optional expiry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceSecret {
+    /// Environment variable holding the secret.
+    pub env: Option<String>,
+    /// File holding the secret.
+    pub file: Option<PathBuf>,
+    /// Inline secret (warned about at start-up).
+    pub value: Option<crate::secret::InlineSecret>,
+    /// After this RFC 3339 instant the secret no longer matches.
+    pub not_after: Option<String>,
+}
+
+/// `[[source]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Name used in metrics and the dedupe key.
+    pub name: String,
+    /// URL path senders POST to.
+    pub path: String,
+    /// HMAC secrets; any may match (rotation).
+    pub secrets: Vec<RawSourceSecret>,
+    /// Accepted `X-VF-Webhook-Version` values.
+    pub versions: Option<Vec<String>>,
+    /// Whether a request without a version header is refused.
+    pub require_version: Option<bool>,
+    /// Oldest accepted event timestamp (default = dedupe.ttl).
+    pub max_event_age: Option<DurationStr>,
+    /// How far in the future an event timestamp may be.
+    pub max_future_skew: Option<DurationStr>,
+    /// Streamed event types: `"*"`, exact types, or prefixes `"user.*"`.
+    pub event_types: Option<Vec<String>>,
+    /// Sink names this source delivers to.
+    pub sinks: Vec<String>,
+}
+
+/// `sink.NAME.batch`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// Most events per upstream request.
+    pub max_events: Option<usize>,
+    /// Most body bytes (events' bytes) per upstream request.
+    pub max_bytes: Option<ByteSize>,
+    /// How long the first event of a batch waits for others.
+    pub linger: Option<DurationStr>,
+}
+
+/// `sink.NAME.retry`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total time one event may spend on retries before the sender gets a 5xx.
+    pub budget: Option<DurationStr>,
+}
+
+/// `sink.NAME.tls` (outbound).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the upstream certificate (test setups only; warned at start-up).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// The keys every sink has, whatever its type.
+#[derive(Debug, Deserialize)]
+pub struct RawSinkCommon {
+    /// The sink type, e.g. `file`, `http`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Batching limits.
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// Timeout of one upstream attempt.
+    pub timeout: Option<DurationStr>,
+    /// Retry budget.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Batches in flight at once.
+    pub concurrency: Option<usize>,
+    /// The type's own keys.
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated configuration.
+
+/// The validated configuration: what the runtime is built from.
+#[derive(Debug)]
+pub struct Config {
+    /// Webhook listener.
+    pub server: ServerConfig,
+    /// Admin listener.
+    pub admin: AdminConfig,
+    /// Dedupe store.
+    pub dedupe: DedupeConfig,
+    /// Sources, in file order.
+    pub sources: Vec<SourceConfig>,
+    /// Sinks by name (sorted).
+    pub sinks: Vec<SinkSpec>,
+    /// Warnings to log at start-up (inline secrets, TLS verification off).
+    pub warnings: Vec<String>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// SIGTERM grace period.
+    pub grace_period: Duration,
+    /// Largest accepted body.
+    pub max_body_bytes: u64,
+    /// TLS cert and key paths.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Dedupe backend choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupeBackend {
+    /// In-process sharded table.
+    Memory,
+}
+
+/// `[dedupe]`, validated.
+#[derive(Debug, Clone)]
+pub struct DedupeConfig {
+    /// Backend.
+    pub backend: DedupeBackend,
+    /// Memory of a delivered id.
+    pub ttl: Duration,
+    /// Capacity bound.
+    pub max_entries: u64,
+}
+
+/// One configured HMAC secret of a source.
+#[derive(Debug, Clone)]
+pub struct SourceSecret {
+    /// Where it came from (printable).
+    pub reference: SecretRef,
+    /// The key.
+    pub secret: Secret,
+    /// Unix seconds after which it no longer matches.
+    pub not_after: Option<i64>,
+}
+
+/// Which event types a source streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeFilter {
+    /// `"*"`.
+    All,
+    /// Exact types and prefixes (`"user."` for `"user.*"`).
+    Some {
+        /// Exact matches.
+        exact: Vec<String>,
+        /// Prefixes including the trailing dot.
+        prefixes: Vec<String>,
+    },
+}
+
+impl TypeFilter {
+    /// Whether `event_type` is streamed.
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            TypeFilter::All => true,
+            TypeFilter::Some { exact, prefixes } => {
+                exact.iter().any(|e| e == event_type)
+                    || prefixes
+                        .iter()
+                        .any(|p| event_type.len() > p.len() && event_type.starts_with(p.as_str()))
+            }
+        }
+    }
+}
+
+/// `[[source]]`, validated.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Name.
+    pub name: String,
+    /// Path.
+    pub path: String,
+    /// Secrets in configured order (positions are metric labels).
+    pub secrets: Vec<SourceSecret>,
+    /// Accepted versions.
+    pub versions: Vec<String>,
+    /// Whether the version header is mandatory.
+    pub require_version: bool,
+    /// Oldest accepted event.
+    pub max_event_age: Duration,
+    /// Furthest-ahead accepted event.
+    pub max_future_skew: Duration,
+    /// Event type filter.
+    pub event_types: TypeFilter,
+    /// Sink names.
+    pub sinks: Vec<String>,
+}
+
+/// Batching limits of a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most events per batch.
+    pub max_events: usize,
+    /// Most bytes per batch (sum of event body sizes).
+    pub max_bytes: u64,
+    /// Wait for more events after the first.
+    pub linger: Duration,
+}
+
+/// Common sink settings, validated.
+#[derive(Debug, Clone)]
+pub struct SinkCommon {
+    /// Sink name (the table key).
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// Batching.
+    pub batch: BatchLimits,
+    /// One attempt's timeout.
+    pub timeout: Duration,
+    /// Retry budget per event.
+    pub retry_budget: Duration,
+    /// Batches in flight.
+    pub concurrency: usize,
+}
+
+/// A sink's settings: the common part and the type's own keys, which the sink type parses.
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    /// Common keys.
+    pub common: SinkCommon,
+    /// Type-specific keys, still raw (parsed by the sink type with `deny_unknown_fields`).
+    pub rest: toml::Table,
+}
+
+impl SinkSpec {
+    /// The key path prefix of this sink, e.g. `sink.archive`.
+    pub fn key(&self) -> String {
+        format!("sink.{}", self.common.name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = from_value("", toml::Value::Table(table))?;
+        Config::validate(raw)
+    }
+
+    /// Turns the raw shape into the validated config.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let server = validate_server(raw.server)?;
+        let admin_listen = raw
+            .admin
+            .listen
+            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
+        let admin = AdminConfig {
+            listen: parse_addr("admin.listen", &admin_listen)?,
+        };
+        if server.listen.contains(&admin.listen) {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from server.listen (the admin listener never serves webhooks)",
+            ));
+        }
+        let dedupe = validate_dedupe(raw.dedupe)?;
+
+        let mut sinks = Vec::new();
+        for (name, table) in raw.sink {
+            sinks.push(validate_sink(&name, table)?);
+        }
+        let sink_names: HashSet<&str> = sinks.iter().map(|s| s.common.name.as_str()).collect();
+
+        if raw.source.is_empty() {
+            return Err(ConfigError::invalid(
+                "source",
+                "at least one [[source]] is required",
+            ));
+        }
+        let mut sources = Vec::new();
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        for (i, s) in raw.source.into_iter().enumerate() {
+            let src = validate_source(i, s, &dedupe, &sink_names, &mut warnings)?;
+            if !names.insert(src.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].name"),
+                    format!("duplicate source name {:?}", src.name),
+                ));
+            }
+            if !paths.insert(src.path.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].path"),
+                    format!("path {:?} is used by another source", src.path),
+                ));
+            }
+            sources.push(src);
+        }
+        Ok(Config {
+            server,
+            admin,
+            dedupe,
+            sources,
+            sinks,
+            warnings,
+        })
+    }
+
+    /// One line for `check-config`.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| format!("{} ({})", s.common.name, s.common.kind))
+            .collect();
+        format!(
+            "ok: {} source(s) [{}], {} sink(s) [{}], listen {}{}, admin {}",
+            self.sources.len(),
+            self.sources
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.sinks.len(),
+            sinks.join(", "),
+            listen.join(" "),
+            if self.server.tls.is_some() {
+                " (tls)"
+            } else {
+                ""
+            },
+            self.admin.listen
+        )
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("{s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+        )
+    })
+}
+
+fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen_raw = match raw.listen {
+        None => vec![defaults::LISTEN.to_string()],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if listen_raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "server.listen",
+            "at least one address is required",
+        ));
+    }
+    let mut listen = Vec::new();
+    for (i, a) in listen_raw.iter().enumerate() {
+        let key = if listen_raw.len() == 1 {
+            "server.listen".to_string()
+        } else {
+            format!("server.listen[{i}]")
+        };
+        let addr = parse_addr(&key, a)?;
+        if listen.contains(&addr) {
+            return Err(ConfigError::invalid(key, "listed twice"));
+        }
+        listen.push(addr);
+    }
+    let max_body_bytes = raw
+        .max_body_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::MAX_BODY_BYTES);
+    if !(64..=64 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(ConfigError::invalid(
+            "server.max_body_bytes",
+            "must be between 64 bytes and 64 MiB",
+        ));
+    }
+    let threads = match raw.threads {
+        Some(0) => {
+            return Err(ConfigError::invalid(
+                "server.threads",
+                "must be at least 1",
+            ))
+        }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            for (k, p) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
+                std::fs::metadata(p).map_err(|e| {
+                    ConfigError::invalid(k, format!("cannot read {}: {e}", p.display()))
+                })?;
+            }
+            Some((t.cert, t.key))
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        grace_period: raw
+            .grace_period
+            .map(|d| d.0)
+            .unwrap_or(defaults::GRACE_PERIOD),
+        max_body_bytes,
+        tls,
+        threads,
+    })
+}
+
+fn validate_dedupe(raw: RawDedupe) -> Result<DedupeConfig, ConfigError> {
+    let backend = match raw.backend.as_deref().unwrap_or("memory") {
+        "memory" => DedupeBackend::Memory,
+        other => {
+            return Err(ConfigError::invalid(
+                "dedupe.backend",
+                format!("unknown backend {other:?} (available: \"memory\")"),
+            ))
+        }
+    };
+    let ttl = raw.ttl.map(|d| d.0).unwrap_or(defaults::DEDUPE_TTL);
+    if ttl < Duration::from_secs(1) {
+        return Err(ConfigError::invalid("dedupe.ttl", "must be at least 1s"));
+    }
+    let max_entries = raw.max_entries.unwrap_or(defaults::DEDUPE_MAX_ENTRIES);
+    if !(1..=1_000_000_000).contains(&max_entries) {
+        return Err(ConfigError::invalid(
+            "dedupe.max_entries",
+            "must be between 1 and 1000000000",
+        ));
+    }
+    Ok(DedupeConfig {
+        backend,
+        ttl,
+        max_entries,
+    })
+}
+
+fn validate_source(
+    i: usize,
+    raw: RawSource,
+    dedupe: &DedupeConfig,
+    sinks: &HashSet<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<SourceConfig, ConfigError> {
+    let key = |k: &str| format!("source[{i}].{k}");
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::invalid(
+            key("name"),
+            "must be non-empty and use only letters, digits, '_' and '-'",
+        ));
+    }
+    if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
+        return Err(ConfigError::invalid(
+            key("path"),
+            "must start with '/' and contain no query or fragment",
+        ));
+    }
+    if raw.secrets.is_empty() {
+        return Err(ConfigError::invalid(
+            key("secrets"),
+            "at least one secret is required",
+        ));
+    }
+    let mut secrets = Vec::new();
+    for (j, s) in raw.secrets.into_iter().enumerate() {
+        let skey = key(&format!("secrets[{j}]"));
+        let reference = match (s.env, s.file, s.value) {
+            (Some(env), None, None) if !env.is_empty() => SecretRef::Env { env },
+            (None, Some(file), None) => SecretRef::File { file },
+            (None, None, Some(value)) => SecretRef::Value { value },
+            _ => {
+                return Err(ConfigError::invalid(
+                    skey,
+                    "exactly one of env, file or value is required",
+                ))
+            }
+        };
+        let secret = reference
+            .load()
+            .map_err(|e| ConfigError::invalid(skey.clone(), e.to_string()))?;
+        if reference.is_inline() {
+            warnings.push(format!(
+                "{skey}: secret given inline in the config file; prefer {{ env = \"NAME\" }} or {{ file = \"PATH\" }}"
+            ));
+        }
+        let not_after = match s.not_after {
+            None => None,
+            Some(t) => Some(parse_rfc3339(&t).map_err(|e| {
+                ConfigError::invalid(format!("{skey}.not_after"), e)
+            })?),
+        };
+        secrets.push(SourceSecret {
+            reference,
+            secret,
+            not_after,
+        });
+    }
+    let versions = raw.versions.unwrap_or_else(|| vec!["1".to_string()]);
+    if versions.is_empty() || versions.iter().any(|v| v.is_empty()) {
+        return Err(ConfigError::invalid(
+            key("versions"),
+            "must list at least one non-empty version",
+        ));
+    }
+    let max_event_age = raw.max_event_age.map(|d| d.0).unwrap_or(dedupe.ttl);
+    if max_event_age > dedupe.ttl {
+        return Err(ConfigError::invalid(
+            key("max_event_age"),
+            format!(
+                "must not exceed dedupe.ttl ({}): an older event could be a forgotten duplicate",
+                humantime::format_duration(dedupe.ttl)
+            ),
+        ));
+    }
+    let event_types = validate_event_types(&key("event_types"), raw.event_types)?;
+    if raw.sinks.is_empty() {
+        return Err(ConfigError::invalid(
+            key("sinks"),
+            "at least one sink is required",
+        ));
+    }
+    for (j, s) in raw.sinks.iter().enumerate() {
+        if !sinks.contains(s.as_str()) {
+            return Err(ConfigError::invalid(
+                key(&format!("sinks[{j}]")),
+                format!("no [sink.{s}] is defined"),
+            ));
+        }
+        if raw.sinks[..j].contains(s) {
+            return Err(ConfigError::invalid(
+                key(&format!("sinks[{j}]")),
+                "listed twice",
+            ));
+        }
+    }
+    Ok(SourceConfig {
+        name: raw.name,
+        path: raw.path,
+        secrets,
+        versions,
+        require_version: raw.require_version.unwrap_or(defaults::REQUIRE_VERSION),
+        max_event_age,
+        max_future_skew: raw
+            .max_future_skew
+            .map(|d| d.0)
+            .unwrap_or(defaults::MAX_FUTURE_SKEW),
+        event_types,
+        sinks: raw.sinks,
+    })
+}
+
+fn validate_event_types(key: &str, raw: Option<Vec<String>>) -> Result<TypeFilter, ConfigError> {
+    let list = raw.unwrap_or_else(|| vec!["*".to_string()]);
+    if list.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            "must list at least one type (\"*\" for all)",
+        ));
+    }
+    if list.iter().any(|t| t == "*") {
+        return Ok(TypeFilter::All);
+    }
+    let mut exact = Vec::new();
+    let mut prefixes = Vec::new();
+    for (j, t) in list.into_iter().enumerate() {
+        if let Some(p) = t.strip_suffix(".*") {
+            if p.is_empty() || p.contains('*') {
+                return Err(ConfigError::invalid(
+                    format!("{key}[{j}]"),
+                    format!("{t:?}: a prefix is written \"word.*\""),
+                ));
+            }
+            prefixes.push(format!("{p}."));
+        } else if t.is_empty() || t.contains('*') {
+            return Err(ConfigError::invalid(
+                format!("{key}[{j}]"),
+                format!("{t:?}: use \"*\", an exact type or a prefix \"word.*\""),
+            ));
+        } else {
+            exact.push(t);
+        }
+    }
+    Ok(TypeFilter::Some { exact, prefixes })
+}
+
+fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError> {
+    let key = format!("sink.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "a sink name uses only letters, digits, '_' and '-'",
+        ));
+    }
+    if !table.contains_key("type") {
+        return Err(ConfigError::invalid(
+            format!("{key}.type"),
+            format!(
+                "missing (one of: {})",
+                crate::sinks::type_names().join(", ")
+            ),
+        ));
+    }
+    let raw: RawSinkCommon = from_value(&key, toml::Value::Table(table))?;
+    let max_events = raw.batch.max_events.unwrap_or(defaults::BATCH_MAX_EVENTS);
+    if !(1..=defaults::MAX_BATCH_EVENTS).contains(&max_events) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.max_events"),
+            format!("must be between 1 and {}", defaults::MAX_BATCH_EVENTS),
+        ));
+    }
+    let max_bytes = raw
+        .batch
+        .max_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::BATCH_MAX_BYTES);
+    if !(1..=1024 * 1024 * 1024).contains(&max_bytes) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.max_bytes"),
+            "must be between 1 byte and 1 GiB",
+        ));
+    }
+    let linger = raw
+        .batch
+        .linger
+        .map(|d| d.0)
+        .unwrap_or(defaults::BATCH_LINGER);
+    if linger > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.linger"),
+            "must be at most 60s",
+        ));
+    }
+    let timeout = raw.timeout.map(|d| d.0).unwrap_or(defaults::SINK_TIMEOUT);
+    if timeout < Duration::from_millis(1) {
+        return Err(ConfigError::invalid(
+            format!("{key}.timeout"),
+            "must be at least 1ms",
+        ));
+    }
+    let retry_budget = raw.retry.budget.map(|d| d.0).unwrap_or(defaults::RETRY_BUDGET);
+    let concurrency = raw.concurrency.unwrap_or(defaults::SINK_CONCURRENCY);
+    if !(1..=1024).contains(&concurrency) {
+        return Err(ConfigError::invalid(
+            format!("{key}.concurrency"),
+            "must be between 1 and 1024",
+        ));
+    }
+    let spec = SinkSpec {
+        common: SinkCommon {
+            name: name.to_string(),
+            kind: raw.kind,
+            batch: BatchLimits {
+                max_events,
+                max_bytes,
+                linger,
+            },
+            timeout,
+            retry_budget,
+            concurrency,
+        },
+        rest: raw.rest,
+    };
+    crate::sinks::check_spec(&spec)?;
+    Ok(spec)
+}
+
+/// Parses an RFC 3339 timestamp into unix seconds.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn base(extra: &str) -> String {
+        format!(
+            r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ value = "s3cret-value" }}]
+sinks = ["archive"]
+
+[sink.archive]
+type = "file"
+path = "/dev/null"
+{extra}
+"#
+        )
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(&base("")).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.dedupe.ttl, Duration::from_secs(86400));
+        assert_eq!(c.sources[0].max_event_age, c.dedupe.ttl);
+        assert_eq!(c.sources[0].versions, vec!["1"]);
+        assert_eq!(c.sinks[0].common.batch.max_events, 1);
+        assert_eq!(c.warnings.len(), 1, "inline secret is warned about");
+        assert!(!format!("{c:?}").contains("s3cret-value"));
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        assert_eq!(
+            err(&base("batch = { max_events = 0 }")),
+            "sink.archive.batch.max_events: must be between 1 and 10000"
+        );
+        assert!(err(&base("bogus = 1")).starts_with("sink.archive.bogus: unknown field `bogus`"));
+        assert!(err(&format!("{}\n[server]\nlisten = 5\n", base(""))).starts_with("server.listen"));
+        assert!(
+            err(&format!("{}\n[server]\nnope = 1\n", base(""))).starts_with("server.nope: unknown field `nope`"),
+            "{}",
+            err(&format!("{}\n[server]\nnope = 1\n", base("")))
+        );
+        assert!(err(&base("batch = { linger = \"soon\" }"))
+            .starts_with("sink.archive.batch.linger: invalid duration"));
+        let e = err(&base("").replace("sinks = [\"archive\"]", "sinks = [\"nope\"]"));
+        assert_eq!(e, "source[0].sinks[0]: no [sink.nope] is defined");
+    }
+
+    #[test]
+    fn missing_env_secret_is_an_error_naming_it() {
+        let text = base("").replace(
+            "{ value = \"s3cret-value\" }",
+            "{ env = \"VFGATE_TEST_UNSET_SECRET\" }",
+        );
+        assert_eq!(
+            err(&text),
+            "source[0].secrets[0]: environment variable VFGATE_TEST_UNSET_SECRET is not set"
+        );
+    }
+
+    #[test]
+    fn max_event_age_cannot_exceed_ttl() {
+        let text = base("").replace(
+            "sinks = [\"archive\"]",
+            "sinks = [\"archive\"]\nmax_event_age = \"48h\"",
+        );
+        assert!(err(&text).starts_with("source[0].max_event_age: must not exceed dedupe.ttl"));
+    }
+
+    #[test]
+    fn type_filter_prefixes() {
+        let f = validate_event_types("k", Some(vec!["user.*".into(), "vault.item.read".into()]))
+            .unwrap();
+        assert!(f.matches("user.x"));
+        assert!(f.matches("user.login.failed"));
+        assert!(!f.matches("user"));
+        assert!(!f.matches("user."));
+        assert!(!f.matches("users.x"));
+        assert!(f.matches("vault.item.read"));
+        assert!(!f.matches("vault.item.readx"));
+        assert!(validate_event_types("k", Some(vec!["u*".into()])).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(ByteSize::parse("10GiB").unwrap(), 10 << 30);
+        assert_eq!(ByteSize::parse("1MB").unwrap(), 1_000_000);
+        assert_eq!(ByteSize::parse("42").unwrap(), 42);
+        assert!(ByteSize::parse("12XB").is_err());
+        assert!(ByteSize::parse("KiB").is_err());
+        assert!(ByteSize::parse("99999999999999999999").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn size_parser_never_panics_and_roundtrips_numbers(s in ".{0,24}", n in 0u64..(1u64<<40)) {
+            let _ = ByteSize::parse(&s);
+            prop_assert_eq!(ByteSize::parse(&n.to_string()).unwrap(), n);
+            prop_assert_eq!(ByteSize::parse(&format!("{n}KiB")).unwrap(), n * 1024);
+        }
+    }
+}

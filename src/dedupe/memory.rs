@@ -1,0 +1,242 @@
+//! In-memory dedupe: a sharded hash table of 128-bit keys.
+//!
+//! Each entry is a fixed 24 bytes (16-byte key hash, expiry in unix seconds, state), not the
+//! id string. Keys are a seeded xxh3-128 of `source \0 event_id`: with 10 M ids the chance of
+//! any false duplicate is about 1e-25. An expired entry counts as absent in the same locked
+//! call that would insert it. When a shard is full, expired entries are purged first, then the
+//! oldest eighth of delivered entries is evicted (counted).
+
+use super::{Begin, DedupeKey};
+use parking_lot::Mutex;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const SHARDS: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    expires: u32,
+    delivered: bool,
+}
+
+/// The key is already a uniform hash: use its first word as the table hash.
+#[derive(Clone, Copy, Default)]
+struct PassThrough;
+struct PassThroughHasher(u64);
+impl BuildHasher for PassThrough {
+    type Hasher = PassThroughHasher;
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for the [u64; 2] key's length prefix and words; keep the first word.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(5) ^ n;
+    }
+    fn write_usize(&mut self, _n: usize) {}
+}
+
+type Table = hashbrown::HashMap<[u64; 2], Entry, PassThrough>;
+
+/// The in-memory backend.
+pub struct MemoryDedupe {
+    shards: Box<[Mutex<Table>]>,
+    seed: u64,
+    ttl: u32,
+    in_flight_ttl: u32,
+    shard_cap: usize,
+    evictions: AtomicU64,
+}
+
+fn secs(d: Duration) -> u32 {
+    d.as_secs().clamp(1, u32::MAX as u64) as u32
+}
+
+impl MemoryDedupe {
+    /// A table remembering delivered ids for `ttl`, in-flight ones for `in_flight_ttl`, at
+    /// most about `max_entries` in all.
+    pub fn new(ttl: Duration, in_flight_ttl: Duration, max_entries: u64) -> MemoryDedupe {
+        let shard_cap = (max_entries as usize).div_ceil(SHARDS).max(1);
+        let mut seed = [0u8; 8];
+        getrandom::fill(&mut seed).expect("OS random source");
+        MemoryDedupe {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Table::with_hasher(PassThrough)))
+                .collect(),
+            seed: u64::from_le_bytes(seed),
+            ttl: secs(ttl),
+            in_flight_ttl: secs(in_flight_ttl),
+            shard_cap,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// The key of `(source, event_id)`.
+    pub fn key(&self, source: &str, event_id: &str) -> DedupeKey {
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
+        h.update(source.as_bytes());
+        h.update(&[0]);
+        h.update(event_id.as_bytes());
+        let v = h.digest128();
+        DedupeKey([v as u64, (v >> 64) as u64])
+    }
+
+    fn shard(&self, key: &DedupeKey) -> &Mutex<Table> {
+        &self.shards[(key.0[1] as usize) % SHARDS]
+    }
+
+    /// Marks `key` in flight unless it is live; see [`Begin`].
+    pub fn begin(&self, key: DedupeKey, now: u64) -> Begin {
+        let now32 = now.min(u32::MAX as u64) as u32;
+        let mut t = self.shard(&key).lock();
+        if let Some(e) = t.get_mut(&key.0) {
+            if e.expires > now32 {
+                return if e.delivered {
+                    Begin::Duplicate
+                } else {
+                    Begin::InFlight
+                };
+            }
+            *e = Entry {
+                expires: now32.saturating_add(self.in_flight_ttl),
+                delivered: false,
+            };
+            return Begin::New;
+        }
+        if t.len() >= self.shard_cap {
+            self.make_room(&mut t, now32);
+        }
+        t.insert(
+            key.0,
+            Entry {
+                expires: now32.saturating_add(self.in_flight_ttl),
+                delivered: false,
+            },
+        );
+        Begin::New
+    }
+
+    /// Marks `key` delivered until `now + ttl`.
+    pub fn commit(&self, key: DedupeKey, now: u64) {
+        let now32 = now.min(u32::MAX as u64) as u32;
+        let mut t = self.shard(&key).lock();
+        let e = Entry {
+            expires: now32.saturating_add(self.ttl),
+            delivered: true,
+        };
+        if t.len() >= self.shard_cap && !t.contains_key(&key.0) {
+            self.make_room(&mut t, now32);
+        }
+        t.insert(key.0, e);
+    }
+
+    /// Forgets `key` if it is in flight (a delivered mark stays).
+    pub fn release(&self, key: DedupeKey) {
+        let mut t = self.shard(&key).lock();
+        if t.get(&key.0).is_some_and(|e| !e.delivered) {
+            t.remove(&key.0);
+        }
+    }
+
+    fn make_room(&self, t: &mut Table, now: u32) {
+        t.retain(|_, e| e.expires > now);
+        if t.len() < self.shard_cap {
+            return;
+        }
+        // Evict the oldest eighth of delivered entries (in-flight ones are short-lived).
+        let mut exp: Vec<u32> = t.values().filter(|e| e.delivered).map(|e| e.expires).collect();
+        if exp.is_empty() {
+            return;
+        }
+        let n = (exp.len() / 8).max(1).min(exp.len() - 1);
+        let (_, cut, _) = exp.select_nth_unstable(n);
+        let cut = *cut;
+        let before = t.len();
+        t.retain(|_, e| !e.delivered || e.expires > cut);
+        self.evictions
+            .fetch_add((before - t.len()) as u64, Ordering::Relaxed);
+    }
+
+    /// Ids currently remembered (live or not yet purged).
+    pub fn len(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().len() as u64).sum()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Evictions so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: u64) -> MemoryDedupe {
+        MemoryDedupe::new(Duration::from_secs(100), Duration::from_secs(10), max)
+    }
+
+    #[test]
+    fn lifecycle() {
+        let d = table(1000);
+        let k = d.key("src", "evt_1");
+        assert_eq!(d.begin(k, 0), Begin::New);
+        assert_eq!(d.begin(k, 1), Begin::InFlight);
+        d.release(k);
+        assert_eq!(d.begin(k, 2), Begin::New, "released id goes through again");
+        d.commit(k, 2);
+        assert_eq!(d.begin(k, 50), Begin::Duplicate);
+        d.release(k);
+        assert_eq!(d.begin(k, 101), Begin::Duplicate, "release keeps a delivered mark");
+        assert_eq!(d.begin(k, 102), Begin::New, "expired delivered mark counts as absent");
+    }
+
+    #[test]
+    fn in_flight_mark_expires() {
+        let d = table(1000);
+        let k = d.key("src", "evt_1");
+        assert_eq!(d.begin(k, 0), Begin::New);
+        assert_eq!(d.begin(k, 9), Begin::InFlight);
+        assert_eq!(d.begin(k, 10), Begin::New);
+    }
+
+    #[test]
+    fn key_depends_on_source_and_id() {
+        let d = table(10);
+        assert_ne!(d.key("a", "bc"), d.key("ab", "c"));
+        assert_ne!(d.key("a", "x"), d.key("b", "x"));
+        assert_eq!(d.key("a", "x"), d.key("a", "x"));
+    }
+
+    #[test]
+    fn bounded_by_max_entries_and_evictions_counted() {
+        let d = table(64 * 16);
+        for i in 0..10_000u64 {
+            let k = d.key("s", &format!("e{i}"));
+            assert_eq!(d.begin(k, i / 100), Begin::New);
+            d.commit(k, i / 100);
+        }
+        assert!(d.len() <= 64 * 16, "{}", d.len());
+        assert!(d.evictions() >= 10_000 - 64 * 16);
+        // The newest ids are still known.
+        let k = d.key("s", "e9999");
+        assert_eq!(d.begin(k, 99), Begin::Duplicate);
+    }
+}

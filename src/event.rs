@@ -1,0 +1,297 @@
+//! Events: the verified body bytes plus the few fields vfgate needs, parsed once.
+//!
+//! The body is kept as the exact bytes received (one `Bytes` from socket to sink) so that the
+//! file and http sinks forward it byte for byte and unknown fields survive. Parsing borrows
+//! from the body and copies out only the short fields used for routing, dedupe and sinks.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// One parsed event. Only [`crate::verify`] builds it from a request, after the signature
+/// matched; see [`Verified`].
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The exact bytes received.
+    pub body: Bytes,
+    /// `event_id`.
+    pub event_id: String,
+    /// `event_type` (empty when absent).
+    pub event_type: String,
+    /// `timestamp` as unix milliseconds.
+    pub timestamp_ms: i64,
+    /// `timestamp` as written.
+    pub timestamp: String,
+    /// `context.org_id`, if present and a string.
+    pub org_id: Option<String>,
+}
+
+/// Why a body is not a valid event (400 `invalid_event`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidEvent(pub String);
+
+#[derive(Deserialize)]
+struct Context<'a> {
+    #[serde(borrow, default)]
+    org_id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    context: Option<Context<'a>>,
+}
+
+impl Event {
+    /// Parses and validates a body. The whole body must be one JSON object (valid UTF-8);
+    /// `event_id` a non-empty string; `timestamp` an RFC 3339 string; `event_type`, when
+    /// present, a string. A duplicated key among these is refused (two parsers must never
+    /// disagree on which `event_id` an event has).
+    pub fn parse(body: Bytes) -> Result<Event, InvalidEvent> {
+        // serde would also build the struct from a JSON array: insist on an object.
+        if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(explain(&body, None));
+        }
+        let f: Fields<'_> = match serde_json::from_slice(&body) {
+            Ok(f) => f,
+            Err(e) => return Err(explain(&body, Some(e))),
+        };
+        let event_id = match f.event_id {
+            None => return Err(InvalidEvent("event_id is missing".into())),
+            Some(s) if s.is_empty() => return Err(InvalidEvent("event_id is empty".into())),
+            Some(s) => s.into_owned(),
+        };
+        let timestamp = match f.timestamp {
+            None => return Err(InvalidEvent("timestamp is missing".into())),
+            Some(s) if s.is_empty() => return Err(InvalidEvent("timestamp is empty".into())),
+            Some(s) => s.into_owned(),
+        };
+        let timestamp_ms = parse_timestamp_ms(&timestamp).ok_or_else(|| {
+            InvalidEvent(format!(
+                "timestamp {:?} is not an RFC 3339 date-time",
+                truncate(&timestamp, 64)
+            ))
+        })?;
+        Ok(Event {
+            event_id,
+            event_type: f.event_type.map(Cow::into_owned).unwrap_or_default(),
+            timestamp_ms,
+            timestamp,
+            org_id: f.context.and_then(|c| c.org_id).map(Cow::into_owned),
+            body,
+        })
+    }
+
+    /// The body with whitespace outside strings removed, so that it fits on one line; the
+    /// body itself when it has no raw newline (the common case: no copy).
+    pub fn one_line(&self) -> Bytes {
+        if memchr_newline(&self.body) {
+            Bytes::from(compact_json(&self.body))
+        } else {
+            self.body.clone()
+        }
+    }
+}
+
+/// An event whose signature matched one of the source's secrets. Only [`crate::verify`] can
+/// build one, so nothing unverified reaches a sink.
+#[derive(Debug, Clone)]
+pub struct Verified<T>(pub(crate) T);
+
+impl<T> Verified<T> {
+    /// The verified value.
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+    /// Unwraps the verified value.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+fn memchr_newline(b: &[u8]) -> bool {
+    b.iter().any(|&c| c == b'\n' || c == b'\r')
+}
+
+/// Removes JSON whitespace outside strings. Input must be valid JSON (it is, once parsed);
+/// string contents, escapes included, are copied unchanged.
+pub fn compact_json(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut in_str = false;
+    let mut escaped = false;
+    for &c in input {
+        if in_str {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+        } else {
+            match c {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_str = true;
+                    out.push(c);
+                }
+                _ => out.push(c),
+            }
+        }
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Unix milliseconds of an RFC 3339 date-time (any offset, any fraction digits).
+pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// The slow path: say precisely what is wrong with a body the fast parse refused.
+fn explain(body: &[u8], fast: Option<serde_json::Error>) -> InvalidEvent {
+    let v: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return InvalidEvent(if std::str::from_utf8(body).is_err() {
+                format!("body is not valid UTF-8 JSON: {e}")
+            } else {
+                format!("body is not valid JSON: {e}")
+            })
+        }
+    };
+    let Some(obj) = v.as_object() else {
+        return InvalidEvent("body must be a JSON object".into());
+    };
+    for field in ["event_id", "event_type", "timestamp"] {
+        if let Some(x) = obj.get(field) {
+            if !x.is_string() && !x.is_null() {
+                return InvalidEvent(format!("{field} must be a string"));
+            }
+        }
+    }
+    if let Some(c) = obj.get("context") {
+        if !c.is_object() && !c.is_null() {
+            return InvalidEvent("context must be an object".into());
+        }
+        if let Some(o) = c.get("org_id") {
+            if !o.is_string() && !o.is_null() {
+                return InvalidEvent("context.org_id must be a string".into());
+            }
+        }
+    }
+    // serde_json::Value silently keeps the last of duplicated keys; the fast parser refuses.
+    match fast {
+        Some(e) => InvalidEvent(format!("body is not a valid event: {e}")),
+        None => InvalidEvent("body is not a valid event".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = include_str!("../tests/fixtures/sample-event.json");
+
+    fn parse(s: &str) -> Result<Event, String> {
+        Event::parse(Bytes::copy_from_slice(s.as_bytes())).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn sample_event_parses() {
+        let e = parse(SAMPLE).unwrap();
+        assert_eq!(e.event_id, "evt_8f3a1b2c4d5e6f70");
+        assert_eq!(e.event_type, "user.login.failed");
+        assert_eq!(e.org_id.as_deref(), Some("org_m3n4o5p6q7r8"));
+        assert_eq!(e.timestamp_ms, 1775485921847);
+        assert_eq!(e.body.as_ref(), SAMPLE.as_bytes());
+    }
+
+    #[test]
+    fn timestamps_from_the_targets_sheet() {
+        assert_eq!(parse_timestamp_ms("2024-05-14T09:21:33.417Z"), Some(1715678493417));
+        assert_eq!(parse_timestamp_ms("2024-05-14T09:21:41.002Z"), Some(1715678501002));
+        assert_eq!(parse_timestamp_ms("2024-05-14T11:21:41.002+02:00"), Some(1715678501002));
+        assert_eq!(parse_timestamp_ms("2024-05-14 09:21:41"), None);
+    }
+
+    #[test]
+    fn precise_reasons() {
+        assert_eq!(parse("[1]").unwrap_err(), "body must be a JSON object");
+        assert!(parse("{").unwrap_err().starts_with("body is not valid JSON"));
+        assert_eq!(parse(r#"{"timestamp":"2024-05-14T09:21:33Z"}"#).unwrap_err(), "event_id is missing");
+        assert_eq!(parse(r#"{"event_id":"","timestamp":"x"}"#).unwrap_err(), "event_id is empty");
+        assert_eq!(parse(r#"{"event_id":7,"timestamp":"x"}"#).unwrap_err(), "event_id must be a string");
+        assert_eq!(parse(r#"{"event_id":"a"}"#).unwrap_err(), "timestamp is missing");
+        assert_eq!(
+            parse(r#"{"event_id":"a","timestamp":"yesterday"}"#).unwrap_err(),
+            "timestamp \"yesterday\" is not an RFC 3339 date-time"
+        );
+        assert!(parse(r#"{"event_id":"a","event_id":"b","timestamp":"2024-05-14T09:21:33Z"}"#)
+            .unwrap_err()
+            .contains("duplicate field"));
+        assert!(parse("{\"event_id\":\"a\",\"timestamp\":\"2024-05-14T09:21:33Z\"} x").is_err());
+        let bad_utf8 = Event::parse(Bytes::from_static(b"{\"event_id\":\"\xff\",\"timestamp\":\"2024-05-14T09:21:33Z\"}"));
+        assert!(bad_utf8.unwrap_err().0.contains("UTF-8"));
+    }
+
+    #[test]
+    fn one_line_compacts_only_when_needed() {
+        let e = parse("{\n  \"event_id\": \"a b\",\n  \"timestamp\": \"2024-05-14T09:21:33Z\",\n  \"x\": \"q\\\"\\n\"\n}").unwrap();
+        assert_eq!(
+            e.one_line().as_ref(),
+            br#"{"event_id":"a b","timestamp":"2024-05-14T09:21:33Z","x":"q\"\n"}"#
+        );
+        let e = parse(SAMPLE).unwrap();
+        assert_eq!(e.one_line().as_ptr(), e.body.as_ptr(), "no copy without newlines");
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Event::parse(Bytes::from(body));
+        }
+
+        #[test]
+        fn compacting_preserves_the_value(v in arb_json()) {
+            let pretty = serde_json::to_vec_pretty(&v).unwrap();
+            let compact = compact_json(&pretty);
+            prop_assert!(!compact.contains(&b'\n'));
+            let back: serde_json::Value = serde_json::from_slice(&compact).unwrap();
+            prop_assert_eq!(back, v);
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".*".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,197 @@
+//! Prometheus metrics: one struct owning its registry, typed handles, bounded labels.
+//!
+//! Label values come only from the config (source and sink names, secret positions) and from
+//! enums' `as_str()`, never from request data, so cardinality is bounded by the config.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric vfgate exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `vfgate_requests_total{source,outcome}`.
+    pub requests: IntCounterVec,
+    /// `vfgate_request_duration_seconds{source}`.
+    pub request_duration: HistogramVec,
+    /// `vfgate_events_forwarded_total{sink}`.
+    pub events_forwarded: IntCounterVec,
+    /// `vfgate_sink_requests_total{sink,status}`.
+    pub sink_requests: IntCounterVec,
+    /// `vfgate_sink_batch_events{sink}`.
+    pub sink_batch_events: HistogramVec,
+    /// `vfgate_sink_duration_seconds{sink}`.
+    pub sink_duration: HistogramVec,
+    /// `vfgate_sink_events_failed_total{sink,reason}`.
+    pub sink_events_failed: IntCounterVec,
+    /// `vfgate_sink_retries_total{sink}`.
+    pub sink_retries: IntCounterVec,
+    /// `vfgate_dedupe_entries`.
+    pub dedupe_entries: IntGauge,
+    /// `vfgate_dedupe_evictions_total`.
+    pub dedupe_evictions: IntCounter,
+    /// `vfgate_secret_matches_total{source,secret}`.
+    pub secret_matches: IntCounterVec,
+    /// `vfgate_build_info{version}`.
+    pub build_info: IntGauge,
+    /// `vfgate_in_flight_requests`.
+    pub in_flight: IntGauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let m = Metrics {
+            requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("vfgate_requests_total", "Webhook requests by source and outcome"),
+                    &["source", "outcome"],
+                )
+                .unwrap(),
+            ),
+            request_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "vfgate_request_duration_seconds",
+                        "Time from request headers to response, by source",
+                    )
+                    .buckets(latency.clone()),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            events_forwarded: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("vfgate_events_forwarded_total", "Events accepted by a sink"),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            sink_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_sink_requests_total",
+                        "Upstream requests by sink and HTTP status (or error kind)",
+                    ),
+                    &["sink", "status"],
+                )
+                .unwrap(),
+            ),
+            sink_batch_events: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("vfgate_sink_batch_events", "Events per upstream batch")
+                        .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            sink_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "vfgate_sink_duration_seconds",
+                        "Duration of one upstream attempt",
+                    )
+                    .buckets(latency),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            sink_events_failed: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_sink_events_failed_total",
+                        "Events a sink did not deliver, by reason",
+                    ),
+                    &["sink", "reason"],
+                )
+                .unwrap(),
+            ),
+            sink_retries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("vfgate_sink_retries_total", "Upstream attempts that were retries"),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            dedupe_entries: reg(
+                &r,
+                IntGauge::new("vfgate_dedupe_entries", "Event ids remembered by dedupe").unwrap(),
+            ),
+            dedupe_evictions: reg(
+                &r,
+                IntCounter::new(
+                    "vfgate_dedupe_evictions_total",
+                    "Ids forgotten before their TTL because dedupe.max_entries was reached",
+                )
+                .unwrap(),
+            ),
+            secret_matches: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_secret_matches_total",
+                        "Verified requests by source and position of the matching secret",
+                    ),
+                    &["source", "secret"],
+                )
+                .unwrap(),
+            ),
+            build_info: reg(
+                &r,
+                IntGauge::with_opts(
+                    Opts::new("vfgate_build_info", "Build information")
+                        .const_label("version", env!("CARGO_PKG_VERSION")),
+                )
+                .unwrap(),
+            ),
+            in_flight: reg(
+                &r,
+                IntGauge::new("vfgate_in_flight_requests", "Webhook requests being handled")
+                    .unwrap(),
+            ),
+            registry: r,
+        };
+        m.build_info.set(1);
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding to a Vec cannot fail");
+        out
+    }
+
+    /// A histogram handle resolved once (hot paths keep it).
+    pub fn request_timer(&self, source: &str) -> Histogram {
+        self.request_duration.with_label_values(&[source])
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

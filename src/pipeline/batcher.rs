@@ -1,0 +1,72 @@
+//! Groups queued events into batches and hands each to a delivery task.
+//!
+//! A batch starts with the first queued event and takes more until `max_events`, until the
+//! next one would pass `max_bytes` (it starts the next batch), or until `linger` has passed
+//! since the first (with `linger = 0`, only what is already queued). At most `concurrency`
+//! batches are in flight (1 for sinks that need order). Time is tokio's, so tests pause it.
+
+use super::{deliver, Job};
+use crate::config::SinkCommon;
+use crate::metrics::Metrics;
+use crate::sinks::Sink;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+/// Runs until the channel closes; waits for in-flight deliveries before returning.
+pub async fn run(
+    common: SinkCommon,
+    sink: Arc<dyn Sink>,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+) {
+    let limits = common.batch;
+    let concurrency = if sink.ordered() { 1 } else { common.concurrency };
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let common = Arc::new(common);
+    let mut carry: Option<Job> = None;
+    loop {
+        let first = match carry.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        let mut bytes = first.event.body.len() as u64;
+        let mut batch = vec![first];
+        let deadline = Instant::now() + limits.linger;
+        while batch.len() < limits.max_events {
+            let next = if limits.linger.is_zero() {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(j)) => j,
+                    _ => break,
+                }
+            };
+            let len = next.event.body.len() as u64;
+            if bytes + len > limits.max_bytes {
+                carry = Some(next);
+                break;
+            }
+            bytes += len;
+            batch.push(next);
+        }
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (sink, common, metrics) = (sink.clone(), common.clone(), metrics.clone());
+        tokio::spawn(async move {
+            deliver::deliver(&*sink, &common, &metrics, batch).await;
+            drop(permit);
+        });
+    }
+    // Wait for every in-flight delivery.
+    let _ = sem.acquire_many(concurrency as u32).await;
+}

@@ -1,0 +1,339 @@
+//! Delivers one batch: send, classify per event, retry the retryable ones within the budget,
+//! bisect batches the target refuses whole, and answer every event's waiting request.
+
+use super::{Delivery, FailKind, Job};
+use crate::config::SinkCommon;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::sinks::{RetryKind, SendResult, Sink, Verdict};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// First backoff step.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Largest backoff step (before `Retry-After`).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Full-jitter exponential backoff for retry number `n` (0-based).
+pub fn backoff(n: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1u32 << n.min(16))
+        .min(BACKOFF_CAP);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::random_range(ms / 2..=ms.max(1)))
+}
+
+/// Delivers `jobs` to `sink`, answering each job's reply exactly once.
+pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jobs: Vec<Job>) {
+    let name = common.name.as_str();
+    let deadline = Instant::now() + common.retry_budget;
+    let mut pending = jobs;
+    let mut round = 0u32;
+    loop {
+        let events: Vec<Arc<Event>> = pending.iter().map(|j| j.event.clone()).collect();
+        let verdicts = send_split(sink, name, metrics, &events).await;
+        let mut retry = Vec::new();
+        let mut wait_hint: Option<Duration> = None;
+        let mut last: Option<(RetryKind, String)> = None;
+        for (job, v) in pending.into_iter().zip(verdicts) {
+            match v {
+                Verdict::Ok => {
+                    metrics.events_forwarded.with_label_values(&[name]).inc();
+                    let _ = job.reply.send(Delivery::Delivered);
+                }
+                Verdict::Permanent { reason, detail } => {
+                    metrics
+                        .sink_events_failed
+                        .with_label_values(&[name, reason])
+                        .inc();
+                    tracing::warn!(sink = name, event_id = %job.event.event_id, reason, %detail, "event refused permanently");
+                    let _ = job.reply.send(Delivery::Failed {
+                        kind: FailKind::Permanent,
+                        detail: format!("sink {name}: {detail}"),
+                        retry_after: None,
+                    });
+                }
+                Verdict::Retry {
+                    kind,
+                    detail,
+                    retry_after,
+                } => {
+                    if kind == RetryKind::Config {
+                        log_config_error(name, &detail);
+                    }
+                    wait_hint = wait_hint.max(retry_after);
+                    last = Some((kind, detail));
+                    retry.push(job);
+                }
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        let wait = backoff(round).max(wait_hint.unwrap_or_default());
+        if Instant::now() + wait >= deadline {
+            let (kind, detail) = last.expect("a retry has a reason");
+            let (fail, reason) = match kind {
+                RetryKind::Timeout => (FailKind::Timeout, "timeout"),
+                RetryKind::Unavailable => (FailKind::Unavailable, "unavailable"),
+                RetryKind::Config => (FailKind::Unavailable, "config_error"),
+            };
+            metrics
+                .sink_events_failed
+                .with_label_values(&[name, reason])
+                .inc_by(retry.len() as u64);
+            for job in retry {
+                let _ = job.reply.send(Delivery::Failed {
+                    kind: fail,
+                    detail: format!("sink {name}: {detail} (retry budget spent)"),
+                    retry_after: wait_hint,
+                });
+            }
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        round += 1;
+        metrics
+            .sink_retries
+            .with_label_values(&[name])
+            .inc_by(retry.len() as u64);
+        pending = retry;
+    }
+}
+
+/// Sends `events` once, halving on `Split` until single events are refused alone.
+fn send_split<'a>(
+    sink: &'a dyn Sink,
+    name: &'a str,
+    metrics: &'a Metrics,
+    events: &'a [Arc<Event>],
+) -> Pin<Box<dyn Future<Output = Vec<Verdict>> + Send + 'a>> {
+    Box::pin(async move {
+        let started = std::time::Instant::now();
+        let attempt = sink.send(events).await;
+        metrics
+            .sink_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .sink_requests
+            .with_label_values(&[name, &attempt.status])
+            .inc();
+        metrics
+            .sink_batch_events
+            .with_label_values(&[name])
+            .observe(events.len() as f64);
+        match attempt.result {
+            SendResult::All(v) => vec![v; events.len()],
+            SendResult::PerEvent(vs) if vs.len() == events.len() => vs,
+            SendResult::PerEvent(vs) => {
+                let detail = format!(
+                    "sink answered {} outcomes for {} events",
+                    vs.len(),
+                    events.len()
+                );
+                tracing::error!(sink = name, %detail, "sink bug");
+                vec![Verdict::retry(RetryKind::Unavailable, detail, None); events.len()]
+            }
+            SendResult::Split { reason, detail } if events.len() == 1 => {
+                vec![Verdict::Permanent { reason, detail }]
+            }
+            SendResult::Split { .. } => {
+                let (a, b) = events.split_at(events.len() / 2);
+                let mut out = send_split(sink, name, metrics, a).await;
+                out.extend(send_split(sink, name, metrics, b).await);
+                out
+            }
+        }
+    })
+}
+
+/// Logs a configuration error (bad credentials) at most once a minute per sink.
+fn log_config_error(sink: &str, detail: &str) {
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+    static LAST: Mutex<Option<HashMap<String, std::time::Instant>>> = Mutex::new(None);
+    let mut g = LAST.lock();
+    let map = g.get_or_insert_with(HashMap::new);
+    let now = std::time::Instant::now();
+    if map
+        .get(sink)
+        .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60))
+    {
+        map.insert(sink.to_string(), now);
+        tracing::error!(sink, %detail, "sink refuses our credentials (configuration error); events are kept for retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BatchLimits;
+    use crate::sinks::Attempt;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use parking_lot::Mutex;
+
+    /// A sink scripted by a closure over the batch's event ids and the attempt number.
+    struct Scripted {
+        calls: Mutex<Vec<Vec<String>>>,
+        f: Box<dyn Fn(&[String], usize) -> SendResult + Send + Sync>,
+    }
+
+    #[async_trait]
+    impl Sink for Scripted {
+        async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+            let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+            let n = {
+                let mut c = self.calls.lock();
+                c.push(ids.clone());
+                c.len() - 1
+            };
+            Attempt {
+                status: "x".into(),
+                result: (self.f)(&ids, n),
+            }
+        }
+    }
+
+    fn common(budget: Duration) -> SinkCommon {
+        SinkCommon {
+            name: "t".into(),
+            kind: "test".into(),
+            batch: BatchLimits {
+                max_events: 100,
+                max_bytes: 1 << 20,
+                linger: Duration::ZERO,
+            },
+            timeout: Duration::from_secs(1),
+            retry_budget: budget,
+            concurrency: 1,
+        }
+    }
+
+    fn jobs(n: usize) -> (Vec<Job>, Vec<tokio::sync::oneshot::Receiver<Delivery>>) {
+        (0..n)
+            .map(|i| {
+                let body = format!(r#"{{"event_id":"e{i}","timestamp":"2024-05-14T09:21:33Z"}}"#);
+                let ev = Arc::new(Event::parse(Bytes::from(body)).unwrap());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (Job { event: ev, reply: tx }, rx)
+            })
+            .unzip()
+    }
+
+    async fn outcomes(rxs: Vec<tokio::sync::oneshot::Receiver<Delivery>>) -> Vec<Delivery> {
+        let mut v = Vec::new();
+        for r in rxs {
+            v.push(r.await.unwrap());
+        }
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bisects_to_the_one_bad_event() {
+        let sink = Scripted {
+            calls: Mutex::new(vec![]),
+            f: Box::new(|ids, _| {
+                if ids.iter().any(|i| i == "e5") {
+                    SendResult::Split { reason: "rejected", detail: "bad".into() }
+                } else {
+                    SendResult::All(Verdict::Ok)
+                }
+            }),
+        };
+        let m = Metrics::new();
+        let (j, rx) = jobs(8);
+        deliver(&sink, &common(Duration::from_secs(1)), &m, j).await;
+        let out = outcomes(rx).await;
+        for (i, o) in out.iter().enumerate() {
+            if i == 5 {
+                assert!(matches!(o, Delivery::Failed { kind: FailKind::Permanent, .. }), "{o:?}");
+            } else {
+                assert_eq!(o, &Delivery::Delivered, "event {i}");
+            }
+        }
+        // Every good event was sent exactly once successfully.
+        let calls = sink.calls.lock();
+        let mut delivered: Vec<&String> = calls
+            .iter()
+            .filter(|c| !c.iter().any(|i| i == "e5"))
+            .flatten()
+            .collect();
+        delivered.sort();
+        assert_eq!(delivered.len(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_only_the_retryable_events_until_success() {
+        let sink = Scripted {
+            calls: Mutex::new(vec![]),
+            f: Box::new(|ids, n| {
+                SendResult::PerEvent(
+                    ids.iter()
+                        .map(|i| {
+                            if i == "e1" && n < 2 {
+                                Verdict::retry(RetryKind::Unavailable, "busy", None)
+                            } else {
+                                Verdict::Ok
+                            }
+                        })
+                        .collect(),
+                )
+            }),
+        };
+        let m = Metrics::new();
+        let (j, rx) = jobs(3);
+        deliver(&sink, &common(Duration::from_secs(10)), &m, j).await;
+        assert!(outcomes(rx).await.iter().all(|o| *o == Delivery::Delivered));
+        let calls = sink.calls.lock();
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[1], vec!["e1".to_string()]);
+        assert_eq!(calls[2], vec!["e1".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_spent_gives_unavailable_or_timeout() {
+        let sink = Scripted {
+            calls: Mutex::new(vec![]),
+            f: Box::new(|_, _| SendResult::All(Verdict::retry(RetryKind::Timeout, "slow", None))),
+        };
+        let m = Metrics::new();
+        let (j, rx) = jobs(2);
+        let t0 = Instant::now();
+        deliver(&sink, &common(Duration::from_secs(3)), &m, j).await;
+        assert!(Instant::now() - t0 <= Duration::from_secs(3));
+        for o in outcomes(rx).await {
+            assert!(matches!(o, Delivery::Failed { kind: FailKind::Timeout, .. }), "{o:?}");
+        }
+        assert!(sink.calls.lock().len() >= 3, "retried within the budget");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_beyond_budget_fails_at_once_with_the_hint() {
+        let sink = Scripted {
+            calls: Mutex::new(vec![]),
+            f: Box::new(|_, _| {
+                SendResult::All(Verdict::retry(RetryKind::Unavailable, "429", Some(Duration::from_secs(30))))
+            }),
+        };
+        let m = Metrics::new();
+        let (j, rx) = jobs(1);
+        deliver(&sink, &common(Duration::from_secs(10)), &m, j).await;
+        assert_eq!(sink.calls.lock().len(), 1);
+        let o = outcomes(rx).await.pop().unwrap();
+        assert!(matches!(o, Delivery::Failed { kind: FailKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for n in 0..20 {
+            let b = backoff(n);
+            let ceiling = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
+            assert!(b <= ceiling && b >= ceiling / 2, "{n}: {b:?}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Secrets: a type that cannot be printed, and the `{ env | file | value }` reference that
+//! names where one comes from.
+//!
+//! A [`Secret`] has a redacting `Debug`, no `Display` and no `Serialize`; the bytes are reached
+//! only through [`Secret::expose`]. A [`SecretRef`] is the config's description of a secret and
+//! may be printed (it names an env var or a path, never the value).
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Secret bytes. Debug prints `Secret(***)`; there is no other way to format it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<[u8]>);
+
+impl Secret {
+    /// Wraps bytes as a secret.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into().into_boxed_slice())
+    }
+    /// The secret bytes, for the one place that needs them (a MAC key, a header value).
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+    /// The secret as UTF-8 text, if it is.
+    pub fn expose_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a secret comes from, as written in the config: `{ env = "NAME" }`,
+/// `{ file = "PATH" }` or (discouraged, warned at start-up) `{ value = "..." }`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "RawSecretRef")]
+pub enum SecretRef {
+    /// Read from this environment variable.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// Read from this file; one trailing newline (`\n` or `\r\n`) is removed.
+    File {
+        /// Path of the file.
+        file: PathBuf,
+    },
+    /// Inline in the config file (accepted with a warning).
+    Value {
+        /// The secret itself.
+        value: InlineSecret,
+    },
+}
+
+/// The serde shape of a secret reference: exactly one of the three keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    env: Option<String>,
+    file: Option<PathBuf>,
+    value: Option<InlineSecret>,
+}
+
+impl TryFrom<RawSecretRef> for SecretRef {
+    type Error = &'static str;
+    fn try_from(r: RawSecretRef) -> Result<Self, Self::Error> {
+        match (r.env, r.file, r.value) {
+            (Some(env), None, None) if !env.is_empty() => Ok(SecretRef::Env { env }),
+            (None, Some(file), None) => Ok(SecretRef::File { file }),
+            (None, None, Some(value)) => Ok(SecretRef::Value { value }),
+            _ => Err("a secret is exactly one of { env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }"),
+        }
+    }
+}
+
+/// An inline secret in the config: deserialises from a string, never prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineSecret(pub Secret);
+
+impl<'de> Deserialize<'de> for InlineSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(InlineSecret(Secret::new(s.into_bytes())))
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Why a secret could not be loaded. Never carries the secret's bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    /// The environment variable is not set.
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    /// The environment variable is set but empty.
+    #[error("environment variable {0} is empty")]
+    EnvEmpty(String),
+    /// The file could not be read.
+    #[error("cannot read secret file {path}: {reason}")]
+    File {
+        /// The path.
+        path: String,
+        /// The OS error, without content.
+        reason: String,
+    },
+    /// The file is empty.
+    #[error("secret file {0} is empty")]
+    FileEmpty(String),
+}
+
+impl SecretRef {
+    /// A printable description: `env VF_SECRET`, `file /run/secrets/x`, `inline value`.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretRef::Env { env } => format!("env {env}"),
+            SecretRef::File { file } => format!("file {}", file.display()),
+            SecretRef::Value { .. } => "inline value".to_string(),
+        }
+    }
+
+    /// True for `{ value = ... }`, which start-up warns about.
+    pub fn is_inline(&self) -> bool {
+        matches!(self, SecretRef::Value { .. })
+    }
+
+    /// Loads the secret now.
+    pub fn load(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretRef::Env { env } => match std::env::var_os(env) {
+                None => Err(SecretError::EnvMissing(env.clone())),
+                Some(v) if v.is_empty() => Err(SecretError::EnvEmpty(env.clone())),
+                Some(v) => Ok(Secret::new(std::os::unix::ffi::OsStringExt::into_vec(v))),
+            },
+            SecretRef::File { file } => {
+                let mut bytes = std::fs::read(file).map_err(|e| SecretError::File {
+                    path: file.display().to_string(),
+                    reason: e.kind().to_string(),
+                })?;
+                if bytes.ends_with(b"\n") {
+                    bytes.pop();
+                    if bytes.ends_with(b"\r") {
+                        bytes.pop();
+                    }
+                }
+                if bytes.is_empty() {
+                    return Err(SecretError::FileEmpty(file.display().to_string()));
+                }
+                Ok(Secret::new(bytes))
+            }
+            SecretRef::Value { value } => Ok(value.0.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let s = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        let r: SecretRef = toml::from_str::<toml::Table>("v = { value = \"hunter2\" }")
+            .unwrap()["v"]
+            .clone()
+            .try_into()
+            .unwrap();
+        assert!(!format!("{r:?}").contains("hunter2"));
+        assert_eq!(r.load().unwrap().expose(), b"hunter2");
+    }
+
+    #[test]
+    fn file_secret_drops_one_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        std::fs::write(&p, "abc\r\n").unwrap();
+        let r = SecretRef::File { file: p.clone() };
+        assert_eq!(r.load().unwrap().expose(), b"abc");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(r.load(), Err(SecretError::FileEmpty(_))));
+    }
+
+    #[test]
+    fn missing_env_is_named() {
+        let r = SecretRef::Env {
+            env: "VFGATE_TEST_SURELY_UNSET".into(),
+        };
+        assert_eq!(
+            r.load().unwrap_err().to_string(),
+            "environment variable VFGATE_TEST_SURELY_UNSET is not set"
+        );
+    }
+}

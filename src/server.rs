@@ -1,0 +1,709 @@
+//! `vfgate serve`: the Pingora server. The webhook listener (`ServeHttp`) routes, limits,
+//! verifies, dedupes and hands events to the pipeline; the admin listener serves `/metrics`,
+//! `/healthz` and `/readyz` only; the pipeline runs as a background service.
+//!
+//! Every rejection goes through [`Outcome`]: one place maps it to status, error code and
+//! metric label.
+
+use crate::config::Config;
+use crate::dedupe::{Begin, Dedupe, DedupeKey};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Delivery, FailKind, SinkHandle, SinkWorker};
+use crate::verify::{self, Checker, Reject, RequestParts};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::http::Method;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{BackgroundService, GenBackgroundService};
+use pingora::services::listening::Service;
+use prometheus::{Histogram, IntCounter};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type HttpResponse = http::Response<Vec<u8>>;
+
+/// How a webhook request ended: status, error code, metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    /// 200 accepted.
+    Accepted,
+    /// 200 duplicate.
+    Duplicate,
+    /// 200 filtered.
+    Filtered,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 413.
+    BodyTooLarge,
+    /// 400: the body could not be read (client error or timeout).
+    BadRequest,
+    /// 401.
+    InvalidSignature,
+    /// 400.
+    UnsupportedVersion,
+    /// 415.
+    UnsupportedMediaType,
+    /// 400.
+    InvalidEvent,
+    /// 400.
+    StaleEvent,
+    /// 409.
+    InFlight,
+    /// 502.
+    UpstreamError,
+    /// 503.
+    UpstreamUnavailable,
+    /// 504.
+    UpstreamTimeout,
+    /// 503: the dedupe store failed.
+    DedupeUnavailable,
+}
+
+impl Outcome {
+    /// Every outcome, in discriminant order.
+    pub const ALL: [Outcome; 17] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Filtered,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::BodyTooLarge,
+        Outcome::BadRequest,
+        Outcome::InvalidSignature,
+        Outcome::UnsupportedVersion,
+        Outcome::UnsupportedMediaType,
+        Outcome::InvalidEvent,
+        Outcome::StaleEvent,
+        Outcome::InFlight,
+        Outcome::UpstreamError,
+        Outcome::UpstreamUnavailable,
+        Outcome::UpstreamTimeout,
+        Outcome::DedupeUnavailable,
+    ];
+
+    /// Metric label and error code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Filtered => "filtered",
+            Outcome::NotFound => "not_found",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::BodyTooLarge => "body_too_large",
+            Outcome::BadRequest => "bad_request",
+            Outcome::InvalidSignature => "invalid_signature",
+            Outcome::UnsupportedVersion => "unsupported_version",
+            Outcome::UnsupportedMediaType => "unsupported_media_type",
+            Outcome::InvalidEvent => "invalid_event",
+            Outcome::StaleEvent => "stale_event",
+            Outcome::InFlight => "in_flight",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamUnavailable => "upstream_unavailable",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::DedupeUnavailable => "dedupe_unavailable",
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::Accepted | Outcome::Duplicate | Outcome::Filtered => 200,
+            Outcome::NotFound => 404,
+            Outcome::MethodNotAllowed => 405,
+            Outcome::BodyTooLarge => 413,
+            Outcome::BadRequest
+            | Outcome::UnsupportedVersion
+            | Outcome::InvalidEvent
+            | Outcome::StaleEvent => 400,
+            Outcome::InvalidSignature => 401,
+            Outcome::UnsupportedMediaType => 415,
+            Outcome::InFlight => 409,
+            Outcome::UpstreamError => 502,
+            Outcome::UpstreamUnavailable | Outcome::DedupeUnavailable => 503,
+            Outcome::UpstreamTimeout => 504,
+        }
+    }
+
+    fn from_reject(r: &Reject) -> Outcome {
+        match r {
+            Reject::InvalidSignature => Outcome::InvalidSignature,
+            Reject::UnsupportedVersion(_) => Outcome::UnsupportedVersion,
+            Reject::UnsupportedMediaType(_) => Outcome::UnsupportedMediaType,
+            Reject::InvalidEvent(_) => Outcome::InvalidEvent,
+            Reject::StaleEvent(_) => Outcome::StaleEvent,
+        }
+    }
+}
+
+/// Builds a JSON response with Content-Length (Pingora closes the connection without one).
+fn respond(status: u16, body: Vec<u8>, extra: &[(&str, String)]) -> HttpResponse {
+    let mut b = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len().to_string());
+    for (k, v) in extra {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(body).expect("static header names are valid")
+}
+
+fn status_body(status: &str) -> Vec<u8> {
+    format!(r#"{{"status":"{status}"}}"#).into_bytes()
+}
+
+fn error_body(code: &str, detail: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": code, "detail": detail }))
+        .expect("json of strings")
+}
+
+/// A source at run time: config, checker, sink handles, pre-resolved metric handles.
+struct SourceRt {
+    name: String,
+    checker: Checker,
+    filter: crate::config::TypeFilter,
+    sinks: Vec<SinkHandle>,
+    outcomes: Vec<IntCounter>,
+    secret_matches: Vec<IntCounter>,
+    timer: Histogram,
+}
+
+/// Shared state of the webhook listener.
+pub struct Gateway {
+    routes: HashMap<String, SourceRt>,
+    unknown: Vec<IntCounter>,
+    dedupe: Arc<Dedupe>,
+    metrics: Arc<Metrics>,
+    max_body: u64,
+}
+
+/// Marks an id in flight until committed; releases it if dropped first (a failed or
+/// cancelled request must not block the sender's retry).
+struct InFlightGuard<'a> {
+    dedupe: &'a Dedupe,
+    key: DedupeKey,
+    armed: bool,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.dedupe.release_now(self.key);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Gateway {
+    fn finish(&self, counters: &[IntCounter], o: Outcome, body: Vec<u8>, extra: &[(&str, String)]) -> HttpResponse {
+        counters[o as usize].inc();
+        respond(o.status(), body, extra)
+    }
+
+    fn reject(&self, counters: &[IntCounter], o: Outcome, detail: &str) -> HttpResponse {
+        let allow = [("allow", "POST".to_string())];
+        let extra: &[(&str, String)] = if o == Outcome::MethodNotAllowed { &allow } else { &[] };
+        self.finish(counters, o, error_body(o.as_str(), detail), extra)
+    }
+
+    /// Reads the body, enforcing the cap from Content-Length and while reading.
+    async fn read_body(&self, s: &mut ServerSession) -> Result<Bytes, (Outcome, String)> {
+        let too_large = || {
+            (
+                Outcome::BodyTooLarge,
+                format!("body exceeds {} bytes", self.max_body),
+            )
+        };
+        let declared = s
+            .get_header("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(too_large());
+        }
+        if s
+            .get_header("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            s.write_continue_response()
+                .await
+                .map_err(|e| (Outcome::BadRequest, format!("cannot answer 100-continue: {e}")))?;
+        }
+        // Keep the first chunk as-is: most bodies arrive in one, and then nothing is copied.
+        let mut first: Option<Bytes> = None;
+        let mut more: Option<BytesMut> = None;
+        let mut total: u64 = 0;
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > self.max_body {
+                        return Err(too_large());
+                    }
+                    match (&mut first, &mut more) {
+                        (None, None) => first = Some(chunk),
+                        (Some(f), None) => {
+                            let mut m = BytesMut::with_capacity(
+                                declared.unwrap_or(total * 2).min(self.max_body) as usize,
+                            );
+                            m.extend_from_slice(f);
+                            m.extend_from_slice(&chunk);
+                            more = Some(m);
+                        }
+                        (_, Some(m)) => m.extend_from_slice(&chunk),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err((Outcome::BadRequest, format!("cannot read the request body: {e}")))
+                }
+            }
+        }
+        Ok(match (first, more) {
+            (_, Some(m)) => m.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        })
+    }
+
+    async fn handle(&self, s: &mut ServerSession) -> HttpResponse {
+        let path = s.req_header().uri.path();
+        let Some(src) = self.routes.get(path) else {
+            s.set_keepalive(None);
+            return self.reject(&self.unknown, Outcome::NotFound, "no webhook source is configured at this path");
+        };
+        let _timer = src.timer.start_timer();
+        let counters = &src.outcomes;
+        if s.req_header().method != Method::POST {
+            s.set_keepalive(None);
+            return self.reject(counters, Outcome::MethodNotAllowed, "webhooks are delivered with POST");
+        }
+        let body = match self.read_body(s).await {
+            Ok(b) => b,
+            Err((o, detail)) => {
+                // Do not drain an oversized or broken body: close the connection instead.
+                s.set_keepalive(None);
+                return self.reject(counters, o, &detail);
+            }
+        };
+        let h = s.req_header();
+        let parts = RequestParts {
+            signature: h.headers.get(verify::SIGNATURE_HEADER).map(|v| v.as_bytes()),
+            version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
+            content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
+        };
+        let now = now_ms();
+        let (event, secret) = match src.checker.check(parts, body, now) {
+            Ok(v) => v,
+            Err(r) => {
+                let o = Outcome::from_reject(&r);
+                if o == Outcome::InvalidSignature {
+                    tracing::debug!(source = %src.name, "signature check failed");
+                }
+                return self.reject(counters, o, &r.to_string());
+            }
+        };
+        src.secret_matches[secret].inc();
+        let event = event.into_inner();
+        if !src.filter.matches(&event.event_type) {
+            return self.finish(counters, Outcome::Filtered, status_body("filtered"), &[]);
+        }
+        let key = self.dedupe.key(&src.name, &event.event_id);
+        let now_s = (now / 1000).max(0) as u64;
+        match self.dedupe.begin(key, now_s).await {
+            Ok(Begin::New) => {}
+            Ok(Begin::Duplicate) => {
+                return self.finish(counters, Outcome::Duplicate, status_body("duplicate"), &[])
+            }
+            Ok(Begin::InFlight) => {
+                return self.finish(
+                    counters,
+                    Outcome::InFlight,
+                    error_body("in_flight", "this event_id is being forwarded by another request; retry shortly"),
+                    &[("retry-after", "1".into())],
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dedupe store failed");
+                return self.finish(
+                    counters,
+                    Outcome::DedupeUnavailable,
+                    error_body("dedupe_unavailable", "the dedupe store is unavailable"),
+                    &[("retry-after", "5".into())],
+                );
+            }
+        }
+        let mut guard = InFlightGuard {
+            dedupe: &self.dedupe,
+            key,
+            armed: true,
+        };
+        let event = Arc::new(event);
+        let mut waits = Vec::with_capacity(src.sinks.len());
+        for sink in &src.sinks {
+            waits.push(sink.submit(event.clone()).await);
+        }
+        let mut worst: Option<(FailKind, String, Option<Duration>)> = None;
+        for w in waits {
+            let d = w.await.unwrap_or(Delivery::Failed {
+                kind: FailKind::Unavailable,
+                detail: "delivery was abandoned".into(),
+                retry_after: None,
+            });
+            if let Delivery::Failed { kind, detail, retry_after } = d {
+                let rank = |k: FailKind| match k {
+                    FailKind::Permanent => 3,
+                    FailKind::Unavailable => 2,
+                    FailKind::Timeout => 1,
+                };
+                if worst.as_ref().is_none_or(|(k, _, _)| rank(kind) > rank(*k)) {
+                    worst = Some((kind, detail, retry_after));
+                }
+            }
+        }
+        match worst {
+            None => {
+                guard.armed = false;
+                if let Err(e) = self.dedupe.commit(key, (now_ms() / 1000).max(0) as u64).await {
+                    tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be forwarded again");
+                }
+                self.finish(counters, Outcome::Accepted, status_body("accepted"), &[])
+            }
+            Some((kind, detail, retry_after)) => {
+                guard.armed = false;
+                let _ = self.dedupe.release(key).await;
+                let o = match kind {
+                    FailKind::Permanent => Outcome::UpstreamError,
+                    FailKind::Unavailable => Outcome::UpstreamUnavailable,
+                    FailKind::Timeout => Outcome::UpstreamTimeout,
+                };
+                let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(5);
+                let extra: Vec<(&str, String)> = if o == Outcome::UpstreamError {
+                    vec![]
+                } else {
+                    vec![("retry-after", secs.to_string())]
+                };
+                self.finish(counters, o, error_body(o.as_str(), &detail), &extra)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Gateway {
+    async fn response(&self, s: &mut ServerSession) -> HttpResponse {
+        self.metrics.in_flight.inc();
+        struct Dec<'a>(&'a prometheus::IntGauge);
+        impl Drop for Dec<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let _dec = Dec(&self.metrics.in_flight);
+        self.handle(s).await
+    }
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, nothing else.
+pub struct Admin {
+    metrics: Arc<Metrics>,
+    dedupe: Arc<Dedupe>,
+    ready: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, s: &mut ServerSession) -> HttpResponse {
+        let h = s.req_header();
+        if h.method != Method::GET && h.method != Method::HEAD {
+            return respond(405, error_body("method_not_allowed", "use GET"), &[("allow", "GET, HEAD".into())]);
+        }
+        match h.uri.path() {
+            "/metrics" => {
+                self.metrics.dedupe_entries.set(self.dedupe.entries() as i64);
+                let ev = self.dedupe.evictions();
+                let seen = self.metrics.dedupe_evictions.get();
+                if ev > seen {
+                    self.metrics.dedupe_evictions.inc_by(ev - seen);
+                }
+                let body = self.metrics.render();
+                http::Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len().to_string())
+                    .body(body)
+                    .expect("valid response")
+            }
+            "/healthz" => respond(200, status_body("ok"), &[]),
+            "/readyz" => {
+                if self.ready.load(Ordering::Acquire) {
+                    respond(200, status_body("ready"), &[])
+                } else {
+                    respond(503, status_body("starting"), &[])
+                }
+            }
+            _ => respond(404, error_body("not_found", "admin paths: /metrics, /healthz, /readyz"), &[]),
+        }
+    }
+}
+
+/// The pipeline as a Pingora background service: runs every sink's batcher.
+struct PipelineService {
+    workers: Mutex<Vec<SinkWorker>>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for PipelineService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for w in workers {
+            tokio::spawn(w.run(self.metrics.clone()));
+        }
+        let _ = shutdown.changed().await;
+    }
+}
+
+/// SIGTERM and SIGINT both stop gracefully: stop accepting, finish in-flight requests.
+struct Signals {
+    stopping: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+        }
+        self.stopping.store(true, Ordering::Release);
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A sink could not be built.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS settings could not be loaded.
+    #[error("server.tls: {0}")]
+    Tls(String),
+}
+
+/// The assembled gateway, before it runs.
+pub struct Assembled {
+    gateway: Gateway,
+    admin: Admin,
+    pipeline: PipelineService,
+    ready: Arc<AtomicBool>,
+}
+
+/// Builds the gateway state from a validated config.
+pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let max_budget = config
+        .sinks
+        .iter()
+        .map(|s| s.common.retry_budget + s.common.timeout * 2)
+        .max()
+        .unwrap_or_default();
+    let dedupe = Arc::new(Dedupe::new(
+        &config.dedupe,
+        max_budget + Duration::from_secs(60),
+    ));
+    let mut handles: HashMap<String, SinkHandle> = HashMap::new();
+    let mut workers = Vec::new();
+    for spec in &config.sinks {
+        let sink = crate::sinks::build(spec)?;
+        let (h, w) = pipeline::channel(spec.common.clone(), sink);
+        handles.insert(spec.common.name.clone(), h);
+        workers.push(w);
+    }
+    let counters = |source: &str| -> Vec<IntCounter> {
+        Outcome::ALL
+            .iter()
+            .map(|o| metrics.requests.with_label_values(&[source, o.as_str()]))
+            .collect()
+    };
+    let mut routes = HashMap::new();
+    for src in &config.sources {
+        routes.insert(
+            src.path.clone(),
+            SourceRt {
+                name: src.name.clone(),
+                checker: Checker::new(src),
+                filter: src.event_types.clone(),
+                sinks: src.sinks.iter().map(|n| handles[n].clone()).collect(),
+                outcomes: counters(&src.name),
+                secret_matches: (0..src.secrets.len())
+                    .map(|i| {
+                        metrics
+                            .secret_matches
+                            .with_label_values(&[src.name.as_str(), &i.to_string()])
+                    })
+                    .collect(),
+                timer: metrics.request_timer(&src.name),
+            },
+        );
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    Ok(Assembled {
+        gateway: Gateway {
+            routes,
+            unknown: counters("none"),
+            dedupe: dedupe.clone(),
+            metrics: metrics.clone(),
+            max_body: config.server.max_body_bytes,
+        },
+        admin: Admin {
+            metrics: metrics.clone(),
+            dedupe,
+            ready: ready.clone(),
+        },
+        pipeline: PipelineService {
+            workers: Mutex::new(workers),
+            metrics,
+        },
+        ready,
+    })
+}
+
+fn probe_addr(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut a = a;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+/// Runs the gateway in the foreground until SIGTERM/SIGINT and the grace period.
+pub fn run(config: Config) -> Result<(), ServeError> {
+    let started = Instant::now();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let parts = assemble(&config)?;
+    let in_flight = parts.gateway.metrics.in_flight.clone();
+
+    let grace = config.server.grace_period;
+    let run_dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let conf = ServerConf {
+        threads: config.server.threads,
+        work_stealing: true,
+        grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: run_dir.join(format!("vfgate-{pid}.pid")).display().to_string(),
+        upgrade_sock: run_dir.join(format!("vfgate-{pid}.sock")).display().to_string(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut app = HttpServer::new_app(parts.gateway);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.keepalive_request_limit = Some(100_000);
+    app.server_options = Some(options);
+    let mut gw = Service::new("vfgate webhooks".to_string(), app);
+    for addr in &config.server.listen {
+        let a = addr.to_string();
+        match &config.server.tls {
+            None => gw.add_tcp(&a),
+            Some((cert, key)) => {
+                let settings = pingora::listeners::tls::TlsSettings::intermediate(
+                    &cert.display().to_string(),
+                    &key.display().to_string(),
+                )
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+                gw.add_tls_with_settings(&a, None, settings);
+            }
+        }
+    }
+    gw.threads = Some(config.server.threads);
+    let mut admin = Service::new("vfgate admin".to_string(), HttpServer::new_app(parts.admin));
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+    let mut bg = GenBackgroundService::new("vfgate pipeline".to_string(), Arc::new(parts.pipeline));
+    bg.threads = Some(1);
+    server.add_service(gw);
+    server.add_service(admin);
+    server.add_service(bg);
+
+    // Ready once every listener accepts connections.
+    let ready = parts.ready.clone();
+    let mut probes: Vec<_> = config.server.listen.iter().copied().map(probe_addr).collect();
+    probes.push(probe_addr(config.admin.listen));
+    std::thread::Builder::new()
+        .name("vfgate-ready".into())
+        .spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if probes.iter().all(|a| {
+                    std::net::TcpStream::connect_timeout(a, Duration::from_millis(100)).is_ok()
+                }) {
+                    ready.store(true, Ordering::Release);
+                    tracing::info!(
+                        startup_ms = started.elapsed().as_millis() as u64,
+                        "vfgate ready"
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            tracing::error!("listeners did not come up within 30s");
+        })
+        .expect("spawn thread");
+
+    // Pingora sleeps the whole grace period after SIGTERM; exit as soon as nothing is in
+    // flight instead (after a short pause so that the listeners have closed).
+    let stopping = Arc::new(AtomicBool::new(false));
+    let watch = stopping.clone();
+    std::thread::Builder::new()
+        .name("vfgate-drain".into())
+        .spawn(move || {
+            while !watch.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_millis(100));
+            loop {
+                if in_flight.get() == 0 {
+                    tracing::info!(drain_ms = t0.elapsed().as_millis() as u64, "drained; exiting");
+                    std::process::exit(0);
+                }
+                if t0.elapsed() >= grace {
+                    tracing::warn!(in_flight = in_flight.get(), "grace period over; exiting");
+                    std::process::exit(0);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .expect("spawn thread");
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals { stopping }),
+    });
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `file` sink: NDJSON, one event per line, the received bytes as they came.
+//!
+//! A body with raw newlines (pretty-printed JSON) is re-serialised compactly so a line is
+//! always one event. `fsync = "batch"` (default) makes every batch durable before the events
+//! are acknowledged; `"never"` leaves it to the OS (faster; a power loss can lose the tail).
+//!
+//! ```toml
+//! [sink.archive]
+//! type = "file"
+//! path = "data/events.ndjson"
+//! fsync = "batch"
+//! ```
+
+use super::{Attempt, SendResult, Sink, SinkType, Verdict};
+use crate::config::{ConfigError, SinkSpec};
+use crate::event::Event;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The `file` sink type.
+pub const TYPE: SinkType = SinkType {
+    name: "file",
+    check: |spec| parse(spec).map(drop),
+    build,
+};
+
+/// When to fsync.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every batch, before acknowledging it.
+    Batch,
+    /// Never explicitly.
+    Never,
+}
+
+/// `[sink.NAME]` keys of a file sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Output file (created if missing, appended to).
+    pub path: PathBuf,
+    /// fsync policy.
+    #[serde(default = "default_fsync")]
+    pub fsync: Fsync,
+}
+
+fn default_fsync() -> Fsync {
+    Fsync::Batch
+}
+
+fn parse(spec: &SinkSpec) -> Result<FileConfig, ConfigError> {
+    let c: FileConfig = super::parse_keys(spec)?;
+    if c.path.as_os_str().is_empty() {
+        return Err(ConfigError::invalid(format!("{}.path", spec.key()), "must not be empty"));
+    }
+    Ok(c)
+}
+
+fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    let c = parse(spec)?;
+    if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ConfigError::invalid(format!("{}.path", spec.key()), format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&c.path)
+        .map_err(|e| {
+            ConfigError::invalid(format!("{}.path", spec.key()), format!("cannot open {}: {e}", c.path.display()))
+        })?;
+    // fsync of a character device (/dev/null) is meaningless and may fail.
+    let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+    Ok(Arc::new(FileSink {
+        file: Arc::new(parking_lot::Mutex::new(file)),
+        fsync: c.fsync == Fsync::Batch && is_regular,
+        path: c.path,
+    }))
+}
+
+/// An open NDJSON file.
+pub struct FileSink {
+    file: Arc<parking_lot::Mutex<File>>,
+    fsync: bool,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+        let mut buf = Vec::with_capacity(batch.iter().map(|e| e.body.len() + 1).sum());
+        for e in batch {
+            buf.extend_from_slice(&e.one_line());
+            buf.push(b'\n');
+        }
+        let file = self.file.clone();
+        let fsync = self.fsync;
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut f = file.lock();
+            f.write_all(&buf)?;
+            if fsync {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Attempt {
+                status: "ok".into(),
+                result: SendResult::All(Verdict::Ok),
+            },
+            Ok(Err(e)) => {
+                tracing::error!(path = %self.path.display(), error = %e, "file sink write failed");
+                Attempt {
+                    status: "io_error".into(),
+                    result: SendResult::All(Verdict::retry(
+                        super::RetryKind::Unavailable,
+                        format!("cannot write {}: {e}", self.path.display()),
+                        None,
+                    )),
+                }
+            }
+            Err(e) => Attempt {
+                status: "io_error".into(),
+                result: SendResult::All(Verdict::retry(
+                    super::RetryKind::Unavailable,
+                    format!("file writer failed: {e}"),
+                    None,
+                )),
+            },
+        }
+    }
+
+    fn ordered(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,201 @@
+//! Sinks: where verified events go.
+//!
+//! A sink type is one file here that provides a [`SinkType`] (its name, a config check and a
+//! builder) and implements [`Sink`]: send one batch once and say, per event, whether it was
+//! delivered, may be retried, or can never be delivered. Batching, retries with backoff within
+//! the budget, splitting on 413 and bisecting whole-batch payload refusals are done once, in
+//! [`crate::pipeline`], for every sink.
+//!
+//! To add a sink type: write `sinks/<name>.rs` and add it to [`TYPES`].
+
+pub mod file;
+pub mod http;
+
+use crate::config::{ConfigError, SinkSpec};
+use crate::event::Event;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why an event may be retried, which decides the sender's status if the budget runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// The target answered with a transient failure (5xx, 429, connection refused): 503.
+    Unavailable,
+    /// No answer within the timeout: 504.
+    Timeout,
+    /// Authentication or authorisation refused (a configuration error, not the event's
+    /// fault): the data is kept, the sender gets 503 and retries.
+    Config,
+}
+
+/// One event's result of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accepted by the target.
+    Ok,
+    /// Not accepted now; may succeed later.
+    Retry {
+        /// Which kind of failure.
+        kind: RetryKind,
+        /// Human detail (never a secret).
+        detail: String,
+        /// The target's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+    /// Can never be accepted (malformed for the target, over its size limit).
+    Permanent {
+        /// Short metric reason, e.g. `too_large`, `rejected`.
+        reason: &'static str,
+        /// Human detail (never a secret).
+        detail: String,
+    },
+}
+
+impl Verdict {
+    /// A retryable failure.
+    pub fn retry(kind: RetryKind, detail: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Verdict::Retry {
+            kind,
+            detail: detail.into(),
+            retry_after,
+        }
+    }
+    /// A permanent failure.
+    pub fn permanent(reason: &'static str, detail: impl Into<String>) -> Self {
+        Verdict::Permanent {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The result of sending one batch once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// The same verdict for every event.
+    All(Verdict),
+    /// One verdict per event, in batch order.
+    PerEvent(Vec<Verdict>),
+    /// The whole batch was refused for its size or payload (413, a whole-batch 400): the
+    /// pipeline halves it and resends each half, until a single event is refused alone,
+    /// which then fails permanently with this detail.
+    Split {
+        /// Short metric reason.
+        reason: &'static str,
+        /// Human detail.
+        detail: String,
+    },
+}
+
+/// One attempt: its metric status label (HTTP status or error kind) and result.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// `"200"`, `"503"`, `"timeout"`, `"connect_error"`, `"io_error"`...
+    pub status: String,
+    /// Per-event outcome.
+    pub result: SendResult,
+}
+
+/// A destination.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Sends `batch` once (one upstream request, or one write) and classifies the answer.
+    /// Must not retry by itself: the pipeline owns retries and their budget.
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt;
+
+    /// Whether batches must be sent one at a time (to keep order in a file, say).
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
+/// A sink type: its `type` name, its config check, its builder.
+pub struct SinkType {
+    /// The `type` value in `[sink.NAME]`.
+    pub name: &'static str,
+    /// Validates the type's keys (`spec.rest`) without side effects.
+    pub check: fn(&SinkSpec) -> Result<(), ConfigError>,
+    /// Builds the sink (may open files, read CA bundles).
+    pub build: fn(&SinkSpec) -> Result<Arc<dyn Sink>, ConfigError>,
+}
+
+/// Every sink type.
+pub const TYPES: &[SinkType] = &[file::TYPE, http::TYPE];
+
+/// The names of every sink type.
+pub fn type_names() -> Vec<&'static str> {
+    TYPES.iter().map(|t| t.name).collect()
+}
+
+fn find(spec: &SinkSpec) -> Result<&'static SinkType, ConfigError> {
+    TYPES
+        .iter()
+        .find(|t| t.name == spec.common.kind)
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                format!("{}.type", spec.key()),
+                format!(
+                    "unknown sink type {:?} (one of: {})",
+                    spec.common.kind,
+                    type_names().join(", ")
+                ),
+            )
+        })
+}
+
+/// Checks a sink's type-specific keys.
+pub fn check_spec(spec: &SinkSpec) -> Result<(), ConfigError> {
+    (find(spec)?.check)(spec)
+}
+
+/// Builds a sink from its spec.
+pub fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    (find(spec)?.build)(spec)
+}
+
+/// Parses a sink's type-specific keys into `T` (which should `deny_unknown_fields`), naming
+/// the failing key as `sink.NAME.key`.
+pub fn parse_keys<T: serde::de::DeserializeOwned>(spec: &SinkSpec) -> Result<T, ConfigError> {
+    crate::config::from_value(&spec.key(), toml::Value::Table(spec.rest.clone()))
+}
+
+/// Classifies a plain HTTP status for a target without a richer reply format: 2xx ok;
+/// 401/403 configuration; 408/429/5xx retry; 413 split; other 4xx split (so one bad event
+/// is isolated and the rest delivered).
+pub fn classify_status(resp: &crate::client::Response) -> SendResult {
+    let s = resp.status;
+    let detail = || {
+        let text = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).to_string();
+        format!("upstream answered {s}: {}", text.trim())
+    };
+    match s {
+        200..=299 => SendResult::All(Verdict::Ok),
+        401 | 403 => SendResult::All(Verdict::retry(RetryKind::Config, detail(), None)),
+        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
+            RetryKind::Unavailable,
+            detail(),
+            resp.retry_after(),
+        )),
+        413 => SendResult::Split {
+            reason: "too_large",
+            detail: detail(),
+        },
+        _ => SendResult::Split {
+            reason: "rejected",
+            detail: detail(),
+        },
+    }
+}
+
+/// The attempt of a request that got no answer.
+pub fn client_error_attempt(e: &crate::client::ClientError) -> Attempt {
+    let kind = match e {
+        crate::client::ClientError::Timeout(_) => RetryKind::Timeout,
+        _ => RetryKind::Unavailable,
+    };
+    Attempt {
+        status: e.label().to_string(),
+        result: SendResult::All(Verdict::retry(kind, e.to_string(), None)),
+    }
+}
