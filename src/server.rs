@@ -161,8 +161,12 @@ fn status_body(status: &str) -> Vec<u8> {
 }
 
 fn error_body(code: &str, detail: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "error": code, "detail": detail }))
-        .expect("json of strings")
+    #[derive(serde::Serialize)]
+    struct ErrorBody<'a> {
+        error: &'a str,
+        detail: &'a str,
+    }
+    serde_json::to_vec(&ErrorBody { error: code, detail }).expect("json of strings")
 }
 
 /// A source at run time: config, checker, sink handles, pre-resolved metric handles.
@@ -239,9 +243,12 @@ impl Gateway {
             .get_header("expect")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
-            s.write_continue_response()
-                .await
-                .map_err(|e| (Outcome::BadRequest, format!("cannot answer 100-continue: {e}")))?;
+            // Pingora would mark the connection close because the body is not read yet when
+            // the interim response goes out; that rule is for final responses only.
+            s.set_close_on_response_before_downstream_finish(false);
+            let sent = s.write_continue_response().await;
+            s.set_close_on_response_before_downstream_finish(true);
+            sent.map_err(|e| (Outcome::BadRequest, format!("cannot answer 100-continue: {e}")))?;
         }
         // Keep the first chunk as-is: most bodies arrive in one, and then nothing is copied.
         let mut first: Option<Bytes> = None;
@@ -307,17 +314,15 @@ impl Gateway {
             content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
         };
         let now = now_ms();
-        let (event, secret) = match src.checker.check(parts, body, now) {
-            Ok(v) => v,
-            Err(r) => {
-                let o = Outcome::from_reject(&r);
-                if o == Outcome::InvalidSignature {
-                    tracing::debug!(source = %src.name, "signature check failed");
-                }
-                return self.reject(counters, o, &r.to_string());
-            }
+        let secret = match src.checker.signature(parts, &body, now) {
+            Ok(i) => i,
+            Err(r) => return self.reject(counters, Outcome::from_reject(&r), &r.to_string()),
         };
         src.secret_matches[secret].inc();
+        let event = match src.checker.after_signature(parts, body, now) {
+            Ok(v) => v,
+            Err(r) => return self.reject(counters, Outcome::from_reject(&r), &r.to_string()),
+        };
         let event = event.into_inner();
         if !src.filter.matches(&event.event_type) {
             return self.finish(counters, Outcome::Filtered, status_body("filtered"), &[]);

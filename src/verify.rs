@@ -278,10 +278,25 @@ impl Checker {
         body: Bytes,
         now_ms: i64,
     ) -> Result<(Verified<Event>, usize), Reject> {
-        let secret = self
-            .verifier
-            .verify(parts.signature, &body, now_ms.div_euclid(1000))
-            .map_err(|_| Reject::InvalidSignature)?;
+        let secret = self.signature(parts, &body, now_ms)?;
+        Ok((self.after_signature(parts, body, now_ms)?, secret))
+    }
+
+    /// The signature check alone: the position of the matching secret.
+    pub fn signature(&self, parts: RequestParts<'_>, body: &[u8], now_ms: i64) -> Result<usize, Reject> {
+        self.verifier
+            .verify(parts.signature, body, now_ms.div_euclid(1000))
+            .map_err(|_| Reject::InvalidSignature)
+    }
+
+    /// Everything after the signature: version, media type, event shape and age. Call only
+    /// with a body whose signature [`Checker::signature`] accepted.
+    pub fn after_signature(
+        &self,
+        parts: RequestParts<'_>,
+        body: Bytes,
+        now_ms: i64,
+    ) -> Result<Verified<Event>, Reject> {
         match parts.version {
             None if self.require_version => {
                 return Err(Reject::UnsupportedVersion(
@@ -327,7 +342,7 @@ impl Checker {
                 event.timestamp, self.max_skew_text
             )));
         }
-        Ok((Verified(event), secret))
+        Ok(Verified(event))
     }
 }
 
@@ -396,4 +411,33 @@ path = "/dev/null"
         let r = c.check(RequestParts { signature: Some(ns.as_bytes()), ..ok }, nb, NOW).unwrap_err();
         assert_eq!(r, Reject::InvalidEvent("body must be a JSON object".into()));
     }
+}
+
+#[cfg(test)]
+mod checker_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_request_never_panics(
+            sig in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..80)),
+            ver in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+            ct in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            now in any::<i64>(),
+            signed in any::<bool>(),
+        ) {
+            let c = Config::parse("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ value = \"k\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n").unwrap();
+            let checker = Checker::new(&c.sources[0]);
+            let good = sign(&Secret::new(b"k".to_vec()), &body);
+            let parts = RequestParts {
+                signature: if signed { Some(good.as_bytes()) } else { sig.as_deref() },
+                version: ver.as_deref(),
+                content_type: ct.as_deref(),
+            };
+            let _ = checker.check(parts, Bytes::from(body.clone()), now);
+        }
+    }
+    use crate::config::Config;
 }

@@ -1,0 +1,126 @@
+//! The command line: check-config on every shipped config, sign against python3, keygen.
+
+use crate::util::*;
+
+#[test]
+fn every_shipped_config_is_valid() {
+    let dir = repo_root().join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (code, out, err) = run_cli(
+            &["check-config", "--config", path.to_str().unwrap()],
+            &[
+                ("VF_SECRET", "s1"),
+                ("VF_SECRET_PREVIOUS", "s0"),
+                ("CUSTOM_AUTH", "Bearer x"),
+                ("TMPDIR", tmp.path().to_str().unwrap()),
+            ],
+            None,
+        );
+        assert_eq!(code, 0, "{}: {err}", path.display());
+        assert!(out.starts_with("ok: "), "{out}");
+        assert_eq!(out.lines().count(), 1);
+        n += 1;
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn bad_config_exits_2_naming_key_and_reason_without_the_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        r#"
+[[source]]
+name = "s"
+path = "/e"
+secrets = [{ value = "TOPSECRETVALUE" }]
+sinks = ["splunk"]
+[sink.splunk]
+type = "http"
+url = "http://127.0.0.1:1/"
+batch = { max_events = 20000 }
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check-config", "--config", p.to_str().unwrap()], &[], None);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("sink.splunk.batch.max_events: must be between 1 and 10000"), "{err}");
+    assert!(!err.contains("TOPSECRETVALUE"));
+
+    std::fs::write(&p, "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ env = \"VFGATE_NOPE\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n").unwrap();
+    let (code, _, err) = run_cli(&["check-config", "--config", p.to_str().unwrap()], &[], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("source[0].secrets[0]: environment variable VFGATE_NOPE is not set"), "{err}");
+
+    let (code, _, err) = run_cli(&["check-config", "--config", "/nonexistent.toml"], &[], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent.toml"));
+}
+
+#[test]
+fn sign_matches_python_hmac() {
+    let body = std::fs::read(repo_root().join("tests/fixtures/sample-event.json")).unwrap();
+    for secret in [SECRET, "correct horse battery staple", "ünïcødé key"] {
+        let (code, out, err) = run_cli(&["sign", "--secret-env", "S"], &[("S", secret)], Some(&body));
+        assert_eq!(code, 0, "{err}");
+        let py = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import hmac,hashlib,os,sys; print('sha256='+hmac.new(os.environ['S'].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
+            ])
+            .env("S", secret)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(&body)?;
+                c.wait_with_output()
+            })
+            .expect("python3 is installed");
+        assert_eq!(out, String::from_utf8(py.stdout).unwrap(), "secret {secret:?}");
+    }
+    // From a file, and the documented vector.
+    let f = repo_root().join("tests/fixtures/sample-event.json");
+    let (code, out, _) = run_cli(&["sign", "--secret-env", "S", f.to_str().unwrap()], &[("S", SECRET)], None);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "sha256=92a8ab5a22de1284b8bc00fa724f8ba0824fb7841244c0b9c2b159b50942af7a");
+    let (code, _, err) = run_cli(&["sign", "--secret-env", "VFGATE_UNSET_X"], &[], Some(b""));
+    assert_ne!(code, 0);
+    assert!(err.contains("VFGATE_UNSET_X"));
+}
+
+#[test]
+fn keygen_prints_32_random_bytes_url_safe() {
+    use base64::Engine;
+    let (c1, a, _) = run_cli(&["keygen"], &[], None);
+    let (c2, b, _) = run_cli(&["keygen"], &[], None);
+    assert_eq!((c1, c2), (0, 0));
+    let a = a.trim();
+    assert_eq!(a.len(), 43);
+    assert!(!a.contains('=') && !a.contains('+') && !a.contains('/'));
+    assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(a).unwrap().len(), 32);
+    assert_ne!(a, b.trim());
+}
+
+#[test]
+fn help_on_every_subcommand_and_usage_errors() {
+    for sub in ["serve", "check-config", "keygen", "sign"] {
+        let (code, out, _) = run_cli(&[sub, "--help"], &[], None);
+        assert_eq!(code, 0, "{sub}");
+        assert!(out.contains("Usage:"), "{sub}");
+    }
+    let (code, _, err) = run_cli(&["serve"], &[], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("--config"));
+    let (code, _, _) = run_cli(&["frobnicate"], &[], None);
+    assert_eq!(code, 2);
+}

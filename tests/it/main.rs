@@ -1,0 +1,7 @@
+//! Integration tests: the real `vfgate` binary on ephemeral ports, with in-test mock upstreams.
+
+mod cli;
+mod forward;
+mod lifecycle;
+mod receive;
+mod util;
