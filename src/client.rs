@@ -51,7 +51,11 @@ impl Target {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{url:?}: the URL must start with http:// or https://")),
+            _ => {
+                return Err(format!(
+                    "{url:?}: the URL must start with http:// or https://"
+                ))
+            }
         };
         let host = uri
             .host()
@@ -60,7 +64,9 @@ impl Target {
             .trim_end_matches(']')
             .to_string();
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(format!("{url:?}: credentials in the URL are not supported; use headers"));
+            return Err(format!(
+                "{url:?}: credentials in the URL are not supported; use headers"
+            ));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri
@@ -181,10 +187,15 @@ pub struct HttpClient {
 
 impl HttpClient {
     /// A client for `target` with a per-attempt `timeout` and the TLS settings.
-    pub fn new(target: Target, tls: &RawClientTls, timeout: Duration) -> Result<HttpClient, String> {
+    pub fn new(
+        target: Target,
+        tls: &RawClientTls,
+        timeout: Duration,
+    ) -> Result<HttpClient, String> {
         let mut opts = ConnectorOptions::new(128);
         if let Some(ca) = &tls.ca_file {
-            let text = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            let text =
+                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
             if !text.windows(11).any(|w| w == b"-----BEGIN ") {
                 return Err(format!("{} holds no PEM certificate", ca.display()));
             }
@@ -276,8 +287,9 @@ impl HttpClient {
         req: &Request,
     ) -> Result<Response, (ClientError, bool)> {
         let io = |e: Box<pingora::Error>| ClientError::Io(e.to_string());
-        let mut h = RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 2))
-            .map_err(|e| (io(e), false))?;
+        let mut h =
+            RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 2))
+                .map_err(|e| (io(e), false))?;
         h.insert_header("host", self.target.authority())
             .map_err(|e| (io(e), false))?;
         h.insert_header("content-length", req.body.len().to_string())
@@ -345,7 +357,10 @@ mod tests {
         assert_eq!(t.path, "/services/collector/event");
         assert_eq!(t.authority(), "splunk.example.com:8088");
         let t = Target::parse("http://127.0.0.1/x?y=1").unwrap();
-        assert_eq!((t.port, t.path.as_str(), t.authority().as_str()), (80, "/x?y=1", "127.0.0.1"));
+        assert_eq!(
+            (t.port, t.path.as_str(), t.authority().as_str()),
+            (80, "/x?y=1", "127.0.0.1")
+        );
         let t = Target::parse("http://[::1]:9000").unwrap();
         assert_eq!((t.host.as_str(), t.path.as_str()), ("::1", "/"));
         assert_eq!(t.authority(), "[::1]:9000");

@@ -129,9 +129,7 @@ impl ByteSize {
     /// Parses `"512KiB"`, `"10 GiB"`, `"1MB"`, `"42"`, `"42B"`.
     pub fn parse(s: &str) -> Result<u64, String> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
             return Err(format!("invalid size {s:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"));
@@ -182,7 +180,10 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 /// One address or a list of them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "an address string like \"127.0.0.1:8080\" or a list of them")]
+#[serde(
+    untagged,
+    expecting = "an address string like \"127.0.0.1:8080\" or a list of them"
+)]
 pub enum OneOrMany {
     /// `listen = "127.0.0.1:8080"`
     One(String),
@@ -673,12 +674,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         ));
     }
     let threads = match raw.threads {
-        Some(0) => {
-            return Err(ConfigError::invalid(
-                "server.threads",
-                "must be at least 1",
-            ))
-        }
+        Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
         Some(n) => n,
         None => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -790,9 +786,10 @@ fn validate_source(
         }
         let not_after = match s.not_after {
             None => None,
-            Some(t) => Some(parse_rfc3339(&t).map_err(|e| {
-                ConfigError::invalid(format!("{skey}.not_after"), e)
-            })?),
+            Some(t) => Some(
+                parse_rfc3339(&t)
+                    .map_err(|e| ConfigError::invalid(format!("{skey}.not_after"), e))?,
+            ),
         };
         secrets.push(SourceSecret {
             reference,
@@ -946,7 +943,11 @@ fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError
             "must be at least 1ms",
         ));
     }
-    let retry_budget = raw.retry.budget.map(|d| d.0).unwrap_or(defaults::RETRY_BUDGET);
+    let retry_budget = raw
+        .retry
+        .budget
+        .map(|d| d.0)
+        .unwrap_or(defaults::RETRY_BUDGET);
     let concurrency = raw.concurrency.unwrap_or(defaults::SINK_CONCURRENCY);
     if !(1..=1024).contains(&concurrency) {
         return Err(ConfigError::invalid(
@@ -1028,7 +1029,8 @@ path = "/dev/null"
         assert!(err(&base("bogus = 1")).starts_with("sink.archive.bogus: unknown field `bogus`"));
         assert!(err(&format!("{}\n[server]\nlisten = 5\n", base(""))).starts_with("server.listen"));
         assert!(
-            err(&format!("{}\n[server]\nnope = 1\n", base(""))).starts_with("server.nope: unknown field `nope`"),
+            err(&format!("{}\n[server]\nnope = 1\n", base("")))
+                .starts_with("server.nope: unknown field `nope`"),
             "{}",
             err(&format!("{}\n[server]\nnope = 1\n", base("")))
         );

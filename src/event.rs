@@ -159,8 +159,7 @@ fn truncate(s: &str, n: usize) -> &str {
 
 /// Unix milliseconds of an RFC 3339 date-time (any offset, any fraction digits).
 pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
@@ -226,29 +225,56 @@ mod tests {
 
     #[test]
     fn timestamps_from_the_targets_sheet() {
-        assert_eq!(parse_timestamp_ms("2024-05-14T09:21:33.417Z"), Some(1715678493417));
-        assert_eq!(parse_timestamp_ms("2024-05-14T09:21:41.002Z"), Some(1715678501002));
-        assert_eq!(parse_timestamp_ms("2024-05-14T11:21:41.002+02:00"), Some(1715678501002));
+        assert_eq!(
+            parse_timestamp_ms("2024-05-14T09:21:33.417Z"),
+            Some(1715678493417)
+        );
+        assert_eq!(
+            parse_timestamp_ms("2024-05-14T09:21:41.002Z"),
+            Some(1715678501002)
+        );
+        assert_eq!(
+            parse_timestamp_ms("2024-05-14T11:21:41.002+02:00"),
+            Some(1715678501002)
+        );
         assert_eq!(parse_timestamp_ms("2024-05-14 09:21:41"), None);
     }
 
     #[test]
     fn precise_reasons() {
         assert_eq!(parse("[1]").unwrap_err(), "body must be a JSON object");
-        assert!(parse("{").unwrap_err().starts_with("body is not valid JSON"));
-        assert_eq!(parse(r#"{"timestamp":"2024-05-14T09:21:33Z"}"#).unwrap_err(), "event_id is missing");
-        assert_eq!(parse(r#"{"event_id":"","timestamp":"x"}"#).unwrap_err(), "event_id is empty");
-        assert_eq!(parse(r#"{"event_id":7,"timestamp":"x"}"#).unwrap_err(), "event_id must be a string");
-        assert_eq!(parse(r#"{"event_id":"a"}"#).unwrap_err(), "timestamp is missing");
+        assert!(parse("{")
+            .unwrap_err()
+            .starts_with("body is not valid JSON"));
+        assert_eq!(
+            parse(r#"{"timestamp":"2024-05-14T09:21:33Z"}"#).unwrap_err(),
+            "event_id is missing"
+        );
+        assert_eq!(
+            parse(r#"{"event_id":"","timestamp":"x"}"#).unwrap_err(),
+            "event_id is empty"
+        );
+        assert_eq!(
+            parse(r#"{"event_id":7,"timestamp":"x"}"#).unwrap_err(),
+            "event_id must be a string"
+        );
+        assert_eq!(
+            parse(r#"{"event_id":"a"}"#).unwrap_err(),
+            "timestamp is missing"
+        );
         assert_eq!(
             parse(r#"{"event_id":"a","timestamp":"yesterday"}"#).unwrap_err(),
             "timestamp \"yesterday\" is not an RFC 3339 date-time"
         );
-        assert!(parse(r#"{"event_id":"a","event_id":"b","timestamp":"2024-05-14T09:21:33Z"}"#)
-            .unwrap_err()
-            .contains("duplicate field"));
+        assert!(
+            parse(r#"{"event_id":"a","event_id":"b","timestamp":"2024-05-14T09:21:33Z"}"#)
+                .unwrap_err()
+                .contains("duplicate field")
+        );
         assert!(parse("{\"event_id\":\"a\",\"timestamp\":\"2024-05-14T09:21:33Z\"} x").is_err());
-        let bad_utf8 = Event::parse(Bytes::from_static(b"{\"event_id\":\"\xff\",\"timestamp\":\"2024-05-14T09:21:33Z\"}"));
+        let bad_utf8 = Event::parse(Bytes::from_static(
+            b"{\"event_id\":\"\xff\",\"timestamp\":\"2024-05-14T09:21:33Z\"}",
+        ));
         assert!(bad_utf8.unwrap_err().0.contains("UTF-8"));
     }
 
@@ -260,7 +286,11 @@ mod tests {
             br#"{"event_id":"a b","timestamp":"2024-05-14T09:21:33Z","x":"q\"\n"}"#
         );
         let e = parse(SAMPLE).unwrap();
-        assert_eq!(e.one_line().as_ptr(), e.body.as_ptr(), "no copy without newlines");
+        assert_eq!(
+            e.one_line().as_ptr(),
+            e.body.as_ptr(),
+            "no copy without newlines"
+        );
     }
 
     proptest! {

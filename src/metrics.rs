@@ -57,7 +57,10 @@ impl Metrics {
             requests: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("vfgate_requests_total", "Webhook requests by source and outcome"),
+                    Opts::new(
+                        "vfgate_requests_total",
+                        "Webhook requests by source and outcome",
+                    ),
                     &["source", "outcome"],
                 )
                 .unwrap(),
@@ -97,7 +100,9 @@ impl Metrics {
                 &r,
                 HistogramVec::new(
                     HistogramOpts::new("vfgate_sink_batch_events", "Events per upstream batch")
-                        .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]),
+                        .buckets(vec![
+                            1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+                        ]),
                     &["sink"],
                 )
                 .unwrap(),
@@ -128,7 +133,10 @@ impl Metrics {
             sink_retries: reg(
                 &r,
                 IntCounterVec::new(
-                    Opts::new("vfgate_sink_retries_total", "Upstream attempts that were retries"),
+                    Opts::new(
+                        "vfgate_sink_retries_total",
+                        "Upstream attempts that were retries",
+                    ),
                     &["sink"],
                 )
                 .unwrap(),
@@ -166,8 +174,11 @@ impl Metrics {
             ),
             in_flight: reg(
                 &r,
-                IntGauge::new("vfgate_in_flight_requests", "Webhook requests being handled")
-                    .unwrap(),
+                IntGauge::new(
+                    "vfgate_in_flight_requests",
+                    "Webhook requests being handled",
+                )
+                .unwrap(),
             ),
             registry: r,
         };

@@ -168,8 +168,8 @@ mod tests {
     fn debug_never_shows_the_secret() {
         let s = Secret::new(b"hunter2".to_vec());
         assert_eq!(format!("{s:?}"), "Secret(***)");
-        let r: SecretRef = toml::from_str::<toml::Table>("v = { value = \"hunter2\" }")
-            .unwrap()["v"]
+        let r: SecretRef = toml::from_str::<toml::Table>("v = { value = \"hunter2\" }").unwrap()
+            ["v"]
             .clone()
             .try_into()
             .unwrap();

@@ -166,7 +166,11 @@ fn error_body(code: &str, detail: &str) -> Vec<u8> {
         error: &'a str,
         detail: &'a str,
     }
-    serde_json::to_vec(&ErrorBody { error: code, detail }).expect("json of strings")
+    serde_json::to_vec(&ErrorBody {
+        error: code,
+        detail,
+    })
+    .expect("json of strings")
 }
 
 /// A source at run time: config, checker, sink handles, pre-resolved metric handles.
@@ -213,14 +217,24 @@ fn now_ms() -> i64 {
 }
 
 impl Gateway {
-    fn finish(&self, counters: &[IntCounter], o: Outcome, body: Vec<u8>, extra: &[(&str, String)]) -> HttpResponse {
+    fn finish(
+        &self,
+        counters: &[IntCounter],
+        o: Outcome,
+        body: Vec<u8>,
+        extra: &[(&str, String)],
+    ) -> HttpResponse {
         counters[o as usize].inc();
         respond(o.status(), body, extra)
     }
 
     fn reject(&self, counters: &[IntCounter], o: Outcome, detail: &str) -> HttpResponse {
         let allow = [("allow", "POST".to_string())];
-        let extra: &[(&str, String)] = if o == Outcome::MethodNotAllowed { &allow } else { &[] };
+        let extra: &[(&str, String)] = if o == Outcome::MethodNotAllowed {
+            &allow
+        } else {
+            &[]
+        };
         self.finish(counters, o, error_body(o.as_str(), detail), extra)
     }
 
@@ -239,8 +253,7 @@ impl Gateway {
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(too_large());
         }
-        if s
-            .get_header("expect")
+        if s.get_header("expect")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
         {
             // Pingora would mark the connection close because the body is not read yet when
@@ -248,7 +261,12 @@ impl Gateway {
             s.set_close_on_response_before_downstream_finish(false);
             let sent = s.write_continue_response().await;
             s.set_close_on_response_before_downstream_finish(true);
-            sent.map_err(|e| (Outcome::BadRequest, format!("cannot answer 100-continue: {e}")))?;
+            sent.map_err(|e| {
+                (
+                    Outcome::BadRequest,
+                    format!("cannot answer 100-continue: {e}"),
+                )
+            })?;
         }
         // Keep the first chunk as-is: most bodies arrive in one, and then nothing is copied.
         let mut first: Option<Bytes> = None;
@@ -276,7 +294,10 @@ impl Gateway {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err((Outcome::BadRequest, format!("cannot read the request body: {e}")))
+                    return Err((
+                        Outcome::BadRequest,
+                        format!("cannot read the request body: {e}"),
+                    ))
                 }
             }
         }
@@ -291,13 +312,21 @@ impl Gateway {
         let path = s.req_header().uri.path();
         let Some(src) = self.routes.get(path) else {
             s.set_keepalive(None);
-            return self.reject(&self.unknown, Outcome::NotFound, "no webhook source is configured at this path");
+            return self.reject(
+                &self.unknown,
+                Outcome::NotFound,
+                "no webhook source is configured at this path",
+            );
         };
         let _timer = src.timer.start_timer();
         let counters = &src.outcomes;
         if s.req_header().method != Method::POST {
             s.set_keepalive(None);
-            return self.reject(counters, Outcome::MethodNotAllowed, "webhooks are delivered with POST");
+            return self.reject(
+                counters,
+                Outcome::MethodNotAllowed,
+                "webhooks are delivered with POST",
+            );
         }
         let body = match self.read_body(s).await {
             Ok(b) => b,
@@ -309,7 +338,10 @@ impl Gateway {
         };
         let h = s.req_header();
         let parts = RequestParts {
-            signature: h.headers.get(verify::SIGNATURE_HEADER).map(|v| v.as_bytes()),
+            signature: h
+                .headers
+                .get(verify::SIGNATURE_HEADER)
+                .map(|v| v.as_bytes()),
             version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
             content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
         };
@@ -338,7 +370,10 @@ impl Gateway {
                 return self.finish(
                     counters,
                     Outcome::InFlight,
-                    error_body("in_flight", "this event_id is being forwarded by another request; retry shortly"),
+                    error_body(
+                        "in_flight",
+                        "this event_id is being forwarded by another request; retry shortly",
+                    ),
                     &[("retry-after", "1".into())],
                 )
             }
@@ -369,7 +404,12 @@ impl Gateway {
                 detail: "delivery was abandoned".into(),
                 retry_after: None,
             });
-            if let Delivery::Failed { kind, detail, retry_after } = d {
+            if let Delivery::Failed {
+                kind,
+                detail,
+                retry_after,
+            } = d
+            {
                 let rank = |k: FailKind| match k {
                     FailKind::Permanent => 3,
                     FailKind::Unavailable => 2,
@@ -383,7 +423,11 @@ impl Gateway {
         match worst {
             None => {
                 guard.armed = false;
-                if let Err(e) = self.dedupe.commit(key, (now_ms() / 1000).max(0) as u64).await {
+                if let Err(e) = self
+                    .dedupe
+                    .commit(key, (now_ms() / 1000).max(0) as u64)
+                    .await
+                {
                     tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be forwarded again");
                 }
                 self.finish(counters, Outcome::Accepted, status_body("accepted"), &[])
@@ -435,11 +479,17 @@ impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> HttpResponse {
         let h = s.req_header();
         if h.method != Method::GET && h.method != Method::HEAD {
-            return respond(405, error_body("method_not_allowed", "use GET"), &[("allow", "GET, HEAD".into())]);
+            return respond(
+                405,
+                error_body("method_not_allowed", "use GET"),
+                &[("allow", "GET, HEAD".into())],
+            );
         }
         match h.uri.path() {
             "/metrics" => {
-                self.metrics.dedupe_entries.set(self.dedupe.entries() as i64);
+                self.metrics
+                    .dedupe_entries
+                    .set(self.dedupe.entries() as i64);
                 let ev = self.dedupe.evictions();
                 let seen = self.metrics.dedupe_evictions.get();
                 if ev > seen {
@@ -461,7 +511,11 @@ impl ServeHttp for Admin {
                     respond(503, status_body("starting"), &[])
                 }
             }
-            _ => respond(404, error_body("not_found", "admin paths: /metrics, /healthz, /readyz"), &[]),
+            _ => respond(
+                404,
+                error_body("not_found", "admin paths: /metrics, /healthz, /readyz"),
+                &[],
+            ),
         }
     }
 }
@@ -620,8 +674,14 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         work_stealing: true,
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: run_dir.join(format!("vfgate-{pid}.pid")).display().to_string(),
-        upgrade_sock: run_dir.join(format!("vfgate-{pid}.sock")).display().to_string(),
+        pid_file: run_dir
+            .join(format!("vfgate-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: run_dir
+            .join(format!("vfgate-{pid}.sock"))
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -658,7 +718,13 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 
     // Ready once every listener accepts connections.
     let ready = parts.ready.clone();
-    let mut probes: Vec<_> = config.server.listen.iter().copied().map(probe_addr).collect();
+    let mut probes: Vec<_> = config
+        .server
+        .listen
+        .iter()
+        .copied()
+        .map(probe_addr)
+        .collect();
     probes.push(probe_addr(config.admin.listen));
     std::thread::Builder::new()
         .name("vfgate-ready".into())
@@ -695,7 +761,10 @@ pub fn run(config: Config) -> Result<(), ServeError> {
             std::thread::sleep(Duration::from_millis(100));
             loop {
                 if in_flight.get() == 0 {
-                    tracing::info!(drain_ms = t0.elapsed().as_millis() as u64, "drained; exiting");
+                    tracing::info!(
+                        drain_ms = t0.elapsed().as_millis() as u64,
+                        "drained; exiting"
+                    );
                     std::process::exit(0);
                 }
                 if t0.elapsed() >= grace {

@@ -81,7 +81,12 @@ impl Verifier {
 
     /// Verifies `header` (the raw `X-VF-Signature-256` value, if any) over `body` at unix
     /// time `now`. Returns the position of the first matching secret.
-    pub fn verify(&self, header: Option<&[u8]>, body: &[u8], now: i64) -> Result<usize, VerifyError> {
+    pub fn verify(
+        &self,
+        header: Option<&[u8]>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<usize, VerifyError> {
         let expected = header.and_then(parse_signature);
         // Compute every MAC even when the header is malformed, so timing says nothing.
         let mut matched = None;
@@ -155,7 +160,13 @@ mod tests {
     fn malformed_headers_are_refused() {
         let v = Verifier::new(&[secret("k", None)]);
         let good = sign(&Secret::new(b"k".to_vec()), SAMPLE);
-        assert!(v.verify(Some(good.to_uppercase().replace("SHA256", "sha256").as_bytes()), SAMPLE, 0).is_ok());
+        assert!(v
+            .verify(
+                Some(good.to_uppercase().replace("SHA256", "sha256").as_bytes()),
+                SAMPLE,
+                0
+            )
+            .is_ok());
         for bad in [
             String::new(),
             "sha256=".into(),
@@ -283,7 +294,12 @@ impl Checker {
     }
 
     /// The signature check alone: the position of the matching secret.
-    pub fn signature(&self, parts: RequestParts<'_>, body: &[u8], now_ms: i64) -> Result<usize, Reject> {
+    pub fn signature(
+        &self,
+        parts: RequestParts<'_>,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<usize, Reject> {
         self.verifier
             .verify(parts.signature, body, now_ms.div_euclid(1000))
             .map_err(|_| Reject::InvalidSignature)
@@ -304,15 +320,14 @@ impl Checker {
                 ))
             }
             None => {}
-            Some(v) => {
-                if !self.versions.iter().any(|a| a.as_bytes() == v.trim_ascii()) {
-                    return Err(Reject::UnsupportedVersion(format!(
-                        "webhook version {:?} is not accepted (accepted: {})",
-                        lossy(v),
-                        self.versions.join(", ")
-                    )));
-                }
+            Some(v) if !self.versions.iter().any(|a| a.as_bytes() == v.trim_ascii()) => {
+                return Err(Reject::UnsupportedVersion(format!(
+                    "webhook version {:?} is not accepted (accepted: {})",
+                    lossy(v),
+                    self.versions.join(", ")
+                )));
             }
+            Some(_) => {}
         }
         match parts.content_type {
             Some(ct) if is_json_media_type(ct) => {}
@@ -374,7 +389,9 @@ path = "/dev/null"
     const NOW: i64 = 1_715_678_493_417 + 1000;
 
     fn body() -> Bytes {
-        Bytes::from_static(br#"{"event_id":"e1","event_type":"t","timestamp":"2024-05-14T09:21:33.417Z"}"#)
+        Bytes::from_static(
+            br#"{"event_id":"e1","event_type":"t","timestamp":"2024-05-14T09:21:33.417Z"}"#,
+        )
     }
 
     fn sig(b: &[u8]) -> String {
@@ -394,21 +411,73 @@ path = "/dev/null"
         let (ev, pos) = c.check(ok, b.clone(), NOW).unwrap();
         assert_eq!((ev.get().event_id.as_str(), pos), ("e1", 0));
         // Signature is checked before everything else.
-        let bad = RequestParts { signature: None, version: None, content_type: None };
-        assert_eq!(c.check(bad, b.clone(), NOW).unwrap_err(), Reject::InvalidSignature);
-        let r = c.check(RequestParts { version: None, ..ok }, b.clone(), NOW).unwrap_err();
+        let bad = RequestParts {
+            signature: None,
+            version: None,
+            content_type: None,
+        };
+        assert_eq!(
+            c.check(bad, b.clone(), NOW).unwrap_err(),
+            Reject::InvalidSignature
+        );
+        let r = c
+            .check(
+                RequestParts {
+                    version: None,
+                    ..ok
+                },
+                b.clone(),
+                NOW,
+            )
+            .unwrap_err();
         assert!(matches!(r, Reject::UnsupportedVersion(_)));
-        let r = c.check(RequestParts { version: Some(b"3"), ..ok }, b.clone(), NOW).unwrap_err();
-        assert_eq!(r.to_string(), "webhook version \"3\" is not accepted (accepted: 1, 2)");
-        let r = c.check(RequestParts { content_type: Some(b"text/plain"), ..ok }, b.clone(), NOW).unwrap_err();
+        let r = c
+            .check(
+                RequestParts {
+                    version: Some(b"3"),
+                    ..ok
+                },
+                b.clone(),
+                NOW,
+            )
+            .unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            "webhook version \"3\" is not accepted (accepted: 1, 2)"
+        );
+        let r = c
+            .check(
+                RequestParts {
+                    content_type: Some(b"text/plain"),
+                    ..ok
+                },
+                b.clone(),
+                NOW,
+            )
+            .unwrap_err();
         assert!(matches!(r, Reject::UnsupportedMediaType(_)));
         let r = c.check(ok, b.clone(), NOW + 3_600_000).unwrap_err();
-        assert!(matches!(r, Reject::StaleEvent(ref d) if d.contains("older")), "{r:?}");
+        assert!(
+            matches!(r, Reject::StaleEvent(ref d) if d.contains("older")),
+            "{r:?}"
+        );
         let r = c.check(ok, b.clone(), NOW - 301_000 - 1000).unwrap_err();
-        assert!(matches!(r, Reject::StaleEvent(ref d) if d.contains("future")), "{r:?}");
+        assert!(
+            matches!(r, Reject::StaleEvent(ref d) if d.contains("future")),
+            "{r:?}"
+        );
         let nb = Bytes::from_static(b"[]");
         let ns = sig(&nb);
-        let r = c.check(RequestParts { signature: Some(ns.as_bytes()), ..ok }, nb, NOW).unwrap_err();
+        let r = c
+            .check(
+                RequestParts {
+                    signature: Some(ns.as_bytes()),
+                    ..ok
+                },
+                nb,
+                NOW,
+            )
+            .unwrap_err();
         assert_eq!(r, Reject::InvalidEvent("body must be a JSON object".into()));
     }
 }

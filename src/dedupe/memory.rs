@@ -156,7 +156,11 @@ impl MemoryDedupe {
             return;
         }
         // Evict the oldest eighth of delivered entries (in-flight ones are short-lived).
-        let mut exp: Vec<u32> = t.values().filter(|e| e.delivered).map(|e| e.expires).collect();
+        let mut exp: Vec<u32> = t
+            .values()
+            .filter(|e| e.delivered)
+            .map(|e| e.expires)
+            .collect();
         if exp.is_empty() {
             return;
         }
@@ -204,8 +208,16 @@ mod tests {
         d.commit(k, 2);
         assert_eq!(d.begin(k, 50), Begin::Duplicate);
         d.release(k);
-        assert_eq!(d.begin(k, 101), Begin::Duplicate, "release keeps a delivered mark");
-        assert_eq!(d.begin(k, 102), Begin::New, "expired delivered mark counts as absent");
+        assert_eq!(
+            d.begin(k, 101),
+            Begin::Duplicate,
+            "release keeps a delivered mark"
+        );
+        assert_eq!(
+            d.begin(k, 102),
+            Begin::New,
+            "expired delivered mark counts as absent"
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let limits = common.batch;
-    let concurrency = if sink.ordered() { 1 } else { common.concurrency };
+    let concurrency = if sink.ordered() {
+        1
+    } else {
+        common.concurrency
+    };
     let sem = Arc::new(Semaphore::new(concurrency));
     let common = Arc::new(common);
     let mut carry: Option<Job> = None;

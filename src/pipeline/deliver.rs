@@ -177,10 +177,12 @@ mod tests {
     use bytes::Bytes;
     use parking_lot::Mutex;
 
+    type Script = Box<dyn Fn(&[String], usize) -> SendResult + Send + Sync>;
+
     /// A sink scripted by a closure over the batch's event ids and the attempt number.
     struct Scripted {
         calls: Mutex<Vec<Vec<String>>>,
-        f: Box<dyn Fn(&[String], usize) -> SendResult + Send + Sync>,
+        f: Script,
     }
 
     #[async_trait]
@@ -220,7 +222,13 @@ mod tests {
                 let body = format!(r#"{{"event_id":"e{i}","timestamp":"2024-05-14T09:21:33Z"}}"#);
                 let ev = Arc::new(Event::parse(Bytes::from(body)).unwrap());
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                (Job { event: ev, reply: tx }, rx)
+                (
+                    Job {
+                        event: ev,
+                        reply: tx,
+                    },
+                    rx,
+                )
             })
             .unzip()
     }
@@ -239,7 +247,10 @@ mod tests {
             calls: Mutex::new(vec![]),
             f: Box::new(|ids, _| {
                 if ids.iter().any(|i| i == "e5") {
-                    SendResult::Split { reason: "rejected", detail: "bad".into() }
+                    SendResult::Split {
+                        reason: "rejected",
+                        detail: "bad".into(),
+                    }
                 } else {
                     SendResult::All(Verdict::Ok)
                 }
@@ -251,7 +262,16 @@ mod tests {
         let out = outcomes(rx).await;
         for (i, o) in out.iter().enumerate() {
             if i == 5 {
-                assert!(matches!(o, Delivery::Failed { kind: FailKind::Permanent, .. }), "{o:?}");
+                assert!(
+                    matches!(
+                        o,
+                        Delivery::Failed {
+                            kind: FailKind::Permanent,
+                            ..
+                        }
+                    ),
+                    "{o:?}"
+                );
             } else {
                 assert_eq!(o, &Delivery::Delivered, "event {i}");
             }
@@ -307,7 +327,16 @@ mod tests {
         deliver(&sink, &common(Duration::from_secs(3)), &m, j).await;
         assert!(Instant::now() - t0 <= Duration::from_secs(3));
         for o in outcomes(rx).await {
-            assert!(matches!(o, Delivery::Failed { kind: FailKind::Timeout, .. }), "{o:?}");
+            assert!(
+                matches!(
+                    o,
+                    Delivery::Failed {
+                        kind: FailKind::Timeout,
+                        ..
+                    }
+                ),
+                "{o:?}"
+            );
         }
         assert!(sink.calls.lock().len() >= 3, "retried within the budget");
     }
@@ -317,7 +346,11 @@ mod tests {
         let sink = Scripted {
             calls: Mutex::new(vec![]),
             f: Box::new(|_, _| {
-                SendResult::All(Verdict::retry(RetryKind::Unavailable, "429", Some(Duration::from_secs(30))))
+                SendResult::All(Verdict::retry(
+                    RetryKind::Unavailable,
+                    "429",
+                    Some(Duration::from_secs(30)),
+                ))
             }),
         };
         let m = Metrics::new();
@@ -325,7 +358,9 @@ mod tests {
         deliver(&sink, &common(Duration::from_secs(10)), &m, j).await;
         assert_eq!(sink.calls.lock().len(), 1);
         let o = outcomes(rx).await.pop().unwrap();
-        assert!(matches!(o, Delivery::Failed { kind: FailKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30)));
+        assert!(
+            matches!(o, Delivery::Failed { kind: FailKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30))
+        );
     }
 
     #[test]

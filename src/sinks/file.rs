@@ -56,7 +56,10 @@ fn default_fsync() -> Fsync {
 fn parse(spec: &SinkSpec) -> Result<FileConfig, ConfigError> {
     let c: FileConfig = super::parse_keys(spec)?;
     if c.path.as_os_str().is_empty() {
-        return Err(ConfigError::invalid(format!("{}.path", spec.key()), "must not be empty"));
+        return Err(ConfigError::invalid(
+            format!("{}.path", spec.key()),
+            "must not be empty",
+        ));
     }
     Ok(c)
 }
@@ -65,7 +68,10 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     let c = parse(spec)?;
     if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
-            ConfigError::invalid(format!("{}.path", spec.key()), format!("cannot create {}: {e}", dir.display()))
+            ConfigError::invalid(
+                format!("{}.path", spec.key()),
+                format!("cannot create {}: {e}", dir.display()),
+            )
         })?;
     }
     let file = OpenOptions::new()
@@ -73,7 +79,10 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         .append(true)
         .open(&c.path)
         .map_err(|e| {
-            ConfigError::invalid(format!("{}.path", spec.key()), format!("cannot open {}: {e}", c.path.display()))
+            ConfigError::invalid(
+                format!("{}.path", spec.key()),
+                format!("cannot open {}: {e}", c.path.display()),
+            )
         })?;
     // fsync of a character device (/dev/null) is meaningless and may fail.
     let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);

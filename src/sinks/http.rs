@@ -56,7 +56,13 @@ pub struct HttpConfig {
 }
 
 /// Headers that vfgate sets itself.
-const RESERVED: &[&str] = &["host", "content-length", "content-type", "transfer-encoding", "connection"];
+const RESERVED: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+];
 
 /// Resolves configured headers (loading secrets), checking names and values.
 pub fn resolve_headers(
@@ -82,7 +88,10 @@ pub fn resolve_headers(
                 .to_vec(),
         };
         if bytes.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-            return Err(ConfigError::invalid(hkey, "value contains a control character"));
+            return Err(ConfigError::invalid(
+                hkey,
+                "value contains a control character",
+            ));
         }
         out.push((lower, bytes));
     }
@@ -109,7 +118,10 @@ fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
     let headers = resolve_headers(&key, &c.headers)?;
     if let Some(ca) = &c.tls.ca_file {
         std::fs::metadata(ca).map_err(|e| {
-            ConfigError::invalid(format!("{key}.tls.ca_file"), format!("cannot read {}: {e}", ca.display()))
+            ConfigError::invalid(
+                format!("{key}.tls.ca_file"),
+                format!("cannot read {}: {e}", ca.display()),
+            )
         })?;
     }
     Ok(Parsed {

@@ -54,7 +54,11 @@ pub enum Verdict {
 
 impl Verdict {
     /// A retryable failure.
-    pub fn retry(kind: RetryKind, detail: impl Into<String>, retry_after: Option<Duration>) -> Self {
+    pub fn retry(
+        kind: RetryKind,
+        detail: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
         Verdict::Retry {
             kind,
             detail: detail.into(),

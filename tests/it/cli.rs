@@ -49,18 +49,36 @@ batch = { max_events = 20000 }
 "#,
     )
     .unwrap();
-    let (code, out, err) = run_cli(&["check-config", "--config", p.to_str().unwrap()], &[], None);
+    let (code, out, err) = run_cli(
+        &["check-config", "--config", p.to_str().unwrap()],
+        &[],
+        None,
+    );
     assert_eq!(code, 2);
     assert!(out.is_empty());
-    assert!(err.contains("sink.splunk.batch.max_events: must be between 1 and 10000"), "{err}");
+    assert!(
+        err.contains("sink.splunk.batch.max_events: must be between 1 and 10000"),
+        "{err}"
+    );
     assert!(!err.contains("TOPSECRETVALUE"));
 
     std::fs::write(&p, "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ env = \"VFGATE_NOPE\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n").unwrap();
-    let (code, _, err) = run_cli(&["check-config", "--config", p.to_str().unwrap()], &[], None);
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", p.to_str().unwrap()],
+        &[],
+        None,
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("source[0].secrets[0]: environment variable VFGATE_NOPE is not set"), "{err}");
+    assert!(
+        err.contains("source[0].secrets[0]: environment variable VFGATE_NOPE is not set"),
+        "{err}"
+    );
 
-    let (code, _, err) = run_cli(&["check-config", "--config", "/nonexistent.toml"], &[], None);
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", "/nonexistent.toml"],
+        &[],
+        None,
+    );
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent.toml"));
 }
@@ -69,7 +87,11 @@ batch = { max_events = 20000 }
 fn sign_matches_python_hmac() {
     let body = std::fs::read(repo_root().join("tests/fixtures/sample-event.json")).unwrap();
     for secret in [SECRET, "correct horse battery staple", "ünïcødé key"] {
-        let (code, out, err) = run_cli(&["sign", "--secret-env", "S"], &[("S", secret)], Some(&body));
+        let (code, out, err) = run_cli(
+            &["sign", "--secret-env", "S"],
+            &[("S", secret)],
+            Some(&body),
+        );
         assert_eq!(code, 0, "{err}");
         let py = std::process::Command::new("python3")
             .args([
@@ -86,13 +108,24 @@ fn sign_matches_python_hmac() {
                 c.wait_with_output()
             })
             .expect("python3 is installed");
-        assert_eq!(out, String::from_utf8(py.stdout).unwrap(), "secret {secret:?}");
+        assert_eq!(
+            out,
+            String::from_utf8(py.stdout).unwrap(),
+            "secret {secret:?}"
+        );
     }
     // From a file, and the documented vector.
     let f = repo_root().join("tests/fixtures/sample-event.json");
-    let (code, out, _) = run_cli(&["sign", "--secret-env", "S", f.to_str().unwrap()], &[("S", SECRET)], None);
+    let (code, out, _) = run_cli(
+        &["sign", "--secret-env", "S", f.to_str().unwrap()],
+        &[("S", SECRET)],
+        None,
+    );
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), "sha256=92a8ab5a22de1284b8bc00fa724f8ba0824fb7841244c0b9c2b159b50942af7a");
+    assert_eq!(
+        out.trim(),
+        "sha256=92a8ab5a22de1284b8bc00fa724f8ba0824fb7841244c0b9c2b159b50942af7a"
+    );
     let (code, _, err) = run_cli(&["sign", "--secret-env", "VFGATE_UNSET_X"], &[], Some(b""));
     assert_ne!(code, 0);
     assert!(err.contains("VFGATE_UNSET_X"));
@@ -107,7 +140,13 @@ fn keygen_prints_32_random_bytes_url_safe() {
     let a = a.trim();
     assert_eq!(a.len(), 43);
     assert!(!a.contains('=') && !a.contains('+') && !a.contains('/'));
-    assert_eq!(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(a).unwrap().len(), 32);
+    assert_eq!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(a)
+            .unwrap()
+            .len(),
+        32
+    );
     assert_ne!(a, b.trim());
 }
 

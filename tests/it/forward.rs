@@ -42,7 +42,10 @@ headers = {{ "Authorization" = {{ env = "CUSTOM_AUTH" }}, "X-Team" = "secops" }}
     assert_eq!(got[0].header("authorization"), Some("Bearer tok-123"));
     assert_eq!(got[0].header("x-team"), Some("secops"));
     assert_eq!(got[0].header("content-type"), Some("application/json"));
-    assert_eq!(got[0].header("host"), Some(format!("127.0.0.1:{}", mock.port).as_str()));
+    assert_eq!(
+        got[0].header("host"),
+        Some(format!("127.0.0.1:{}", mock.port).as_str())
+    );
 
     let text = std::fs::read_to_string(gw.dir.path().join("out/events.ndjson")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -50,7 +53,10 @@ headers = {{ "Authorization" = {{ env = "CUSTOM_AUTH" }}, "X-Team" = "secops" }}
     assert_eq!(lines[0], a);
     let compact = format!(r#"{{"event_id":"evt_fan_2","timestamp":"{ts}","note":"a b\nc"}}"#);
     assert_eq!(lines[1], compact);
-    assert!(!gw.log_text().contains("tok-123"), "the header secret is never logged");
+    assert!(
+        !gw.log_text().contains("tok-123"),
+        "the header secret is never logged"
+    );
 }
 
 #[tokio::test]
@@ -72,7 +78,9 @@ batch = {{ max_events = 10, max_bytes = "1MiB", linger = "300ms" }}
         mock.url("/bulk")
     );
     let gw = Gateway::start(&cfg).await;
-    let bodies: Vec<String> = (0..5).map(|i| event(&format!("evt_batch_{i}"), "user.login")).collect();
+    let bodies: Vec<String> = (0..5)
+        .map(|i| event(&format!("evt_batch_{i}"), "user.login"))
+        .collect();
     let futs = bodies.iter().map(|b| gw.post_event(b));
     let results = futures_join(futs.collect()).await;
     for r in &results {
@@ -82,10 +90,19 @@ batch = {{ max_events = 10, max_bytes = "1MiB", linger = "300ms" }}
     assert_eq!(got.len(), 1, "one upstream request for five events");
     let arr: Vec<serde_json::Value> = serde_json::from_slice(&got[0].body).unwrap();
     assert_eq!(arr.len(), 5);
-    let mut ids: Vec<String> = arr.iter().map(|v| v["event_id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = arr
+        .iter()
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
+        .collect();
     ids.sort();
-    assert_eq!(ids, (0..5).map(|i| format!("evt_batch_{i}")).collect::<Vec<_>>());
-    assert!(gw.metrics().await.contains("vfgate_sink_batch_events_bucket{sink=\"up\",le=\"5\"} 1"));
+    assert_eq!(
+        ids,
+        (0..5).map(|i| format!("evt_batch_{i}")).collect::<Vec<_>>()
+    );
+    assert!(gw
+        .metrics()
+        .await
+        .contains("vfgate_sink_batch_events_bucket{sink=\"up\",le=\"5\"} 1"));
 }
 
 #[tokio::test]
@@ -122,7 +139,12 @@ batch = {{ max_events = 10, linger = "300ms" }}
     // The batch was bisected; each good event was accepted in exactly one upstream request.
     let reqs = mock.requests();
     assert!(reqs.len() >= 3, "bisected: {} requests", reqs.len());
-    assert!(serde_json::from_slice::<Vec<serde_json::Value>>(&reqs[0].body).unwrap().len() == 4);
+    assert!(
+        serde_json::from_slice::<Vec<serde_json::Value>>(&reqs[0].body)
+            .unwrap()
+            .len()
+            == 4
+    );
     for id in ids.iter().filter(|i| **i != poison) {
         let accepted = reqs
             .iter()

@@ -31,7 +31,11 @@ timeout = "5s"
             port,
             "POST",
             "/v1/events",
-            &[("Content-Type", "application/json"), ("X-VF-Signature-256", &sig), ("X-VF-Webhook-Version", "1")],
+            &[
+                ("Content-Type", "application/json"),
+                ("X-VF-Signature-256", &sig),
+                ("X-VF-Webhook-Version", "1"),
+            ],
             body.as_bytes(),
         )
         .await
@@ -44,12 +48,21 @@ timeout = "5s"
     });
     // While draining, new connections are refused.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "listener closed after SIGTERM");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
+        "listener closed after SIGTERM"
+    );
     let r = pending.await.unwrap().unwrap();
     assert_eq!(r.status_field(), "accepted", "in-flight request finished");
     let (st, _gw) = status.await.unwrap();
     assert_eq!(st.code(), Some(0));
-    assert!(t0.elapsed() < Duration::from_secs(4), "exits once drained, not after the whole grace period: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "exits once drained, not after the whole grace period: {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -74,7 +87,11 @@ sinks = ["archive"]
 type = "file"
 path = "{dir}/events.ndjson"
 "#;
-    let tls = format!("tls = {{ cert = \"{}\", key = \"{}\" }}", cert_path.display(), key_path.display());
+    let tls = format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert_path.display(),
+        key_path.display()
+    );
     let gw = Gateway::start_with(cfg, &tls, &[]).await;
     let body = event("evt_tls", "user.login");
     let sig = sign(SECRET, body.as_bytes());
@@ -97,9 +114,17 @@ path = "{dir}/events.ndjson"
         ])
         .output()
         .expect("curl is installed");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"status":"accepted"}"#, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        r#"{"status":"accepted"}"#,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Plain HTTP to the TLS port is not served.
-    assert!(request(gw.port, "POST", "/v1/events", &[], body.as_bytes()).await.map(|r| r.status != 200).unwrap_or(true));
+    assert!(request(gw.port, "POST", "/v1/events", &[], body.as_bytes())
+        .await
+        .map(|r| r.status != 200)
+        .unwrap_or(true));
     let written = std::fs::read_to_string(gw.dir.path().join("events.ndjson")).unwrap();
     assert_eq!(written, format!("{body}\n"));
 }

@@ -45,7 +45,15 @@ async fn status_table_rows() {
     let sig = sign(SECRET, body.as_bytes());
 
     // 404 / 405
-    let r = request(p, "POST", "/nope", &headers(&sig, "1", "application/json"), body.as_bytes()).await.unwrap();
+    let r = request(
+        p,
+        "POST",
+        "/nope",
+        &headers(&sig, "1", "application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.error()), (404, "not_found".into()));
     let r = request(p, "GET", "/v1/events", &[], b"").await.unwrap();
     assert_eq!((r.status, r.error()), (405, "method_not_allowed".into()));
@@ -53,7 +61,15 @@ async fn status_table_rows() {
 
     // 413 by Content-Length, and by counting a chunked body.
     let big = vec![b'x'; 1024 * 1024 + 1];
-    let r = request(p, "POST", "/v1/events", &headers(&sig, "1", "application/json"), &big).await.unwrap();
+    let r = request(
+        p,
+        "POST",
+        "/v1/events",
+        &headers(&sig, "1", "application/json"),
+        &big,
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.error()), (413, "body_too_large".into()));
     let mut chunked = Vec::new();
     for _ in 0..20 {
@@ -64,28 +80,87 @@ async fn status_table_rows() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let mut h = headers(&sig, "1", "application/json");
     h.push(("Transfer-Encoding", "chunked"));
-    let r = request(p, "POST", "/v1/events", &h, &chunked).await.unwrap();
+    let r = request(p, "POST", "/v1/events", &h, &chunked)
+        .await
+        .unwrap();
     assert_eq!((r.status, r.error()), (413, "body_too_large".into()));
 
     // 401: missing, malformed, wrong; one detail for all three.
-    let r1 = request(p, "POST", "/v1/events", &[("Content-Type", "application/json"), ("X-VF-Webhook-Version", "1")], body.as_bytes()).await.unwrap();
-    let r2 = request(p, "POST", "/v1/events", &headers("sha256=zz", "1", "application/json"), body.as_bytes()).await.unwrap();
+    let r1 = request(
+        p,
+        "POST",
+        "/v1/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Webhook-Version", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r2 = request(
+        p,
+        "POST",
+        "/v1/events",
+        &headers("sha256=zz", "1", "application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     let wrong = sign("not-the-secret", body.as_bytes());
-    let r3 = request(p, "POST", "/v1/events", &headers(&wrong, "1", "application/json"), body.as_bytes()).await.unwrap();
+    let r3 = request(
+        p,
+        "POST",
+        "/v1/events",
+        &headers(&wrong, "1", "application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     for r in [&r1, &r2, &r3] {
         assert_eq!((r.status, r.error()), (401, "invalid_signature".into()));
         assert_eq!(r.json()["detail"], r1.json()["detail"]);
     }
 
     // 400 unsupported_version: missing and unknown.
-    let r = request(p, "POST", "/v1/events", &[("Content-Type", "application/json"), ("X-VF-Signature-256", &sig)], body.as_bytes()).await.unwrap();
+    let r = request(
+        p,
+        "POST",
+        "/v1/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Signature-256", &sig),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.error()), (400, "unsupported_version".into()));
-    let r = request(p, "POST", "/v1/events", &headers(&sig, "2", "application/json"), body.as_bytes()).await.unwrap();
+    let r = request(
+        p,
+        "POST",
+        "/v1/events",
+        &headers(&sig, "2", "application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.error()), (400, "unsupported_version".into()));
 
     // 415, with charset allowed.
-    let r = request(p, "POST", "/v1/events", &headers(&sig, "1", "text/plain"), body.as_bytes()).await.unwrap();
-    assert_eq!((r.status, r.error()), (415, "unsupported_media_type".into()));
+    let r = request(
+        p,
+        "POST",
+        "/v1/events",
+        &headers(&sig, "1", "text/plain"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.error()),
+        (415, "unsupported_media_type".into())
+    );
 
     // 400 invalid_event: not JSON, not an object, id missing / empty / wrong type, bad timestamp.
     for bad in [
@@ -98,8 +173,20 @@ async fn status_table_rows() {
         r#"{"event_id":"e","timestamp":12345}"#.to_string(),
     ] {
         let s = sign(SECRET, bad.as_bytes());
-        let r = request(p, "POST", "/v1/events", &headers(&s, "1", "application/json; charset=utf-8"), bad.as_bytes()).await.unwrap();
-        assert_eq!((r.status, r.error()), (400, "invalid_event".into()), "{bad}");
+        let r = request(
+            p,
+            "POST",
+            "/v1/events",
+            &headers(&s, "1", "application/json; charset=utf-8"),
+            bad.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_event".into()),
+            "{bad}"
+        );
         assert!(!r.json()["detail"].as_str().unwrap().is_empty());
     }
 
@@ -107,16 +194,31 @@ async fn status_table_rows() {
     for ts in ["2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"] {
         let b = format!(r#"{{"event_id":"evt_stale","event_type":"user.x","timestamp":"{ts}"}}"#);
         let s = sign(SECRET, b.as_bytes());
-        let r = request(p, "POST", "/v1/events", &headers(&s, "1", "application/json"), b.as_bytes()).await.unwrap();
+        let r = request(
+            p,
+            "POST",
+            "/v1/events",
+            &headers(&s, "1", "application/json"),
+            b.as_bytes(),
+        )
+        .await
+        .unwrap();
         assert_eq!((r.status, r.error()), (400, "stale_event".into()), "{ts}");
     }
 
     // 200 filtered: "user.*" does not match "user", nor other types.
     for t in ["user", "admin.settings.changed", "vault.item.readx"] {
         let r = gw.post_event(&event(&format!("evt_f_{t}"), t)).await;
-        assert_eq!((r.status, r.status_field()), (200, "filtered".into()), "{t}");
+        assert_eq!(
+            (r.status, r.status_field()),
+            (200, "filtered".into()),
+            "{t}"
+        );
     }
-    assert!(mock.requests().is_empty(), "nothing refused or filtered was forwarded");
+    assert!(
+        mock.requests().is_empty(),
+        "nothing refused or filtered was forwarded"
+    );
 
     // 200 accepted, then 200 duplicate.
     let r = gw.post_event(&body).await;
@@ -125,11 +227,19 @@ async fn status_table_rows() {
     assert_eq!((r.status, r.status_field()), (200, "duplicate".into()));
     let got = mock.requests();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].body, body.as_bytes(), "forwarded byte for byte, unknown fields kept");
+    assert_eq!(
+        got[0].body,
+        body.as_bytes(),
+        "forwarded byte for byte, unknown fields kept"
+    );
 
     // Metrics count each outcome.
     let m = |o: &str| format!("vfgate_requests_total{{outcome=\"{o}\",source=\"syvault\"}}");
-    assert_eq!(gw.metric("vfgate_requests_total{outcome=\"not_found\",source=\"none\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("vfgate_requests_total{outcome=\"not_found\",source=\"none\"}")
+            .await,
+        1.0
+    );
     for (o, n) in [
         ("method_not_allowed", 1.0),
         ("body_too_large", 2.0),
@@ -144,9 +254,21 @@ async fn status_table_rows() {
     ] {
         assert_eq!(gw.metric(&m(o)).await, n, "{o}");
     }
-    assert_eq!(gw.metric("vfgate_secret_matches_total{secret=\"0\",source=\"syvault\"}").await, 17.0);
-    assert_eq!(gw.metric("vfgate_events_forwarded_total{sink=\"up\"}").await, 1.0);
-    assert_eq!(gw.metric("vfgate_sink_requests_total{sink=\"up\",status=\"200\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("vfgate_secret_matches_total{secret=\"0\",source=\"syvault\"}")
+            .await,
+        17.0
+    );
+    assert_eq!(
+        gw.metric("vfgate_events_forwarded_total{sink=\"up\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("vfgate_sink_requests_total{sink=\"up\",status=\"200\"}")
+            .await,
+        1.0
+    );
     assert!(gw.metrics().await.contains("vfgate_build_info{version=\""));
 }
 
@@ -156,11 +278,19 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     let gw = Gateway::start(&config(&mock, "")).await;
 
     // 400 from the upstream for a single event: permanent, 502 with the reason.
-    mock.push(Reply::Status(400, vec![], r#"{"error":"bad field"}"#.into()));
+    mock.push(Reply::Status(
+        400,
+        vec![],
+        r#"{"error":"bad field"}"#.into(),
+    ));
     let body = event("evt_up_1", "user.login");
     let r = gw.post_event(&body).await;
     assert_eq!((r.status, r.error()), (502, "upstream_error".into()));
-    assert!(r.json()["detail"].as_str().unwrap().contains("bad field"), "{:?}", r.json());
+    assert!(
+        r.json()["detail"].as_str().unwrap().contains("bad field"),
+        "{:?}",
+        r.json()
+    );
 
     // 503 until the budget is spent: 503 + Retry-After.
     mock.set_default(Reply::Status(503, vec![], "busy".into()));
@@ -184,7 +314,11 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
 
     // Retry-After from the upstream is honoured within the budget.
     let before = mock.requests().len();
-    mock.push(Reply::Status(429, vec![("Retry-After".into(), "0".into())], "slow down".into()));
+    mock.push(Reply::Status(
+        429,
+        vec![("Retry-After".into(), "0".into())],
+        "slow down".into(),
+    ));
     let r = gw.post_event(&event("evt_up_2", "user.login")).await;
     assert_eq!(r.status_field(), "accepted");
     assert_eq!(mock.requests().len(), before + 2);
@@ -193,7 +327,11 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     assert_eq!(gw.metric(&m("upstream_error")).await, 1.0);
     assert_eq!(gw.metric(&m("upstream_unavailable")).await, 1.0);
     assert_eq!(gw.metric(&m("upstream_timeout")).await, 1.0);
-    assert_eq!(gw.metric("vfgate_sink_events_failed_total{reason=\"rejected\",sink=\"up\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("vfgate_sink_events_failed_total{reason=\"rejected\",sink=\"up\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -221,22 +359,50 @@ async fn secret_rotation_old_and_new_pass_third_fails_expired_fails() {
         "secrets = [{ env = \"VF_SECRET\" }]",
         "secrets = [{ env = \"VF_SECRET\" }, { env = \"VF_OLD\" }, { env = \"VF_EXPIRED\", not_after = \"2020-01-01T00:00:00Z\" }]",
     );
-    let gw = Gateway::start_with(&cfg, "", &[("VF_OLD", "old-secret"), ("VF_EXPIRED", "expired-secret")]).await;
+    let gw = Gateway::start_with(
+        &cfg,
+        "",
+        &[("VF_OLD", "old-secret"), ("VF_EXPIRED", "expired-secret")],
+    )
+    .await;
     let send = |secret: &'static str, id: &'static str| {
         let body = event(id, "user.login");
         let sig = sign(secret, body.as_bytes());
         let port = gw.port;
         async move {
-            request(port, "POST", "/v1/events", &headers(&sig, "1", "application/json"), body.as_bytes()).await.unwrap()
+            request(
+                port,
+                "POST",
+                "/v1/events",
+                &headers(&sig, "1", "application/json"),
+                body.as_bytes(),
+            )
+            .await
+            .unwrap()
         }
     };
     assert_eq!(send(SECRET, "evt_rot_1").await.status_field(), "accepted");
-    assert_eq!(send("old-secret", "evt_rot_2").await.status_field(), "accepted");
+    assert_eq!(
+        send("old-secret", "evt_rot_2").await.status_field(),
+        "accepted"
+    );
     assert_eq!(send("third-secret", "evt_rot_3").await.status, 401);
     assert_eq!(send("expired-secret", "evt_rot_4").await.status, 401);
-    assert_eq!(gw.metric("vfgate_secret_matches_total{secret=\"0\",source=\"syvault\"}").await, 1.0);
-    assert_eq!(gw.metric("vfgate_secret_matches_total{secret=\"1\",source=\"syvault\"}").await, 1.0);
-    assert_eq!(gw.metric("vfgate_secret_matches_total{secret=\"2\",source=\"syvault\"}").await, 0.0);
+    assert_eq!(
+        gw.metric("vfgate_secret_matches_total{secret=\"0\",source=\"syvault\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("vfgate_secret_matches_total{secret=\"1\",source=\"syvault\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("vfgate_secret_matches_total{secret=\"2\",source=\"syvault\"}")
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -248,7 +414,15 @@ async fn protocol_test_vector_is_accepted_end_to_end() {
     let gw = Gateway::start(&cfg).await;
     let body = std::fs::read(repo_root().join("tests/fixtures/sample-event.json")).unwrap();
     let sig = "sha256=92a8ab5a22de1284b8bc00fa724f8ba0824fb7841244c0b9c2b159b50942af7a";
-    let r = request(gw.port, "POST", "/v1/events", &headers(sig, "1", "application/json"), &body).await.unwrap();
+    let r = request(
+        gw.port,
+        "POST",
+        "/v1/events",
+        &headers(sig, "1", "application/json"),
+        &body,
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status, r.status_field()), (200, "accepted".into()));
     assert_eq!(mock.requests()[0].body, body);
 }
@@ -260,7 +434,9 @@ async fn expect_100_continue_and_keep_alive() {
     let body = event("evt_cont", "user.login");
     let sig = sign(SECRET, body.as_bytes());
     use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-VF-Signature-256: {sig}\r\nX-VF-Webhook-Version: 1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -268,16 +444,25 @@ async fn expect_100_continue_and_keep_alive() {
     s.write_all(head.as_bytes()).await.unwrap();
     // The interim 100 arrives before we send the body.
     let mut first = [0u8; 25];
-    tokio::time::timeout(Duration::from_secs(2), tokio::io::AsyncReadExt::read_exact(&mut s, &mut first))
-        .await
-        .expect("100 Continue within 2s")
-        .unwrap();
-    assert!(first.starts_with(b"HTTP/1.1 100"), "{:?}", String::from_utf8_lossy(&first));
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut first),
+    )
+    .await
+    .expect("100 Continue within 2s")
+    .unwrap();
+    assert!(
+        first.starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&first)
+    );
     s.write_all(body.as_bytes()).await.unwrap();
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.status_field(), "accepted");
     // Same connection, second request: keep-alive works (Content-Length is always set).
-    s.write_all(head.replace("Expect: 100-continue\r\n", "").as_bytes()).await.unwrap();
+    s.write_all(head.replace("Expect: 100-continue\r\n", "").as_bytes())
+        .await
+        .unwrap();
     s.write_all(body.as_bytes()).await.unwrap();
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.status_field(), "duplicate");
@@ -291,11 +476,33 @@ async fn admin_and_webhook_listeners_do_not_serve_each_other() {
     assert_eq!(r.status, 404);
     let body = event("evt_adm", "user.login");
     let sig = sign(SECRET, body.as_bytes());
-    let r = request(gw.admin, "POST", "/v1/events", &headers(&sig, "1", "application/json"), body.as_bytes()).await.unwrap();
+    let r = request(
+        gw.admin,
+        "POST",
+        "/v1/events",
+        &headers(&sig, "1", "application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 405);
-    let r = request(gw.admin, "GET", "/v1/events", &[], b"").await.unwrap();
+    let r = request(gw.admin, "GET", "/v1/events", &[], b"")
+        .await
+        .unwrap();
     assert_eq!(r.status, 404);
-    assert_eq!(request(gw.admin, "GET", "/healthz", &[], b"").await.unwrap().status, 200);
-    assert_eq!(request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap().status, 200);
+    assert_eq!(
+        request(gw.admin, "GET", "/healthz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        request(gw.admin, "GET", "/readyz", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     assert!(mock.requests().is_empty());
 }

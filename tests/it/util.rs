@@ -7,7 +7,7 @@ use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -16,20 +16,24 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vfgate");
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    vfgate::verify::sign(&vfgate::secret::Secret::new(secret.as_bytes().to_vec()), body)
+    vfgate::verify::sign(
+        &vfgate::secret::Secret::new(secret.as_bytes().to_vec()),
+        body,
+    )
 }
 
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339).unwrap()
-}
-
-pub fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 /// A valid event with a fresh timestamp.
@@ -78,7 +82,13 @@ impl Gateway {
                 cmd.env(k, v);
             }
             let child = cmd.spawn().unwrap();
-            let mut g = Gateway { child: Some(child), port, admin, dir, log };
+            let mut g = Gateway {
+                child: Some(child),
+                port,
+                admin,
+                dir,
+                log,
+            };
             if g.wait_ready(Duration::from_secs(10)).await {
                 return g;
             }
@@ -122,7 +132,9 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
-        let r = request(self.admin, "GET", "/metrics", &[], b"").await.unwrap();
+        let r = request(self.admin, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         String::from_utf8(r.body).unwrap()
     }
@@ -140,15 +152,10 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().unwrap();
-        // SAFETY-free: plain libc kill of the child we started.
-        let rc = unsafe_free_kill(c.id() as i32, libc::SIGTERM);
+        let rc = send_signal(c.id() as i32, libc::SIGTERM);
         assert_eq!(rc, 0);
         c.wait().unwrap()
     }
@@ -161,16 +168,23 @@ impl Gateway {
     }
 }
 
-/// `kill(2)` through the `kill` command, so the test crate needs no unsafe code.
-pub fn unsafe_free_kill(pid: i32, sig: i32) -> i32 {
+/// Sends a signal to a process this test started, through the `kill` command.
+pub fn send_signal(pid: i32, sig: i32) -> i32 {
     let name = match sig {
         libc::SIGTERM => "TERM",
         libc::SIGINT => "INT",
         libc::SIGKILL => "KILL",
         _ => panic!("unexpected signal"),
     };
-    let st = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().unwrap();
-    if st.success() { 0 } else { -1 }
+    let st = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    if st.success() {
+        0
+    } else {
+        -1
+    }
 }
 
 impl Drop for Gateway {
@@ -189,10 +203,14 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn error(&self) -> String {
         self.json()["error"].as_str().unwrap_or("").to_string()
@@ -203,7 +221,13 @@ impl Resp {
 }
 
 /// One HTTP/1.1 request on a new connection.
-pub async fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+pub async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
     let mut has_len = false;
@@ -234,7 +258,12 @@ pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
             let headers: Vec<(String, String)> = r
                 .headers
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).to_string()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).to_string(),
+                    )
+                })
                 .collect();
             if status == 100 {
                 buf.drain(..n);
@@ -264,11 +293,18 @@ pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
                     body.extend_from_slice(&tmp[..k]);
                 },
             }
-            return Ok(Resp { status, headers, body });
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
         }
         let k = s.read(&mut tmp).await?;
         if k == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
         }
         buf.extend_from_slice(&tmp[..k]);
     }
@@ -285,7 +321,10 @@ pub struct Captured {
 
 impl Captured {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -372,7 +411,12 @@ impl Mock {
                     let headers: Vec<(String, String)> = r
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).to_string()))
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).to_string(),
+                            )
+                        })
                         .collect();
                     let len = headers
                         .iter()
@@ -397,7 +441,12 @@ impl Mock {
             };
             buf.drain(..consumed);
             self.got.lock().unwrap().push(cap);
-            let reply = self.script.lock().unwrap().pop_front().unwrap_or_else(|| self.default.lock().unwrap().clone());
+            let reply = self
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| self.default.lock().unwrap().clone());
             let (status, headers, body) = match reply {
                 Reply::Status(s, h, b) => (s, h, b),
                 Reply::Sleep(d) => {
@@ -413,7 +462,10 @@ impl Mock {
                     }
                 }
             };
-            let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n", body.len());
+            let mut out = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
+                body.len()
+            );
             for (k, v) in headers {
                 out.push_str(&format!("{k}: {v}\r\n"));
             }
@@ -427,7 +479,10 @@ impl Mock {
 /// Runs `vfgate` with arguments; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
