@@ -163,3 +163,75 @@ pub async fn futures_join<F: std::future::Future<Output = Resp>>(futs: Vec<F>) -
         .await
         .expect("all requests answered within 20s")
 }
+
+#[tokio::test]
+async fn https_upstream_is_verified_against_ca_file() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let mock = Mock::start_tls(&cert.pem(), &key.serialize_pem()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let url = format!("https://127.0.0.1:{}/ingest", mock.port);
+    let cfg = format!(
+        r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["trusted"]
+
+[[source]]
+name = "other"
+path = "/v1/untrusted"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["untrusted"]
+
+[sink.trusted]
+type = "http"
+url = "{url}"
+tls = {{ ca_file = "{}" }}
+
+[sink.untrusted]
+type = "http"
+url = "{url}"
+timeout = "500ms"
+retry = {{ budget = "600ms" }}
+"#,
+        ca.display()
+    );
+    let gw = Gateway::start(&cfg).await;
+    let body = event("evt_tls_up", "user.login");
+    let r = gw.post_event(&body).await;
+    assert_eq!(
+        r.status_field(),
+        "accepted",
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(mock.requests()[0].body, body.as_bytes());
+
+    // The same upstream without the CA: the certificate is not trusted, nothing is sent.
+    let sig = sign(SECRET, body.as_bytes());
+    let r = request(
+        gw.port,
+        "POST",
+        "/v1/untrusted",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Signature-256", &sig),
+            ("X-VF-Webhook-Version", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(mock.requests().len(), 1);
+    assert!(
+        gw.metric("vfgate_sink_requests_total{sink=\"untrusted\",status=\"connect_error\"}")
+            .await
+            >= 1.0
+    );
+}

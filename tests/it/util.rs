@@ -374,6 +374,44 @@ impl Mock {
         m
     }
 
+    /// A mock that speaks HTTPS with the given PEM certificate chain and key.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Mock {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let m = Mock {
+            port,
+            got: Arc::default(),
+            script: Arc::default(),
+            default: Arc::new(Mutex::new(Reply::Status(200, vec![], "{}".into()))),
+        };
+        let mm = m.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (mm, acceptor) = (mm.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(s).await {
+                        let _ = mm.serve_conn(tls).await;
+                    }
+                });
+            }
+        });
+        m
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -399,7 +437,10 @@ impl Mock {
         self.requests()
     }
 
-    async fn serve_conn(&self, mut s: TcpStream) -> std::io::Result<()> {
+    async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut s: S,
+    ) -> std::io::Result<()> {
         let mut buf: Vec<u8> = Vec::new();
         let mut tmp = [0u8; 65536];
         loop {
