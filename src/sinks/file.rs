@@ -26,6 +26,7 @@ pub const TYPE: SinkType = SinkType {
     name: "file",
     check: |spec| parse(spec).map(drop),
     build,
+    max_events: usize::MAX,
 };
 
 /// When to fsync.

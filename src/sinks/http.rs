@@ -29,6 +29,7 @@ pub const TYPE: SinkType = SinkType {
     name: "http",
     check: |spec| parse(spec).map(drop),
     build,
+    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
 };
 
 /// A header value: plain text or a secret reference.

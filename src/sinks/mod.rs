@@ -8,8 +8,13 @@
 //!
 //! To add a sink type: write `sinks/<name>.rs` and add it to [`TYPES`].
 
+pub mod azure_logs_ingestion;
+pub mod datadog;
+pub mod elastic;
 pub mod file;
 pub mod http;
+pub mod sentinel_data_collector;
+pub mod splunk_hec;
 
 use crate::config::{ConfigError, SinkSpec};
 use crate::event::Event;
@@ -122,10 +127,20 @@ pub struct SinkType {
     pub check: fn(&SinkSpec) -> Result<(), ConfigError>,
     /// Builds the sink (may open files, read CA bundles).
     pub build: fn(&SinkSpec) -> Result<Arc<dyn Sink>, ConfigError>,
+    /// The target's most events per request (`batch.max_events` may not exceed it).
+    pub max_events: usize,
 }
 
 /// Every sink type.
-pub const TYPES: &[SinkType] = &[file::TYPE, http::TYPE];
+pub const TYPES: &[SinkType] = &[
+    file::TYPE,
+    http::TYPE,
+    splunk_hec::TYPE,
+    datadog::TYPE,
+    elastic::TYPE,
+    azure_logs_ingestion::TYPE,
+    sentinel_data_collector::TYPE,
+];
 
 /// The names of every sink type.
 pub fn type_names() -> Vec<&'static str> {
@@ -148,9 +163,19 @@ fn find(spec: &SinkSpec) -> Result<&'static SinkType, ConfigError> {
         })
 }
 
-/// Checks a sink's type-specific keys.
+/// Checks a sink's type-specific keys and its batch limits against the target's.
 pub fn check_spec(spec: &SinkSpec) -> Result<(), ConfigError> {
-    (find(spec)?.check)(spec)
+    let t = find(spec)?;
+    if spec.common.batch.max_events > t.max_events {
+        return Err(ConfigError::invalid(
+            format!("{}.batch.max_events", spec.key()),
+            format!(
+                "must be between 1 and {} for a {} sink",
+                t.max_events, t.name
+            ),
+        ));
+    }
+    (t.check)(spec)
 }
 
 /// Builds a sink from its spec.
@@ -201,5 +226,145 @@ pub fn client_error_attempt(e: &crate::client::ClientError) -> Attempt {
     Attempt {
         status: e.label().to_string(),
         result: SendResult::All(Verdict::retry(kind, e.to_string(), None)),
+    }
+}
+
+/// Request body compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// `Content-Encoding: gzip`.
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// Gzips `data` (fast level: the targets care about size limits measured before compression).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// Applies `c` to `body`, adding the Content-Encoding header when compressing.
+pub fn compress(
+    c: Compression,
+    body: Vec<u8>,
+    headers: &mut Vec<(String, Vec<u8>)>,
+) -> bytes::Bytes {
+    match c {
+        Compression::Gzip => {
+            headers.push(("content-encoding".into(), b"gzip".to_vec()));
+            bytes::Bytes::from(gzip(&body))
+        }
+        Compression::None => bytes::Bytes::from(body),
+    }
+}
+
+/// The string at a dotted path of a JSON value (`"context.org_id"`), if it is a string.
+pub fn str_at<'a>(v: &'a serde_json::Value, path: &str) -> Option<&'a str> {
+    path.split('.').try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// The flattened audit columns shared by the Azure sinks (and usable by others).
+pub fn audit_columns(ev: &Event, v: &serde_json::Value) -> Vec<(&'static str, Option<String>)> {
+    let s = |p: &str| str_at(v, p).map(str::to_string);
+    vec![
+        ("EventId", Some(ev.event_id.clone())),
+        (
+            "EventType",
+            Some(ev.event_type.clone()).filter(|t| !t.is_empty()),
+        ),
+        ("ActorUserId", s("actor.user_id")),
+        ("ActorEmail", s("actor.email")),
+        ("TargetType", s("target.type")),
+        ("TargetId", s("target.id")),
+        ("IpAddress", s("context.ip_address")),
+        ("UserAgent", s("context.user_agent")),
+        ("OrgId", s("context.org_id")),
+    ]
+}
+
+/// RFC 3339 UTC with milliseconds of unix milliseconds (`2024-05-14T09:21:33.417Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The body of a request that failed, for a short detail (never includes request data).
+pub fn body_snippet(resp: &crate::client::Response) -> String {
+    String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)])
+        .trim()
+        .to_string()
+}
+
+/// A random RFC 4122 version-4 UUID, e.g. for a Splunk channel or an Azure request id.
+pub fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("OS random source");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// This machine's host name (for Splunk `host` and Datadog `hostname` defaults).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "vfgate".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formatting_from_integer_millis() {
+        assert_eq!(rfc3339_ms(1715678493417), "2024-05-14T09:21:33.417Z");
+        assert_eq!(rfc3339_ms(1715678501002), "2024-05-14T09:21:41.002Z");
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, uuid_v4());
+    }
+
+    #[test]
+    fn gzip_roundtrip() {
+        use std::io::Read;
+        let data = b"hello hello hello".repeat(100);
+        let z = gzip(&data);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&z[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
     }
 }

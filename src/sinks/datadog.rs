@@ -1,0 +1,322 @@
+//! `datadog` sink: Datadog Logs intake v2, `POST https://http-intake.logs.<site>/api/v2/logs`.
+//!
+//! Each log is exactly `message` (the original event JSON as a string; the intake parses it
+//! into attributes), `status` (`info`), `timestamp` (epoch milliseconds of the event),
+//! `hostname`, `service`, `ddsource`, `ddtags` (configured tags plus `event_type:<type>` and
+//! `org_id:<org>`). Body = JSON array; `DD-API-KEY` header; gzip by default.
+//!
+//! Limits (Datadog docs): at most 1,000 logs and 5,000,000 bytes uncompressed per request; a
+//! log over 1,000,000 bytes is truncated by the intake and a timestamp older than 18 hours is
+//! dropped, both while answering 202. vfgate refuses such an event itself (permanent failure
+//! with the reason) rather than report a delivery that lost data. A batch over the byte limit
+//! is split before sending.
+
+use super::{
+    body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind, SendResult,
+    Sink, SinkType, Verdict,
+};
+use crate::client::{HttpClient, Request, Response, Target};
+use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::event::Event;
+use crate::secret::SecretRef;
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Most logs per request.
+pub const MAX_LOGS: usize = 1000;
+/// Most uncompressed bytes per request.
+pub const MAX_BODY: usize = 5_000_000;
+/// Largest log the intake keeps whole.
+pub const MAX_LOG: usize = 1_000_000;
+/// Oldest timestamp the intake keeps.
+pub const MAX_AGE_MS: i64 = 18 * 3600 * 1000;
+/// Furthest-ahead timestamp the intake keeps.
+pub const MAX_AHEAD_MS: i64 = 2 * 3600 * 1000;
+/// Documented sites.
+pub const SITES: &[&str] = &[
+    "datadoghq.com",
+    "datadoghq.eu",
+    "us3.datadoghq.com",
+    "us5.datadoghq.com",
+    "ap1.datadoghq.com",
+    "ddog-gov.com",
+];
+
+/// The `datadog` sink type.
+pub const TYPE: SinkType = SinkType {
+    name: "datadog",
+    check: |spec| parse(spec).map(drop),
+    build,
+    max_events: MAX_LOGS,
+};
+
+/// `[sink.NAME]` keys of a datadog sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatadogConfig {
+    /// Datadog site, e.g. `datadoghq.eu`.
+    pub site: Option<String>,
+    /// Full intake URL (wins over `site`).
+    pub url: Option<String>,
+    /// API key.
+    pub api_key: SecretRef,
+    /// `service` of every log.
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// `ddsource` of every log.
+    #[serde(default = "default_source")]
+    pub ddsource: String,
+    /// Extra `key:value` tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `hostname` of every log (default: this machine's name).
+    pub hostname: Option<String>,
+    /// `gzip` (default) or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Outbound TLS.
+    #[serde(default)]
+    pub tls: RawClientTls,
+}
+
+fn default_service() -> String {
+    "vfgate".into()
+}
+fn default_source() -> String {
+    "syvault".into()
+}
+fn default_compression() -> Compression {
+    Compression::Gzip
+}
+
+fn parse(spec: &SinkSpec) -> Result<(DatadogConfig, Target), ConfigError> {
+    let c: DatadogConfig = super::parse_keys(spec)?;
+    let key = spec.key();
+    let url = match (&c.url, &c.site) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) if SITES.contains(&s.as_str()) => {
+            format!("https://http-intake.logs.{s}/api/v2/logs")
+        }
+        (None, Some(s)) => {
+            return Err(ConfigError::invalid(
+                format!("{key}.site"),
+                format!(
+                    "unknown site {s:?} (one of: {}); or give the full intake url",
+                    SITES.join(", ")
+                ),
+            ))
+        }
+        (None, None) => return Err(ConfigError::invalid(key, "either site or url is required")),
+    };
+    let target = Target::parse(&url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
+    for (i, t) in c.tags.iter().enumerate() {
+        if !t.contains(':') || t.contains(',') {
+            return Err(ConfigError::invalid(
+                format!("{key}.tags[{i}]"),
+                format!("{t:?}: a tag is \"key:value\" without commas"),
+            ));
+        }
+    }
+    c.api_key
+        .load()
+        .map_err(|e| ConfigError::invalid(format!("{key}.api_key"), e.to_string()))?;
+    Ok((c, target))
+}
+
+fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    let (c, target) = parse(spec)?;
+    let key = spec.key();
+    let api_key = c
+        .api_key
+        .load()
+        .map_err(|e| ConfigError::invalid(format!("{key}.api_key"), e.to_string()))?;
+    let path = target.path.clone();
+    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?;
+    Ok(Arc::new(Datadog {
+        client,
+        path,
+        api_key: api_key.expose().to_vec(),
+        hostname: c.hostname.unwrap_or_else(super::hostname),
+        service: c.service,
+        ddsource: c.ddsource,
+        tags: c.tags.join(","),
+        compression: c.compression,
+        now_ms: wall_ms,
+    }))
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The sink.
+pub struct Datadog {
+    client: HttpClient,
+    path: String,
+    api_key: Vec<u8>,
+    hostname: String,
+    service: String,
+    ddsource: String,
+    tags: String,
+    compression: Compression,
+    now_ms: fn() -> i64,
+}
+
+#[derive(serde::Serialize)]
+struct Log<'a> {
+    message: &'a str,
+    status: &'static str,
+    timestamp: i64,
+    hostname: &'a str,
+    service: &'a str,
+    ddsource: &'a str,
+    ddtags: String,
+}
+
+impl Datadog {
+    /// One log object.
+    pub fn log(&self, ev: &Event, now_ms: i64) -> Result<Vec<u8>, Verdict> {
+        let age = now_ms - ev.timestamp_ms;
+        if age > MAX_AGE_MS {
+            return Err(Verdict::permanent("too_old", format!("event timestamp {} is older than 18h: the Datadog intake would drop it while answering 202", ev.timestamp)));
+        }
+        if -age > MAX_AHEAD_MS {
+            return Err(Verdict::permanent(
+                "too_new",
+                format!(
+                    "event timestamp {} is more than 2h ahead: the Datadog intake would drop it",
+                    ev.timestamp
+                ),
+            ));
+        }
+        let message = std::str::from_utf8(&ev.body)
+            .map_err(|_| Verdict::permanent("rejected", "event is not UTF-8"))?;
+        let mut ddtags = self.tags.clone();
+        let mut tag = |k: &str, v: &str| {
+            if !v.is_empty() {
+                if !ddtags.is_empty() {
+                    ddtags.push(',');
+                }
+                ddtags.push_str(k);
+                ddtags.push(':');
+                ddtags.push_str(&v.replace(',', "_"));
+            }
+        };
+        tag("event_type", &ev.event_type);
+        tag("org_id", ev.org_id.as_deref().unwrap_or(""));
+        let out = serde_json::to_vec(&Log {
+            message,
+            status: "info",
+            timestamp: ev.timestamp_ms,
+            hostname: &self.hostname,
+            service: &self.service,
+            ddsource: &self.ddsource,
+            ddtags,
+        })
+        .expect("json of strings");
+        if out.len() > MAX_LOG {
+            return Err(Verdict::permanent(
+                "too_large",
+                format!(
+                    "log is {} bytes; the Datadog intake truncates logs over {MAX_LOG}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The JSON array body, or the verdict that stops the batch.
+    pub fn encode(&self, batch: &[Arc<Event>], now_ms: i64) -> Result<Vec<u8>, SendResult> {
+        let mut out = Vec::with_capacity(batch.iter().map(|e| e.body.len() * 11 / 10 + 200).sum());
+        out.push(b'[');
+        for (i, e) in batch.iter().enumerate() {
+            let log = match self.log(e, now_ms) {
+                Ok(l) => l,
+                Err(Verdict::Permanent { reason, detail }) => {
+                    return Err(SendResult::Split { reason, detail })
+                }
+                Err(v) => return Err(SendResult::All(v)),
+            };
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&log);
+        }
+        out.push(b']');
+        if out.len() > MAX_BODY {
+            return Err(SendResult::Split {
+                reason: "too_large",
+                detail: format!(
+                    "batch is {} bytes; the intake takes at most {MAX_BODY}",
+                    out.len()
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Classifies an intake answer.
+pub fn classify(resp: &Response) -> SendResult {
+    let detail = format!("Datadog answered {}: {}", resp.status, body_snippet(resp));
+    match resp.status {
+        200..=299 => SendResult::All(Verdict::Ok),
+        401 | 403 => SendResult::All(Verdict::retry(
+            RetryKind::Config,
+            format!("{detail} (check the API key and that it belongs to this site)"),
+            None,
+        )),
+        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
+            RetryKind::Unavailable,
+            detail,
+            resp.retry_after(),
+        )),
+        413 => SendResult::Split {
+            reason: "too_large",
+            detail,
+        },
+        _ => SendResult::Split {
+            reason: "rejected",
+            detail,
+        },
+    }
+}
+
+#[async_trait]
+impl Sink for Datadog {
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+        let body = match self.encode(batch, (self.now_ms)()) {
+            Ok(b) => b,
+            Err(r) => {
+                return Attempt {
+                    status: "not_sent".into(),
+                    result: r,
+                }
+            }
+        };
+        let mut headers = vec![
+            ("dd-api-key".to_string(), self.api_key.clone()),
+            ("content-type".to_string(), b"application/json".to_vec()),
+        ];
+        let body = compress(self.compression, body, &mut headers);
+        let req = Request {
+            method: "POST",
+            path: self.path.clone(),
+            headers,
+            body,
+        };
+        match self.client.send(&req).await {
+            Ok(r) => Attempt {
+                status: r.status.to_string(),
+                result: classify(&r),
+            },
+            Err(e) => client_error_attempt(&e),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! `sentinel_data_collector` sink: the legacy Azure Monitor HTTP Data Collector API.
+//!
+//! Microsoft announced its retirement for 14 September 2026; it is kept for workspaces and
+//! sovereign clouds that still accept it, with a start-up warning. New deployments should use
+//! `azure_logs_ingestion`.
+//!
+//! `POST {url}/api/logs?api-version=2016-04-01`, `url` defaulting to
+//! `https://<workspace_id>.ods.opinsights.azure.com`; headers `Content-Type:
+//! application/json`, `Log-Type`, a fresh `x-ms-date` (RFC 1123) per request,
+//! `time-generated-field`, and `Authorization: SharedKey <workspace_id>:<signature>` where the
+//! signature is base64(HMAC-SHA256(base64-decoded shared key, "POST\n<body byte
+//! length>\napplication/json\nx-ms-date:<date>\n/api/logs")), computed over the exact bytes
+//! sent. Body: a JSON array of the flat records of `azure_logs_ingestion`, with `EventTime`
+//! in place of the reserved `TimeGenerated`.
+//! Limits: 30 MB per call, 32 KB per field value (a longer RawEvent fails permanently).
+//! Answers: 200 delivered; 400 InvalidDataFormat bisected, other 400 codes and 403
+//! configuration errors (kept); 404 (wrong URL, or too large) split, then configuration error;
+//! 429/5xx retried.
+
+use super::azure_logs_ingestion::encode_records;
+use super::{
+    body_snippet, client_error_attempt, Attempt, RetryKind, SendResult, Sink, SinkType, Verdict,
+};
+use crate::client::{HttpClient, Request, Response, Target};
+use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::event::Event;
+use crate::secret::{Secret, SecretRef};
+use async_trait::async_trait;
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Most bytes per call.
+pub const MAX_BODY: usize = 30 * 1000 * 1000;
+/// Largest field value.
+pub const MAX_FIELD: usize = 32 * 1024;
+
+/// The `sentinel_data_collector` sink type.
+pub const TYPE: SinkType = SinkType {
+    name: "sentinel_data_collector",
+    check: |spec| parse(spec).map(drop),
+    build,
+    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+};
+
+/// `[sink.NAME]` keys of a sentinel_data_collector sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataCollectorConfig {
+    /// Log Analytics workspace id.
+    pub workspace_id: String,
+    /// Workspace primary or secondary key (base64, as shown by Azure).
+    pub shared_key: SecretRef,
+    /// Record type; the table is `<log_type>_CL`.
+    pub log_type: String,
+    /// Record field used as TimeGenerated.
+    #[serde(default = "default_time_field")]
+    pub time_generated_field: String,
+    /// Base URL (sovereign clouds, tests).
+    pub url: Option<String>,
+    /// Outbound TLS.
+    #[serde(default)]
+    pub tls: RawClientTls,
+}
+
+fn default_time_field() -> String {
+    "EventTime".into()
+}
+
+/// The SharedKey signature of a request: base64(HMAC-SHA256(key, string-to-sign)).
+pub fn signature(key: &[u8], content_length: usize, date: &str) -> String {
+    let to_sign = format!("POST\n{content_length}\napplication/json\nx-ms-date:{date}\n/api/logs");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(to_sign.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn parse(spec: &SinkSpec) -> Result<(DataCollectorConfig, Target, Secret), ConfigError> {
+    let c: DataCollectorConfig = super::parse_keys(spec)?;
+    let key = spec.key();
+    if c.workspace_id.is_empty()
+        || !c
+            .workspace_id
+            .chars()
+            .all(|ch| ch.is_ascii_hexdigit() || ch == '-')
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.workspace_id"),
+            "must be the workspace GUID",
+        ));
+    }
+    if c.log_type.is_empty()
+        || c.log_type.len() > 100
+        || !c
+            .log_type
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.log_type"),
+            "letters, digits and '_' only, at most 100 characters",
+        ));
+    }
+    if c.time_generated_field.is_empty()
+        || !c
+            .time_generated_field
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}.time_generated_field"),
+            "letters, digits and '_' only",
+        ));
+    }
+    let url = c
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}.ods.opinsights.azure.com", c.workspace_id));
+    let target = Target::parse(&url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
+    let raw = c
+        .shared_key
+        .load()
+        .map_err(|e| ConfigError::invalid(format!("{key}.shared_key"), e.to_string()))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw.expose().trim_ascii())
+        .map_err(|_| {
+            ConfigError::invalid(
+                format!("{key}.shared_key"),
+                "is not base64 (use the workspace key exactly as Azure shows it)",
+            )
+        })?;
+    Ok((c, target, Secret::new(decoded)))
+}
+
+fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    let (c, target, key_bytes) = parse(spec)?;
+    tracing::warn!(sink = %spec.common.name, "the HTTP Data Collector API was announced to retire on 2026-09-14; migrate to azure_logs_ingestion");
+    let path = format!(
+        "{}/api/logs?api-version=2016-04-01",
+        target.path.trim_end_matches('/')
+    );
+    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", spec.key()), e))?;
+    Ok(Arc::new(DataCollector {
+        client,
+        path,
+        key: key_bytes,
+        workspace_id: c.workspace_id,
+        log_type: c.log_type,
+        time_field: c.time_generated_field,
+    }))
+}
+
+/// The sink.
+pub struct DataCollector {
+    client: HttpClient,
+    path: String,
+    key: Secret,
+    workspace_id: String,
+    log_type: String,
+    time_field: String,
+}
+
+/// Classifies an answer for a batch of `n` records.
+pub fn classify(resp: &Response, n: usize) -> SendResult {
+    let detail = format!(
+        "Data Collector answered {}: {}",
+        resp.status,
+        body_snippet(resp)
+    );
+    let code = serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()
+        .and_then(|v| v["Error"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match resp.status {
+        200..=299 => SendResult::All(Verdict::Ok),
+        400 if code == "InvalidDataFormat" || code.is_empty() => SendResult::Split {
+            reason: "rejected",
+            detail,
+        },
+        400 | 401 | 403 => SendResult::All(Verdict::retry(RetryKind::Config, detail, None)),
+        404 if n > 1 => SendResult::Split {
+            reason: "too_large",
+            detail,
+        },
+        404 => SendResult::All(Verdict::retry(RetryKind::Config, detail, None)),
+        413 => SendResult::Split {
+            reason: "too_large",
+            detail,
+        },
+        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
+            RetryKind::Unavailable,
+            detail,
+            resp.retry_after(),
+        )),
+        _ => SendResult::Split {
+            reason: "rejected",
+            detail,
+        },
+    }
+}
+
+#[async_trait]
+impl Sink for DataCollector {
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+        let body = match encode_records(batch, &self.time_field, MAX_FIELD, MAX_BODY) {
+            Ok(b) => b,
+            Err(r) => {
+                return Attempt {
+                    status: "not_sent".into(),
+                    result: r,
+                }
+            }
+        };
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let sig = signature(self.key.expose(), body.len(), &date);
+        let headers = vec![
+            ("content-type".to_string(), b"application/json".to_vec()),
+            ("log-type".into(), self.log_type.as_bytes().to_vec()),
+            ("x-ms-date".into(), date.into_bytes()),
+            (
+                "time-generated-field".into(),
+                self.time_field.as_bytes().to_vec(),
+            ),
+            (
+                "authorization".into(),
+                format!("SharedKey {}:{sig}", self.workspace_id).into_bytes(),
+            ),
+        ];
+        let req = Request {
+            method: "POST",
+            path: self.path.clone(),
+            headers,
+            body: bytes::Bytes::from(body),
+        };
+        match self.client.send(&req).await {
+            Ok(r) => Attempt {
+                status: r.status.to_string(),
+                result: classify(&r, batch.len()),
+            },
+            Err(e) => client_error_attempt(&e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==";
+
+    #[test]
+    fn documented_test_vectors() {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(KEY)
+            .unwrap();
+        assert_eq!(
+            signature(&key, 1024, "Mon, 04 Apr 2016 08:00:00 GMT"),
+            "RoBretOrVlpiXSRF0+2ErOcpr2xkXbtFagtM2Oowx5g="
+        );
+        assert_eq!(
+            signature(&key, 351, "Tue, 14 May 2024 09:21:35 GMT"),
+            "tXd6Xzfi6G4m0sA07zcjE3QaEVUj0OauQmLSQZVFEbU="
+        );
+    }
+}
