@@ -187,6 +187,10 @@ mod tests {
 
     #[async_trait]
     impl Sink for Scripted {
+        fn encode(&self, _batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+            Ok(Vec::new())
+        }
+
         async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
             let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
             let n = {

@@ -87,12 +87,14 @@ fn default_compression() -> Compression {
     Compression::Gzip
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value.
+/// `application/x-www-form-urlencoded` encoding of one value: `A-Z a-z 0-9 - _ . ~` kept,
+/// space as `+`, everything else percent-encoded.(unreserved characters
+/// `A-Z a-z 0-9 - _ . ~` kept, space as `+`, everything else percent-encoded).
 pub fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(b as char)
             }
             b' ' => out.push('+'),
@@ -381,8 +383,12 @@ pub fn classify(resp: &Response) -> SendResult {
 
 #[async_trait]
 impl Sink for LogsIngestion {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        encode_records(batch, "TimeGenerated", MAX_FIELD, MAX_BODY)
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
-        let body = match encode_records(batch, "TimeGenerated", MAX_FIELD, MAX_BODY) {
+        let body = match self.encode(batch) {
             Ok(b) => b,
             Err(r) => {
                 return Attempt {
@@ -440,6 +446,6 @@ mod tests {
             form_encode("https://monitor.azure.com//.default"),
             "https%3A%2F%2Fmonitor.azure.com%2F%2F.default"
         );
-        assert_eq!(form_encode("a b+c&d=é"), "a+b%2Bc%26d%3D%C3%A9");
+        assert_eq!(form_encode("a b+c&d=é~*"), "a+b%2Bc%26d%3D%C3%A9~%2A");
     }
 }

@@ -232,7 +232,7 @@ impl Datadog {
     }
 
     /// The JSON array body, or the verdict that stops the batch.
-    pub fn encode(&self, batch: &[Arc<Event>], now_ms: i64) -> Result<Vec<u8>, SendResult> {
+    pub fn encode_at(&self, batch: &[Arc<Event>], now_ms: i64) -> Result<Vec<u8>, SendResult> {
         let mut out = Vec::with_capacity(batch.iter().map(|e| e.body.len() * 11 / 10 + 200).sum());
         out.push(b'[');
         for (i, e) in batch.iter().enumerate() {
@@ -290,8 +290,12 @@ pub fn classify(resp: &Response) -> SendResult {
 
 #[async_trait]
 impl Sink for Datadog {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        self.encode_at(batch, (self.now_ms)())
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
-        let body = match self.encode(batch, (self.now_ms)()) {
+        let body = match self.encode_at(batch, (self.now_ms)()) {
             Ok(b) => b,
             Err(r) => {
                 return Attempt {

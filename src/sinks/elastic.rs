@@ -255,7 +255,7 @@ impl Elastic {
     }
 
     /// The NDJSON body, or the verdict that stops the batch.
-    pub fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+    pub fn encode_batch(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
         let mut out = Vec::with_capacity(batch.iter().map(|e| e.body.len() * 2 + 100).sum());
         for e in batch {
             if let Err(Verdict::Permanent { reason, detail }) = self.encode_one(e, &mut out) {
@@ -359,8 +359,12 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
 
 #[async_trait]
 impl Sink for Elastic {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        self.encode_batch(batch)
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
-        let body = match self.encode(batch) {
+        let body = match self.encode_batch(batch) {
             Ok(b) => b,
             Err(r) => {
                 return Attempt {

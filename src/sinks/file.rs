@@ -103,12 +103,25 @@ pub struct FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
         let mut buf = Vec::with_capacity(batch.iter().map(|e| e.body.len() + 1).sum());
         for e in batch {
             buf.extend_from_slice(&e.one_line());
             buf.push(b'\n');
         }
+        Ok(buf)
+    }
+
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+        let buf = match self.encode(batch) {
+            Ok(b) => b,
+            Err(r) => {
+                return Attempt {
+                    status: "not_sent".into(),
+                    result: r,
+                }
+            }
+        };
         let file = self.file.clone();
         let fsync = self.fsync;
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {

@@ -13,7 +13,7 @@
 //! tls = { ca_file = "/etc/ssl/internal-ca.pem" }
 //! ```
 
-use super::{classify_status, client_error_attempt, Attempt, Sink, SinkType};
+use super::{classify_status, client_error_attempt, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
 use crate::event::Event;
@@ -175,6 +175,10 @@ pub fn encode(batch: &[Arc<Event>]) -> Bytes {
 
 #[async_trait]
 impl Sink for HttpSink {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        Ok(encode(batch).to_vec())
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let req = Request {
             method: "POST",

@@ -113,6 +113,11 @@ pub trait Sink: Send + Sync + 'static {
     /// Must not retry by itself: the pipeline owns retries and their budget.
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt;
 
+    /// The request body (or file bytes) `send` would write for `batch`, before compression;
+    /// or the verdict that stops the batch before anything is sent (an event over a limit).
+    /// Pure: no I/O, no clock beyond what the target's rules need.
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult>;
+
     /// Whether batches must be sent one at a time (to keep order in a file, say).
     fn ordered(&self) -> bool {
         false

@@ -203,8 +203,12 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
 
 #[async_trait]
 impl Sink for DataCollector {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        encode_records(batch, &self.time_field, MAX_FIELD, MAX_BODY)
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
-        let body = match encode_records(batch, &self.time_field, MAX_FIELD, MAX_BODY) {
+        let body = match self.encode(batch) {
             Ok(b) => b,
             Err(r) => {
                 return Attempt {

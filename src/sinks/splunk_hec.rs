@@ -258,7 +258,7 @@ impl SplunkHec {
     }
 
     /// The request body for a batch, or the verdict that stops it.
-    pub fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+    pub fn encode_batch(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
         let mut out = Vec::with_capacity(
             batch
                 .iter()
@@ -388,8 +388,12 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
 
 #[async_trait]
 impl Sink for SplunkHec {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        self.encode_batch(batch)
+    }
+
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
-        let body = match self.encode(batch) {
+        let body = match self.encode_batch(batch) {
             Ok(b) => b,
             Err(r) => {
                 return Attempt {

@@ -18,6 +18,11 @@ fn every_shipped_config_is_valid() {
                 ("VF_SECRET", "s1"),
                 ("VF_SECRET_PREVIOUS", "s0"),
                 ("CUSTOM_AUTH", "Bearer x"),
+                ("SPLUNK_HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB"),
+                ("DD_API_KEY", "0123456789abcdef0123456789abcdef"),
+                ("ES_API_KEY", "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
+                ("AZURE_CLIENT_SECRET", "s3cr3t~value"),
+                ("LA_SHARED_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg=="),
                 ("TMPDIR", tmp.path().to_str().unwrap()),
             ],
             None,
@@ -27,7 +32,17 @@ fn every_shipped_config_is_valid() {
         assert_eq!(out.lines().count(), 1);
         n += 1;
     }
-    assert!(n >= 2);
+    assert!(n >= 7, "an example per sink type");
+    let all: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+        .collect();
+    for t in vfgate::sinks::type_names() {
+        assert!(
+            all.contains(&format!("type = \"{t}\"")),
+            "no example config for sink type {t}"
+        );
+    }
 }
 
 #[test]

@@ -4,4 +4,5 @@ mod cli;
 mod forward;
 mod lifecycle;
 mod receive;
+mod siem;
 mod util;

@@ -328,8 +328,11 @@ impl Captured {
     }
 }
 
+/// A reply computed from the request.
+pub type ReplyFn = Arc<dyn Fn(&Captured) -> (u16, String) + Send + Sync>;
+
 /// What the mock answers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Reply {
     /// Status, extra headers, body.
     Status(u16, Vec<(String, String)>, String),
@@ -337,6 +340,8 @@ pub enum Reply {
     Sleep(Duration),
     /// 400 when the body contains this text, else 200.
     RejectContaining(String),
+    /// Status and body computed from the request.
+    Compute(ReplyFn),
 }
 
 /// A scriptable upstream: answers from a queue of replies (then the default), records all.
@@ -493,6 +498,11 @@ impl Mock {
                 Reply::Sleep(d) => {
                     tokio::time::sleep(d).await;
                     (200, vec![], "{}".to_string())
+                }
+                Reply::Compute(f) => {
+                    let last = self.got.lock().unwrap().last().unwrap().clone();
+                    let (st, b) = f(&last);
+                    (st, vec![], b)
                 }
                 Reply::RejectContaining(t) => {
                     let last = self.got.lock().unwrap().last().unwrap().body.clone();
