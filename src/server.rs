@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -277,6 +278,7 @@ impl Gateway {
                 Ok(Some(chunk)) => {
                     total += chunk.len() as u64;
                     if total > self.max_body {
+                        Self::discard_rest(s, self.max_body.saturating_mul(4)).await;
                         return Err(too_large());
                     }
                     match (&mut first, &mut more) {
@@ -308,6 +310,26 @@ impl Gateway {
         })
     }
 
+    /// Reads and drops what is left of an oversized body, for at most one second and `cap`
+    /// bytes, so that the client reads our 413 instead of a connection reset. Keep-alive
+    /// stays on only if the body was fully read.
+    async fn discard_rest(s: &mut ServerSession, cap: u64) {
+        let mut seen = 0u64;
+        let drained = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(Some(chunk)) = s.read_request_body().await {
+                seen += chunk.len() as u64;
+                if seen > cap {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if drained != Ok(true) || !s.is_body_done() {
+            s.set_keepalive(None);
+        }
+    }
+
     async fn handle(&self, s: &mut ServerSession) -> HttpResponse {
         let path = s.req_header().uri.path();
         let Some(src) = self.routes.get(path) else {
@@ -331,8 +353,10 @@ impl Gateway {
         let body = match self.read_body(s).await {
             Ok(b) => b,
             Err((o, detail)) => {
-                // Do not drain an oversized or broken body: close the connection instead.
-                s.set_keepalive(None);
+                // An oversized body was drained (bounded) by read_body; anything else closes.
+                if o != Outcome::BodyTooLarge || !s.is_body_done() {
+                    s.set_keepalive(None);
+                }
                 return self.reject(counters, o, &detail);
             }
         };
@@ -452,18 +476,64 @@ impl Gateway {
     }
 }
 
+/// The webhook listener as a Pingora HTTP app. It is `HttpServerApp` rather than `ServeHttp`
+/// so that a request counts as in flight until its response is written and the connection
+/// finished: graceful shutdown waits for exactly that.
+pub struct WebhookApp {
+    gateway: Gateway,
+    options: pingora::apps::HttpServerOptions,
+}
+
 #[async_trait]
-impl ServeHttp for Gateway {
-    async fn response(&self, s: &mut ServerSession) -> HttpResponse {
-        self.metrics.in_flight.inc();
+impl HttpServerApp for WebhookApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a request header");
+                return None;
+            }
+        }
+        let metrics = &self.gateway.metrics;
+        metrics.in_flight.inc();
         struct Dec<'a>(&'a prometheus::IntGauge);
         impl Drop for Dec<'_> {
             fn drop(&mut self) {
                 self.0.dec();
             }
         }
-        let _dec = Dec(&self.metrics.in_flight);
-        self.handle(s).await
+        let _dec = Dec(&metrics.in_flight);
+        s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let (parts, body) = self.gateway.handle(&mut s).await.into_parts();
+        let head: pingora::http::ResponseHeader = parts.into();
+        if let Err(e) = s.write_response_header(Box::new(head)).await {
+            tracing::debug!(error = %e, "cannot write a response header");
+            return None;
+        }
+        if !body.is_empty() {
+            if let Err(e) = s.write_response_body(body.into(), true).await {
+                tracing::debug!(error = %e, "cannot write a response body");
+                return None;
+            }
+        }
+        let persistent = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot finish a response");
+                None
+            }
+        }
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        Some(&self.options)
     }
 }
 
@@ -687,10 +757,12 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut app = HttpServer::new_app(parts.gateway);
     let mut options = pingora::apps::HttpServerOptions::default();
     options.keepalive_request_limit = Some(100_000);
-    app.server_options = Some(options);
+    let app = WebhookApp {
+        gateway: parts.gateway,
+        options,
+    };
     let mut gw = Service::new("vfgate webhooks".to_string(), app);
     for addr in &config.server.listen {
         let a = addr.to_string();

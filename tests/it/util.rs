@@ -242,12 +242,33 @@ pub async fn request(
     }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
+    let expect_continue = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("expect") && v.eq_ignore_ascii_case("100-continue"));
+    if expect_continue {
+        // Like curl: wait for the interim answer (or a final one) before sending the body.
+        let r = read_response_raw(&mut s).await?;
+        if r.status != 100 {
+            return Ok(r);
+        }
+    }
+    // The server may answer early (413) and close: a failed body write still has an answer.
+    let _ = s.write_all(body).await;
     read_response(&mut s).await
 }
 
-/// Reads one response (Content-Length framed, or to EOF).
+/// Reads one final response, skipping interim 100 Continue answers.
 pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
+    loop {
+        let r = read_response_raw(s).await?;
+        if r.status != 100 {
+            return Ok(r);
+        }
+    }
+}
+
+/// Reads one response (Content-Length framed, or to EOF), interim ones included.
+pub async fn read_response_raw(s: &mut TcpStream) -> std::io::Result<Resp> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     loop {
@@ -266,8 +287,11 @@ pub async fn read_response(s: &mut TcpStream) -> std::io::Result<Resp> {
                 })
                 .collect();
             if status == 100 {
-                buf.drain(..n);
-                continue;
+                return Ok(Resp {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                });
             }
             let len = headers
                 .iter()
