@@ -324,3 +324,49 @@ impl Sink for Datadog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(keys: &str) -> Result<String, String> {
+        let text = format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"dd\"]\n[sink.dd]\ntype = \"datadog\"\napi_key = {{ value = \"k\" }}\n{keys}\n");
+        match Config::parse(&text) {
+            Ok(c) => super::parse(&c.sinks[0])
+                .map(|(_, t)| format!("{}{}", t.origin(), t.path))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn site_gives_the_intake_url_and_url_wins() {
+        assert_eq!(
+            err("site = \"datadoghq.eu\"").unwrap(),
+            "https://http-intake.logs.datadoghq.eu/api/v2/logs"
+        );
+        assert_eq!(
+            err("site = \"us5.datadoghq.com\"").unwrap(),
+            "https://http-intake.logs.us5.datadoghq.com/api/v2/logs"
+        );
+        assert_eq!(
+            err("site = \"ddog-gov.com\"").unwrap(),
+            "https://http-intake.logs.ddog-gov.com/api/v2/logs"
+        );
+        assert_eq!(
+            err("site = \"datadoghq.eu\"\nurl = \"http://127.0.0.1:1/x\"").unwrap(),
+            "http://127.0.0.1:1/x"
+        );
+        assert!(err("site = \"datadoghq.moon\"")
+            .unwrap_err()
+            .starts_with("sink.dd.site: unknown site"));
+        assert!(
+            err("site = \"datadoghq.eu\"\nbatch = { max_events = 1001 }")
+                .unwrap_err()
+                .starts_with("sink.dd.batch.max_events: must be between 1 and 1000")
+        );
+        assert!(err("site = \"datadoghq.eu\"\ntags = [\"nocolon\"]")
+            .unwrap_err()
+            .starts_with("sink.dd.tags[0]"));
+    }
+}

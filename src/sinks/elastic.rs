@@ -433,3 +433,27 @@ mod tests {
         assert_eq!(doc_id(&long), doc_id(&long));
     }
 }
+
+#[cfg(test)]
+mod auth_tests {
+    use crate::config::Config;
+
+    fn spec(auth: &str) -> crate::config::SinkSpec {
+        let text = format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"es\"]\n[sink.es]\ntype = \"elastic\"\nurl = \"http://127.0.0.1:9200\"\nindex = \"logs-a-b\"\nauth = {auth}\n");
+        Config::parse(&text).unwrap().sinks.remove(0)
+    }
+
+    #[test]
+    fn basic_and_api_key_headers_match_the_documented_examples() {
+        let (_, _, a) = super::parse(&spec(
+            "{ user = \"gateway_writer\", password = { value = \"s3cret\" } }",
+        ))
+        .unwrap();
+        assert_eq!(a.unwrap(), b"Basic Z2F0ZXdheV93cml0ZXI6czNjcmV0");
+        let (_, _, a) = super::parse(&spec("{ api_key = { value = \"VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==\" } }")).unwrap();
+        assert_eq!(
+            a.unwrap(),
+            b"ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
+        );
+    }
+}

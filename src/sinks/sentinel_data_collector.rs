@@ -1,8 +1,8 @@
 //! `sentinel_data_collector` sink: the legacy Azure Monitor HTTP Data Collector API.
 //!
-//! Microsoft announced its retirement for 14 September 2026; it is kept for workspaces and
-//! sovereign clouds that still accept it, with a start-up warning. New deployments should use
-//! `azure_logs_ingestion`.
+//! Microsoft's support for it ended on 14 September 2026 (existing ingestion keeps working for
+//! TLS 1.2+ clients, with critical security fixes only); it is kept for workspaces that still
+//! use it, with a start-up warning. New deployments should use `azure_logs_ingestion`.
 //!
 //! `POST {url}/api/logs?api-version=2016-04-01`, `url` defaulting to
 //! `https://<workspace_id>.ods.opinsights.azure.com`; headers `Content-Type:
@@ -135,7 +135,7 @@ fn parse(spec: &SinkSpec) -> Result<(DataCollectorConfig, Target, Secret), Confi
 
 fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     let (c, target, key_bytes) = parse(spec)?;
-    tracing::warn!(sink = %spec.common.name, "the HTTP Data Collector API was announced to retire on 2026-09-14; migrate to azure_logs_ingestion");
+    tracing::warn!(sink = %spec.common.name, "Microsoft's support for the HTTP Data Collector API ended on 2026-09-14 (ingestion continues, critical fixes only); migrate to azure_logs_ingestion");
     let path = format!(
         "{}/api/logs?api-version=2016-04-01",
         target.path.trim_end_matches('/')
