@@ -1,11 +1,17 @@
 //! The command line: `serve`, `check-config`, `keygen`, `sign`.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?}: {e} (write e.g. 500ms, 30s, 30d)"))
+}
 
 /// vfgate: verify VF audit-event webhooks, drop duplicates, deliver to your SIEM.
 #[derive(Debug, Parser)]
-#[command(name = "vfgate", version, about, propagate_version = true)]
+#[command(name = "vfgate", version, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -37,4 +43,131 @@ pub enum Command {
         /// File to sign; stdin when absent or `-`.
         file: Option<PathBuf>,
     },
+    /// Sign and deliver events like the reference sender: an NDJSON file, a test event, or a
+    /// generated load. Exit 0 when all were delivered, 1 when some failed, 2 on usage errors.
+    Send(SendArgs),
+    /// Inspect, replay and purge failed deliveries.
+    Failed {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: FailedCmd,
+    },
+}
+
+/// `vfgate send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Target URL, e.g. http://127.0.0.1:8080/v1/events.
+    #[arg(long)]
+    pub target: String,
+    /// Environment variable holding the signing secret.
+    #[arg(long, value_name = "NAME")]
+    pub secret_env: String,
+    /// X-VF-Webhook-Version to send.
+    #[arg(long, default_value = "1")]
+    pub version: String,
+    /// Extra header, `'Name: value'` (repeatable).
+    #[arg(long = "header", value_name = "'K: V'")]
+    pub headers: Vec<String>,
+    /// Timeout of one attempt.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Waits before each retry (default 1s,5s,30s,2m,10m, the reference sender's).
+    #[arg(long, value_delimiter = ',', value_parser = duration)]
+    pub retry_schedule: Option<Vec<Duration>>,
+    /// Failed-deliveries directory.
+    #[arg(long, default_value = "data/failed")]
+    pub failed_dir: PathBuf,
+    /// PEM bundle of CAs to trust for an https target.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Send one generated test event (event_type vf.test) and print the answer.
+    #[arg(long, conflicts_with_all = ["generate", "file"])]
+    pub test: bool,
+    /// Generate N unique valid events and send them (load generation; no retries).
+    #[arg(long, value_name = "N")]
+    pub generate: Option<u64>,
+    /// Events per second (default: as fast as possible).
+    #[arg(long, requires = "generate")]
+    pub rate: Option<f64>,
+    /// Approximate size of each generated event, in bytes.
+    #[arg(long, default_value_t = 1024, requires = "generate")]
+    pub size: usize,
+    /// Number of organisations the generated events belong to.
+    #[arg(long, default_value_t = 10)]
+    pub orgs: usize,
+    /// Deliveries in flight at once (events of one org stay in order).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Percentage of generated events sent a second time, as retries would be.
+    #[arg(long, default_value_t = 0.0, requires = "generate")]
+    pub duplicates: f64,
+    /// Print only failures.
+    #[arg(long)]
+    pub quiet: bool,
+    /// NDJSON file of events, one per line; stdin when absent or `-`.
+    #[arg(conflicts_with = "generate")]
+    pub file: Option<PathBuf>,
+}
+
+/// `vfgate failed ...`.
+#[derive(Debug, Subcommand)]
+pub enum FailedCmd {
+    /// Table of stored failed deliveries.
+    List {
+        /// Store directory.
+        #[arg(long, default_value = "data/failed")]
+        dir: PathBuf,
+    },
+    /// One entry in full (target URL, attempts, event).
+    Show {
+        /// Entry id.
+        id: String,
+        /// Store directory.
+        #[arg(long, default_value = "data/failed")]
+        dir: PathBuf,
+    },
+    /// Re-send one entry (or all) with its recorded target, version and secret reference; a
+    /// delivered entry is removed.
+    Replay {
+        /// Entry id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every entry.
+        #[arg(long)]
+        all: bool,
+        /// Store directory.
+        #[arg(long, default_value = "data/failed")]
+        dir: PathBuf,
+        /// Sign with this environment variable instead of the recorded reference.
+        #[arg(long, value_name = "NAME")]
+        secret_env: Option<String>,
+        /// Header to send, `'Name: value'` (values are not stored; repeatable).
+        #[arg(long = "header", value_name = "'K: V'")]
+        headers: Vec<String>,
+        /// Timeout of the attempt.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        timeout: Duration,
+        /// PEM bundle of CAs to trust.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Delete entries older than a duration.
+    Purge {
+        /// e.g. 30d.
+        #[arg(long, value_parser = duration)]
+        older_than: Duration,
+        /// Store directory.
+        #[arg(long, default_value = "data/failed")]
+        dir: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

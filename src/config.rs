@@ -20,6 +20,8 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
     /// `admin.listen`.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+    /// `admin.failed_dir`, and the default store of `vfgate send` / `vfgate failed`.
+    pub const FAILED_DIR: &str = "data/failed";
     /// `server.grace_period`.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
     /// `server.max_body_bytes`: 1 MiB.
@@ -247,6 +249,10 @@ pub struct RawServerTls {
 pub struct RawAdmin {
     /// Address for `/metrics`, `/healthz`, `/readyz`.
     pub listen: Option<String>,
+    /// Bearer token for the `/admin/...` routes (off without one).
+    pub token: Option<SecretRef>,
+    /// Failed-deliveries store served by `/admin/failed`.
+    pub failed_dir: Option<PathBuf>,
 }
 
 /// `[dedupe]`.
@@ -391,6 +397,10 @@ pub struct ServerConfig {
 pub struct AdminConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Bearer token of the `/admin/...` routes; `None` turns them off.
+    pub token: Option<Secret>,
+    /// Failed-deliveries store served by `/admin/failed`.
+    pub failed_dir: PathBuf,
 }
 
 /// Dedupe backend choice.
@@ -548,8 +558,32 @@ impl Config {
             .admin
             .listen
             .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
+        let token = match &raw.admin.token {
+            None => None,
+            Some(r) => {
+                if r.is_inline() {
+                    warnings.push("admin.token: token given inline in the config file; prefer { env = \"NAME\" } or { file = \"PATH\" }".into());
+                }
+                let t = r
+                    .load()
+                    .map_err(|e| ConfigError::invalid("admin.token", e.to_string()))?;
+                if t.expose().len() < 16 {
+                    return Err(ConfigError::invalid(
+                        "admin.token",
+                        "must be at least 16 bytes (vfgate keygen makes one)",
+                    ));
+                }
+                Some(t)
+            }
+        };
         let admin = AdminConfig {
             listen: parse_addr("admin.listen", &admin_listen)?,
+            token,
+            failed_dir: raw
+                .admin
+                .failed_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(defaults::FAILED_DIR)),
         };
         if server.listen.contains(&admin.listen) {
             return Err(ConfigError::invalid(

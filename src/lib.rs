@@ -13,6 +13,7 @@ pub mod event;
 pub mod metrics;
 pub mod pipeline;
 pub mod secret;
+pub mod sender;
 pub mod server;
 pub mod sinks;
 pub mod verify;

@@ -18,6 +18,12 @@ fn init_logging() {
         .init();
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -56,6 +62,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Send(args) => Ok(ExitCode::from(
+            runtime()?.block_on(vfgate::sender::run::send(args)),
+        )),
+        Command::Failed { cmd } => Ok(ExitCode::from(
+            runtime()?.block_on(vfgate::sender::run::failed(cmd)),
+        )),
         Command::Keygen => {
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;

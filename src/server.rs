@@ -537,17 +537,86 @@ impl HttpServerApp for WebhookApp {
     }
 }
 
-/// The admin listener: `/metrics`, `/healthz`, `/readyz`, nothing else.
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, and, with `admin.token`, the
+/// failed-deliveries routes `GET /admin/failed` and `POST /admin/failed/{id}/replay`.
 pub struct Admin {
     metrics: Arc<Metrics>,
     dedupe: Arc<Dedupe>,
     ready: Arc<AtomicBool>,
+    token: Option<crate::secret::Secret>,
+    failed: crate::sender::failed::FailedStore,
+}
+
+impl Admin {
+    /// Whether the request carries the admin bearer token (compared in constant time).
+    fn authorized(&self, s: &ServerSession) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = s
+            .get_header("authorization")
+            .map(|v| v.as_bytes())
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or(b"");
+        bool::from(given.ct_eq(token.expose()))
+    }
+
+    async fn failed_routes(&self, s: &ServerSession, method: &Method, path: &str) -> HttpResponse {
+        if self.token.is_none() {
+            return respond(
+                404,
+                error_body("not_found", "the admin API is off (set admin.token)"),
+                &[],
+            );
+        }
+        if !self.authorized(s) {
+            return respond(
+                401,
+                error_body("unauthorized", "a valid bearer token is required"),
+                &[("www-authenticate", "Bearer".into())],
+            );
+        }
+        let rest = path.trim_start_matches("/admin/failed");
+        match (method, rest) {
+            (&Method::GET, "") | (&Method::GET, "/") => match self.failed.list() {
+                Ok(entries) => respond(
+                    200,
+                    serde_json::to_vec(&serde_json::json!({ "entries": entries })).expect("json"),
+                    &[],
+                ),
+                Err(e) => respond(500, error_body("store_error", &e.to_string()), &[]),
+            },
+            (&Method::POST, r) if r.starts_with('/') && r.ends_with("/replay") => {
+                let id = &r[1..r.len() - "/replay".len()];
+                match crate::sender::run::replay_entry(&self.failed, id, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
+                    Ok(a) if a.ok() => respond(200, serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "upstream_status": a.status})).expect("json"), &[]),
+                    Ok(a) => respond(502, error_body("upstream_error", &format!("replay failed: {}; entry kept", a.status.map(|s| s.to_string()).or(a.error).unwrap_or_default())), &[]),
+                    Err(e) if e.starts_with("no failed delivery") => respond(404, error_body("not_found", &e), &[]),
+                    Err(e) => respond(500, error_body("replay_error", &e), &[]),
+                }
+            }
+            _ => respond(
+                404,
+                error_body(
+                    "not_found",
+                    "admin routes: GET /admin/failed, POST /admin/failed/{id}/replay",
+                ),
+                &[],
+            ),
+        }
+    }
 }
 
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, s: &mut ServerSession) -> HttpResponse {
         let h = s.req_header();
+        let path = h.uri.path().to_string();
+        if path == "/admin/failed" || path.starts_with("/admin/failed/") {
+            let method = h.method.clone();
+            return self.failed_routes(s, &method, &path).await;
+        }
         if h.method != Method::GET && h.method != Method::HEAD {
             return respond(
                 405,
@@ -707,6 +776,8 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             metrics: metrics.clone(),
             dedupe,
             ready: ready.clone(),
+            token: config.admin.token.clone(),
+            failed: crate::sender::failed::FailedStore::new(&config.admin.failed_dir),
         },
         pipeline: PipelineService {
             workers: Mutex::new(workers),

@@ -15,6 +15,7 @@ pub mod file;
 pub mod http;
 pub mod sentinel_data_collector;
 pub mod splunk_hec;
+pub mod webhook;
 
 use crate::config::{ConfigError, SinkSpec};
 use crate::event::Event;
@@ -145,6 +146,7 @@ pub const TYPES: &[SinkType] = &[
     elastic::TYPE,
     azure_logs_ingestion::TYPE,
     sentinel_data_collector::TYPE,
+    webhook::TYPE,
 ];
 
 /// The names of every sink type.

@@ -22,6 +22,8 @@ fn every_shipped_config_is_valid() {
                 ("DD_API_KEY", "0123456789abcdef0123456789abcdef"),
                 ("ES_API_KEY", "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
                 ("AZURE_CLIENT_SECRET", "s3cr3t~value"),
+                ("RELAY_SECRET", "relay-secret"),
+                ("ADMIN_TOKEN", "admin-token-0123456789abcdef"),
                 ("LA_SHARED_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg=="),
                 ("TMPDIR", tmp.path().to_str().unwrap()),
             ],
@@ -32,7 +34,7 @@ fn every_shipped_config_is_valid() {
         assert_eq!(out.lines().count(), 1);
         n += 1;
     }
-    assert!(n >= 7, "an example per sink type");
+    assert!(n >= 8, "an example per sink type");
     let all: String = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())

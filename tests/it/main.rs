@@ -4,5 +4,6 @@ mod cli;
 mod forward;
 mod lifecycle;
 mod receive;
+mod sender;
 mod siem;
 mod util;

@@ -60,13 +60,27 @@ impl Gateway {
         Self::start_with(body, "", &[]).await
     }
 
+    /// Like [`Gateway::start_with`], with extra keys in the generated `[admin]` table.
+    pub async fn start_admin(body: &str, admin_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(body, "", admin_extra, env).await
+    }
+
     pub async fn start_with(body: &str, server_extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(body, server_extra, "", env).await
+    }
+
+    async fn start_full(
+        body: &str,
+        server_extra: &str,
+        admin_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let port = free_port();
             let admin = free_port();
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\ngrace_period = \"5s\"\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\ngrace_period = \"5s\"\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n{}",
                 body.replace("{dir}", dir.path().to_str().unwrap())
             );
             let cfg = dir.path().join("vfgate.toml");

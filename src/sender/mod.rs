@@ -1,0 +1,312 @@
+//! Sender mode: sign and deliver VF webhooks the way the reference sender does.
+//!
+//! One event per POST, `Content-Type: application/json`, `X-VF-Signature-256` over the exact
+//! bytes sent (the same MAC function as [`crate::verify`]), `X-VF-Webhook-Version`, custom
+//! headers. A non-2xx answer or none within the timeout is retried on the schedule (default
+//! 1 s, 5 s, 30 s, 2 min, 10 min); after the last retry the event goes to the failed-deliveries
+//! store. Ordering: events of one `context.org_id` get their first attempt in arrival order; a
+//! retried event does not hold back later ones (as the reference sender documents).
+
+pub mod failed;
+pub mod run;
+
+use crate::client::{HttpClient, Request, Target};
+use crate::config::RawClientTls;
+use crate::secret::{Secret, SecretRef};
+use bytes::Bytes;
+use failed::{AttemptLog, FailedEntry, FailedStore};
+use std::time::{Duration, Instant};
+
+/// The reference sender's retry schedule.
+pub const DEFAULT_SCHEDULE: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+/// The reference sender's timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One answer (or its absence).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status, if any.
+    pub status: Option<u16>,
+    /// Error when there was no answer.
+    pub error: Option<String>,
+    /// Round-trip time.
+    pub rtt: Duration,
+    /// Reply body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// A 2xx.
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A 2xx came back.
+    Delivered {
+        /// Attempts made.
+        attempts: usize,
+        /// The 2xx.
+        last: Answer,
+    },
+    /// Every attempt failed.
+    Failed {
+        /// The failed-deliveries entry, if it was stored.
+        entry: Option<String>,
+        /// Every attempt.
+        attempts: Vec<AttemptLog>,
+        /// The last answer.
+        last: Answer,
+    },
+}
+
+/// Settings of a webhook sender.
+#[derive(Debug, Clone)]
+pub struct SenderSettings {
+    /// Target URL.
+    pub url: String,
+    /// Signing secret's reference.
+    pub secret: SecretRef,
+    /// `X-VF-Webhook-Version`.
+    pub version: String,
+    /// Custom headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// Waits before each retry.
+    pub schedule: Vec<Duration>,
+    /// Where given-up events go.
+    pub failed: Option<FailedStore>,
+    /// Outbound TLS.
+    pub tls: RawClientTls,
+}
+
+/// Signs and delivers events to one target.
+pub struct WebhookSender {
+    client: HttpClient,
+    url: String,
+    path: String,
+    secret: Secret,
+    settings: SenderSettings,
+}
+
+/// Why a sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    /// Bad URL or TLS settings.
+    #[error("{0}")]
+    Target(String),
+    /// The secret could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
+}
+
+fn event_fields(body: &[u8]) -> (String, String, Option<String>) {
+    #[derive(serde::Deserialize, Default)]
+    struct Ctx {
+        org_id: Option<String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct F {
+        event_id: Option<String>,
+        event_type: Option<String>,
+        context: Option<Ctx>,
+    }
+    let f: F = serde_json::from_slice(body).unwrap_or_default();
+    (
+        f.event_id.unwrap_or_default(),
+        f.event_type.unwrap_or_default(),
+        f.context.and_then(|c| c.org_id),
+    )
+}
+
+/// `context.org_id` of an event body, for per-org ordering.
+pub fn org_of(body: &[u8]) -> Option<String> {
+    event_fields(body).2
+}
+
+impl WebhookSender {
+    /// Builds a sender; loads the secret now.
+    pub fn new(settings: SenderSettings) -> Result<WebhookSender, SenderError> {
+        let target = Target::parse(&settings.url).map_err(SenderError::Target)?;
+        let path = target.path.clone();
+        let secret = settings.secret.load()?;
+        let client = HttpClient::new(target, &settings.tls, settings.timeout)
+            .map_err(SenderError::Target)?;
+        Ok(WebhookSender {
+            client,
+            url: settings.url.clone(),
+            path,
+            secret,
+            settings,
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &SenderSettings {
+        &self.settings
+    }
+
+    /// Sends `body` once.
+    pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
+        let mut headers = vec![
+            ("content-type".to_string(), b"application/json".to_vec()),
+            (
+                crate::verify::SIGNATURE_HEADER.to_string(),
+                crate::verify::sign(&self.secret, body).into_bytes(),
+            ),
+            (
+                crate::verify::VERSION_HEADER.to_string(),
+                self.settings.version.as_bytes().to_vec(),
+            ),
+        ];
+        headers.extend(self.settings.headers.iter().cloned());
+        let req = Request {
+            method: "POST",
+            path: self.path.clone(),
+            headers,
+            body: body.clone(),
+        };
+        let at = failed::now_rfc3339();
+        let t0 = Instant::now();
+        let r = self.client.send(&req).await;
+        let rtt = t0.elapsed();
+        match r {
+            Ok(resp) => (
+                AttemptLog {
+                    at,
+                    status: Some(resp.status),
+                    error: None,
+                },
+                Answer {
+                    status: Some(resp.status),
+                    error: None,
+                    rtt,
+                    body: resp.body,
+                },
+            ),
+            Err(e) => (
+                AttemptLog {
+                    at,
+                    status: None,
+                    error: Some(e.to_string()),
+                },
+                Answer {
+                    status: None,
+                    error: Some(e.to_string()),
+                    rtt,
+                    body: Bytes::new(),
+                },
+            ),
+        }
+    }
+
+    /// Retries after a failed first attempt, on the schedule; stores the event when the
+    /// schedule is exhausted.
+    pub async fn retry(&self, body: Bytes, first: (AttemptLog, Answer)) -> Outcome {
+        let mut logs = vec![first.0];
+        let mut last = first.1;
+        for wait in &self.settings.schedule {
+            tokio::time::sleep(*wait).await;
+            let (log, ans) = self.attempt(&body).await;
+            logs.push(log);
+            last = ans;
+            if last.ok() {
+                return Outcome::Delivered {
+                    attempts: logs.len(),
+                    last,
+                };
+            }
+        }
+        let entry = self.store_failed(&body, &logs, None);
+        Outcome::Failed {
+            entry,
+            attempts: logs,
+            last,
+        }
+    }
+
+    /// Delivers `body`: the first attempt, then the schedule.
+    pub async fn deliver(&self, body: Bytes) -> Outcome {
+        let first = self.attempt(&body).await;
+        if first.1.ok() {
+            return Outcome::Delivered {
+                attempts: 1,
+                last: first.1,
+            };
+        }
+        self.retry(body, first).await
+    }
+
+    /// Writes a failed-delivery entry; returns its id.
+    pub fn store_failed(
+        &self,
+        body: &[u8],
+        logs: &[AttemptLog],
+        sink: Option<&str>,
+    ) -> Option<String> {
+        let store = self.settings.failed.as_ref()?;
+        let (event_id, event_type, _) = event_fields(body);
+        let entry = FailedEntry {
+            id: failed::new_id(),
+            target: self.url.clone(),
+            version: self.settings.version.clone(),
+            header_names: self
+                .settings
+                .headers
+                .iter()
+                .map(|(k, _)| k.clone())
+                .collect(),
+            secret_ref: self.settings.secret.describe(),
+            event_id,
+            event_type,
+            sink: sink.map(str::to_string),
+            reason: format!("no 2xx after {} attempts", logs.len()),
+            created_at: failed::now_rfc3339(),
+            attempts: logs.to_vec(),
+            event: String::from_utf8_lossy(body).to_string(),
+        };
+        match store.put(&entry) {
+            Ok(()) => Some(entry.id),
+            Err(e) => {
+                tracing::error!(error = %e, event_id = %entry.event_id, "cannot store a failed delivery");
+                None
+            }
+        }
+    }
+}
+
+/// Parses a recorded secret reference (`env NAME`, `file PATH`).
+pub fn parse_secret_ref(s: &str) -> Option<SecretRef> {
+    if let Some(n) = s.strip_prefix("env ") {
+        Some(SecretRef::Env { env: n.to_string() })
+    } else {
+        s.strip_prefix("file ")
+            .map(|p| SecretRef::File { file: p.into() })
+    }
+}
+
+/// Parses `K: V` header arguments.
+pub fn parse_header(s: &str) -> Result<(String, Vec<u8>), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("header {s:?} is not \"Name: value\""))?;
+    let k = k.trim().to_ascii_lowercase();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(format!("header name {k:?} is not valid"));
+    }
+    Ok((k, v.trim().as_bytes().to_vec()))
+}

@@ -1,0 +1,153 @@
+//! `webhook` sink: relay verified events to another VF webhook receiver (another gateway),
+//! re-signed with this hop's secret, exactly as the reference sender delivers them.
+//!
+//! One event per POST (a batch is sent one event after another, in order), `Content-Type:
+//! application/json`, `X-VF-Signature-256` over the exact bytes sent, `X-VF-Webhook-Version`,
+//! the custom headers. In `serve` with `ack = "forward"` the near sender is answered after the
+//! far side's 2xx; a non-2xx or a timeout is retried within the sink's `retry.budget`, then the
+//! near sender gets 503/504 and retries on its own schedule. `retry_schedule` and `failed_dir`
+//! are the reference sender's schedule and store, used by `vfgate send` and by a spooled
+//! webhook sink (durability issue).
+//!
+//! ```toml
+//! [sink.relay]
+//! type = "webhook"
+//! url = "https://gateway.other-network.example/v1/events"
+//! secret = { env = "RELAY_SECRET" }
+//! ```
+
+use super::{Attempt, RetryKind, SendResult, Sink, SinkType, Verdict};
+use crate::config::{ConfigError, DurationStr, RawClientTls, SinkSpec};
+use crate::event::Event;
+use crate::secret::SecretRef;
+use crate::sender::{SenderSettings, WebhookSender};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The `webhook` sink type.
+pub const TYPE: SinkType = SinkType {
+    name: "webhook",
+    check: |spec| parse(spec).map(drop),
+    build,
+    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+};
+
+/// `[sink.NAME]` keys of a webhook sink.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The far receiver's URL.
+    pub url: String,
+    /// This hop's signing secret.
+    pub secret: SecretRef,
+    /// `X-VF-Webhook-Version` to send.
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// Custom headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, super::http::HeaderValue>,
+    /// Waits before each retry when spooled (default the reference sender's).
+    pub retry_schedule: Option<Vec<DurationStr>>,
+    /// Failed-deliveries store when spooled.
+    pub failed_dir: Option<PathBuf>,
+    /// Outbound TLS.
+    #[serde(default)]
+    pub tls: RawClientTls,
+}
+
+fn default_version() -> String {
+    "1".into()
+}
+
+fn parse(spec: &SinkSpec) -> Result<SenderSettings, ConfigError> {
+    let c: WebhookConfig = super::parse_keys(spec)?;
+    let key = spec.key();
+    crate::client::Target::parse(&c.url)
+        .map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
+    c.secret
+        .load()
+        .map_err(|e| ConfigError::invalid(format!("{key}.secret"), e.to_string()))?;
+    if c.version.is_empty() {
+        return Err(ConfigError::invalid(
+            format!("{key}.version"),
+            "must not be empty",
+        ));
+    }
+    let headers = super::http::resolve_headers(&key, &c.headers)?;
+    Ok(SenderSettings {
+        url: c.url,
+        secret: c.secret,
+        version: c.version,
+        headers,
+        timeout: spec.common.timeout,
+        schedule: c
+            .retry_schedule
+            .map(|v| v.into_iter().map(|d| d.0).collect())
+            .unwrap_or_else(|| crate::sender::DEFAULT_SCHEDULE.to_vec()),
+        failed: c.failed_dir.map(crate::sender::failed::FailedStore::new),
+        tls: c.tls,
+    })
+}
+
+fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
+    let settings = parse(spec)?;
+    let sender = WebhookSender::new(settings)
+        .map_err(|e| ConfigError::invalid(format!("{}.url", spec.key()), e.to_string()))?;
+    Ok(Arc::new(WebhookSink { sender }))
+}
+
+/// The sink.
+pub struct WebhookSink {
+    sender: WebhookSender,
+}
+
+#[async_trait]
+impl Sink for WebhookSink {
+    fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+        // One POST per event: the bytes of the first (each event is sent as received).
+        Ok(batch.first().map(|e| e.body.to_vec()).unwrap_or_default())
+    }
+
+    async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let mut status = String::new();
+        for e in batch {
+            let (_, ans) = self.sender.attempt(&e.body).await;
+            status = ans
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "error".into());
+            verdicts.push(match (ans.status, &ans.error) {
+                (Some(200..=299), _) => Verdict::Ok,
+                (Some(s), _) => Verdict::retry(
+                    RetryKind::Unavailable,
+                    format!(
+                        "receiver answered {s}: {}",
+                        String::from_utf8_lossy(&ans.body[..ans.body.len().min(200)]).trim()
+                    ),
+                    None,
+                ),
+                (None, Some(err)) if err.starts_with("no answer within") => {
+                    Verdict::retry(RetryKind::Timeout, err.clone(), None)
+                }
+                (None, err) => Verdict::retry(
+                    RetryKind::Unavailable,
+                    err.clone().unwrap_or_default(),
+                    None,
+                ),
+            });
+        }
+        Attempt {
+            status,
+            result: SendResult::PerEvent(verdicts),
+        }
+    }
+
+    fn ordered(&self) -> bool {
+        // One event per POST, events of an org in arrival order: one batch at a time.
+        true
+    }
+}

@@ -1,0 +1,620 @@
+//! Sender mode: `vfgate send` against `vfgate serve` and against flaky mocks, the failed
+//! deliveries store and its CLI and admin API, the webhook relay sink.
+
+use crate::util::*;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const FILE_SINK: &str = r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{ env = "VF_SECRET" }]
+sinks = ["archive"]
+
+[sink.archive]
+type = "file"
+path = "{dir}/events.ndjson"
+batch = { max_events = 100 }
+"#;
+
+/// Runs `vfgate send` off the test runtime.
+async fn send(args: Vec<String>, stdin: Option<Vec<u8>>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&a, &[("VF_SECRET", SECRET)], stdin.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn org_event(id: &str, org: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","event_type":"user.login","timestamp":"{}","context":{{"org_id":"{org}"}}}}"#,
+        now_rfc3339()
+    )
+}
+
+#[tokio::test]
+async fn round_trip_send_to_serve_byte_identical() {
+    let gw = Gateway::start(FILE_SINK).await;
+    let events: Vec<String> = (0..50)
+        .map(|i| org_event(&format!("evt_rt_{i}"), &format!("org_{}", i % 4)))
+        .collect();
+    let file = gw.dir.path().join("in.ndjson");
+    std::fs::write(&file, events.join("\n") + "\n").unwrap();
+    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
+    let (code, out, err) = send(
+        s(&[
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "--quiet",
+            file.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let written = std::fs::read_to_string(gw.dir.path().join("events.ndjson")).unwrap();
+    let mut got: Vec<&str> = written.lines().collect();
+    let mut want: Vec<&str> = events.iter().map(String::as_str).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every event once, byte-identical");
+    // Same file again from stdin: all duplicates, nothing written twice.
+    let (code, out, _) = send(
+        s(&[
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "-",
+        ]),
+        Some(std::fs::read(&file).unwrap()),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("duplicate 50"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(gw.dir.path().join("events.ndjson"))
+            .unwrap()
+            .lines()
+            .count(),
+        50
+    );
+}
+
+#[tokio::test]
+async fn signature_checked_by_python_and_headers() {
+    let mock = Mock::start().await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let body = org_event("evt_py", "org_1");
+    std::fs::write(file.path(), format!("{body}\n")).unwrap();
+    let (code, _, err) = send(
+        s(&[
+            "send",
+            "--target",
+            &mock.url("/hook?x=1"),
+            "--secret-env",
+            "VF_SECRET",
+            "--version",
+            "2",
+            "--header",
+            "X-Team: secops",
+            "--quiet",
+            file.path().to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let q = &mock.requests()[0];
+    assert_eq!((q.method.as_str(), q.path.as_str()), ("POST", "/hook?x=1"));
+    assert_eq!(q.body, body.as_bytes());
+    assert_eq!(q.header("content-type"), Some("application/json"));
+    assert_eq!(q.header("x-vf-webhook-version"), Some("2"));
+    assert_eq!(q.header("x-team"), Some("secops"));
+    let py = std::process::Command::new("python3")
+        .args(["-c", "import hmac,hashlib,os,sys; print('sha256='+hmac.new(os.environ['S'].encode(), open(sys.argv[1],'rb').read().rstrip(b'\\n'), hashlib.sha256).hexdigest(), end='')", file.path().to_str().unwrap()])
+        .env("S", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(
+        q.header("x-vf-signature-256"),
+        Some(String::from_utf8(py.stdout).unwrap().as_str())
+    );
+}
+
+#[tokio::test]
+async fn retries_follow_the_schedule_then_the_store_then_replay() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let failed = dir.path().join("failed");
+    let file = dir.path().join("in.ndjson");
+    // Fails twice, then succeeds: three attempts, gaps of the scaled schedule.
+    let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let t2 = times.clone();
+    let n = Arc::new(Mutex::new(0));
+    mock.set_default(Reply::Compute(Arc::new(move |_q: &Captured| {
+        t2.lock().unwrap().push(Instant::now());
+        let mut k = n.lock().unwrap();
+        *k += 1;
+        if *k <= 2 {
+            (503, "busy".into())
+        } else {
+            (200, "{}".into())
+        }
+    })));
+    std::fs::write(&file, org_event("evt_flaky", "org_1") + "\n").unwrap();
+    let args = |f: &std::path::Path| {
+        s(&[
+            "send",
+            "--target",
+            &mock.url("/h"),
+            "--secret-env",
+            "VF_SECRET",
+            "--retry-schedule",
+            "200ms,400ms,800ms",
+            "--timeout",
+            "300ms",
+            "--failed-dir",
+            failed.to_str().unwrap(),
+            "--quiet",
+            f.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = send(args(&file), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let t = times.lock().unwrap().clone();
+    assert_eq!(t.len(), 3);
+    let g1 = t[1] - t[0];
+    let g2 = t[2] - t[1];
+    assert!(
+        g1 >= Duration::from_millis(200) && g1 < Duration::from_millis(600),
+        "{g1:?}"
+    );
+    assert!(
+        g2 >= Duration::from_millis(400) && g2 < Duration::from_millis(800),
+        "{g2:?}"
+    );
+
+    // Always failing (a timeout, then 500s): four attempts, then the store.
+    mock.set_default(Reply::Status(500, vec![], "down".into()));
+    mock.push(Reply::Sleep(Duration::from_millis(1000)));
+    let before = mock.requests().len();
+    std::fs::write(&file, org_event("evt_dead", "org_1") + "\n").unwrap();
+    let (code, out, _) = send(args(&file), None).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("failed: event_id evt_dead"), "{out}");
+    assert_eq!(mock.requests().len() - before, 4);
+    let (code, list, _) = send(
+        s(&["failed", "list", "--dir", failed.to_str().unwrap()]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let line = list
+        .lines()
+        .find(|l| l.contains("evt_dead"))
+        .expect("listed");
+    let id = line.split_whitespace().next().unwrap().to_string();
+    assert!(line.contains(" 4 ") && line.contains("500"), "{line}");
+    let (_, show, _) = send(
+        s(&["failed", "show", &id, "--dir", failed.to_str().unwrap()]),
+        None,
+    )
+    .await;
+    let entry: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(entry["target"], mock.url("/h"));
+    assert_eq!(entry["secret_ref"], "env VF_SECRET");
+    assert_eq!(entry["attempts"].as_array().unwrap().len(), 4);
+    assert!(entry["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no answer within"));
+    assert_eq!(entry["attempts"][1]["status"], 500);
+    assert!(!show.contains(SECRET));
+
+    // Replay once the receiver is back: delivered, entry removed.
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let (code, out, _) = send(
+        s(&["failed", "replay", &id, "--dir", failed.to_str().unwrap()]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let last = mock.requests().pop().unwrap();
+    assert!(String::from_utf8_lossy(&last.body).contains("evt_dead"));
+    assert_eq!(
+        last.header("x-vf-signature-256"),
+        Some(sign(SECRET, &last.body).as_str())
+    );
+    let (_, list, _) = send(
+        s(&["failed", "list", "--dir", failed.to_str().unwrap()]),
+        None,
+    )
+    .await;
+    assert!(!list.contains("evt_dead"));
+    let (code, out, _) = send(
+        s(&[
+            "failed",
+            "purge",
+            "--older-than",
+            "30d",
+            "--dir",
+            failed.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "purged 0 entries older than 30days")
+    );
+}
+
+#[tokio::test]
+async fn per_org_order_with_a_retried_event_not_holding_back_later_ones() {
+    let mock = Mock::start().await;
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
+    mock.set_default(Reply::Compute(Arc::new(move |q: &Captured| {
+        let v: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
+        let id = v["event_id"].as_str().unwrap().to_string();
+        let first = seen.lock().unwrap().insert(id.clone());
+        if id == "a2" && first {
+            (503, "later".into())
+        } else {
+            (200, "{}".into())
+        }
+    })));
+    let ids = ["a1", "b1", "a2", "b2", "a3", "b3", "a4"];
+    let lines: Vec<String> = ids
+        .iter()
+        .map(|i| org_event(i, if i.starts_with('a') { "org_a" } else { "org_b" }))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, out, err) = send(
+        s(&[
+            "send",
+            "--target",
+            &mock.url("/h"),
+            "--secret-env",
+            "VF_SECRET",
+            "--retry-schedule",
+            "300ms",
+            "--concurrency",
+            "4",
+            "--failed-dir",
+            dir.path().join("f").to_str().unwrap(),
+            "--quiet",
+            file.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let order: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|q| {
+            serde_json::from_slice::<serde_json::Value>(&q.body).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let pos = |id: &str| order.iter().position(|x| x == id).unwrap();
+    let last_pos = |id: &str| order.iter().rposition(|x| x == id).unwrap();
+    assert!(
+        pos("a1") < pos("a2") && pos("a2") < pos("a3") && pos("a3") < pos("a4"),
+        "{order:?}"
+    );
+    assert!(pos("b1") < pos("b2") && pos("b2") < pos("b3"), "{order:?}");
+    assert!(
+        last_pos("a2") > pos("a4"),
+        "the retry of a2 did not hold back a3, a4: {order:?}"
+    );
+    assert_eq!(order.len(), 8);
+}
+
+#[tokio::test]
+async fn generate_reports_exactly_the_duplicates_and_test_mode() {
+    let gw = Gateway::start(FILE_SINK).await;
+    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
+    let (code, out, err) = send(
+        s(&[
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "--generate",
+            "300",
+            "--duplicates",
+            "10",
+            "--concurrency",
+            "8",
+            "--orgs",
+            "5",
+            "--size",
+            "512",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(
+            "sent 330: 2xx accepted 300, duplicate 30, filtered 0; 4xx 0; 5xx 0; errors 0"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("latency p50 ") && out.contains("events/s"),
+        "{out}"
+    );
+    assert_eq!(
+        gw.metric("vfgate_requests_total{outcome=\"duplicate\",source=\"syvault\"}")
+            .await,
+        30.0
+    );
+    // At a rate: 20 events at 100/s take about 0.2 s.
+    let t0 = Instant::now();
+    let (code, out, _) = send(
+        s(&[
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "--generate",
+            "20",
+            "--rate",
+            "100",
+            "--quiet",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(t0.elapsed() >= Duration::from_millis(180));
+
+    let (code, out, _) = send(
+        s(&[
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "--test",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("outcome: delivered")
+            && out.contains("status: 200")
+            && out.contains("rtt: ")
+            && out.contains(r#"reply: {"status":"accepted"}"#),
+        "{out}"
+    );
+    let line = std::fs::read_to_string(gw.dir.path().join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(line.contains(r#""event_type":"vf.test""#));
+    // Wrong secret: the gateway refuses, exit 1.
+    let (code, out, _) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &["send", "--target", &target, "--secret-env", "X", "--test"],
+            &[("X", "wrong")],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("status: 401"), "{out}");
+    // Usage errors exit 2.
+    let (code, _, err) = send(
+        s(&[
+            "send",
+            "--target",
+            "ftp://x",
+            "--secret-env",
+            "VF_SECRET",
+            "--test",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = send(
+        s(&[
+            "send",
+            "--target",
+            "http://127.0.0.1:1/",
+            "--secret-env",
+            "VFGATE_UNSET",
+            "--test",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("VFGATE_UNSET"));
+}
+
+#[tokio::test]
+async fn webhook_sink_relays_re_signed_to_another_gateway() {
+    let far = Gateway::start(FILE_SINK).await;
+    let near_cfg = format!(
+        r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "NEAR_SECRET" }}]
+sinks = ["relay"]
+
+[sink.relay]
+type = "webhook"
+url = "http://127.0.0.1:{}/v1/events"
+secret = {{ env = "VF_SECRET" }}
+headers = {{ "X-Relay" = "near" }}
+"#,
+        far.port
+    );
+    let near = Gateway::start_with(&near_cfg, "", &[("NEAR_SECRET", "near-secret-123")]).await;
+    let body = org_event("evt_relay", "org_1");
+    let sig = sign("near-secret-123", body.as_bytes());
+    let r = request(
+        near.port,
+        "POST",
+        "/v1/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Signature-256", &sig),
+            ("X-VF-Webhook-Version", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status_field(), "accepted");
+    assert_eq!(
+        std::fs::read_to_string(far.dir.path().join("events.ndjson")).unwrap(),
+        format!("{body}\n")
+    );
+    // The far gateway answers duplicate for a retry; the near one forwards it once only.
+    let r = request(
+        near.port,
+        "POST",
+        "/v1/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Signature-256", &sig),
+            ("X-VF-Webhook-Version", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status_field(), "duplicate");
+}
+
+#[tokio::test]
+async fn admin_api_lists_and_replays_with_a_bearer_token() {
+    let mock = Mock::start().await;
+    let store_dir = tempfile::tempdir().unwrap();
+    // Put one failed entry in the store with the CLI.
+    mock.set_default(Reply::Status(500, vec![], "down".into()));
+    let file = store_dir.path().join("in.ndjson");
+    std::fs::write(&file, org_event("evt_admin", "org_1") + "\n").unwrap();
+    let failed = store_dir.path().join("failed");
+    let (code, _, _) = send(
+        s(&[
+            "send",
+            "--target",
+            &mock.url("/h"),
+            "--secret-env",
+            "VF_SECRET",
+            "--retry-schedule",
+            "10ms",
+            "--failed-dir",
+            failed.to_str().unwrap(),
+            "--quiet",
+            file.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1);
+    let admin_extra = format!(
+        "token = {{ env = \"ADMIN_TOKEN\" }}\nfailed_dir = \"{}\"\n",
+        failed.display()
+    );
+    let cfg = FILE_SINK.to_string();
+    let gw =
+        Gateway::start_with(&cfg, "", &[("ADMIN_TOKEN", "admin-token-0123456789abcdef")]).await;
+    assert_eq!(
+        request(gw.admin, "GET", "/admin/failed", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        404,
+        "off without a token"
+    );
+    drop(gw);
+    let gw = Gateway::start_admin(
+        &cfg,
+        &admin_extra,
+        &[("ADMIN_TOKEN", "admin-token-0123456789abcdef")],
+    )
+    .await;
+    let r = request(gw.admin, "GET", "/admin/failed", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = request(
+        gw.admin,
+        "GET",
+        "/admin/failed",
+        &[("Authorization", "Bearer wrong-token-0123456789")],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401);
+    let auth = [("Authorization", "Bearer admin-token-0123456789abcdef")];
+    let r = request(gw.admin, "GET", "/admin/failed", &auth, b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["event_id"], "evt_admin");
+    let id = entries[0]["id"].as_str().unwrap().to_string();
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let r = request(
+        gw.admin,
+        "POST",
+        &format!("/admin/failed/{id}/replay"),
+        &auth,
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.status_field()),
+        (200, "delivered".into()),
+        "{:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = request(gw.admin, "GET", "/admin/failed", &auth, b"")
+        .await
+        .unwrap();
+    assert!(r.json()["entries"].as_array().unwrap().is_empty());
+    let r = request(
+        gw.admin,
+        "POST",
+        &format!("/admin/failed/{id}/replay"),
+        &auth,
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+}
