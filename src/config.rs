@@ -259,8 +259,18 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDedupe {
-    /// `"memory"` (default).
+    /// `"memory"` (default) or `"redis"`.
     pub backend: Option<String>,
+    /// Redis: `redis://host:port/db` or `rediss://...` (TLS).
+    pub url: Option<String>,
+    /// Redis: password (overrides one in the URL).
+    pub password: Option<SecretRef>,
+    /// Redis: key prefix.
+    pub key_prefix: Option<String>,
+    /// Redis: `"reject"` (503, default) or `"allow"` (forward, count the error).
+    pub on_error: Option<String>,
+    /// Redis: timeout of one call.
+    pub timeout: Option<DurationStr>,
     /// How long a delivered event_id is remembered.
     pub ttl: Option<DurationStr>,
     /// Upper bound on remembered ids; the oldest are evicted beyond it.
@@ -404,10 +414,38 @@ pub struct AdminConfig {
 }
 
 /// Dedupe backend choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum DedupeBackend {
     /// In-process sharded table.
     Memory,
+    /// Shared Redis.
+    Redis(RedisConfig),
+}
+
+/// What to do when Redis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Answer 503 so the sender retries (never a silent duplicate or loss).
+    Reject,
+    /// Forward without dedupe and count `vfgate_dedupe_errors_total`.
+    Allow,
+}
+
+/// `[dedupe]` with `backend = "redis"`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Connection URL (credentials, if any, stay inside; never logged).
+    pub url: Secret,
+    /// `host:port` for logs.
+    pub display: String,
+    /// Password from a secret reference.
+    pub password: Option<Secret>,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// Per-call timeout.
+    pub timeout: Duration,
 }
 
 /// `[dedupe]`, validated.
@@ -739,11 +777,90 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
 
 fn validate_dedupe(raw: RawDedupe) -> Result<DedupeConfig, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("memory") {
-        "memory" => DedupeBackend::Memory,
+        "memory" => {
+            for (k, set) in [
+                ("url", raw.url.is_some()),
+                ("password", raw.password.is_some()),
+                ("key_prefix", raw.key_prefix.is_some()),
+                ("on_error", raw.on_error.is_some()),
+                ("timeout", raw.timeout.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("dedupe.{k}"),
+                        "only used with backend = \"redis\"",
+                    ));
+                }
+            }
+            DedupeBackend::Memory
+        }
+        "redis" => {
+            let url = raw.url.clone().ok_or_else(|| {
+                ConfigError::invalid(
+                    "dedupe.url",
+                    "required with backend = \"redis\" (redis://host:6379/0)",
+                )
+            })?;
+            let parsed: http::Uri = url
+                .replacen("redis://", "http://", 1)
+                .replacen("rediss://", "https://", 1)
+                .parse()
+                .map_err(|_| {
+                    ConfigError::invalid("dedupe.url", "not a redis:// or rediss:// URL")
+                })?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                || parsed.host().is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "dedupe.url",
+                    "must be redis://host:port/db or rediss://host:port/db",
+                ));
+            }
+            let display = format!(
+                "{}:{}",
+                parsed.host().unwrap_or(""),
+                parsed.port_u16().unwrap_or(6379)
+            );
+            let password = match &raw.password {
+                None => None,
+                Some(r) => Some(
+                    r.load()
+                        .map_err(|e| ConfigError::invalid("dedupe.password", e.to_string()))?,
+                ),
+            };
+            let on_error = match raw.on_error.as_deref().unwrap_or("reject") {
+                "reject" => OnError::Reject,
+                "allow" => OnError::Allow,
+                other => {
+                    return Err(ConfigError::invalid(
+                        "dedupe.on_error",
+                        format!("{other:?}: use \"reject\" or \"allow\""),
+                    ))
+                }
+            };
+            let timeout = raw
+                .timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_millis(500));
+            if timeout.is_zero() {
+                return Err(ConfigError::invalid("dedupe.timeout", "must be above 0"));
+            }
+            DedupeBackend::Redis(RedisConfig {
+                url: Secret::new(url.into_bytes()),
+                display,
+                password,
+                key_prefix: raw
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "vfgate:dedupe:".to_string()),
+                on_error,
+                timeout,
+            })
+        }
         other => {
             return Err(ConfigError::invalid(
                 "dedupe.backend",
-                format!("unknown backend {other:?} (available: \"memory\")"),
+                format!("unknown backend {other:?} (available: \"memory\", \"redis\")"),
             ))
         }
     };
@@ -1093,6 +1210,40 @@ path = "/dev/null"
             "sinks = [\"archive\"]\nmax_event_age = \"48h\"",
         );
         assert!(err(&text).starts_with("source[0].max_event_age: must not exceed dedupe.ttl"));
+    }
+
+    #[test]
+    fn dedupe_backends() {
+        let text = |d: &str| format!("{}\n[dedupe]\n{d}\n", base(""));
+        assert_eq!(
+            err(&text("url = \"redis://x\"")),
+            "dedupe.url: only used with backend = \"redis\""
+        );
+        assert!(err(&text("backend = \"redis\"")).starts_with("dedupe.url: required"));
+        assert!(err(&text("backend = \"redis\"\nurl = \"http://x\""))
+            .starts_with("dedupe.url: must be"));
+        assert!(err(&text(
+            "backend = \"redis\"\nurl = \"redis://x\"\non_error = \"maybe\""
+        ))
+        .starts_with("dedupe.on_error"));
+        let c = Config::parse(&text(
+            "backend = \"redis\"\nurl = \"redis://:pw@cache:6380/1\"",
+        ))
+        .unwrap();
+        let DedupeBackend::Redis(r) = &c.dedupe.backend else {
+            panic!()
+        };
+        assert_eq!(
+            (r.display.as_str(), r.on_error),
+            ("cache:6380", OnError::Reject)
+        );
+        assert!(
+            !format!("{c:?}").contains(":pw@"),
+            "the URL with its password is a secret"
+        );
+        assert!(
+            err(&text("backend = \"memcached\"")).starts_with("dedupe.backend: unknown backend")
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub dedupe_entries: IntGauge,
     /// `vfgate_dedupe_evictions_total`.
     pub dedupe_evictions: IntCounter,
+    /// `vfgate_dedupe_errors_total`.
+    pub dedupe_errors: IntCounter,
     /// `vfgate_secret_matches_total{source,secret}`.
     pub secret_matches: IntCounterVec,
     /// `vfgate_build_info{version}`.
@@ -150,6 +152,14 @@ impl Metrics {
                 IntCounter::new(
                     "vfgate_dedupe_evictions_total",
                     "Ids forgotten before their TTL because dedupe.max_entries was reached",
+                )
+                .unwrap(),
+            ),
+            dedupe_errors: reg(
+                &r,
+                IntCounter::new(
+                    "vfgate_dedupe_errors_total",
+                    "Dedupe backend calls that failed (Redis unreachable or slow)",
                 )
                 .unwrap(),
             ),

@@ -197,7 +197,7 @@ pub struct Gateway {
 /// Marks an id in flight until committed; releases it if dropped first (a failed or
 /// cancelled request must not block the sender's retry).
 struct InFlightGuard<'a> {
-    dedupe: &'a Dedupe,
+    dedupe: &'a Arc<Dedupe>,
     key: DedupeKey,
     armed: bool,
 }
@@ -634,6 +634,11 @@ impl ServeHttp for Admin {
                 if ev > seen {
                     self.metrics.dedupe_evictions.inc_by(ev - seen);
                 }
+                let errs = self.dedupe.errors();
+                let seen = self.metrics.dedupe_errors.get();
+                if errs > seen {
+                    self.metrics.dedupe_errors.inc_by(errs - seen);
+                }
                 let body = self.metrics.render();
                 http::Response::builder()
                     .status(200)
@@ -705,6 +710,9 @@ pub enum ServeError {
     /// TLS settings could not be loaded.
     #[error("server.tls: {0}")]
     Tls(String),
+    /// The dedupe backend could not be set up.
+    #[error("{0}")]
+    Dedupe(String),
 }
 
 /// The assembled gateway, before it runs.
@@ -724,10 +732,10 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
         .map(|s| s.common.retry_budget + s.common.timeout * 2)
         .max()
         .unwrap_or_default();
-    let dedupe = Arc::new(Dedupe::new(
-        &config.dedupe,
-        max_budget + Duration::from_secs(60),
-    ));
+    let dedupe = Arc::new(
+        Dedupe::new(&config.dedupe, max_budget + Duration::from_secs(60))
+            .map_err(|e| ServeError::Dedupe(e.to_string()))?,
+    );
     let mut handles: HashMap<String, SinkHandle> = HashMap::new();
     let mut workers = Vec::new();
     for spec in &config.sinks {

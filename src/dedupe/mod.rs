@@ -9,6 +9,7 @@
 //! Backends are one enum; the atomicity of "mark if absent" lives in each backend's `begin`.
 
 pub mod memory;
+pub mod redis;
 
 use crate::config::{DedupeBackend, DedupeConfig};
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub enum Begin {
     InFlight,
 }
 
-/// A backend failure (none for memory; the Redis backend of a later issue has them).
+/// A backend failure (Redis unreachable, timed out). Never carries credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("dedupe backend error: {0}")]
 pub struct DedupeError(pub String);
@@ -37,25 +38,33 @@ pub struct DedupeError(pub String);
 pub enum Dedupe {
     /// In-process table.
     Memory(memory::MemoryDedupe),
+    /// Shared Redis.
+    Redis(Box<redis::RedisDedupe>),
 }
 
 impl Dedupe {
     /// Builds the configured backend. `in_flight_ttl` bounds how long an in-flight mark lives
     /// if nobody commits or releases it.
-    pub fn new(cfg: &DedupeConfig, in_flight_ttl: Duration) -> Dedupe {
-        match cfg.backend {
+    pub fn new(cfg: &DedupeConfig, in_flight_ttl: Duration) -> Result<Dedupe, DedupeError> {
+        Ok(match &cfg.backend {
             DedupeBackend::Memory => Dedupe::Memory(memory::MemoryDedupe::new(
                 cfg.ttl,
                 in_flight_ttl,
                 cfg.max_entries,
             )),
-        }
+            DedupeBackend::Redis(r) => Dedupe::Redis(Box::new(redis::RedisDedupe::new(
+                r,
+                cfg.ttl,
+                in_flight_ttl,
+            )?)),
+        })
     }
 
     /// The key of an event of `source`.
     pub fn key(&self, source: &str, event_id: &str) -> DedupeKey {
         match self {
             Dedupe::Memory(m) => m.key(source, event_id),
+            Dedupe::Redis(r) => r.key(source, event_id),
         }
     }
 
@@ -63,6 +72,7 @@ impl Dedupe {
     pub async fn begin(&self, key: DedupeKey, now: u64) -> Result<Begin, DedupeError> {
         match self {
             Dedupe::Memory(m) => Ok(m.begin(key, now)),
+            Dedupe::Redis(r) => r.begin(key).await,
         }
     }
 
@@ -73,6 +83,7 @@ impl Dedupe {
                 m.commit(key, now);
                 Ok(())
             }
+            Dedupe::Redis(r) => r.commit(key).await,
         }
     }
 
@@ -83,13 +94,23 @@ impl Dedupe {
                 m.release(key);
                 Ok(())
             }
+            Dedupe::Redis(r) => r.release(key).await,
         }
     }
 
-    /// Forgets an in-flight `key` without waiting (for drop guards).
-    pub fn release_now(&self, key: DedupeKey) {
-        match self {
+    /// Forgets an in-flight `key` without waiting (for drop guards): at once in memory, in a
+    /// spawned task for Redis (the in-flight expiry covers a lost release).
+    pub fn release_now(self: &std::sync::Arc<Self>, key: DedupeKey) {
+        match &**self {
             Dedupe::Memory(m) => m.release(key),
+            Dedupe::Redis(_) => {
+                let me = self.clone();
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move {
+                        let _ = me.release(key).await;
+                    });
+                }
+            }
         }
     }
 
@@ -97,6 +118,7 @@ impl Dedupe {
     pub fn entries(&self) -> u64 {
         match self {
             Dedupe::Memory(m) => m.len(),
+            Dedupe::Redis(_) => 0,
         }
     }
 
@@ -104,6 +126,15 @@ impl Dedupe {
     pub fn evictions(&self) -> u64 {
         match self {
             Dedupe::Memory(m) => m.evictions(),
+            Dedupe::Redis(_) => 0,
+        }
+    }
+
+    /// Failed backend calls (Redis).
+    pub fn errors(&self) -> u64 {
+        match self {
+            Dedupe::Memory(_) => 0,
+            Dedupe::Redis(r) => r.errors(),
         }
     }
 }

@@ -23,6 +23,7 @@ fn every_shipped_config_is_valid() {
                 ("ES_API_KEY", "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
                 ("AZURE_CLIENT_SECRET", "s3cr3t~value"),
                 ("RELAY_SECRET", "relay-secret"),
+                ("REDIS_PASSWORD", "redis-pw"),
                 ("ADMIN_TOKEN", "admin-token-0123456789abcdef"),
                 ("LA_SHARED_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg=="),
                 ("TMPDIR", tmp.path().to_str().unwrap()),

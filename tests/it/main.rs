@@ -4,6 +4,7 @@ mod cli;
 mod forward;
 mod lifecycle;
 mod receive;
+mod redis;
 mod sender;
 mod siem;
 mod util;

@@ -1,0 +1,188 @@
+//! Shared dedupe in Redis, so that a retry landing on another replica is still recognised.
+//!
+//! Keys are `<key_prefix><hex of an unseeded 128-bit hash of source \0 event_id>`: fixed
+//! size, the same on every replica. "Mark in flight if absent" is one Lua script (atomic in
+//! Redis): it returns the current value (`d` delivered, `f` in flight) or sets `f` with the
+//! in-flight expiry. Commit is `SET key d PX ttl`; release deletes the key only if it is still
+//! in flight (a script, so a concurrent commit is never undone). One multiplexed connection
+//! (`ConnectionManager`, reconnecting by itself), every call bounded by `timeout`.
+//! On a Redis failure, `on_error = "reject"` makes the request a 503 (the sender retries: no
+//! silent duplicate, no loss); `"allow"` forwards without dedupe and counts the error.
+
+use super::{Begin, DedupeError, DedupeKey};
+use crate::config::{OnError, RedisConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const BEGIN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'f', 'PX', ARGV[1])
+return 'n'
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == 'f' then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// The Redis backend.
+pub struct RedisDedupe {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    prefix: String,
+    display: String,
+    on_error: OnError,
+    timeout: Duration,
+    ttl_ms: u64,
+    in_flight_ms: u64,
+    begin: redis::Script,
+    release: redis::Script,
+    errors: AtomicU64,
+}
+
+impl RedisDedupe {
+    /// A backend for `cfg`; connects on first use.
+    pub fn new(
+        cfg: &RedisConfig,
+        ttl: Duration,
+        in_flight_ttl: Duration,
+    ) -> Result<RedisDedupe, DedupeError> {
+        use redis::IntoConnectionInfo;
+        let url = cfg.url.expose_str().unwrap_or("");
+        let mut info = url
+            .into_connection_info()
+            .map_err(|e| DedupeError(format!("dedupe.url: {:?}", e.kind())))?;
+        if let Some(p) = &cfg.password {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_password(p.expose_str().unwrap_or(""));
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info)
+            .map_err(|e| DedupeError(format!("dedupe.url: {:?}", e.kind())))?;
+        Ok(RedisDedupe {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            prefix: cfg.key_prefix.clone(),
+            display: cfg.display.clone(),
+            on_error: cfg.on_error,
+            timeout: cfg.timeout,
+            ttl_ms: ttl.as_millis().max(1) as u64,
+            in_flight_ms: in_flight_ttl.as_millis().max(1) as u64,
+            begin: redis::Script::new(BEGIN),
+            release: redis::Script::new(RELEASE),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The key of `(source, event_id)`: the same on every replica.
+    pub fn key(&self, source: &str, event_id: &str) -> DedupeKey {
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0);
+        h.update(source.as_bytes());
+        h.update(&[0]);
+        h.update(event_id.as_bytes());
+        let v = h.digest128();
+        DedupeKey([v as u64, (v >> 64) as u64])
+    }
+
+    fn redis_key(&self, k: DedupeKey) -> String {
+        format!("{}{:016x}{:016x}", self.prefix, k.0[0], k.0[1])
+    }
+
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, DedupeError> {
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let c = tokio::time::timeout(
+            self.timeout * 2,
+            self.conn.get_or_try_init(|| {
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg)
+            }),
+        )
+        .await
+        .map_err(|_| DedupeError(format!("redis {}: connect timeout", self.display)))?
+        .map_err(|e| DedupeError(format!("redis {}: {:?}", self.display, e.kind())))?;
+        Ok(c.clone())
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, DedupeError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(DedupeError(format!(
+                "redis {}: {:?}",
+                self.display,
+                e.kind()
+            ))),
+            Err(_) => Err(DedupeError(format!(
+                "redis {}: no answer within {:?}",
+                self.display, self.timeout
+            ))),
+        }
+    }
+
+    fn failed(&self, e: DedupeError) -> DedupeError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %e, "dedupe call failed");
+        e
+    }
+
+    /// Marks `key` in flight if absent.
+    pub async fn begin(&self, key: DedupeKey) -> Result<Begin, DedupeError> {
+        let r: Result<String, DedupeError> = async {
+            let mut c = self.conn().await?;
+            let mut inv = self.begin.key(self.redis_key(key));
+            inv.arg(self.in_flight_ms);
+            self.call(inv.invoke_async(&mut c)).await
+        }
+        .await;
+        match r {
+            Ok(v) if v == "d" => Ok(Begin::Duplicate),
+            Ok(v) if v == "f" => Ok(Begin::InFlight),
+            Ok(_) => Ok(Begin::New),
+            Err(e) => {
+                let e = self.failed(e);
+                match self.on_error {
+                    OnError::Reject => Err(e),
+                    OnError::Allow => Ok(Begin::New),
+                }
+            }
+        }
+    }
+
+    /// Marks `key` delivered for the TTL.
+    pub async fn commit(&self, key: DedupeKey) -> Result<(), DedupeError> {
+        let r: Result<(), DedupeError> = async {
+            let mut c = self.conn().await?;
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.redis_key(key))
+                .arg("d")
+                .arg("PX")
+                .arg(self.ttl_ms);
+            self.call(cmd.query_async::<()>(&mut c)).await
+        }
+        .await;
+        r.map_err(|e| self.failed(e))
+    }
+
+    /// Forgets `key` if still in flight.
+    pub async fn release(&self, key: DedupeKey) -> Result<(), DedupeError> {
+        let r: Result<i64, DedupeError> = async {
+            let mut c = self.conn().await?;
+            self.call(self.release.key(self.redis_key(key)).invoke_async(&mut c))
+                .await
+        }
+        .await;
+        r.map(drop).map_err(|e| self.failed(e))
+    }
+
+    /// Failed calls so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,154 @@
+//! Shared dedupe in a real `redis-server` (started here on a free port; `.ci/run` installs it).
+
+use crate::util::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = free_port();
+        let mut redis = Redis {
+            child: Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(
+                    "redis-server is installed (.ci/run installs it: apt-get install redis-server)",
+                ),
+            port,
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis.kill();
+        panic!("redis-server did not start");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(redis_port: u16, mock: &Mock, on_error: &str) -> String {
+    format!(
+        r#"
+[dedupe]
+backend = "redis"
+url = "redis://127.0.0.1:{redis_port}/0"
+key_prefix = "vfgate-test:"
+on_error = "{on_error}"
+timeout = "300ms"
+ttl = "1h"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "{}"
+timeout = "2s"
+retry = {{ budget = "500ms" }}
+"#,
+        mock.url("/ingest")
+    )
+}
+
+#[tokio::test]
+async fn two_replicas_share_dedupe_and_deliver_once() {
+    let redis = Redis::start().await;
+    let mock = Mock::start().await;
+    let a = Gateway::start(&config(redis.port, &mock, "reject")).await;
+    let b = Gateway::start(&config(redis.port, &mock, "reject")).await;
+
+    // Concurrently to both replicas: one forwards, the other says in flight (409).
+    mock.set_default(Reply::Sleep(Duration::from_millis(400)));
+    let body = event("evt_shared_1", "user.login");
+    let (ra, rb) = tokio::join!(a.post_event(&body), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.post_event(&body).await
+    });
+    assert_eq!(ra.status_field(), "accepted");
+    assert_eq!((rb.status, rb.error()), (409, "in_flight".into()));
+    // One after the other: the second replica knows it was delivered.
+    assert_eq!(b.post_event(&body).await.status_field(), "duplicate");
+    assert_eq!(a.post_event(&body).await.status_field(), "duplicate");
+    assert_eq!(mock.requests().len(), 1, "reached the SIEM once");
+
+    // A failed forward on one replica releases the id: the retry on the other goes through.
+    mock.set_default(Reply::Status(503, vec![], "down".into()));
+    let body2 = event("evt_shared_2", "user.login");
+    assert_eq!(a.post_event(&body2).await.status, 503);
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    assert_eq!(b.post_event(&body2).await.status_field(), "accepted");
+    assert_eq!(a.post_event(&body2).await.status_field(), "duplicate");
+    drop(redis);
+}
+
+#[tokio::test]
+async fn redis_down_follows_on_error() {
+    let mut redis = Redis::start().await;
+    let mock = Mock::start().await;
+    let reject = Gateway::start(&config(redis.port, &mock, "reject")).await;
+    let allow = Gateway::start(&config(redis.port, &mock, "allow")).await;
+    assert_eq!(
+        reject
+            .post_event(&event("evt_r_1", "user.login"))
+            .await
+            .status_field(),
+        "accepted"
+    );
+    assert_eq!(
+        allow
+            .post_event(&event("evt_r_2", "user.login"))
+            .await
+            .status_field(),
+        "accepted"
+    );
+    redis.kill();
+    let r = reject.post_event(&event("evt_r_3", "user.login")).await;
+    assert_eq!((r.status, r.error()), (503, "dedupe_unavailable".into()));
+    assert!(r.header("retry-after").is_some());
+    let before = mock.requests().len();
+    let r = allow.post_event(&event("evt_r_4", "user.login")).await;
+    assert_eq!(r.status_field(), "accepted", "forwarded without dedupe");
+    assert_eq!(mock.requests().len(), before + 1);
+    assert!(allow.metric("vfgate_dedupe_errors_total").await >= 1.0);
+    assert!(reject.metric("vfgate_dedupe_errors_total").await >= 1.0);
+    assert_eq!(
+        reject
+            .metric("vfgate_requests_total{outcome=\"dedupe_unavailable\",source=\"syvault\"}")
+            .await,
+        1.0
+    );
+}
