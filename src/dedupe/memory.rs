@@ -48,7 +48,7 @@ impl Hasher for PassThroughHasher {
     fn write_usize(&mut self, _n: usize) {}
 }
 
-type Table = hashbrown::HashMap<[u64; 2], Entry, PassThrough>;
+type Table = std::collections::HashMap<[u64; 2], Entry, PassThrough>;
 
 /// The in-memory backend.
 pub struct MemoryDedupe {
