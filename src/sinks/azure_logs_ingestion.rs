@@ -359,26 +359,10 @@ pub fn encode_records(
     Ok(out)
 }
 
-/// Classifies an ingestion answer (401 is handled by the caller first).
+/// Classifies an ingestion answer (401 is handled by the caller first): 403 (missing role)
+/// and 404 (wrong endpoint, DCR or stream) are configuration errors.
 pub fn classify(resp: &Response) -> SendResult {
-    let detail = format!("Azure answered {}: {}", resp.status, body_snippet(resp));
-    match resp.status {
-        200..=299 => SendResult::All(Verdict::Ok),
-        401 | 403 | 404 => SendResult::All(Verdict::retry(RetryKind::Config, detail, None)),
-        413 => SendResult::Split {
-            reason: "too_large",
-            detail,
-        },
-        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
-            RetryKind::Unavailable,
-            detail,
-            resp.retry_after(),
-        )),
-        _ => SendResult::Split {
-            reason: "rejected",
-            detail,
-        },
-    }
+    super::classify_http(resp, "Azure", &[401, 403, 404])
 }
 
 #[async_trait]
@@ -390,12 +374,7 @@ impl Sink for LogsIngestion {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let body = match self.encode(batch) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let mut base = vec![("content-type".to_string(), b"application/json".to_vec())];
         let body = compress(self.compression, body, &mut base);

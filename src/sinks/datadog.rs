@@ -11,10 +11,7 @@
 //! with the reason) rather than report a delivery that lost data. A batch over the byte limit
 //! is split before sending.
 
-use super::{
-    body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind, SendResult,
-    Sink, SinkType, Verdict,
-};
+use super::{compress, Attempt, Compression, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
 use crate::event::Event;
@@ -262,30 +259,14 @@ impl Datadog {
     }
 }
 
-/// Classifies an intake answer.
+/// Classifies an intake answer: 202 delivered, 401/403 configuration errors (a wrong key
+/// or a key of another site), 408/429/5xx retried, 413 split, 400 bisected.
 pub fn classify(resp: &Response) -> SendResult {
-    let detail = format!("Datadog answered {}: {}", resp.status, body_snippet(resp));
-    match resp.status {
-        200..=299 => SendResult::All(Verdict::Ok),
-        401 | 403 => SendResult::All(Verdict::retry(
-            RetryKind::Config,
-            format!("{detail} (check the API key and that it belongs to this site)"),
-            None,
-        )),
-        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
-            RetryKind::Unavailable,
-            detail,
-            resp.retry_after(),
-        )),
-        413 => SendResult::Split {
-            reason: "too_large",
-            detail,
-        },
-        _ => SendResult::Split {
-            reason: "rejected",
-            detail,
-        },
-    }
+    super::classify_http(
+        resp,
+        "Datadog (check the API key and its site)",
+        &[401, 403],
+    )
 }
 
 #[async_trait]
@@ -297,12 +278,7 @@ impl Sink for Datadog {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let body = match self.encode_at(batch, (self.now_ms)()) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let mut headers = vec![
             ("dd-api-key".to_string(), self.api_key.clone()),
@@ -315,13 +291,7 @@ impl Sink for Datadog {
             headers,
             body,
         };
-        match self.client.send(&req).await {
-            Ok(r) => Attempt {
-                status: r.status.to_string(),
-                result: classify(&r),
-            },
-            Err(e) => client_error_attempt(&e),
-        }
+        super::exchange(&self.client, &req, classify).await
     }
 }
 

@@ -13,10 +13,7 @@
 //! or `{ user = "...", password = <secret> }` (Basic).
 //! Limits: `http.max_content_length` defaults to 100 MB; vfgate splits batches over 50 MB.
 
-use super::{
-    body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind, SendResult,
-    Sink, SinkType, Verdict,
-};
+use super::{compress, Attempt, Compression, RetryKind, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
 use crate::event::Event;
@@ -274,37 +271,8 @@ impl Elastic {
 
 /// Classifies a bulk answer for `n` items.
 pub fn classify(resp: &Response, n: usize) -> SendResult {
-    let detail = || {
-        format!(
-            "Elasticsearch answered {}: {}",
-            resp.status,
-            body_snippet(resp)
-        )
-    };
-    match resp.status {
-        200..=299 => {}
-        401 | 403 | 404 => {
-            return SendResult::All(Verdict::retry(RetryKind::Config, detail(), None))
-        }
-        413 => {
-            return SendResult::Split {
-                reason: "too_large",
-                detail: detail(),
-            }
-        }
-        408 | 429 | 500..=599 => {
-            return SendResult::All(Verdict::retry(
-                RetryKind::Unavailable,
-                detail(),
-                resp.retry_after(),
-            ))
-        }
-        _ => {
-            return SendResult::Split {
-                reason: "rejected",
-                detail: detail(),
-            }
-        }
+    if !(200..300).contains(&resp.status) {
+        return super::classify_http(resp, "Elasticsearch", &[401, 403, 404]);
     }
     let v: Value = match serde_json::from_slice(&resp.body) {
         Ok(v) => v,
@@ -366,12 +334,7 @@ impl Sink for Elastic {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let body = match self.encode_batch(batch) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let mut headers = vec![("content-type".to_string(), b"application/x-ndjson".to_vec())];
         if let Some(a) = &self.auth {
@@ -384,13 +347,7 @@ impl Sink for Elastic {
             headers,
             body,
         };
-        match self.client.send(&req).await {
-            Ok(r) => Attempt {
-                status: r.status.to_string(),
-                result: classify(&r, batch.len()),
-            },
-            Err(e) => client_error_attempt(&e),
-        }
+        super::exchange(&self.client, &req, |r| classify(r, batch.len())).await
     }
 }
 

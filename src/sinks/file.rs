@@ -115,12 +115,7 @@ impl Sink for FileSink {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let buf = match self.encode(batch) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let file = self.file.clone();
         let fsync = self.fsync;

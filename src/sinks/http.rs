@@ -13,7 +13,7 @@
 //! tls = { ca_file = "/etc/ssl/internal-ca.pem" }
 //! ```
 
-use super::{classify_status, client_error_attempt, Attempt, SendResult, Sink, SinkType};
+use super::{classify_status, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
 use crate::event::Event;
@@ -186,12 +186,6 @@ impl Sink for HttpSink {
             headers: self.headers.clone(),
             body: encode(batch),
         };
-        match self.client.send(&req).await {
-            Ok(resp) => Attempt {
-                status: resp.status.to_string(),
-                result: classify_status(&resp),
-            },
-            Err(e) => client_error_attempt(&e),
-        }
+        super::exchange(&self.client, &req, classify_status).await
     }
 }

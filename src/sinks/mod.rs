@@ -196,18 +196,19 @@ pub fn parse_keys<T: serde::de::DeserializeOwned>(spec: &SinkSpec) -> Result<T, 
     crate::config::from_value(&spec.key(), toml::Value::Table(spec.rest.clone()))
 }
 
-/// Classifies a plain HTTP status for a target without a richer reply format: 2xx ok;
-/// 401/403 configuration; 408/429/5xx retry; 413 split; other 4xx split (so one bad event
-/// is isolated and the rest delivered).
-pub fn classify_status(resp: &crate::client::Response) -> SendResult {
+/// Classifies an HTTP status the way every target here documents it: 2xx ok; the
+/// `config` statuses (401/403, and 404 for targets where it means a wrong URL or resource)
+/// are configuration errors, kept and retried; 408/429/5xx retried honouring `Retry-After`;
+/// 413 splits the batch; any other 4xx splits it until the refused event is alone.
+/// `who` names the target in the detail.
+pub fn classify_http(resp: &crate::client::Response, who: &str, config: &[u16]) -> SendResult {
     let s = resp.status;
-    let detail = || {
-        let text = String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)]).to_string();
-        format!("upstream answered {s}: {}", text.trim())
-    };
+    let detail = || format!("{who} answered {s}: {}", body_snippet(resp));
     match s {
         200..=299 => SendResult::All(Verdict::Ok),
-        401 | 403 => SendResult::All(Verdict::retry(RetryKind::Config, detail(), None)),
+        _ if config.contains(&s) => {
+            SendResult::All(Verdict::retry(RetryKind::Config, detail(), None))
+        }
         408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
             RetryKind::Unavailable,
             detail(),
@@ -221,6 +222,36 @@ pub fn classify_status(resp: &crate::client::Response) -> SendResult {
             reason: "rejected",
             detail: detail(),
         },
+    }
+}
+
+/// [`classify_http`] for a target without a richer reply format.
+pub fn classify_status(resp: &crate::client::Response) -> SendResult {
+    classify_http(resp, "upstream", &[401, 403])
+}
+
+impl Attempt {
+    /// A batch stopped before sending (an event over a limit): no request was made.
+    pub fn not_sent(result: SendResult) -> Attempt {
+        Attempt {
+            status: "not_sent".into(),
+            result,
+        }
+    }
+}
+
+/// Sends `req` once and classifies the answer with `classify` (a missing answer is retried).
+pub async fn exchange(
+    client: &crate::client::HttpClient,
+    req: &crate::client::Request,
+    classify: impl FnOnce(&crate::client::Response) -> SendResult,
+) -> Attempt {
+    match client.send(req).await {
+        Ok(r) => Attempt {
+            status: r.status.to_string(),
+            result: classify(&r),
+        },
+        Err(e) => client_error_attempt(&e),
     }
 }
 

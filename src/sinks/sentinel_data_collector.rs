@@ -18,9 +18,7 @@
 //! 429/5xx retried.
 
 use super::azure_logs_ingestion::encode_records;
-use super::{
-    body_snippet, client_error_attempt, Attempt, RetryKind, SendResult, Sink, SinkType, Verdict,
-};
+use super::{body_snippet, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
 use crate::event::Event;
@@ -164,40 +162,22 @@ pub struct DataCollector {
 
 /// Classifies an answer for a batch of `n` records.
 pub fn classify(resp: &Response, n: usize) -> SendResult {
-    let detail = format!(
-        "Data Collector answered {}: {}",
-        resp.status,
-        body_snippet(resp)
-    );
     let code = serde_json::from_slice::<serde_json::Value>(&resp.body)
         .ok()
         .and_then(|v| v["Error"].as_str().map(str::to_string))
         .unwrap_or_default();
     match resp.status {
-        200..=299 => SendResult::All(Verdict::Ok),
-        400 if code == "InvalidDataFormat" || code.is_empty() => SendResult::Split {
-            reason: "rejected",
-            detail,
-        },
-        400 | 401 | 403 => SendResult::All(Verdict::retry(RetryKind::Config, detail, None)),
+        // Only InvalidDataFormat is the payload's fault; the other 400 codes name the
+        // workspace, log type, API version or content type: configuration.
+        400 if code != "InvalidDataFormat" && !code.is_empty() => {
+            super::classify_http(resp, "Data Collector", &[400, 401, 403])
+        }
+        // 404 means a wrong URL, or a request too large: split first, then configuration.
         404 if n > 1 => SendResult::Split {
             reason: "too_large",
-            detail,
+            detail: format!("Data Collector answered 404: {}", body_snippet(resp)),
         },
-        404 => SendResult::All(Verdict::retry(RetryKind::Config, detail, None)),
-        413 => SendResult::Split {
-            reason: "too_large",
-            detail,
-        },
-        408 | 429 | 500..=599 => SendResult::All(Verdict::retry(
-            RetryKind::Unavailable,
-            detail,
-            resp.retry_after(),
-        )),
-        _ => SendResult::Split {
-            reason: "rejected",
-            detail,
-        },
+        _ => super::classify_http(resp, "Data Collector", &[401, 403, 404]),
     }
 }
 
@@ -210,12 +190,7 @@ impl Sink for DataCollector {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let body = match self.encode(batch) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         let sig = signature(self.key.expose(), body.len(), &date);
@@ -238,13 +213,7 @@ impl Sink for DataCollector {
             headers,
             body: bytes::Bytes::from(body),
         };
-        match self.client.send(&req).await {
-            Ok(r) => Attempt {
-                status: r.status.to_string(),
-                result: classify(&r, batch.len()),
-            },
-            Err(e) => client_error_attempt(&e),
-        }
+        super::exchange(&self.client, &req, |r| classify(r, batch.len())).await
     }
 }
 

@@ -395,12 +395,7 @@ impl Sink for SplunkHec {
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
         let body = match self.encode_batch(batch) {
             Ok(b) => b,
-            Err(r) => {
-                return Attempt {
-                    status: "not_sent".into(),
-                    result: r,
-                }
-            }
+            Err(r) => return Attempt::not_sent(r),
         };
         let mut headers = self.headers();
         let body = compress(self.compression, body, &mut headers);
