@@ -16,4 +16,5 @@ pub mod secret;
 pub mod sender;
 pub mod server;
 pub mod sinks;
+pub mod spool;
 pub mod verify;
