@@ -62,6 +62,9 @@ pub struct Log {
     next_seq: u64,
     segment_bytes: u64,
     fsync: Fsync,
+    /// Where recent reads ended: next seq -> (segment first seq, byte offset), so that a
+    /// sink draining in order seeks straight to its position instead of scanning.
+    positions: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Bytes recovered away from a torn tail at open.
     pub truncated_bytes: u64,
 }
@@ -171,6 +174,7 @@ impl Log {
             next_seq,
             segment_bytes,
             fsync,
+            positions: parking_lot::Mutex::new(std::collections::HashMap::new()),
             truncated_bytes,
         })
     }
@@ -249,22 +253,29 @@ impl Log {
             .segments
             .partition_point(|s| s.first <= from)
             .saturating_sub(1);
+        let known = self.positions.lock().get(&from).copied();
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
             let sealed = i + 1 < self.segments.len();
-            let f = File::open(&seg.path).map_err(io(&seg.path))?;
+            let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
+            let mut offset = 0u64;
+            if let Some((first, at)) = known.filter(|(first, _)| *first == seg.first) {
+                debug_assert_eq!(first, seg.first);
+                f.seek(SeekFrom::Start(at)).map_err(io(&seg.path))?;
+                offset = at;
+            }
             let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
             let mut buf = Vec::new();
-            let mut offset = 0u64;
             loop {
                 match read_record(&mut r, &mut buf).map_err(io(&seg.path))? {
                     Some((seq, n)) => {
-                        offset += n as u64;
                         if seq >= self.next_seq {
                             return Ok(out);
                         }
+                        offset += n as u64;
                         if seq >= from {
                             out.push((seq, Bytes::copy_from_slice(&buf)));
                             if out.len() >= max {
+                                self.remember(seq + 1, seg.first, offset);
                                 return Ok(out);
                             }
                         }
@@ -278,8 +289,19 @@ impl Log {
                     None => break,
                 }
             }
+            if !sealed {
+                self.remember(self.next_seq, seg.first, offset);
+            }
         }
         Ok(out)
+    }
+
+    fn remember(&self, next: u64, segment: u64, offset: u64) {
+        let mut p = self.positions.lock();
+        if p.len() >= 64 {
+            p.clear();
+        }
+        p.insert(next, (segment, offset));
     }
 
     /// Deletes sealed segments whose records are all below `min_cursor`; returns how many.
