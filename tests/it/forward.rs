@@ -213,20 +213,9 @@ retry = {{ budget = "600ms" }}
     assert_eq!(mock.requests()[0].body, body.as_bytes());
 
     // The same upstream without the CA: the certificate is not trusted, nothing is sent.
-    let sig = sign(SECRET, body.as_bytes());
-    let r = request(
-        gw.port,
-        "POST",
-        "/v1/untrusted",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-VF-Signature-256", &sig),
-            ("X-VF-Webhook-Version", "1"),
-        ],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = post_signed(gw.port, "/v1/untrusted", SECRET, &body)
+        .await
+        .unwrap();
     assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(mock.requests().len(), 1);
     assert!(

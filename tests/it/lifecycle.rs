@@ -25,21 +25,7 @@ timeout = "5s"
     let mut gw = Gateway::start(&cfg).await;
     let body = event("evt_term", "user.login");
     let port = gw.port;
-    let sig = sign(SECRET, body.as_bytes());
-    let pending = tokio::spawn(async move {
-        request(
-            port,
-            "POST",
-            "/v1/events",
-            &[
-                ("Content-Type", "application/json"),
-                ("X-VF-Signature-256", &sig),
-                ("X-VF-Webhook-Version", "1"),
-            ],
-            body.as_bytes(),
-        )
-        .await
-    });
+    let pending = tokio::spawn(async move { post_signed(port, "/v1/events", SECRET, &body).await });
     mock.wait_for(1, Duration::from_secs(5)).await;
     let t0 = Instant::now();
     let status = tokio::task::spawn_blocking(move || {

@@ -479,39 +479,18 @@ headers = {{ "X-Relay" = "near" }}
     );
     let near = Gateway::start_with(&near_cfg, "", &[("NEAR_SECRET", "near-secret-123")]).await;
     let body = org_event("evt_relay", "org_1");
-    let sig = sign("near-secret-123", body.as_bytes());
-    let r = request(
-        near.port,
-        "POST",
-        "/v1/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-VF-Signature-256", &sig),
-            ("X-VF-Webhook-Version", "1"),
-        ],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = post_signed(near.port, "/v1/events", "near-secret-123", &body)
+        .await
+        .unwrap();
     assert_eq!(r.status_field(), "accepted");
     assert_eq!(
         std::fs::read_to_string(far.dir.path().join("events.ndjson")).unwrap(),
         format!("{body}\n")
     );
     // The far gateway answers duplicate for a retry; the near one forwards it once only.
-    let r = request(
-        near.port,
-        "POST",
-        "/v1/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-VF-Signature-256", &sig),
-            ("X-VF-Webhook-Version", "1"),
-        ],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
+    let r = post_signed(near.port, "/v1/events", "near-secret-123", &body)
+        .await
+        .unwrap();
     assert_eq!(r.status_field(), "duplicate");
 }
 

@@ -129,20 +129,9 @@ impl Gateway {
 
     /// POSTs a signed event to `/v1/events`.
     pub async fn post_event(&self, body: &str) -> Resp {
-        let sig = sign(SECRET, body.as_bytes());
-        request(
-            self.port,
-            "POST",
-            "/v1/events",
-            &[
-                ("Content-Type", "application/json"),
-                ("X-VF-Signature-256", &sig),
-                ("X-VF-Webhook-Version", "1"),
-            ],
-            body.as_bytes(),
-        )
-        .await
-        .unwrap()
+        post_signed(self.port, "/v1/events", SECRET, body)
+            .await
+            .unwrap()
     }
 
     pub async fn metrics(&self) -> String {
@@ -226,6 +215,23 @@ impl Resp {
     pub fn status_field(&self) -> String {
         self.json()["status"].as_str().unwrap_or("").to_string()
     }
+}
+
+/// POSTs `body` to `path` as a sender would: signed with `secret`, version 1, JSON.
+pub async fn post_signed(port: u16, path: &str, secret: &str, body: &str) -> std::io::Result<Resp> {
+    let sig = sign(secret, body.as_bytes());
+    request(
+        port,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-VF-Signature-256", &sig),
+            ("X-VF-Webhook-Version", "1"),
+        ],
+        body.as_bytes(),
+    )
+    .await
 }
 
 /// One HTTP/1.1 request on a new connection.
