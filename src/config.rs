@@ -551,12 +551,22 @@ pub struct SinkCommon {
 }
 
 /// A sink's settings: the common part and the type's own keys, which the sink type parses.
-#[derive(Debug, Clone)]
+/// `Debug` shows the keys of `rest`, never their values (they may hold inline secrets).
+#[derive(Clone)]
 pub struct SinkSpec {
     /// Common keys.
     pub common: SinkCommon,
     /// Type-specific keys, still raw (parsed by the sink type with `deny_unknown_fields`).
     pub rest: toml::Table,
+}
+
+impl std::fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSpec")
+            .field("common", &self.common)
+            .field("keys", &self.rest.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl SinkSpec {
@@ -1169,6 +1179,15 @@ path = "/dev/null"
         assert_eq!(c.sinks[0].common.batch.max_events, 1);
         assert_eq!(c.warnings.len(), 1, "inline secret is warned about");
         assert!(!format!("{c:?}").contains("s3cret-value"));
+        let with_sink_secret = base("").replace(
+            "path = \"/dev/null\"",
+            "path = \"/dev/null\"\n[sink.h]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\nheaders = { \"Authorization\" = { value = \"Bearer sink-secret-value\" } }",
+        );
+        let c = Config::parse(&with_sink_secret).unwrap();
+        assert!(
+            !format!("{c:?}").contains("sink-secret-value"),
+            "sink keys' values are not printed"
+        );
     }
 
     #[test]
