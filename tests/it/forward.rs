@@ -73,7 +73,7 @@ sinks = ["up"]
 [sink.up]
 type = "http"
 url = "{}"
-batch = {{ max_events = 10, max_bytes = "1MiB", linger = "300ms" }}
+batch = {{ max_events = 10, max_bytes = "1MiB", linger = "800ms" }}
 "#,
         mock.url("/bulk")
     );
@@ -119,7 +119,7 @@ sinks = ["up"]
 [sink.up]
 type = "http"
 url = "{}"
-batch = {{ max_events = 10, linger = "300ms" }}
+batch = {{ max_events = 10, linger = "800ms" }}
 "#,
         mock.url("/bulk")
     );

@@ -84,7 +84,7 @@ index = "security_audit"
 source = "vfgate-test"
 host = "gw-01"
 fields = {{ org_id = "context.org_id", n = "custom.n", missing = "no.such.path" }}
-batch = {{ max_events = 10, linger = "300ms" }}
+batch = {{ max_events = 10, linger = "800ms" }}
 retry = {{ budget = "1s" }}
 "#,
         source("splunk"),
@@ -278,7 +278,7 @@ api_key = {{ env = "DD_KEY" }}
 service = "syvault"
 hostname = "gw-01"
 tags = ["env:test", "team:secops"]
-batch = {{ max_events = 10, linger = "300ms" }}
+batch = {{ max_events = 10, linger = "800ms" }}
 retry = {{ budget = "1s" }}
 "#,
         source("dd"),
@@ -412,7 +412,7 @@ index = "logs-syvault.audit-default"
 auth = {{ api_key = {{ env = "ES_KEY" }} }}
 pipeline = "audit pipe"
 ecs = true
-batch = {{ max_events = 10, linger = "300ms" }}
+batch = {{ max_events = 10, linger = "800ms" }}
 "#,
         source("es"),
         mock.url("")
@@ -535,7 +535,7 @@ tenant_id = "00000000-0000-0000-0000-000000000000"
 client_id = "11111111-1111-1111-1111-111111111111"
 client_secret = {{ env = "AZ_SECRET" }}
 authority_host = "{}"
-batch = {{ max_events = 10, linger = "300ms" }}
+batch = {{ max_events = 10, linger = "800ms" }}
 "#,
         source("sentinel"),
         ingest.url(""),
