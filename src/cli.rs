@@ -76,7 +76,7 @@ pub struct SendArgs {
     #[arg(long, value_delimiter = ',', value_parser = duration)]
     pub retry_schedule: Option<Vec<Duration>>,
     /// Failed-deliveries directory.
-    #[arg(long, default_value = "data/failed")]
+    #[arg(long, default_value = crate::config::defaults::FAILED_DIR)]
     pub failed_dir: PathBuf,
     /// PEM bundle of CAs to trust for an https target.
     #[arg(long)]
@@ -116,7 +116,7 @@ pub enum FailedCmd {
     /// Table of stored failed deliveries.
     List {
         /// Store directory.
-        #[arg(long, default_value = "data/failed")]
+        #[arg(long, default_value = crate::config::defaults::FAILED_DIR)]
         dir: PathBuf,
     },
     /// One entry in full (target URL, attempts, event).
@@ -124,7 +124,7 @@ pub enum FailedCmd {
         /// Entry id.
         id: String,
         /// Store directory.
-        #[arg(long, default_value = "data/failed")]
+        #[arg(long, default_value = crate::config::defaults::FAILED_DIR)]
         dir: PathBuf,
     },
     /// Re-send one entry (or all) with its recorded target, version and secret reference; a
@@ -137,7 +137,7 @@ pub enum FailedCmd {
         #[arg(long)]
         all: bool,
         /// Store directory.
-        #[arg(long, default_value = "data/failed")]
+        #[arg(long, default_value = crate::config::defaults::FAILED_DIR)]
         dir: PathBuf,
         /// Sign with this environment variable instead of the recorded reference.
         #[arg(long, value_name = "NAME")]
@@ -158,7 +158,7 @@ pub enum FailedCmd {
         #[arg(long, value_parser = duration)]
         older_than: Duration,
         /// Store directory.
-        #[arg(long, default_value = "data/failed")]
+        #[arg(long, default_value = crate::config::defaults::FAILED_DIR)]
         dir: PathBuf,
     },
 }

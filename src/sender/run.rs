@@ -76,20 +76,28 @@ impl Summary {
         }
     }
 
+    /// Latency percentile `p` (0..=100) of latencies sorted once by the caller.
+    fn percentile_of(sorted: &[Duration], p: f64) -> Duration {
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted[idx.min(sorted.len() - 1)]
+    }
+
     /// Latency percentile `p` (0..=100).
     pub fn percentile(&self, p: f64) -> Duration {
         let mut v = self.latencies.clone();
-        if v.is_empty() {
-            return Duration::ZERO;
-        }
         v.sort();
-        let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v[idx.min(v.len() - 1)]
+        Self::percentile_of(&v, p)
     }
 
     /// The printed summary.
     pub fn render(&self, elapsed: Duration) -> String {
         let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let pct = |p| Self::percentile_of(&sorted, p);
         format!(
             "sent {}: 2xx accepted {}, duplicate {}, filtered {}; 4xx {}; 5xx {}; errors {}\nlatency p50 {} p90 {} p99 {} max {}; {:.1} events/s over {:.2}s",
             self.sent,
@@ -99,10 +107,10 @@ impl Summary {
             self.client_errors,
             self.server_errors,
             self.errors,
-            ms(self.percentile(50.0)),
-            ms(self.percentile(90.0)),
-            ms(self.percentile(99.0)),
-            ms(self.percentile(100.0)),
+            ms(pct(50.0)),
+            ms(pct(90.0)),
+            ms(pct(99.0)),
+            ms(pct(100.0)),
             self.sent as f64 / elapsed.as_secs_f64().max(1e-9),
             elapsed.as_secs_f64()
         )

@@ -214,27 +214,32 @@ impl Elastic {
         let Value::Object(mut doc) = v else {
             return Err(Verdict::permanent("rejected", "event is not an object"));
         };
-        let original = Value::Object(doc.clone());
         doc.insert("@timestamp".into(), Value::String(ev.timestamp.clone()));
         if self.ecs {
-            let s = |p: &str| super::str_at(&original, p);
-            set_path(&mut doc, &["event", "id"], Some(&ev.event_id));
-            set_path(
-                &mut doc,
-                &["event", "action"],
-                Some(&ev.event_type)
-                    .filter(|t| !t.is_empty())
-                    .map(|s| s.as_str()),
-            );
-            set_path(&mut doc, &["user", "id"], s("actor.user_id"));
-            set_path(&mut doc, &["user", "email"], s("actor.email"));
-            set_path(&mut doc, &["source", "ip"], s("context.ip_address"));
-            set_path(
-                &mut doc,
-                &["user_agent", "original"],
-                s("context.user_agent"),
-            );
-            set_path(&mut doc, &["organization", "id"], s("context.org_id"));
+            // Read the few source values first (owned, small) instead of cloning the document.
+            let at = |p: &str| {
+                let mut parts = p.split('.');
+                let first = doc.get(parts.next()?)?;
+                parts
+                    .try_fold(first, |v, k| v.get(k))?
+                    .as_str()
+                    .map(str::to_string)
+            };
+            let fields: [(&[&str], Option<String>); 7] = [
+                (&["event", "id"], Some(ev.event_id.clone())),
+                (
+                    &["event", "action"],
+                    Some(ev.event_type.clone()).filter(|t| !t.is_empty()),
+                ),
+                (&["user", "id"], at("actor.user_id")),
+                (&["user", "email"], at("actor.email")),
+                (&["source", "ip"], at("context.ip_address")),
+                (&["user_agent", "original"], at("context.user_agent")),
+                (&["organization", "id"], at("context.org_id")),
+            ];
+            for (path, v) in &fields {
+                set_path(&mut doc, path, v.as_deref());
+            }
         }
         let op = match self.op {
             Op::Create => "create",

@@ -106,9 +106,14 @@ pub struct WebhookSink {
 
 #[async_trait]
 impl Sink for WebhookSink {
+    /// The bodies of the POSTs `send` makes, one per line (each is the event as received).
     fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
-        // One POST per event: the bytes of the first (each event is sent as received).
-        Ok(batch.first().map(|e| e.body.to_vec()).unwrap_or_default())
+        let mut out = Vec::with_capacity(batch.iter().map(|e| e.body.len() + 1).sum());
+        for e in batch {
+            out.extend_from_slice(&e.body);
+            out.push(b'\n');
+        }
+        Ok(out)
     }
 
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
