@@ -713,6 +713,16 @@ pub enum ServeError {
     /// The dedupe backend could not be set up.
     #[error("{0}")]
     Dedupe(String),
+    /// A listen address cannot be bound (in use, not local, no permission).
+    #[error("{key} {addr}: {reason}")]
+    Bind {
+        /// Config key.
+        key: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
 }
 
 /// The assembled gateway, before it runs.
@@ -811,6 +821,23 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let started = Instant::now();
     for w in &config.warnings {
         tracing::warn!("{w}");
+    }
+    // Pingora retries a failed bind forever, and the readiness probe would then reach whoever
+    // holds the port: refuse to start instead, naming the address.
+    let binds = config
+        .server
+        .listen
+        .iter()
+        .map(|a| ("server.listen", *a))
+        .chain([("admin.listen", config.admin.listen)]);
+    for (key, addr) in binds {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(ServeError::Bind {
+                key,
+                addr,
+                reason: e.to_string(),
+            });
+        }
     }
     let parts = assemble(&config)?;
     let in_flight = parts.gateway.metrics.in_flight.clone();

@@ -114,3 +114,35 @@ path = "{dir}/events.ndjson"
     let written = std::fs::read_to_string(gw.dir.path().join("events.ndjson")).unwrap();
     assert_eq!(written, format!("{body}\n"));
 }
+
+#[tokio::test]
+async fn a_taken_port_is_a_startup_error_not_a_false_ready() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ env = \"VF_SECRET\" }}]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &["serve", "--config", cfg.to_str().unwrap()],
+            &[("VF_SECRET", SECRET)],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("server.listen 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("vfgate ready"), "{err}");
+    drop(taken);
+}
