@@ -48,6 +48,12 @@ pub mod defaults {
     pub const SINK_CONCURRENCY: usize = 8;
     /// Largest `batch.max_events` any sink accepts.
     pub const MAX_BATCH_EVENTS: usize = 10_000;
+    /// `spool.max_bytes`.
+    pub const SPOOL_MAX_BYTES: u64 = 10 << 30;
+    /// `spool.max_age`.
+    pub const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// `spool.segment_bytes` (also capped at an eighth of `max_bytes`).
+    pub const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
 }
 
 /// A configuration problem: the key path and the reason.
@@ -209,6 +215,8 @@ pub struct RawConfig {
     /// `[dedupe]`: duplicate detection.
     #[serde(default)]
     pub dedupe: RawDedupe,
+    /// `[spool]`: durable acceptance for sources with `ack = "spool"`.
+    pub spool: Option<RawSpool>,
     /// `[[source]]`: one per webhook path.
     #[serde(default)]
     pub source: Vec<RawSource>,
@@ -277,6 +285,22 @@ pub struct RawDedupe {
     pub max_entries: Option<u64>,
 }
 
+/// `[spool]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Directory of the spool (segments, cursors, dead letters, dedupe ids).
+    pub dir: PathBuf,
+    /// Disk budget; when reached, spooled sources answer 503 + Retry-After.
+    pub max_bytes: Option<ByteSize>,
+    /// `"batch"` (group commit, default), `"always"` (one fsync per event) or `"never"`.
+    pub fsync: Option<String>,
+    /// Undelivered events older than this move to the dead-letter store.
+    pub max_age: Option<DurationStr>,
+    /// Size of one log segment file.
+    pub segment_bytes: Option<ByteSize>,
+}
+
 /// One entry of `source.secrets`: a secret reference plus an optional expiry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +337,9 @@ pub struct RawSource {
     pub event_types: Option<Vec<String>>,
     /// Sink names this source delivers to.
     pub sinks: Vec<String>,
+    /// `"forward"` (default: answer after the sinks took the event) or `"spool"` (answer
+    /// 202 once the event is on disk).
+    pub ack: Option<String>,
 }
 
 /// `sink.NAME.batch`.
@@ -379,6 +406,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Dedupe store.
     pub dedupe: DedupeConfig,
+    /// The spool, when `[spool]` is present.
+    pub spool: Option<SpoolConfig>,
     /// Sources, in file order.
     pub sources: Vec<SourceConfig>,
     /// Sinks by name (sorted).
@@ -411,6 +440,41 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Failed-deliveries store served by `/admin/failed`.
     pub failed_dir: PathBuf,
+}
+
+/// When spool appends reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// One fsync per group of concurrent requests (group commit).
+    Batch,
+    /// One fsync per event.
+    Always,
+    /// No fsync: a kill of the process loses nothing, a power loss may lose the tail.
+    Never,
+}
+
+/// `[spool]`, validated.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// Directory.
+    pub dir: PathBuf,
+    /// Disk budget.
+    pub max_bytes: u64,
+    /// Fsync policy.
+    pub fsync: FsyncPolicy,
+    /// Dead-letter age.
+    pub max_age: Duration,
+    /// Segment file size.
+    pub segment_bytes: u64,
+}
+
+/// How a source acknowledges an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// 200 after every sink accepted the event.
+    Forward,
+    /// 202 after the event is in the spool.
+    Spool,
 }
 
 /// Dedupe backend choice.
@@ -520,6 +584,8 @@ pub struct SourceConfig {
     pub event_types: TypeFilter,
     /// Sink names.
     pub sinks: Vec<String>,
+    /// Acknowledgement mode.
+    pub ack: Ack,
 }
 
 /// Batching limits of a sink.
@@ -640,6 +706,7 @@ impl Config {
             ));
         }
         let dedupe = validate_dedupe(raw.dedupe)?;
+        let spool = raw.spool.map(validate_spool).transpose()?;
 
         let mut sinks = Vec::new();
         for (name, table) in raw.sink {
@@ -658,6 +725,12 @@ impl Config {
         let mut paths = HashSet::new();
         for (i, s) in raw.source.into_iter().enumerate() {
             let src = validate_source(i, s, &dedupe, &sink_names, &mut warnings)?;
+            if src.ack == Ack::Spool && spool.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].ack"),
+                    "\"spool\" needs a [spool] section with a dir",
+                ));
+            }
             if !names.insert(src.name.clone()) {
                 return Err(ConfigError::invalid(
                     format!("source[{i}].name"),
@@ -676,6 +749,7 @@ impl Config {
             server,
             admin,
             dedupe,
+            spool,
             sources,
             sinks,
             warnings,
@@ -1009,6 +1083,64 @@ fn validate_source(
             .unwrap_or(defaults::MAX_FUTURE_SKEW),
         event_types,
         sinks: raw.sinks,
+        ack: match raw.ack.as_deref().unwrap_or("forward") {
+            "forward" => Ack::Forward,
+            "spool" => Ack::Spool,
+            other => {
+                return Err(ConfigError::invalid(
+                    key("ack"),
+                    format!("must be \"forward\" or \"spool\", got {other:?}"),
+                ))
+            }
+        },
+    })
+}
+
+fn validate_spool(raw: RawSpool) -> Result<SpoolConfig, ConfigError> {
+    if raw.dir.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("spool.dir", "must not be empty"));
+    }
+    let max_bytes = raw
+        .max_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::SPOOL_MAX_BYTES);
+    if max_bytes < 64 * 1024 {
+        return Err(ConfigError::invalid(
+            "spool.max_bytes",
+            "must be at least 64KiB",
+        ));
+    }
+    let fsync = match raw.fsync.as_deref().unwrap_or("batch") {
+        "batch" => FsyncPolicy::Batch,
+        "always" => FsyncPolicy::Always,
+        "never" => FsyncPolicy::Never,
+        other => {
+            return Err(ConfigError::invalid(
+                "spool.fsync",
+                format!("must be \"batch\", \"always\" or \"never\", got {other:?}"),
+            ))
+        }
+    };
+    let max_age = raw.max_age.map(|d| d.0).unwrap_or(defaults::SPOOL_MAX_AGE);
+    if max_age < Duration::from_secs(1) {
+        return Err(ConfigError::invalid("spool.max_age", "must be at least 1s"));
+    }
+    let segment_bytes = match raw.segment_bytes {
+        Some(b) if b.0 < 4096 => {
+            return Err(ConfigError::invalid(
+                "spool.segment_bytes",
+                "must be at least 4KiB",
+            ))
+        }
+        Some(b) => b.0,
+        None => defaults::SPOOL_SEGMENT_BYTES.min(max_bytes / 8),
+    };
+    Ok(SpoolConfig {
+        dir: raw.dir,
+        max_bytes,
+        fsync,
+        max_age,
+        segment_bytes,
     })
 }
 

@@ -5,6 +5,8 @@ use bytes::Bytes;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const HEADER: usize = 16;
 /// Largest record payload (a record is one event; events are capped far below this).
@@ -53,18 +55,27 @@ struct Segment {
     path: PathBuf,
 }
 
-/// An open spool log.
-pub struct Log {
+/// The part of a log that readers and the reclaimer share with the writer: the segment list,
+/// the committed sequence number (records below it are complete and durable per the fsync
+/// policy), and the byte count.
+pub struct Shared {
     dir: PathBuf,
-    segments: Vec<Segment>,
+    segments: parking_lot::Mutex<Vec<Segment>>,
+    committed: AtomicU64,
+    bytes: AtomicU64,
+    /// Where recent reads ended: next seq -> (segment first seq, byte offset), so that a
+    /// sink draining in order seeks straight to its position instead of scanning.
+    positions: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+}
+
+/// An open spool log: the writer, plus [`Shared`] for readers.
+pub struct Log {
+    shared: Arc<Shared>,
     writer: BufWriter<File>,
     written: u64,
     next_seq: u64,
     segment_bytes: u64,
     fsync: Fsync,
-    /// Where recent reads ended: next seq -> (segment first seq, byte offset), so that a
-    /// sink draining in order seeks straight to its position instead of scanning.
-    positions: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Bytes recovered away from a torn tail at open.
     pub truncated_bytes: u64,
 }
@@ -166,17 +177,31 @@ impl Log {
             .open(&path)
             .map_err(io(&path))?;
         file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        let bytes = segments
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
         Ok(Log {
-            dir: dir.to_path_buf(),
-            segments,
+            shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
+                segments: parking_lot::Mutex::new(segments),
+                committed: AtomicU64::new(next_seq),
+                bytes: AtomicU64::new(bytes),
+                positions: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            }),
             writer: BufWriter::with_capacity(256 * 1024, file),
             written,
             next_seq,
             segment_bytes,
             fsync,
-            positions: parking_lot::Mutex::new(std::collections::HashMap::new()),
             truncated_bytes,
         })
+    }
+
+    /// The reader side, for drainers and the reclaimer.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The sequence number the next append gets.
@@ -184,19 +209,31 @@ impl Log {
         self.next_seq
     }
 
+    fn active_path(&self) -> PathBuf {
+        self.shared
+            .segments
+            .lock()
+            .last()
+            .expect("one segment")
+            .path
+            .clone()
+    }
+
     /// Appends a group of payloads and makes them durable per the fsync policy; returns the
-    /// first sequence number of the group.
+    /// first sequence number of the group. Readers see them once this returns.
     pub fn append(&mut self, payloads: &[Bytes]) -> Result<u64, LogError> {
         let first = self.next_seq;
+        let mut path = self.active_path();
+        let mut added = 0u64;
         for p in payloads {
             if self.written >= self.segment_bytes {
                 self.rotate()?;
+                path = self.active_path();
             }
             let seq = self.next_seq.to_le_bytes();
             let mut c = crc32fast::Hasher::new();
             c.update(&seq);
             c.update(p);
-            let path = self.segments.last().expect("one segment").path.clone();
             let w = &mut self.writer;
             w.write_all(&(p.len() as u32).to_le_bytes())
                 .map_err(io(&path))?;
@@ -205,30 +242,33 @@ impl Log {
             w.write_all(&seq).map_err(io(&path))?;
             w.write_all(p).map_err(io(&path))?;
             self.written += (HEADER + p.len()) as u64;
+            added += (HEADER + p.len()) as u64;
             self.next_seq += 1;
         }
-        self.flush()?;
+        self.flush(&path)?;
+        self.shared.bytes.fetch_add(added, Ordering::AcqRel);
+        self.shared.committed.store(self.next_seq, Ordering::Release);
         Ok(first)
     }
 
-    fn flush(&mut self) -> Result<(), LogError> {
-        let path = self.segments.last().expect("one segment").path.clone();
-        self.writer.flush().map_err(io(&path))?;
+    fn flush(&mut self, path: &Path) -> Result<(), LogError> {
+        self.writer.flush().map_err(io(path))?;
         if self.fsync == Fsync::Always {
-            self.writer.get_ref().sync_data().map_err(io(&path))?;
+            self.writer.get_ref().sync_data().map_err(io(path))?;
         }
         Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
-        self.flush()?;
+        let path = self.active_path();
+        self.flush(&path)?;
         if self.fsync == Fsync::Always {
-            let path = self.segments.last().expect("one segment").path.clone();
             self.writer.get_ref().sync_all().map_err(io(&path))?;
         }
+        let dir = &self.shared.dir;
         let seg = Segment {
             first: self.next_seq,
-            path: self.dir.join(seg_name(self.next_seq)),
+            path: dir.join(seg_name(self.next_seq)),
         };
         let f = OpenOptions::new()
             .create(true)
@@ -236,30 +276,66 @@ impl Log {
             .open(&seg.path)
             .map_err(io(&seg.path))?;
         if self.fsync == Fsync::Always {
-            File::open(&self.dir)
+            File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
+                .map_err(io(dir))?;
         }
         self.writer = BufWriter::with_capacity(256 * 1024, f);
-        self.segments.push(seg);
+        self.shared.segments.lock().push(seg);
         self.written = 0;
         Ok(())
     }
 
-    /// Reads up to `max` records from sequence `from` on, in order.
+    /// See [`Shared::read`].
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
+        self.shared.read(from, max)
+    }
+
+    /// See [`Shared::reclaim`].
+    pub fn reclaim(&mut self, min_cursor: u64) -> Result<usize, LogError> {
+        self.shared.reclaim(min_cursor)
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes()
+    }
+}
+
+impl Shared {
+    /// The sequence number after the last complete, committed record.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Bytes of the segment files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The first sequence number still stored.
+    pub fn first_seq(&self) -> u64 {
+        self.segments.lock().first().map(|s| s.first).unwrap_or(0)
+    }
+
+    /// Reads up to `max` committed records from sequence `from` on, in order.
+    pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
+        let committed = self.committed();
         let mut out = Vec::new();
-        let start = self
-            .segments
-            .partition_point(|s| s.first <= from)
-            .saturating_sub(1);
+        let segments: Vec<Segment> = {
+            let all = self.segments.lock();
+            let start = all.partition_point(|s| s.first <= from).saturating_sub(1);
+            all[start..].to_vec()
+        };
         let known = self.positions.lock().get(&from).copied();
-        for (i, seg) in self.segments.iter().enumerate().skip(start) {
-            let sealed = i + 1 < self.segments.len();
+        for (i, seg) in segments.iter().enumerate() {
+            if seg.first >= committed {
+                break;
+            }
+            let sealed = i + 1 < segments.len();
             let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
             let mut offset = 0u64;
-            if let Some((first, at)) = known.filter(|(first, _)| *first == seg.first) {
-                debug_assert_eq!(first, seg.first);
+            if let Some((_, at)) = known.filter(|(first, _)| *first == seg.first) {
                 f.seek(SeekFrom::Start(at)).map_err(io(&seg.path))?;
                 offset = at;
             }
@@ -268,7 +344,8 @@ impl Log {
             loop {
                 match read_record(&mut r, &mut buf).map_err(io(&seg.path))? {
                     Some((seq, n)) => {
-                        if seq >= self.next_seq {
+                        if seq >= committed {
+                            self.remember(seq, seg.first, offset);
                             return Ok(out);
                         }
                         offset += n as u64;
@@ -290,7 +367,7 @@ impl Log {
                 }
             }
             if !sealed {
-                self.remember(self.next_seq, seg.first, offset);
+                self.remember(committed, seg.first, offset);
             }
         }
         Ok(out)
@@ -305,23 +382,23 @@ impl Log {
     }
 
     /// Deletes sealed segments whose records are all below `min_cursor`; returns how many.
-    pub fn reclaim(&mut self, min_cursor: u64) -> Result<usize, LogError> {
+    pub fn reclaim(&self, min_cursor: u64) -> Result<usize, LogError> {
         let mut n = 0;
-        while self.segments.len() > 1 && self.segments[1].first <= min_cursor {
-            let seg = self.segments.remove(0);
+        loop {
+            let seg = {
+                let mut segs = self.segments.lock();
+                if segs.len() > 1 && segs[1].first <= min_cursor {
+                    segs.remove(0)
+                } else {
+                    break;
+                }
+            };
+            let len = std::fs::metadata(&seg.path).map(|m| m.len()).unwrap_or(0);
             std::fs::remove_file(&seg.path).map_err(io(&seg.path))?;
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
             n += 1;
         }
         Ok(n)
-    }
-
-    /// Bytes on disk.
-    pub fn bytes(&self) -> u64 {
-        self.segments
-            .iter()
-            .filter_map(|s| std::fs::metadata(&s.path).ok())
-            .map(|m| m.len())
-            .sum()
     }
 }
 
@@ -339,12 +416,17 @@ pub struct Cursor {
 impl Cursor {
     /// Loads (or starts at 0) the cursor `name` of the log in `dir`.
     pub fn open(dir: &Path, name: &str) -> Result<Cursor, LogError> {
+        Self::open_or(dir, name, 0)
+    }
+
+    /// Loads the cursor `name` of the log in `dir`; a new one starts at `start`.
+    pub fn open_or(dir: &Path, name: &str, start: u64) -> Result<Cursor, LogError> {
         let d = dir.join("cursors");
         std::fs::create_dir_all(&d).map_err(io(&d))?;
         let path = d.join(name);
         let next = match std::fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().unwrap_or(0),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Ok(s) => s.trim().parse().unwrap_or(start),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => start,
             Err(e) => return Err(io(&path)(e)),
         };
         Ok(Cursor { path, next })
@@ -379,7 +461,7 @@ mod tests {
         let mut log = Log::open(dir.path(), 200, Fsync::Always).unwrap();
         assert_eq!(log.append(&payloads(0..10)).unwrap(), 0);
         assert_eq!(log.append(&payloads(10..25)).unwrap(), 10);
-        assert!(log.segments.len() > 3, "rotated: {}", log.segments.len());
+        assert!(log.shared.segments.lock().len() > 3, "rotated: {}", log.shared.segments.lock().len());
         let all = log.read(0, 100).unwrap();
         assert_eq!(all.len(), 25);
         assert!(all
@@ -394,9 +476,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![17, 18, 19]
         );
-        let before = log.segments.len();
+        let before = log.shared.segments.lock().len();
         log.reclaim(12).unwrap();
-        assert!(log.segments.len() < before);
+        assert!(log.shared.segments.lock().len() < before);
         assert_eq!(
             log.read(12, 100).unwrap().len(),
             13,
@@ -414,7 +496,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::open(dir.path(), 1 << 20, Fsync::Always).unwrap();
         log.append(&payloads(0..5)).unwrap();
-        let path = log.segments.last().unwrap().path.clone();
+        let path = log.shared.segments.lock().last().unwrap().path.clone();
         drop(log);
         // A crash mid-write: half a record at the end.
         let full = std::fs::read(&path).unwrap();
@@ -455,7 +537,7 @@ mod tests {
                 log.append(&payloads(n..n + g as u32)).unwrap();
                 n += g as u32;
             }
-            let path = log.segments.last().unwrap().path.clone();
+            let path = log.shared.segments.lock().last().unwrap().path.clone();
             drop(log);
             let len = std::fs::metadata(&path).unwrap().len();
             let keep = (cut as u64).min(len);
