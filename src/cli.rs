@@ -105,6 +105,10 @@ pub struct SendArgs {
     /// Print only failures.
     #[arg(long)]
     pub quiet: bool,
+    /// Write one line per event to this file: `event_id<TAB>status` (the final HTTP status,
+    /// or `error`), to check afterwards which events were acknowledged.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
     /// NDJSON file of events, one per line; stdin when absent or `-`.
     #[arg(conflicts_with = "generate")]
     pub file: Option<PathBuf>,

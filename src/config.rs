@@ -690,6 +690,19 @@ impl Config {
                 Some(t)
             }
         };
+        let dedupe = validate_dedupe(raw.dedupe)?;
+        let spool = raw.spool.map(validate_spool).transpose()?;
+        if let Some(sp) = &spool {
+            if sp.max_bytes < 2 * server.max_body_bytes {
+                return Err(ConfigError::invalid(
+                    "spool.max_bytes",
+                    format!(
+                        "must be at least twice server.max_body_bytes ({} bytes)",
+                        server.max_body_bytes
+                    ),
+                ));
+            }
+        }
         let admin = AdminConfig {
             listen: parse_addr("admin.listen", &admin_listen)?,
             token,
@@ -697,6 +710,7 @@ impl Config {
                 .admin
                 .failed_dir
                 .clone()
+                .or_else(|| spool.as_ref().map(|s| s.dir.join("dead-letter")))
                 .unwrap_or_else(|| PathBuf::from(defaults::FAILED_DIR)),
         };
         if server.listen.contains(&admin.listen) {
@@ -705,8 +719,6 @@ impl Config {
                 "must differ from server.listen (the admin listener never serves webhooks)",
             ));
         }
-        let dedupe = validate_dedupe(raw.dedupe)?;
-        let spool = raw.spool.map(validate_spool).transpose()?;
 
         let mut sinks = Vec::new();
         for (name, table) in raw.sink {

@@ -100,6 +100,14 @@ impl Event {
     }
 }
 
+/// The wall clock in unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// An event whose signature matched one of the source's secrets. Only [`crate::verify`] can
 /// build one, so nothing unverified reaches a sink.
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 //! enums' `as_str()`, never from request data, so cardinality is bounded by the config.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric vfgate exports.
@@ -39,6 +39,14 @@ pub struct Metrics {
     pub build_info: IntGauge,
     /// `vfgate_in_flight_requests`.
     pub in_flight: IntGauge,
+    /// `vfgate_spool_bytes`.
+    pub spool_bytes: IntGauge,
+    /// `vfgate_spool_events{sink}`.
+    pub spool_events: IntGaugeVec,
+    /// `vfgate_spool_oldest_event_age_seconds{sink}`.
+    pub spool_oldest_age: GaugeVec,
+    /// `vfgate_dead_letter_events_total{sink,reason}`.
+    pub dead_letters: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -187,6 +195,43 @@ impl Metrics {
                 IntGauge::new(
                     "vfgate_in_flight_requests",
                     "Webhook requests being handled",
+                )
+                .unwrap(),
+            ),
+            spool_bytes: reg(
+                &r,
+                IntGauge::new("vfgate_spool_bytes", "Bytes of the spool's log segments").unwrap(),
+            ),
+            spool_events: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vfgate_spool_events",
+                        "Spooled events a sink has not taken yet (backlog)",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            spool_oldest_age: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "vfgate_spool_oldest_event_age_seconds",
+                        "Age of the oldest spooled event a sink has not taken (0 when none)",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            dead_letters: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_dead_letter_events_total",
+                        "Spooled events moved to the dead-letter store, by sink and reason",
+                    ),
+                    &["sink", "reason"],
                 )
                 .unwrap(),
             ),

@@ -9,6 +9,8 @@ use crate::config::Config;
 use crate::dedupe::{Begin, Dedupe, DedupeKey};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Delivery, FailKind, SinkHandle, SinkWorker};
+use crate::spool::drain::{self, Drainer};
+use crate::spool::{Spool, SpoolError};
 use crate::verify::{self, Checker, Reject, RequestParts};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -25,7 +27,7 @@ use prometheus::{Histogram, IntCounter};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 type HttpResponse = http::Response<Vec<u8>>;
 
@@ -67,11 +69,17 @@ pub enum Outcome {
     UpstreamTimeout,
     /// 503: the dedupe store failed.
     DedupeUnavailable,
+    /// 202: written to the spool (`ack = "spool"`).
+    Spooled,
+    /// 503: `spool.max_bytes` reached.
+    SpoolFull,
+    /// 503: the spool could not be written.
+    SpoolError,
 }
 
 impl Outcome {
     /// Every outcome, in discriminant order.
-    pub const ALL: [Outcome; 17] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Filtered,
@@ -89,6 +97,9 @@ impl Outcome {
         Outcome::UpstreamUnavailable,
         Outcome::UpstreamTimeout,
         Outcome::DedupeUnavailable,
+        Outcome::Spooled,
+        Outcome::SpoolFull,
+        Outcome::SpoolError,
     ];
 
     /// Metric label and error code.
@@ -111,6 +122,9 @@ impl Outcome {
             Outcome::UpstreamUnavailable => "upstream_unavailable",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::DedupeUnavailable => "dedupe_unavailable",
+            Outcome::Spooled => "spooled",
+            Outcome::SpoolFull => "spool_full",
+            Outcome::SpoolError => "spool_error",
         }
     }
 
@@ -118,6 +132,7 @@ impl Outcome {
     pub fn status(self) -> u16 {
         match self {
             Outcome::Accepted | Outcome::Duplicate | Outcome::Filtered => 200,
+            Outcome::Spooled => 202,
             Outcome::NotFound => 404,
             Outcome::MethodNotAllowed => 405,
             Outcome::BodyTooLarge => 413,
@@ -129,7 +144,10 @@ impl Outcome {
             Outcome::UnsupportedMediaType => 415,
             Outcome::InFlight => 409,
             Outcome::UpstreamError => 502,
-            Outcome::UpstreamUnavailable | Outcome::DedupeUnavailable => 503,
+            Outcome::UpstreamUnavailable
+            | Outcome::DedupeUnavailable
+            | Outcome::SpoolFull
+            | Outcome::SpoolError => 503,
             Outcome::UpstreamTimeout => 504,
         }
     }
@@ -180,6 +198,8 @@ struct SourceRt {
     checker: Checker,
     filter: crate::config::TypeFilter,
     sinks: Vec<SinkHandle>,
+    /// `ack = "spool"`: the source's log.
+    spool: Option<Arc<crate::spool::SourceLog>>,
     outcomes: Vec<IntCounter>,
     secret_matches: Vec<IntCounter>,
     timer: Histogram,
@@ -192,6 +212,7 @@ pub struct Gateway {
     dedupe: Arc<Dedupe>,
     metrics: Arc<Metrics>,
     max_body: u64,
+    spool: Option<Arc<Spool>>,
 }
 
 /// Marks an id in flight until committed; releases it if dropped first (a failed or
@@ -210,12 +231,7 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::event::now_ms;
 
 impl Gateway {
     fn finish(
@@ -416,6 +432,32 @@ impl Gateway {
             key,
             armed: true,
         };
+        if let (Some(log), Some(spool)) = (&src.spool, &self.spool) {
+            return match spool.append(log, &event.body, now).await {
+                Ok(()) => {
+                    guard.armed = false;
+                    if let Err(e) = self.dedupe.commit(key, now_s).await {
+                        tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be spooled again");
+                    }
+                    self.finish(counters, Outcome::Spooled, status_body("accepted"), &[])
+                }
+                Err(e) => {
+                    guard.armed = false;
+                    let _ = self.dedupe.release(key).await;
+                    let o = match e {
+                        SpoolError::Full { .. } => Outcome::SpoolFull,
+                        SpoolError::Io(_) | SpoolError::Closed => Outcome::SpoolError,
+                    };
+                    let wait = if o == Outcome::SpoolFull { "30" } else { "5" };
+                    self.finish(
+                        counters,
+                        o,
+                        error_body(o.as_str(), &e.to_string()),
+                        &[("retry-after", wait.into())],
+                    )
+                }
+            };
+        }
         let event = Arc::new(event);
         let mut waits = Vec::with_capacity(src.sinks.len());
         for sink in &src.sinks {
@@ -545,6 +587,7 @@ pub struct Admin {
     ready: Arc<AtomicBool>,
     token: Option<crate::secret::Secret>,
     failed: crate::sender::failed::FailedStore,
+    spool: Option<Arc<Spool>>,
 }
 
 impl Admin {
@@ -639,6 +682,9 @@ impl ServeHttp for Admin {
                 if errs > seen {
                     self.metrics.dedupe_errors.inc_by(errs - seen);
                 }
+                if let Some(spool) = &self.spool {
+                    spool.observe(&self.metrics);
+                }
                 let body = self.metrics.render();
                 http::Response::builder()
                     .status(200)
@@ -649,10 +695,12 @@ impl ServeHttp for Admin {
             }
             "/healthz" => respond(200, status_body("ok"), &[]),
             "/readyz" => {
-                if self.ready.load(Ordering::Acquire) {
-                    respond(200, status_body("ready"), &[])
-                } else {
+                if !self.ready.load(Ordering::Acquire) {
                     respond(503, status_body("starting"), &[])
+                } else if self.spool.as_ref().is_some_and(|s| s.is_full()) {
+                    respond(503, status_body("spool_full"), &[])
+                } else {
+                    respond(200, status_body("ready"), &[])
                 }
             }
             _ => respond(
@@ -664,9 +712,11 @@ impl ServeHttp for Admin {
     }
 }
 
-/// The pipeline as a Pingora background service: runs every sink's batcher.
+/// The pipeline as a Pingora background service: runs every sink's batcher and every
+/// spool drainer.
 struct PipelineService {
     workers: Mutex<Vec<SinkWorker>>,
+    drainers: Mutex<Vec<Drainer>>,
     metrics: Arc<Metrics>,
 }
 
@@ -676,6 +726,9 @@ impl BackgroundService for PipelineService {
         let workers = std::mem::take(&mut *self.workers.lock());
         for w in workers {
             tokio::spawn(w.run(self.metrics.clone()));
+        }
+        for d in std::mem::take(&mut *self.drainers.lock()) {
+            tokio::spawn(d.run());
         }
         let _ = shutdown.changed().await;
     }
@@ -713,6 +766,9 @@ pub enum ServeError {
     /// The dedupe backend could not be set up.
     #[error("{0}")]
     Dedupe(String),
+    /// The spool could not be opened.
+    #[error("spool.dir: {0}")]
+    Spool(String),
     /// A listen address cannot be bound (in use, not local, no permission).
     #[error("{key} {addr}: {reason}")]
     Bind {
@@ -742,17 +798,89 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
         .map(|s| s.common.retry_budget + s.common.timeout * 2)
         .max()
         .unwrap_or_default();
+    let journal = config.spool.as_ref().map(|s| s.dir.join("dedupe"));
     let dedupe = Arc::new(
-        Dedupe::new(&config.dedupe, max_budget + Duration::from_secs(60))
-            .map_err(|e| ServeError::Dedupe(e.to_string()))?,
+        Dedupe::new(
+            &config.dedupe,
+            max_budget + Duration::from_secs(60),
+            journal.as_deref(),
+        )
+        .map_err(|e| ServeError::Dedupe(e.to_string()))?,
     );
+    if let Dedupe::Memory(m) = &*dedupe {
+        if journal.is_some() && !m.is_empty() {
+            tracing::info!(
+                ids = m.len(),
+                "dedupe: delivered ids loaded from the spool dir"
+            );
+        }
+    }
+    let spooled: Vec<(String, Vec<String>)> = config
+        .sources
+        .iter()
+        .filter(|s| s.ack == crate::config::Ack::Spool)
+        .map(|s| (s.name.clone(), s.sinks.clone()))
+        .collect();
+    let spool = match &config.spool {
+        Some(cfg) if !spooled.is_empty() => Some(
+            Spool::open(cfg, &spooled, config.server.max_body_bytes)
+                .map_err(|e| ServeError::Spool(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let mut handles: HashMap<String, SinkHandle> = HashMap::new();
+    let mut built: HashMap<String, (crate::config::SinkCommon, Arc<dyn crate::sinks::Sink>)> =
+        HashMap::new();
     let mut workers = Vec::new();
     for spec in &config.sinks {
         let sink = crate::sinks::build(spec)?;
+        built.insert(
+            spec.common.name.clone(),
+            (spec.common.clone(), sink.clone()),
+        );
         let (h, w) = pipeline::channel(spec.common.clone(), sink);
         handles.insert(spec.common.name.clone(), h);
         workers.push(w);
+    }
+    let mut drainers = Vec::new();
+    if let (Some(spool), Some(cfg)) = (&spool, &config.spool) {
+        let ctx = Arc::new(drain::Context {
+            metrics: metrics.clone(),
+            dead: spool.dead.clone(),
+            max_age: cfg.max_age,
+            dedupe: dedupe.clone(),
+        });
+        for src in config
+            .sources
+            .iter()
+            .filter(|s| s.ack == crate::config::Ack::Spool)
+        {
+            let log = spool.source(&src.name).expect("opened above");
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let replay = drain::ReplayInfo {
+                target: format!(
+                    "{scheme}://{}{}",
+                    probe_addr(config.server.listen[0]),
+                    src.path
+                ),
+                version: src.versions[0].clone(),
+                secret_ref: src.secrets[0].reference.describe(),
+            };
+            for sink in &src.sinks {
+                let (common, s) = built[sink].clone();
+                drainers.push(Drainer {
+                    source: log.clone(),
+                    common,
+                    sink: s,
+                    replay: replay.clone(),
+                    ctx: ctx.clone(),
+                });
+            }
+        }
     }
     let counters = |source: &str| -> Vec<IntCounter> {
         Outcome::ALL
@@ -769,6 +897,7 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
                 checker: Checker::new(src),
                 filter: src.event_types.clone(),
                 sinks: src.sinks.iter().map(|n| handles[n].clone()).collect(),
+                spool: spool.as_ref().and_then(|s| s.source(&src.name)),
                 outcomes: counters(&src.name),
                 secret_matches: (0..src.secrets.len())
                     .map(|i| {
@@ -789,6 +918,7 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             dedupe: dedupe.clone(),
             metrics: metrics.clone(),
             max_body: config.server.max_body_bytes,
+            spool: spool.clone(),
         },
         admin: Admin {
             metrics: metrics.clone(),
@@ -796,9 +926,11 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             ready: ready.clone(),
             token: config.admin.token.clone(),
             failed: crate::sender::failed::FailedStore::new(&config.admin.failed_dir),
+            spool,
         },
         pipeline: PipelineService {
             workers: Mutex::new(workers),
+            drainers: Mutex::new(drainers),
             metrics,
         },
         ready,

@@ -58,6 +58,7 @@ pub struct MemoryDedupe {
     in_flight_ttl: u32,
     shard_cap: usize,
     evictions: AtomicU64,
+    journal: Option<super::journal::Journal>,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -80,7 +81,26 @@ impl MemoryDedupe {
             in_flight_ttl: secs(in_flight_ttl),
             shard_cap,
             evictions: AtomicU64::new(0),
+            journal: None,
         }
+    }
+
+    /// Like [`MemoryDedupe::new`], persisting delivered ids in `dir` (see
+    /// [`super::journal`]) and loading the live ones found there.
+    pub fn with_journal(
+        ttl: Duration,
+        in_flight_ttl: Duration,
+        max_entries: u64,
+        dir: &std::path::Path,
+    ) -> Result<MemoryDedupe, super::journal::JournalError> {
+        let (journal, loaded) = super::journal::open(dir, ttl)?;
+        let mut m = MemoryDedupe::new(ttl, in_flight_ttl, max_entries);
+        m.seed = loaded.seed;
+        for (k, expires) in loaded.marks {
+            self::insert_loaded(&m, k, expires);
+        }
+        m.journal = Some(journal);
+        Ok(m)
     }
 
     /// The key of `(source, event_id)`.
@@ -140,6 +160,18 @@ impl MemoryDedupe {
             self.make_room(&mut t, now32);
         }
         t.insert(key.0, e);
+        drop(t);
+        if let Some(j) = &self.journal {
+            j.record(key.0, e.expires);
+        }
+    }
+
+    /// Forgets `key` whatever its state (a dead-lettered event may be replayed).
+    pub fn forget(&self, key: DedupeKey) {
+        self.shard(&key).lock().remove(&key.0);
+        if let Some(j) = &self.journal {
+            j.record(key.0, 0);
+        }
     }
 
     /// Forgets `key` if it is in flight (a delivered mark stays).
@@ -186,6 +218,19 @@ impl MemoryDedupe {
     /// Evictions so far.
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+fn insert_loaded(m: &MemoryDedupe, key: [u64; 2], expires: u32) {
+    let mut t = m.shard(&DedupeKey(key)).lock();
+    if t.len() < m.shard_cap {
+        t.insert(
+            key,
+            Entry {
+                expires,
+                delivered: true,
+            },
+        );
     }
 }
 

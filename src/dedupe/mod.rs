@@ -8,6 +8,7 @@
 //!
 //! Backends are one enum; the atomicity of "mark if absent" lives in each backend's `begin`.
 
+pub mod journal;
 pub mod memory;
 pub mod redis;
 
@@ -45,13 +46,20 @@ pub enum Dedupe {
 impl Dedupe {
     /// Builds the configured backend. `in_flight_ttl` bounds how long an in-flight mark lives
     /// if nobody commits or releases it.
-    pub fn new(cfg: &DedupeConfig, in_flight_ttl: Duration) -> Result<Dedupe, DedupeError> {
+    /// `journal`: where the memory backend persists delivered ids (the spool dir's `dedupe/`).
+    pub fn new(
+        cfg: &DedupeConfig,
+        in_flight_ttl: Duration,
+        journal: Option<&std::path::Path>,
+    ) -> Result<Dedupe, DedupeError> {
         Ok(match &cfg.backend {
-            DedupeBackend::Memory => Dedupe::Memory(memory::MemoryDedupe::new(
-                cfg.ttl,
-                in_flight_ttl,
-                cfg.max_entries,
-            )),
+            DedupeBackend::Memory => Dedupe::Memory(match journal {
+                None => memory::MemoryDedupe::new(cfg.ttl, in_flight_ttl, cfg.max_entries),
+                Some(dir) => {
+                    memory::MemoryDedupe::with_journal(cfg.ttl, in_flight_ttl, cfg.max_entries, dir)
+                        .map_err(|e| DedupeError(e.to_string()))?
+                }
+            }),
             DedupeBackend::Redis(r) => Dedupe::Redis(Box::new(redis::RedisDedupe::new(
                 r,
                 cfg.ttl,
@@ -95,6 +103,18 @@ impl Dedupe {
                 Ok(())
             }
             Dedupe::Redis(r) => r.release(key).await,
+        }
+    }
+
+    /// Forgets `key` whatever its state, so that a replay of a dead-lettered event goes
+    /// through.
+    pub async fn forget(&self, key: DedupeKey) -> Result<(), DedupeError> {
+        match self {
+            Dedupe::Memory(m) => {
+                m.forget(key);
+                Ok(())
+            }
+            Dedupe::Redis(r) => r.forget(key).await,
         }
     }
 

@@ -19,9 +19,12 @@ pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
 
 /// Full-jitter exponential backoff for retry number `n` (0-based).
 pub fn backoff(n: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << n.min(16))
-        .min(BACKOFF_CAP);
+    jittered(BACKOFF_BASE, BACKOFF_CAP, n)
+}
+
+/// A wait between half and all of `base * 2^n`, capped at `cap`.
+pub fn jittered(base: Duration, cap: Duration, n: u32) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << n.min(16)).min(cap);
     let ms = ceiling.as_millis() as u64;
     Duration::from_millis(rand::random_range(ms / 2..=ms.max(1)))
 }
@@ -34,22 +37,16 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
     let mut round = 0u32;
     loop {
         let events: Vec<Arc<Event>> = pending.iter().map(|j| j.event.clone()).collect();
-        let verdicts = send_split(sink, name, metrics, &events).await;
+        let verdicts = attempt(sink, name, metrics, &events).await;
         let mut retry = Vec::new();
         let mut wait_hint: Option<Duration> = None;
         let mut last: Option<(RetryKind, String)> = None;
         for (job, v) in pending.into_iter().zip(verdicts) {
             match v {
                 Verdict::Ok => {
-                    metrics.events_forwarded.with_label_values(&[name]).inc();
                     let _ = job.reply.send(Delivery::Delivered);
                 }
-                Verdict::Permanent { reason, detail } => {
-                    metrics
-                        .sink_events_failed
-                        .with_label_values(&[name, reason])
-                        .inc();
-                    tracing::warn!(sink = name, event_id = %job.event.event_id, reason, %detail, "event refused permanently");
+                Verdict::Permanent { detail, .. } => {
                     let _ = job.reply.send(Delivery::Failed {
                         kind: FailKind::Permanent,
                         detail: format!("sink {name}: {detail}"),
@@ -61,9 +58,6 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
                     detail,
                     retry_after,
                 } => {
-                    if kind == RetryKind::Config {
-                        log_config_error(name, &detail);
-                    }
                     wait_hint = wait_hint.max(retry_after);
                     last = Some((kind, detail));
                     retry.push(job);
@@ -102,6 +96,37 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
             .inc_by(retry.len() as u64);
         pending = retry;
     }
+}
+
+/// Sends `events` once (bisecting batches refused whole) and accounts for every verdict:
+/// delivered events counted, permanent refusals counted and logged, credential errors logged
+/// at most once a minute. Returns one verdict per event, in order.
+pub async fn attempt(
+    sink: &dyn Sink,
+    name: &str,
+    metrics: &Metrics,
+    events: &[Arc<Event>],
+) -> Vec<Verdict> {
+    let verdicts = send_split(sink, name, metrics, events).await;
+    for (ev, v) in events.iter().zip(&verdicts) {
+        match v {
+            Verdict::Ok => metrics.events_forwarded.with_label_values(&[name]).inc(),
+            Verdict::Permanent { reason, detail } => {
+                metrics
+                    .sink_events_failed
+                    .with_label_values(&[name, reason])
+                    .inc();
+                tracing::warn!(sink = name, event_id = %ev.event_id, reason, %detail, "event refused permanently");
+            }
+            Verdict::Retry {
+                kind: RetryKind::Config,
+                detail,
+                ..
+            } => log_config_error(name, detail),
+            Verdict::Retry { .. } => {}
+        }
+    }
+    verdicts
 }
 
 /// Sends `events` once, halving on `Split` until single events are refused alone.

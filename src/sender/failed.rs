@@ -96,12 +96,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Now as RFC 3339 UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    crate::sinks::rfc3339_ms(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-    )
+    crate::sinks::rfc3339_ms(crate::event::now_ms())
 }
 
 /// A new entry id: creation time (sortable) and 32 random bits.

@@ -400,9 +400,39 @@ pub async fn send(args: SendArgs) -> u8 {
     ));
     let mut progress = Progress::new(total, args.quiet);
     let mut summary = Summary::default();
+    let mut results = match &args.results {
+        None => None,
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("error: --results {}: {e}", p.display());
+                return EXIT_USAGE;
+            }
+        },
+    };
     while let Some((body, outcome)) = drx.recv().await {
         summary.record(&body, &outcome);
         progress.update(&summary);
+        if let Some(w) = results.as_mut() {
+            use std::io::Write;
+            let last = match &outcome {
+                Outcome::Delivered { last, .. } | Outcome::Failed { last, .. } => last,
+            };
+            let status = last
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "error".into());
+            let id = crate::event::Event::parse(body.clone())
+                .map(|e| e.event_id)
+                .unwrap_or_default();
+            let _ = writeln!(w, "{id}\t{status}");
+        }
+    }
+    if let Some(mut w) = results {
+        use std::io::Write;
+        if let Err(e) = w.flush() {
+            eprintln!("error: --results: {e}");
+        }
     }
     progress.finish();
     let _ = sending.await;
@@ -500,8 +530,8 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                 let mut out = std::io::stdout();
                 let _ = writeln!(
                     out,
-                    "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} LAST_ATTEMPT",
-                    "ID", "TARGET", "EVENT_ID", "EVENT_TYPE", "ATTEMPTS", "LAST"
+                    "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {:<28} LAST_ATTEMPT",
+                    "ID", "TARGET", "EVENT_ID", "EVENT_TYPE", "ATTEMPTS", "LAST", "REASON"
                 );
                 for e in entries {
                     let last = e.attempts.last();
@@ -516,15 +546,20 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                     let target = crate::client::Target::parse(&e.target)
                         .map(|t| t.origin())
                         .unwrap_or(e.target.clone());
+                    let reason = match &e.sink {
+                        Some(sink) => format!("{sink}: {}", e.reason),
+                        None => e.reason.clone(),
+                    };
                     let _ = writeln!(
                         out,
-                        "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {}",
+                        "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {:<28} {}",
                         e.id,
                         target,
                         e.event_id,
                         e.event_type,
                         e.attempts.len(),
                         status,
+                        reason,
                         when
                     );
                 }

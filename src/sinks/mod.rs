@@ -123,6 +123,13 @@ pub trait Sink: Send + Sync + 'static {
     fn ordered(&self) -> bool {
         false
     }
+
+    /// For spooled events: the fixed waits before each retry (after the last, the event is
+    /// dead-lettered), when the target wants one; `None` means capped exponential backoff
+    /// with jitter for as long as `spool.max_age` allows.
+    fn retry_schedule(&self) -> Option<&[std::time::Duration]> {
+        None
+    }
 }
 
 /// A sink type: its `type` name, its config check, its builder.

@@ -6,8 +6,8 @@
 //! the custom headers. In `serve` with `ack = "forward"` the near sender is answered after the
 //! far side's 2xx; a non-2xx or a timeout is retried within the sink's `retry.budget`, then the
 //! near sender gets 503/504 and retries on its own schedule. `retry_schedule` and `failed_dir`
-//! are the reference sender's schedule and store, used by `vfgate send` and by a spooled
-//! webhook sink (durability issue).
+//! are the reference sender's schedule and store for `vfgate send`; in `serve`, a spooled
+//! webhook sink retries on `retry_schedule` and dead-letters into `<spool.dir>/dead-letter`.
 //!
 //! ```toml
 //! [sink.relay]
@@ -154,5 +154,9 @@ impl Sink for WebhookSink {
     fn ordered(&self) -> bool {
         // One event per POST, events of an org in arrival order: one batch at a time.
         true
+    }
+
+    fn retry_schedule(&self) -> Option<&[std::time::Duration]> {
+        Some(&self.sender.settings().schedule)
     }
 }

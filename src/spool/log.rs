@@ -113,6 +113,34 @@ fn read_record(f: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<Option<(
     Ok(Some((seq, HEADER + len)))
 }
 
+/// Scans a segment, truncating it after its last valid record; returns the next sequence
+/// number, the valid length, and how many bytes were cut.
+fn scan_tail(seg: &Segment) -> Result<(u64, u64, u64), LogError> {
+    let path = &seg.path;
+    let mut f = File::open(path).map_err(io(path))?;
+    let total = f.metadata().map_err(io(path))?.len();
+    let mut r = std::io::BufReader::new(&mut f);
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    let mut next = seg.first;
+    while let Some((seq, n)) = read_record(&mut r, &mut buf).map_err(io(path))? {
+        if seq != next {
+            break;
+        }
+        offset += n as u64;
+        next = seq + 1;
+    }
+    if offset < total {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        f.set_len(offset).map_err(io(path))?;
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok((next, offset, total - offset))
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, segment_bytes: u64, fsync: Fsync) -> Result<Log, LogError> {
@@ -134,35 +162,9 @@ impl Log {
             })
             .collect();
         segments.sort_by_key(|s| s.first);
-        let mut truncated_bytes = 0;
-        let (next_seq, written) = match segments.last() {
-            None => (0, 0),
-            Some(last) => {
-                // Scan the last segment; keep the valid prefix.
-                let mut f = File::open(&last.path).map_err(io(&last.path))?;
-                let total = f.metadata().map_err(io(&last.path))?.len();
-                let mut r = std::io::BufReader::new(&mut f);
-                let mut buf = Vec::new();
-                let mut offset = 0u64;
-                let mut next = last.first;
-                while let Some((seq, n)) = read_record(&mut r, &mut buf).map_err(io(&last.path))? {
-                    if seq != next {
-                        break;
-                    }
-                    offset += n as u64;
-                    next = seq + 1;
-                }
-                if offset < total {
-                    truncated_bytes = total - offset;
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&last.path)
-                        .map_err(io(&last.path))?;
-                    f.set_len(offset).map_err(io(&last.path))?;
-                    f.sync_all().map_err(io(&last.path))?;
-                }
-                (next, offset)
-            }
+        let (next_seq, written, truncated_bytes) = match segments.last() {
+            None => (0, 0, 0),
+            Some(last) => scan_tail(last)?,
         };
         if segments.is_empty() {
             segments.push(Segment {
@@ -197,6 +199,42 @@ impl Log {
             fsync,
             truncated_bytes,
         })
+    }
+
+    /// After a failed append (disk full, I/O error): drops what was buffered, cuts the active
+    /// segment back to its last complete record and reopens it, so that later appends never
+    /// follow a torn record. Records of the failed group that did reach the disk whole are
+    /// kept (the caller answered an error, so the sender retries: at least once).
+    pub fn recover(&mut self) -> Result<(), LogError> {
+        let seg = self
+            .shared
+            .segments
+            .lock()
+            .last()
+            .expect("one segment")
+            .clone();
+        let placeholder = BufWriter::new(File::open(&seg.path).map_err(io(&seg.path))?);
+        let old = std::mem::replace(&mut self.writer, placeholder);
+        let _ = old.into_parts(); // discard the buffer without writing it
+        let (next, written, _) = scan_tail(&seg)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&seg.path)
+            .map_err(io(&seg.path))?;
+        self.writer = BufWriter::with_capacity(256 * 1024, file);
+        self.written = written;
+        self.next_seq = next;
+        let bytes = self
+            .shared
+            .segments
+            .lock()
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        self.shared.bytes.store(bytes, Ordering::Release);
+        self.shared.committed.store(next, Ordering::Release);
+        Ok(())
     }
 
     /// The reader side, for drainers and the reclaimer.
@@ -247,7 +285,9 @@ impl Log {
         }
         self.flush(&path)?;
         self.shared.bytes.fetch_add(added, Ordering::AcqRel);
-        self.shared.committed.store(self.next_seq, Ordering::Release);
+        self.shared
+            .committed
+            .store(self.next_seq, Ordering::Release);
         Ok(first)
     }
 
@@ -311,6 +351,11 @@ impl Shared {
     /// Bytes of the segment files.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The first sequence number still stored.
@@ -461,7 +506,11 @@ mod tests {
         let mut log = Log::open(dir.path(), 200, Fsync::Always).unwrap();
         assert_eq!(log.append(&payloads(0..10)).unwrap(), 0);
         assert_eq!(log.append(&payloads(10..25)).unwrap(), 10);
-        assert!(log.shared.segments.lock().len() > 3, "rotated: {}", log.shared.segments.lock().len());
+        assert!(
+            log.shared.segments.lock().len() > 3,
+            "rotated: {}",
+            log.shared.segments.lock().len()
+        );
         let all = log.read(0, 100).unwrap();
         assert_eq!(all.len(), 25);
         assert!(all

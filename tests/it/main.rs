@@ -7,4 +7,5 @@ mod receive;
 mod redis;
 mod sender;
 mod siem;
+mod spool;
 mod util;

@@ -51,6 +51,7 @@ pub struct Gateway {
     pub admin: u16,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -86,29 +87,67 @@ impl Gateway {
             let cfg = dir.path().join("vfgate.toml");
             std::fs::write(&cfg, text).unwrap();
             let log = dir.path().join("vfgate.log");
-            let mut cmd = Command::new(BIN);
-            cmd.args(["serve", "--config", cfg.to_str().unwrap()])
-                .env("VF_SECRET", SECRET)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap());
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let child = cmd.spawn().unwrap();
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             let mut g = Gateway {
-                child: Some(child),
+                child: None,
                 port,
                 admin,
                 dir,
                 log,
+                env,
             };
+            g.spawn();
             if g.wait_ready(Duration::from_secs(10)).await {
                 return g;
             }
             g.stop_kill();
         }
         panic!("vfgate did not become ready");
+    }
+
+    fn spawn(&mut self) {
+        let cfg = self.dir.path().join("vfgate.toml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("VF_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            assert_eq!(send_signal(c.id() as i32, "KILL"), 0);
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same config again (same dir, same ports) and waits until ready.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        for _ in 0..50 {
+            self.spawn();
+            if self.wait_ready(Duration::from_secs(10)).await {
+                return;
+            }
+            // The port may still be held for a moment after a kill.
+            self.stop_kill();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("vfgate did not restart:\n{}", self.log_text());
     }
 
     async fn wait_ready(&mut self, within: Duration) -> bool {
@@ -355,6 +394,8 @@ pub struct Captured {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status the mock answered (0 until it answered).
+    pub status: u16,
 }
 
 impl Captured {
@@ -513,6 +554,7 @@ impl Mock {
                             path: r.path.unwrap().to_string(),
                             headers,
                             body: buf[n..n + len].to_vec(),
+                            status: 0,
                         };
                         break (cap, n + len);
                     }
@@ -524,7 +566,11 @@ impl Mock {
                 buf.extend_from_slice(&tmp[..k]);
             };
             buf.drain(..consumed);
-            self.got.lock().unwrap().push(cap);
+            let idx = {
+                let mut g = self.got.lock().unwrap();
+                g.push(cap);
+                g.len() - 1
+            };
             let reply = self
                 .script
                 .lock()
@@ -551,6 +597,7 @@ impl Mock {
                     }
                 }
             };
+            self.got.lock().unwrap()[idx].status = status;
             let mut out = format!(
                 "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
                 body.len()

@@ -1,0 +1,384 @@
+//! A drainer: one per (spooled source, sink). Reads batches from the sink's cursor, delivers
+//! them, retries what may be retried (capped exponential backoff with jitter, or the sink's
+//! fixed `retry_schedule`) for as long as `spool.max_age` allows, dead-letters the rest, and
+//! only then moves the cursor. One batch at a time, so a sink sees each org's events in
+//! order; a sink that is down holds back only its own cursor.
+
+use super::{decode_record, DrainState, SourceLog};
+use crate::config::SinkCommon;
+use crate::dedupe::Dedupe;
+use crate::event::{now_ms, Event};
+use crate::metrics::Metrics;
+use crate::pipeline::deliver;
+use crate::sender::failed::{new_id, now_rfc3339, AttemptLog, FailedEntry, FailedStore};
+use crate::sinks::{Sink, Verdict};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// First backoff step of a spooled retry.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Largest backoff step of a spooled retry (before `Retry-After`).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Attempts kept in a dead letter's log.
+const MAX_ATTEMPT_LOGS: usize = 20;
+
+/// Full-jitter exponential backoff for spooled retry number `n` (0-based).
+pub fn backoff(n: u32) -> Duration {
+    deliver::jittered(BACKOFF_BASE, BACKOFF_CAP, n)
+}
+
+/// How a dead letter of a source can be replayed: the source's own webhook URL, version
+/// and secret reference (`vfgate failed replay --dir <spool.dir>/dead-letter` sends it back
+/// through the gateway).
+#[derive(Debug, Clone)]
+pub struct ReplayInfo {
+    /// `http(s)://<listen><path>`.
+    pub target: String,
+    /// First accepted version.
+    pub version: String,
+    /// `env NAME` / `file PATH` of the source's first secret.
+    pub secret_ref: String,
+}
+
+/// Shared by every drainer.
+pub struct Context {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// `<spool.dir>/dead-letter`.
+    pub dead: FailedStore,
+    /// `spool.max_age`.
+    pub max_age: Duration,
+    /// Forgets dead-lettered ids, so a replay is not taken for a duplicate.
+    pub dedupe: Arc<Dedupe>,
+}
+
+/// One drainer, ready to run.
+pub struct Drainer {
+    /// The source's log.
+    pub source: Arc<SourceLog>,
+    /// The sink's settings.
+    pub common: SinkCommon,
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// Replay details for dead letters.
+    pub replay: ReplayInfo,
+    /// Shared context.
+    pub ctx: Arc<Context>,
+}
+
+struct Pending {
+    seq: u64,
+    received_ms: i64,
+    event: Arc<Event>,
+}
+
+impl Drainer {
+    fn state(&self) -> Arc<DrainState> {
+        self.source
+            .drains
+            .iter()
+            .find(|d| d.sink == self.common.name)
+            .expect("a drainer exists only for a sink of its source")
+            .clone()
+    }
+
+    /// Runs until the process exits.
+    pub async fn run(self) {
+        let state = self.state();
+        let dir_cursor = {
+            let dir = self.source.shared.dir().to_path_buf();
+            let name = self.common.name.clone();
+            let start = state.next.load(Ordering::Acquire);
+            match tokio::task::spawn_blocking(move || {
+                super::log::Cursor::open_or(&dir, &name, start)
+            })
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::error!(sink = %self.common.name, source = %self.source.name, error = %e, "spool: cannot open the cursor; this sink is not drained");
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        let mut cursor = Some(dir_cursor);
+        let mut committed = self.source.committed.clone();
+        loop {
+            let next = state.next.load(Ordering::Acquire);
+            if *committed.borrow_and_update() <= next {
+                state.oldest_ms.store(0, Ordering::Release);
+                if committed.wait_for(|c| *c > next).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let batch = match self.read(next).await {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    // Below the oldest segment (cannot happen unless files were removed by
+                    // hand): skip to what exists.
+                    let first = self.source.shared.first_seq();
+                    if first > next {
+                        tracing::warn!(sink = %self.common.name, from = next, to = first, "spool: records before the oldest segment are gone; skipping");
+                        state.next.store(first, Ordering::Release);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.common.name, source = %self.source.name, error = %e, "spool read failed; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let last = batch.last().map(|(s, _)| *s).expect("non-empty");
+            let mut pending = Vec::with_capacity(batch.len());
+            let mut broken = Vec::new();
+            for (seq, payload) in batch {
+                match decode_record(payload.clone())
+                    .ok_or_else(|| "record shorter than its header".to_string())
+                    .and_then(|(t, body)| {
+                        Event::parse(body)
+                            .map(|e| (t, e))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok((received_ms, event)) => pending.push(Pending {
+                        seq,
+                        received_ms,
+                        event: Arc::new(event),
+                    }),
+                    Err(why) => broken.push((payload, why)),
+                }
+            }
+            if let Some(p) = pending.first() {
+                state.oldest_ms.store(p.received_ms, Ordering::Release);
+            }
+            for (payload, why) in broken {
+                self.dead_letter_raw(payload, "unreadable", &why).await;
+            }
+            if !pending.is_empty() {
+                self.deliver(pending).await;
+            }
+            let mut c = cursor.take().expect("cursor is put back");
+            let (c, r) = tokio::task::spawn_blocking(move || {
+                let r = c.advance(last + 1);
+                (c, r)
+            })
+            .await
+            .expect("cursor task does not panic");
+            cursor = Some(c);
+            if let Err(e) = r {
+                // Delivered but not recorded: after a restart these are sent again (at
+                // least once); keep going.
+                tracing::error!(sink = %self.common.name, error = %e, "spool: cannot save the cursor");
+            }
+            state.next.store(last + 1, Ordering::Release);
+            self.reclaim().await;
+        }
+    }
+
+    /// Reads the next batch from `from`, within the sink's `max_events` and `max_bytes`.
+    async fn read(&self, from: u64) -> Result<Vec<(u64, Bytes)>, super::log::LogError> {
+        let shared = self.source.shared.clone();
+        let limits = self.common.batch;
+        tokio::task::spawn_blocking(move || {
+            let mut recs = shared.read(from, limits.max_events)?;
+            let mut bytes = 0u64;
+            let keep = recs
+                .iter()
+                .position(|(_, p)| {
+                    bytes += p.len().saturating_sub(8) as u64;
+                    bytes > limits.max_bytes
+                })
+                .unwrap_or(recs.len())
+                .max(1);
+            recs.truncate(keep);
+            Ok(recs)
+        })
+        .await
+        .expect("read task does not panic")
+    }
+
+    /// Deletes segments every sink of the source has passed.
+    async fn reclaim(&self) {
+        let min = self
+            .source
+            .drains
+            .iter()
+            .map(|d| d.next.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let shared = self.source.shared.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shared.reclaim(min)).await {
+            tracing::warn!(source = %self.source.name, error = %e, "spool: cannot delete a drained segment");
+        }
+    }
+
+    /// Delivers `pending` until each event is delivered or dead-lettered.
+    async fn deliver(&self, mut pending: Vec<Pending>) {
+        let name = self.common.name.as_str();
+        let metrics = &self.ctx.metrics;
+        let schedule = self.sink.retry_schedule();
+        let max_age_ms = self.ctx.max_age.as_millis() as i64;
+        let mut logs: Vec<AttemptLog> = Vec::new();
+        let mut round = 0u32;
+        loop {
+            let at = now_rfc3339();
+            let events: Vec<Arc<Event>> = pending.iter().map(|p| p.event.clone()).collect();
+            let verdicts = deliver::attempt(&*self.sink, name, metrics, &events).await;
+            let mut retry = Vec::new();
+            let mut hint: Option<Duration> = None;
+            let mut last_detail = String::new();
+            for (p, v) in pending.into_iter().zip(verdicts) {
+                match v {
+                    Verdict::Ok => {}
+                    Verdict::Permanent { reason, detail } => {
+                        let mut l = logs.clone();
+                        l.push(attempt_log(&at, &detail));
+                        self.dead_letter(&p, reason, l).await;
+                    }
+                    Verdict::Retry {
+                        detail,
+                        retry_after,
+                        ..
+                    } => {
+                        hint = hint.max(retry_after);
+                        last_detail = detail;
+                        retry.push(p);
+                    }
+                }
+            }
+            if retry.is_empty() {
+                return;
+            }
+            if logs.len() < MAX_ATTEMPT_LOGS {
+                logs.push(attempt_log(&at, &last_detail));
+            }
+            let wait = match schedule {
+                Some(s) => match s.get(round as usize) {
+                    Some(d) => (*d).max(hint.unwrap_or_default()),
+                    None => {
+                        for p in &retry {
+                            self.dead_letter(p, "retries_exhausted", logs.clone()).await;
+                        }
+                        return;
+                    }
+                },
+                None => backoff(round).max(hint.unwrap_or_default()),
+            };
+            let at_next = now_ms() + wait.as_millis() as i64;
+            let (expired, keep): (Vec<Pending>, Vec<Pending>) = retry
+                .into_iter()
+                .partition(|p| p.received_ms + max_age_ms <= at_next);
+            for p in &expired {
+                self.dead_letter(p, "expired", logs.clone()).await;
+            }
+            if keep.is_empty() {
+                return;
+            }
+            if round == 0 {
+                tracing::warn!(sink = name, source = %self.source.name, events = keep.len(), detail = %last_detail, "spooled events not delivered yet; retrying");
+            }
+            tokio::time::sleep(wait).await;
+            round += 1;
+            metrics
+                .sink_retries
+                .with_label_values(&[name])
+                .inc_by(keep.len() as u64);
+            pending = keep;
+        }
+    }
+
+    async fn dead_letter(&self, p: &Pending, reason: &'static str, attempts: Vec<AttemptLog>) {
+        let entry = FailedEntry {
+            id: new_id(),
+            target: self.replay.target.clone(),
+            version: self.replay.version.clone(),
+            header_names: vec![],
+            secret_ref: self.replay.secret_ref.clone(),
+            event_id: p.event.event_id.clone(),
+            event_type: p.event.event_type.clone(),
+            sink: Some(self.common.name.clone()),
+            reason: reason.to_string(),
+            created_at: now_rfc3339(),
+            attempts,
+            event: String::from_utf8_lossy(&p.event.body).into_owned(),
+        };
+        tracing::warn!(sink = %self.common.name, event_id = %p.event.event_id, seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        self.store(entry, reason).await;
+        let key = self.ctx.dedupe.key(&self.source.name, &p.event.event_id);
+        if let Err(e) = self.ctx.dedupe.forget(key).await {
+            tracing::warn!(error = %e, "cannot forget a dead-lettered id; a replay may be taken for a duplicate until the TTL ends");
+        }
+    }
+
+    async fn dead_letter_raw(&self, payload: Bytes, reason: &'static str, why: &str) {
+        let body = decode_record(payload.clone())
+            .map(|(_, b)| b)
+            .unwrap_or(payload);
+        let entry = FailedEntry {
+            id: new_id(),
+            target: self.replay.target.clone(),
+            version: self.replay.version.clone(),
+            header_names: vec![],
+            secret_ref: self.replay.secret_ref.clone(),
+            event_id: String::new(),
+            event_type: String::new(),
+            sink: Some(self.common.name.clone()),
+            reason: reason.to_string(),
+            created_at: now_rfc3339(),
+            attempts: vec![attempt_log(&now_rfc3339(), why)],
+            event: String::from_utf8_lossy(&body).into_owned(),
+        };
+        tracing::error!(sink = %self.common.name, %why, id = %entry.id, "spool: unreadable record dead-lettered");
+        self.store(entry, reason).await;
+    }
+
+    /// Writes a dead letter, retrying until the store takes it: the cursor must not pass an
+    /// event that is neither delivered nor stored.
+    async fn store(&self, entry: FailedEntry, reason: &'static str) {
+        let entry = Arc::new(entry);
+        loop {
+            let (store, e) = (self.ctx.dead.clone(), entry.clone());
+            match tokio::task::spawn_blocking(move || store.put(&e)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot write a dead letter; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(_) => return,
+            }
+        }
+        self.ctx
+            .metrics
+            .dead_letters
+            .with_label_values(&[self.common.name.as_str(), reason])
+            .inc();
+    }
+}
+
+fn attempt_log(at: &str, detail: &str) -> AttemptLog {
+    AttemptLog {
+        at: at.to_string(),
+        status: None,
+        error: Some(detail.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_backoff_grows_with_jitter_and_caps() {
+        for n in 0..24 {
+            let b = backoff(n);
+            let ceiling = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
+            assert!(b <= ceiling && b >= ceiling / 2, "{n}: {b:?}");
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! `ack = "spool"`: crash safety under load (kill -9), SIEM outages, a full spool, dead
+//! letters, and dedupe that survives a restart. Real processes, real faults.
+
+use crate::util::*;
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn spool_config(mock: &Mock, spool_extra: &str, sinks: &str) -> String {
+    spool_config2(mock, mock, spool_extra, sinks)
+}
+
+fn spool_config2(mock: &Mock, side: &Mock, spool_extra: &str, sinks: &str) -> String {
+    format!(
+        r#"
+[spool]
+dir = "{{dir}}/spool"
+{spool_extra}
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = [{sinks}]
+
+[sink.up]
+type = "http"
+url = "{}"
+timeout = "1s"
+batch = {{ max_events = 100, linger = "5ms" }}
+
+[sink.side]
+type = "http"
+url = "{}"
+timeout = "1s"
+batch = {{ max_events = 100, linger = "5ms" }}
+"#,
+        mock.url("/up"),
+        side.url("/side"),
+    )
+}
+
+/// Every `event_id` in a captured request body, in order.
+fn ids_in(body: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(body);
+    text.match_indices("\"event_id\":\"")
+        .map(|(i, m)| {
+            let rest = &text[i + m.len()..];
+            rest[..rest.find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
+/// Event ids the mock accepted (2xx) at `path`, in arrival order (repeats kept).
+fn received(mock: &Mock, path: &str) -> Vec<String> {
+    mock.requests()
+        .iter()
+        .filter(|c| c.path == path && (200..300).contains(&c.status))
+        .flat_map(|c| ids_in(&c.body))
+        .collect()
+}
+
+fn json_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn org_event(org: usize, n: usize) -> String {
+    format!(
+        r#"{{"event_id":"o{org}-{n:04}","event_type":"user.login","timestamp":"{}","context":{{"org_id":"org_{org}"}}}}"#,
+        now_rfc3339()
+    )
+}
+
+async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let mock = Mock::start().await;
+    let mut gw = Gateway::start(&spool_config(&mock, r#"fsync = "batch""#, r#""up""#)).await;
+    let results = gw.dir.path().join("results.tsv");
+    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
+    let mut send = Command::new(BIN)
+        .args([
+            "send",
+            "--target",
+            &target,
+            "--secret-env",
+            "VF_SECRET",
+            "--generate",
+            "4000",
+            "--rate",
+            "800",
+            "--orgs",
+            "16",
+            "--concurrency",
+            "8",
+            "--timeout",
+            "2s",
+            "--quiet",
+            "--failed-dir",
+            gw.dir.path().join("send-failed").to_str().unwrap(),
+            "--results",
+            results.to_str().unwrap(),
+        ])
+        .env("VF_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    // Kill points: under plain load; with a backlog (the SIEM refusing, so events are only
+    // in the spool); and right after the SIEM came back (drainer mid-delivery).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    gw.kill9();
+    gw.restart().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.kill9();
+    gw.restart().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.kill9();
+    gw.restart().await;
+
+    let t0 = Instant::now();
+    while send.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "send did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&results).unwrap();
+    let acked: HashSet<String> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, s)| s.starts_with('2'))
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert!(
+        acked.len() > 2000,
+        "most events were acknowledged: {}",
+        acked.len()
+    );
+    let done = wait_until(Duration::from_secs(60), || {
+        let got: HashSet<String> = received(&mock, "/up").into_iter().collect();
+        acked.is_subset(&got)
+    })
+    .await;
+    let got: Vec<String> = received(&mock, "/up");
+    let set: HashSet<&String> = got.iter().collect();
+    let missing: Vec<&String> = acked.iter().filter(|id| !set.contains(id)).collect();
+    assert!(
+        done,
+        "{} acknowledged events never reached the SIEM, e.g. {:?}\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        gw.log_text()
+    );
+    // At least once: a crash between delivery and the cursor save repeats at most the
+    // batches in flight at each kill.
+    let repeats = got.len() - set.len();
+    eprintln!(
+        "kill -9 x3: {} sent, {} acknowledged, {} received, {} repeats",
+        text.lines().count(),
+        acked.len(),
+        set.len(),
+        repeats
+    );
+    assert!(repeats <= 3 * 100, "{repeats} events delivered twice");
+    assert!(
+        gw.log_text().matches("vfgate ready").count() >= 4,
+        "restarted three times"
+    );
+}
+
+#[tokio::test]
+async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
+    let mock = Mock::start().await;
+    let side = Mock::start().await;
+    // `up` is down (refuses, then times out); `side` stays healthy and is not held back.
+    mock.set_default(Reply::Status(503, vec![], "{\"error\":\"down\"}".into()));
+    let gw = Gateway::start(&spool_config2(&mock, &side, "", r#""up", "side""#)).await;
+    let orgs = 4;
+    let per_org = 15;
+    for n in 0..per_org {
+        for org in 0..orgs {
+            let r = gw.post_event(&org_event(org, n)).await;
+            assert_eq!(r.status, 202, "{:?}", r.json());
+            assert_eq!(r.json()["status"], "accepted");
+        }
+        if n == 7 {
+            // Second phase of the outage: the SIEM accepts connections but answers only
+            // after the sink's 1 s timeout.
+            mock.set_default(Reply::Sleep(Duration::from_millis(1500)));
+        }
+    }
+    let total = orgs * per_org;
+    assert!(
+        wait_until(Duration::from_secs(10), || received(&side, "/side").len()
+            >= total)
+        .await,
+        "the healthy sink got everything during the other's outage"
+    );
+    let backlog = gw.metric("vfgate_spool_events{sink=\"up\"}").await;
+    assert!(backlog >= 1.0, "backlog grows: {backlog}");
+    assert_eq!(gw.metric("vfgate_spool_events{sink=\"side\"}").await, 0.0);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let age = gw
+        .metric("vfgate_spool_oldest_event_age_seconds{sink=\"up\"}")
+        .await;
+    assert!(age >= 1.0, "oldest age grows: {age}");
+    assert!(gw.metric("vfgate_spool_bytes").await > 0.0);
+
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let ok = wait_until(Duration::from_secs(40), || {
+        received(&mock, "/up").iter().collect::<HashSet<_>>().len() >= total
+    })
+    .await;
+    assert!(ok, "all events arrive after recovery");
+    // Per-org order: the first delivery of each id follows the org's sequence.
+    let mut seen = HashSet::new();
+    let mut per: HashMap<String, Vec<String>> = HashMap::new();
+    for id in received(&mock, "/up") {
+        if seen.insert(id.clone()) {
+            per.entry(id[..2].to_string()).or_default().push(id);
+        }
+    }
+    for (org, ids) in per {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "org {org} in order");
+    }
+    assert_eq!(gw.metric("vfgate_spool_events{sink=\"up\"}").await, 0.0);
+    assert_eq!(
+        gw.metric("vfgate_spool_oldest_event_age_seconds{sink=\"up\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let cfg = spool_config(&mock, "max_bytes = \"64KiB\"", r#""up""#);
+    let gw = Gateway::start_with(&cfg, "max_body_bytes = \"8KiB\"", &[]).await;
+    let pad = "x".repeat(1000);
+    let mut accepted = Vec::new();
+    let mut full = None;
+    for n in 0..200 {
+        let body = format!(
+            r#"{{"event_id":"full-{n:04}","event_type":"user.login","timestamp":"{}","pad":"{pad}"}}"#,
+            now_rfc3339()
+        );
+        let r = gw.post_event(&body).await;
+        match r.status {
+            202 => accepted.push(format!("full-{n:04}")),
+            503 => {
+                full = Some(r);
+                break;
+            }
+            s => panic!("unexpected {s}: {:?}", r.json()),
+        }
+    }
+    let r = full.expect("the spool fills up");
+    assert_eq!(r.error(), "spool_full");
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert!(accepted.len() >= 40, "{}", accepted.len());
+    let ready = request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(String::from_utf8_lossy(&ready.body).contains("spool_full"));
+    assert_eq!(
+        gw.metric("vfgate_requests_total{outcome=\"spool_full\",source=\"syvault\"}")
+            .await,
+        1.0
+    );
+
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let ok = wait_until(Duration::from_secs(30), || {
+        let got: HashSet<String> = received(&mock, "/up").into_iter().collect();
+        accepted.iter().all(|id| got.contains(id))
+    })
+    .await;
+    assert!(
+        ok,
+        "everything accepted before the spool filled is delivered"
+    );
+    // Drained segments are reclaimed: ready again, and new events are accepted.
+    let t0 = Instant::now();
+    loop {
+        let r = request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = gw.post_event(&event("after-full", "user.login")).await;
+    assert_eq!(r.status, 202);
+}
+
+#[tokio::test]
+async fn refused_and_expired_events_become_replayable_dead_letters() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Compute(std::sync::Arc::new(|c: &Captured| {
+        let body = String::from_utf8_lossy(&c.body);
+        if body.contains("dl-bad") {
+            (400, "{\"error\":\"schema\"}".into())
+        } else if body.contains("dl-slow") {
+            (503, "{}".into())
+        } else {
+            (200, "{}".into())
+        }
+    })));
+    // One event per request, so that the mock's verdict is per event.
+    let cfg = spool_config(&mock, "max_age = \"2s\"", r#""up""#)
+        .replace("max_events = 100", "max_events = 1");
+    let mut gw = Gateway::start(&cfg).await;
+    assert_eq!(
+        gw.post_event(&event("dl-bad", "user.login")).await.status,
+        202
+    );
+    assert_eq!(
+        gw.post_event(&event("dl-slow", "user.login")).await.status,
+        202
+    );
+    assert_eq!(
+        gw.post_event(&event("dl-good", "user.login")).await.status,
+        202
+    );
+    let dir = gw.dir.path().join("spool/dead-letter");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let ok = wait_until(Duration::from_secs(15), || json_files(&dir) >= 2).await;
+    assert!(ok, "two dead letters\n{}", gw.log_text());
+    assert!(
+        wait_until(Duration::from_secs(5), || received(&mock, "/up")
+            .contains(&"dl-good".to_string()))
+        .await,
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        gw.metric("vfgate_dead_letter_events_total{reason=\"rejected\",sink=\"up\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric("vfgate_dead_letter_events_total{reason=\"expired\",sink=\"up\"}")
+            .await,
+        1.0
+    );
+    let (code, out, err) = run_cli(&["failed", "list", "--dir", &dir_s], &[], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dl-bad") && out.contains("dl-slow"), "{out}");
+    assert!(out.contains("rejected") && out.contains("expired"), "{out}");
+
+    // Replay goes back through the gateway (the id was forgotten by dedupe) and, the SIEM
+    // now healthy, reaches it.
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let (code, out, err) = run_cli(
+        &["failed", "replay", "--all", "--dir", &dir_s],
+        &[("VF_SECRET", SECRET)],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let got = received(&mock, "/up");
+            got.contains(&"dl-bad".to_string()) && got.contains(&"dl-slow".to_string())
+        })
+        .await
+    );
+    assert_eq!(json_files(&dir), 0);
+    gw.kill9();
+}
+
+#[tokio::test]
+async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
+    let mock = Mock::start().await;
+    let mut gw = Gateway::start(&spool_config(&mock, "", r#""up""#)).await;
+    let e = event("evt_restart_1", "user.login");
+    assert_eq!(gw.post_event(&e).await.status, 202);
+    assert!(wait_until(Duration::from_secs(5), || received(&mock, "/up").len() == 1).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.kill9();
+    gw.restart().await;
+    let r = gw.post_event(&e).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.status_field(), "duplicate");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&mock, "/up").len(), 1, "delivered once");
+    assert!(gw.log_text().contains("delivered ids loaded"));
+}
