@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Load test: vfgate against a bare-HTTP baseline measured in the same run, as a ratio.
+# Load test: vfgate against baselines measured in the same run, reported as ratios.
 #
-#   scripts/loadtest.sh [ingest|forward|all]      (default: all)
+#   scripts/loadtest.sh [ingest|forward|splunk|spool|dupes|all]      (default: all)
 #
-# Builds the release binary, makes a corpus of unique signed 1 KiB events with
-# ../shared/bench/gen_corpus.py, and drives each server with wrk and ../shared/bench/corpus.lua.
-# The server under test is pinned to core 0, wrk to core 1 (taskset), one worker thread each.
-#   ingest : vfgate, file sink to /dev/null        vs  nginx `return 200`
-#   forward: vfgate, http sink batched to an nginx keep-alive stub  vs  nginx `return 200`
-# Tunables (env): DURATION (10s), CONNS (32), COUNT (events in the corpus, 400000), SIZE (1024).
+# Builds the release binary, makes corpora of signed 1 KiB events with
+# ../shared/bench/gen_corpus.py (unique events, large enough that none repeats in a run; the
+# dupes corpus repeats 30 %), and drives each server with wrk and ../shared/bench/corpus.lua.
+# The server under test is pinned to core 0; wrk and the upstream stubs to core 1 (taskset).
+#   ingest : vfgate, file sink to /dev/null                 vs nginx `return 200`
+#   forward: vfgate, http sink batched to a keep-alive stub vs nginx `proxy_pass` to the stub
+#   splunk : vfgate, splunk_hec sink batched to a HEC stub  (ratio vs proxy_pass)
+#   spool  : vfgate, ack = "spool", fsync = "batch", http sink to the stub  vs forward
+#   dupes  : vfgate forward with 30 % duplicate requests     (ratio vs forward)
+# Each row: requests/s, events/s delivered upstream, p50/p99 at full load, p50/p99 at half
+# load (paced wrk at half the measured rate, fresh process), CPU seconds per 100k requests
+# (server process only), peak RSS. Then a summary table of ratios against the targets.
+# Tunables (env): DURATION (10s), CONNS (32), COUNT (events per corpus, 400000), SIZE (1024),
+# LINGER_MS (batch linger of the forwarding sinks, 0: batches grow while delivery slots are busy).
 # Everything runs on 127.0.0.1 and stops by itself; only processes started here are stopped.
 set -euo pipefail
 
@@ -17,24 +25,29 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-32}
 COUNT=${COUNT:-400000}
 SIZE=${SIZE:-1024}
+LINGER_MS=${LINGER_MS:-0}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED:-$ROOT/../shared}
-WORK=$(mktemp -d /tmp/vfgate-load.XXXXXX)
+# On the project's disk (not a tmpfs), so that the spool's fsyncs are real.
+WORK=$(mktemp -d "$ROOT/target/loadtest.XXXXXX")
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
+case "$SCENARIO" in ingest|forward|splunk|spool|dupes|all) ;; *) echo "unknown scenario $SCENARIO" >&2; exit 2;; esac
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need taskset; then
-  echo "installing wrk, nginx-light, util-linux from Debian..." >&2
-  apt-get update -qq && apt-get install -y -qq wrk nginx-light util-linux >/dev/null
+if ! need wrk || ! need nginx || ! need taskset || ! need curl; then
+  echo "installing wrk, nginx-light, util-linux, curl from Debian..." >&2
+  apt-get update -qq && apt-get install -y -qq wrk nginx-light util-linux curl >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 CORES=$(nproc)
 SRV_CPU=0; LOAD_CPU=$(( CORES > 1 ? 1 : 0 ))
+SECS=${DURATION%s}
 
 echo "== building release" >&2
 (cd "$ROOT" && cargo build --release --quiet)
@@ -42,15 +55,25 @@ BIN=$ROOT/target/release/vfgate
 
 export VF_SECRET=loadtest-secret-0123456789
 START=$(date -u -d '-4 min' +%Y-%m-%dT%H:%M:%S.000Z)
-echo "== corpus: $COUNT unique signed events of ~$SIZE bytes" >&2
+echo "== corpora: $COUNT signed events of ~$SIZE bytes" >&2
 python3 "$SHARED/bench/gen_corpus.py" --secret "$VF_SECRET" --count "$COUNT" --size "$SIZE" \
-  --start "$START" > "$WORK/corpus.tsv"
+  --start "$START" --seed 1 > "$WORK/corpus.tsv"
+if want dupes; then
+  python3 "$SHARED/bench/gen_corpus.py" --secret "$VF_SECRET" --count "$COUNT" --size "$SIZE" \
+    --start "$START" --seed 2 --dup-rate 0.3 > "$WORK/dupes.tsv"
+fi
+# wrk with think time: each connection waits PACE_MS between requests (half-load runs).
+cat > "$WORK/paced.lua" <<LUA
+dofile("$SHARED/bench/corpus.lua")
+local pace = tonumber(os.getenv("PACE_MS") or "0")
+function delay() return pace end
+LUA
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
 
-start_nginx() { # name port body-of-location
-  local name=$1 p=$2 loc=$3 dir=$WORK/nginx-$1
+start_nginx() { # name cpu port server-block-body [http-extra]
+  local name=$1 cpu=$2 p=$3 loc=$4 extra=${5:-} dir=$WORK/nginx-$1
   mkdir -p "$dir/logs"
   cat > "$dir/nginx.conf" <<NG
 worker_processes 1;
@@ -62,16 +85,18 @@ http {
   access_log off;
   keepalive_requests 1000000;
   client_body_buffer_size 64k;
+  $extra
   server { listen 127.0.0.1:$p; location / { $loc } }
 }
 NG
-  taskset -c "$SRV_CPU" "$NGINX" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
-  PIDS+=($!)
+  taskset -c "$cpu" "$NGINX" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 &
+  NPID=$!
+  PIDS+=($NPID)
   wait_port "$p"
 }
 
-start_vfgate() { # name sink-toml
-  local name=$1 sink=$2 dir=$WORK/vfgate-$1
+start_vfgate() { # name source-extra sink-toml [top-extra]
+  local name=$1 src=$2 sink=$3 top=${4:-} dir=$WORK/vfgate-$1
   mkdir -p "$dir"
   VPORT=$(port); APORT=$(port)
   cat > "$dir/vfgate.toml" <<TOML
@@ -80,11 +105,13 @@ listen = "127.0.0.1:$VPORT"
 threads = 1
 [admin]
 listen = "127.0.0.1:$APORT"
+${top//@DIR@/$dir}
 [[source]]
 name = "load"
 path = "/v1/events"
 secrets = [{ env = "VF_SECRET" }]
 sinks = ["out"]
+$src
 [sink.out]
 $sink
 TOML
@@ -94,76 +121,153 @@ TOML
   wait_port "$VPORT"
 }
 
-cpu_seconds() { # pid -> utime+stime in seconds
-  awk -v hz="$(getconf CLK_TCK)" '{print ($14+$15)/hz}' "/proc/$1/stat"
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+cpu_seconds() { # pid -> utime+stime in seconds of it and its children (nginx's worker)
+  local p t=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$(awk -v hz="$(getconf CLK_TCK)" -v t="$t" '{print t + ($14+$15)/hz}' "/proc/$p/stat")
+  done
+  echo "$t"
 }
 
-# run_wrk label port -> prints "rps p50_us p99_us non2xx"
+# run_wrk port corpus [conns pace_ms] -> "rps p50_us p99_us non2xx requests"
 run_wrk() {
-  local out
-  out=$(cd "$SHARED/bench" && CORPUS="$WORK/corpus.tsv" VF_PATH=/v1/events VF_VERSION=1 \
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" -s corpus.lua "http://127.0.0.1:$2" 2>&1)
+  local out conns=${3:-$CONNS} pace=${4:-0} script=corpus.lua
+  [ "$pace" != 0 ] && script=$WORK/paced.lua
+  out=$(cd "$SHARED/bench" && CORPUS="$2" VF_PATH=/v1/events VF_VERSION=1 PACE_MS=$pace \
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"$DURATION" -s "$script" "http://127.0.0.1:$1" 2>&1)
   local reqs p50 p99 errs rps
   reqs=$(echo "$out" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')
   errs=$(echo "$out" | sed -n 's/.*errors_status=\([0-9]*\).*/\1/p')
   p50=$(echo "$out" | sed -n 's/.*p50_us=\([0-9]*\).*/\1/p')
   p99=$(echo "$out" | sed -n 's/.*p99_us=\([0-9]*\).*/\1/p')
   rps=$(echo "$out" | sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p')
-  echo "$rps $p50 $p99 $errs $reqs"
+  echo "${rps:-0} ${p50:-0} ${p99:-0} ${errs:-0} ${reqs:-0}"
+}
+
+# Half load: PACE_MS think time per connection, enough connections for half of rate $1.
+half_args() { python3 -c "r=$1/2; pace=5; print(max(1, round(r*pace/1000)), pace)"; }
+
+py() { python3 -c "print($1)"; }
+metric() { # admin-port series -> value (0 when absent)
+  curl -s "127.0.0.1:$1/metrics" | awk -v s="$2" 'index($0, s" ") == 1 { print $2; f=1 } END { if (!f) print 0 }'
 }
 
 ROWS=()
-row() { ROWS+=("$(printf '%-34s %10s %9s %9s %8s %10s' "$@")"); }
+SUMMARY=()
+declare -A RATE
+row() { ROWS+=("$(printf '%-32s %9s %9s %7s %7s %7s %7s %8s %8s' "$@")"); }
+us_ms() { py "f'{$1/1000:.2f}'"; }
 
-BASE_PORT=$(port)
-start_nginx base "$BASE_PORT" "return 200 '{\"status\":\"accepted\"}';"
-echo "== baseline: nginx return 200" >&2
-read -r B_RPS B_P50 B_P99 B_ERR _ < <(run_wrk base "$BASE_PORT")
-row "nginx return 200 (baseline)" "$B_RPS" "$B_P50" "$B_P99" "$B_ERR" "1.00"
+# measure name port-getter: runs full load on the current vfgate (VPID/VPORT/APORT),
+# then a fresh process ($RESTART command) at half load. Sets RPS, EVS, P50.., CPU, RSS.
+measure_vfgate() { # label corpus restart-fn
+  local label=$1 corpus=$2 restart=$3
+  local c0 c1
+  c0=$(cpu_seconds "$VPID")
+  read -r RPS P50 P99 ERR REQS < <(run_wrk "$VPORT" "$corpus")
+  c1=$(cpu_seconds "$VPID")
+  FWD=$(metric "$APORT" 'vfgate_events_forwarded_total{sink="out"}')
+  EVS=$(py "f'{$FWD/$SECS:.0f}'")
+  CPU=$(py "f'{($c1-$c0)/max($REQS,1)*1e5:.2f}'")
+  RSS=$(awk '/VmHWM/{print int($2/1024)}' "/proc/$VPID/status")
+  stop "$VPID"
+  $restart
+  read -r HC HP < <(half_args "$RPS")
+  read -r _ H50 H99 _ _ < <(run_wrk "$VPORT" "$corpus" "$HC" "$HP")
+  stop "$VPID"
+  row "$label" "$RPS" "$EVS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "$CPU" "$RSS"
+  echo "   $label: non-2xx=$ERR requests=$REQS forwarded=$FWD" >&2
+  RATE[$label]=$RPS
+}
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+measure_nginx() { # label port
+  local c0 c1
+  c0=$(cpu_seconds "$NPID")
+  read -r RPS P50 P99 ERR REQS < <(run_wrk "$2" "$WORK/corpus.tsv")
+  c1=$(cpu_seconds "$NPID")
+  CPU=$(py "f'{($c1-$c0)/max($REQS,1)*1e5:.2f}'")
+  RSS=$(for p in "$NPID" $(pgrep -P "$NPID" || true); do awk '/VmHWM/{print int($2/1024)}' "/proc/$p/status"; done | sort -n | tail -1)
+  read -r HC HP < <(half_args "$RPS")
+  read -r _ H50 H99 _ _ < <(run_wrk "$2" "$WORK/corpus.tsv" "$HC" "$HP")
+  row "$1" "$RPS" "$RPS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "$CPU" "$RSS"
+  RATE[$1]=$RPS
+}
 
-if [ "$SCENARIO" = ingest ] || [ "$SCENARIO" = all ]; then
-  echo "== ingest: vfgate, file sink to /dev/null" >&2
-  start_vfgate ingest 'type = "file"
+# Upstream stubs on the load core, so that core 0 measures the server alone.
+STUB_PORT=$(port)
+start_nginx stub "$LOAD_CPU" "$STUB_PORT" "return 200 '{\"text\":\"Success\",\"code\":0}';"
+
+HTTP_SINK="type = \"http\"
+url = \"http://127.0.0.1:$STUB_PORT/ingest\"
+batch = { max_events = 500, max_bytes = \"4MiB\", linger = \"${LINGER_MS}ms\" }
+concurrency = 4"
+
+if want ingest; then
+  echo "== ingest: nginx return 200, then vfgate file sink to /dev/null" >&2
+  BASE_PORT=$(port)
+  start_nginx base "$SRV_CPU" "$BASE_PORT" "return 200 '{\"status\":\"accepted\"}';"
+  measure_nginx "nginx return 200" "$BASE_PORT"
+  stop "$NPID"
+  ingest_up() { start_vfgate ingest "" 'type = "file"
 path = "/dev/null"
-batch = { max_events = 256, linger = "0ms" }'
-  C0=$(cpu_seconds "$VPID")
-  read -r RPS P50 P99 ERR REQS < <(run_wrk ingest "$VPORT")
-  C1=$(cpu_seconds "$VPID")
-  ACC=$(curl -s "127.0.0.1:$APORT/metrics" | sed -n 's/^vfgate_requests_total{outcome="accepted",source="load"} //p')
-  RSS=$(awk '/VmHWM/{print $2}' "/proc/$VPID/status")
-  row "vfgate ingest (file /dev/null)" "$RPS" "$P50" "$P99" "$ERR" "$(ratio "$RPS" "$B_RPS")"
-  echo "   accepted=$ACC of $REQS requests, cpu=$(python3 -c "print(f'{($C1-$C0)/max($REQS,1)*1e5:.2f}')") s/100k events, peak RSS ${RSS} KiB" >&2
-  INFO_INGEST="accepted=$ACC cpu_s_per_100k=$(python3 -c "print(f'{($C1-$C0)/max($REQS,1)*1e5:.2f}')") peak_rss_kib=$RSS"
-  kill "$VPID"; wait "$VPID" 2>/dev/null || true
+batch = { max_events = 256, linger = "0ms" }'; }
+  ingest_up
+  measure_vfgate "vfgate ingest" "$WORK/corpus.tsv" ingest_up
+  SUMMARY+=("$(printf '%-44s %8s %8s' "ingest / nginx return 200" "$(py "f'{${RATE[vfgate ingest]}/${RATE[nginx return 200]}:.2f}'")" ">= 0.8")")
 fi
 
-if [ "$SCENARIO" = forward ] || [ "$SCENARIO" = all ]; then
-  STUB_PORT=$(port)
-  # The stub runs on the load core, so that vfgate's core measures vfgate alone.
-  SRV_CPU_SAVE=$SRV_CPU; SRV_CPU=$LOAD_CPU
-  start_nginx stub "$STUB_PORT" "return 200 '{}';"
-  SRV_CPU=$SRV_CPU_SAVE
-  echo "== forward: vfgate, http sink batched to a keep-alive stub" >&2
-  start_vfgate forward "type = \"http\"
-url = \"http://127.0.0.1:$STUB_PORT/ingest\"
-batch = { max_events = 500, max_bytes = \"4MiB\", linger = \"2ms\" }
-concurrency = 4"
-  C0=$(cpu_seconds "$VPID")
-  read -r RPS P50 P99 ERR REQS < <(run_wrk forward "$VPORT")
-  C1=$(cpu_seconds "$VPID")
-  M=$(curl -s "127.0.0.1:$APORT/metrics")
-  FWD=$(echo "$M" | sed -n 's/^vfgate_events_forwarded_total{sink="out"} //p')
-  UPR=$(echo "$M" | sed -n 's/^vfgate_sink_requests_total{sink="out",status="200"} //p')
-  RSS=$(awk '/VmHWM/{print $2}' "/proc/$VPID/status")
-  row "vfgate forward (http, batched)" "$RPS" "$P50" "$P99" "$ERR" "$(ratio "$RPS" "$B_RPS")"
-  echo "   forwarded=$FWD events in $UPR upstream requests, cpu=$(python3 -c "print(f'{($C1-$C0)/max($REQS,1)*1e5:.2f}')") s/100k events, peak RSS ${RSS} KiB" >&2
-  kill "$VPID"; wait "$VPID" 2>/dev/null || true
+if want forward || want splunk || want spool || want dupes; then
+  echo "== forward: nginx proxy_pass to the stub, then vfgate http sink (batched)" >&2
+  PROXY_PORT=$(port)
+  start_nginx proxy "$SRV_CPU" "$PROXY_PORT" "proxy_pass http://stub; proxy_http_version 1.1; proxy_set_header Connection \"\";" \
+    "upstream stub { server 127.0.0.1:$STUB_PORT; keepalive 64; }"
+  measure_nginx "nginx proxy_pass" "$PROXY_PORT"
+  stop "$NPID"
+  forward_up() { start_vfgate forward "" "$HTTP_SINK"; }
+  forward_up
+  measure_vfgate "vfgate forward" "$WORK/corpus.tsv" forward_up
+  SUMMARY+=("$(printf '%-44s %8s %8s' "forward / nginx proxy_pass" "$(py "f'{${RATE[vfgate forward]}/${RATE[nginx proxy_pass]}:.2f}'")" ">= 1.5")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "forward p99 at half load (ms)" "$(us_ms "$H99")" "<= $((LINGER_MS + 2))")")
+fi
+
+if want splunk; then
+  echo "== splunk: vfgate splunk_hec sink to a HEC stub" >&2
+  splunk_up() { start_vfgate splunk "" "type = \"splunk_hec\"
+url = \"http://127.0.0.1:$STUB_PORT\"
+token = { env = \"VF_SECRET\" }
+index = \"security\"
+batch = { max_events = 500, max_bytes = \"4MiB\", linger = \"${LINGER_MS}ms\" }
+concurrency = 4"; }
+  splunk_up
+  measure_vfgate "vfgate splunk_hec" "$WORK/corpus.tsv" splunk_up
+  SUMMARY+=("$(printf '%-44s %8s %8s' "splunk / nginx proxy_pass" "$(py "f'{${RATE[vfgate splunk_hec]}/${RATE[nginx proxy_pass]}:.2f}'")" "-")")
+fi
+
+if want spool; then
+  echo "== spool: vfgate ack = \"spool\", fsync = \"batch\", http sink" >&2
+  spool_up() { rm -rf "$WORK/vfgate-spool/spool"; start_vfgate spool 'ack = "spool"' "$HTTP_SINK" '[spool]
+dir = "@DIR@/spool"
+fsync = "batch"'; }
+  spool_up
+  measure_vfgate "vfgate spool (fsync batch)" "$WORK/corpus.tsv" spool_up
+  SUMMARY+=("$(printf '%-44s %8s %8s' "spool / forward" "$(py "f'{${RATE[vfgate spool (fsync batch)]}/${RATE[vfgate forward]}:.2f}'")" ">= 0.6")")
+fi
+
+if want dupes; then
+  echo "== dupes: vfgate forward, 30 % duplicates" >&2
+  dupes_up() { start_vfgate dupes "" "$HTTP_SINK"; }
+  dupes_up
+  measure_vfgate "vfgate forward, 30% dupes" "$WORK/dupes.tsv" dupes_up
+  SUMMARY+=("$(printf '%-44s %8s %8s' "dupes / forward" "$(py "f'{${RATE[vfgate forward, 30% dupes]}/${RATE[vfgate forward]}:.2f}'")" "-")")
 fi
 
 echo
 echo "loadtest $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
-echo "1 KiB events, wrk -t1 -c$CONNS -d$DURATION, server on cpu $SRV_CPU, wrk on cpu $LOAD_CPU"
-printf '%-34s %10s %9s %9s %8s %10s\n' "server" "req/s" "p50 us" "p99 us" "non-2xx" "ratio"
+echo "1 KiB events, wrk -t1 -c$CONNS -d$DURATION, server on cpu $SRV_CPU, wrk and stubs on cpu $LOAD_CPU; half load = paced wrk at half the full-load rate"
+printf '%-32s %9s %9s %7s %7s %7s %7s %8s %8s\n' "server" "req/s" "ev/s up" "p50 ms" "p99 ms" "½ p50" "½ p99" "cpu/100k" "RSS MiB"
 for r in "${ROWS[@]}"; do echo "$r"; done
+echo
+printf '%-44s %8s %8s\n' "ratio" "measured" "target"
+for r in "${SUMMARY[@]}"; do echo "$r"; done

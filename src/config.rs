@@ -777,11 +777,14 @@ impl Config {
             .map(|s| format!("{} ({})", s.common.name, s.common.kind))
             .collect();
         format!(
-            "ok: {} source(s) [{}], {} sink(s) [{}], listen {}{}, admin {}",
+            "ok: {} source(s) [{}], {} sink(s) [{}], listen {}{}, admin {}{}",
             self.sources.len(),
             self.sources
                 .iter()
-                .map(|s| format!("{} {}", s.name, s.path))
+                .map(|s| match s.ack {
+                    Ack::Forward => format!("{} {}", s.name, s.path),
+                    Ack::Spool => format!("{} {} (ack spool)", s.name, s.path),
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
             self.sinks.len(),
@@ -792,7 +795,11 @@ impl Config {
             } else {
                 ""
             },
-            self.admin.listen
+            self.admin.listen,
+            match &self.spool {
+                Some(s) => format!(", spool {}", s.dir.display()),
+                None => String::new(),
+            }
         )
     }
 }
@@ -1352,6 +1359,39 @@ path = "/dev/null"
             .starts_with("sink.archive.batch.linger: invalid duration"));
         let e = err(&base("").replace("sinks = [\"archive\"]", "sinks = [\"nope\"]"));
         assert_eq!(e, "source[0].sinks[0]: no [sink.nope] is defined");
+    }
+
+    #[test]
+    fn spool_settings_are_validated_with_key_paths() {
+        let spooled = base("").replace(
+            "sinks = [\"archive\"]",
+            "sinks = [\"archive\"]\nack = \"spool\"",
+        );
+        assert_eq!(
+            err(&spooled),
+            "source[0].ack: \"spool\" needs a [spool] section with a dir"
+        );
+        let with = |spool: &str| format!("{spooled}\n[spool]\n{spool}\n");
+        let c = Config::parse(&with("dir = \"/tmp/s\"")).unwrap();
+        let sp = c.spool.unwrap();
+        assert_eq!(sp.fsync, FsyncPolicy::Batch);
+        assert_eq!(sp.max_bytes, 10 << 30);
+        assert_eq!(sp.max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(sp.segment_bytes, 64 << 20);
+        assert_eq!(c.sources[0].ack, Ack::Spool);
+        assert_eq!(c.admin.failed_dir, PathBuf::from("/tmp/s/dead-letter"));
+        assert!(err(&with("dir = \"/tmp/s\"\nfsync = \"sometimes\""))
+            .starts_with("spool.fsync: must be \"batch\", \"always\" or \"never\""));
+        assert!(err(&with("dir = \"/tmp/s\"\nmax_bytes = \"1MiB\""))
+            .starts_with("spool.max_bytes: must be at least twice server.max_body_bytes"));
+        assert!(err(&with("dir = \"/tmp/s\"\nmax_age = \"soon\""))
+            .starts_with("spool.max_age: invalid duration"));
+        assert!(err(&with("dir = \"/tmp/s\"\nsize = 1")).starts_with("spool.size: unknown field"));
+        assert!(err(&base("").replace(
+            "sinks = [\"archive\"]",
+            "sinks = [\"archive\"]\nack = \"later\""
+        ))
+        .starts_with("source[0].ack: must be \"forward\" or \"spool\""));
     }
 
     #[test]

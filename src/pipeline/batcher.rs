@@ -3,7 +3,9 @@
 //! A batch starts with the first queued event and takes more until `max_events`, until the
 //! next one would pass `max_bytes` (it starts the next batch), or until `linger` has passed
 //! since the first (with `linger = 0`, only what is already queued). At most `concurrency`
-//! batches are in flight (1 for sinks that need order). Time is tokio's, so tests pause it.
+//! batches are in flight (1 for sinks that need order); while a batch waits for a free slot
+//! it takes in what queued meanwhile, so under load batches grow without any linger, and an
+//! idle sink sends at once. Time is tokio's, so tests pause it.
 
 use super::{deliver, Job};
 use crate::config::SinkCommon;
@@ -65,6 +67,18 @@ pub async fn run(
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
+        // Events that queued while every delivery slot was busy join this batch: under load
+        // batches grow by themselves, without a linger.
+        while carry.is_none() && batch.len() < limits.max_events {
+            let Ok(next) = rx.try_recv() else { break };
+            let len = next.event.body.len() as u64;
+            if bytes + len > limits.max_bytes {
+                carry = Some(next);
+                break;
+            }
+            bytes += len;
+            batch.push(next);
+        }
         let (sink, common, metrics) = (sink.clone(), common.clone(), metrics.clone());
         tokio::spawn(async move {
             deliver::deliver(&*sink, &common, &metrics, batch).await;

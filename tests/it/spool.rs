@@ -410,3 +410,52 @@ async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
     assert_eq!(received(&mock, "/up").len(), 1, "delivered once");
     assert!(gw.log_text().contains("delivered ids loaded"));
 }
+
+#[tokio::test]
+async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
+    let far = Mock::start().await;
+    far.set_default(Reply::Status(500, vec![], "{}".into()));
+    let cfg = format!(
+        r#"
+[spool]
+dir = "{{dir}}/spool"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = ["relay"]
+
+[sink.relay]
+type = "webhook"
+url = "{}"
+secret = {{ env = "VF_SECRET" }}
+retry_schedule = ["200ms", "300ms"]
+"#,
+        far.url("/v1/events")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        gw.post_event(&event("wh-1", "user.login")).await.status,
+        202
+    );
+    let dir = gw.dir.path().join("spool/dead-letter");
+    assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 1).await);
+    // First attempt plus one per schedule step, then the dead letter.
+    assert_eq!(far.requests().len(), 3);
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    let (code, out, _) = run_cli(
+        &["failed", "list", "--dir", dir.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("relay: retries_exhausted"), "{out}");
+    assert_eq!(
+        gw.metric("vfgate_dead_letter_events_total{reason=\"retries_exhausted\",sink=\"relay\"}")
+            .await,
+        1.0
+    );
+}
