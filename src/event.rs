@@ -125,7 +125,7 @@ impl<T> Verified<T> {
 }
 
 fn memchr_newline(b: &[u8]) -> bool {
-    b.iter().any(|&c| c == b'\n' || c == b'\r')
+    memchr::memchr2(b'\n', b'\r', b).is_some()
 }
 
 /// Removes JSON whitespace outside strings. Input must be valid JSON (it is, once parsed);

@@ -1,6 +1,7 @@
 //! `vfgate serve`: the Pingora server. The webhook listener (`ServeHttp`) routes, limits,
-//! verifies, dedupes and hands events to the pipeline; the admin listener serves `/metrics`,
-//! `/healthz` and `/readyz` only; the pipeline runs as a background service.
+//! verifies, dedupes and hands events to the pipeline, whose batchers run on the listener's
+//! own runtime; the admin listener serves `/metrics`, `/healthz`, `/readyz` and the admin
+//! API; the spool drainers run as a background service.
 //!
 //! Every rejection goes through [`Outcome`]: one place maps it to status, error code and
 //! metric label.
@@ -213,6 +214,11 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     max_body: u64,
     spool: Option<Arc<Spool>>,
+    /// The forward-mode batchers, started on the listener's runtime by the first request, so
+    /// that handing an event to its sink and getting the answer back never crosses threads
+    /// or runtimes.
+    workers: Mutex<Vec<SinkWorker>>,
+    workers_started: AtomicBool,
 }
 
 /// Marks an id in flight until committed; releases it if dropped first (a failed or
@@ -234,6 +240,14 @@ impl Drop for InFlightGuard<'_> {
 use crate::event::now_ms;
 
 impl Gateway {
+    fn start_workers(&self) {
+        let mut w = self.workers.lock();
+        for worker in w.drain(..) {
+            tokio::spawn(worker.run(self.metrics.clone()));
+        }
+        self.workers_started.store(true, Ordering::Release);
+    }
+
     fn finish(
         &self,
         counters: &[IntCounter],
@@ -542,6 +556,9 @@ impl HttpServerApp for WebhookApp {
             }
         }
         let metrics = &self.gateway.metrics;
+        if !self.gateway.workers_started.load(Ordering::Acquire) {
+            self.gateway.start_workers();
+        }
         metrics.in_flight.inc();
         struct Dec<'a>(&'a prometheus::IntGauge);
         impl Drop for Dec<'_> {
@@ -712,21 +729,15 @@ impl ServeHttp for Admin {
     }
 }
 
-/// The pipeline as a Pingora background service: runs every sink's batcher and every
-/// spool drainer.
+/// The spool drainers as a Pingora background service (they run from start-up, requests
+/// or not).
 struct PipelineService {
-    workers: Mutex<Vec<SinkWorker>>,
     drainers: Mutex<Vec<Drainer>>,
-    metrics: Arc<Metrics>,
 }
 
 #[async_trait]
 impl BackgroundService for PipelineService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let workers = std::mem::take(&mut *self.workers.lock());
-        for w in workers {
-            tokio::spawn(w.run(self.metrics.clone()));
-        }
         for d in std::mem::take(&mut *self.drainers.lock()) {
             tokio::spawn(d.run());
         }
@@ -919,6 +930,8 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             metrics: metrics.clone(),
             max_body: config.server.max_body_bytes,
             spool: spool.clone(),
+            workers: Mutex::new(workers),
+            workers_started: AtomicBool::new(false),
         },
         admin: Admin {
             metrics: metrics.clone(),
@@ -929,9 +942,7 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             spool,
         },
         pipeline: PipelineService {
-            workers: Mutex::new(workers),
             drainers: Mutex::new(drainers),
-            metrics,
         },
         ready,
     })
@@ -1020,7 +1031,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let mut admin = Service::new("vfgate admin".to_string(), HttpServer::new_app(parts.admin));
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
-    let mut bg = GenBackgroundService::new("vfgate pipeline".to_string(), Arc::new(parts.pipeline));
+    let mut bg = GenBackgroundService::new("vfgate spool".to_string(), Arc::new(parts.pipeline));
     bg.threads = Some(1);
     server.add_service(gw);
     server.add_service(admin);
