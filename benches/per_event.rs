@@ -1,9 +1,9 @@
-//! Per-event CPU path for 1 KB events: verify (HMAC-SHA256 over the raw body), parse and
-//! validate, dedupe check-and-mark against a table already holding many ids, and encode for
-//! the http sink; then all four together. Throughput is reported in events/s.
+//! Per-event CPU path for 256 B, 1 KiB and 16 KiB events: verify (HMAC-SHA256 over the raw
+//! body), parse and validate, dedupe check-and-mark against a table already holding 10 M ids,
+//! and encode for the http sink; then all four together. Throughput is reported in events/s.
 //!
 //! `cargo bench --bench per_event` (set `VFGATE_BENCH_PREFILL` to change the table size,
-//! default 1,000,000 ids).
+//! default 10,000,000 ids).
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -39,19 +39,11 @@ fn checker() -> Checker {
 
 fn per_event(c: &mut Criterion) {
     let checker = checker();
-    let body = Bytes::from(event_of_size(1, 1024));
-    assert!((1000..1100).contains(&body.len()), "{}", body.len());
-    let sig = sign(&Secret::new(SECRET.as_bytes().to_vec()), &body);
-    let parts = RequestParts {
-        signature: Some(sig.as_bytes()),
-        version: Some(b"1"),
-        content_type: Some(b"application/json"),
-    };
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let prefill: u64 = std::env::var("VFGATE_BENCH_PREFILL")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(10_000_000);
     let dedupe = MemoryDedupe::new(
         Duration::from_secs(86400),
         Duration::from_secs(60),
@@ -62,50 +54,62 @@ fn per_event(c: &mut Criterion) {
         dedupe.begin(k, 1000);
         dedupe.commit(k, 1000);
     }
-
-    let mut g = c.benchmark_group("per_event_1KiB");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("verify", |b| {
-        b.iter(|| {
-            checker
-                .signature(black_box(parts), black_box(&body), now_ms)
-                .unwrap()
-        })
-    });
-    g.bench_function("parse_validate", |b| {
-        b.iter(|| {
-            checker
-                .after_signature(black_box(parts), body.clone(), now_ms)
-                .unwrap()
-        })
-    });
     let mut n = 0u64;
-    g.bench_function("dedupe_check_and_mark", |b| {
-        b.iter(|| {
-            n += 1;
-            let k = dedupe.key("s", &format!("evt_{n:016x}"));
-            dedupe.begin(k, 2000);
-            dedupe.commit(k, 2000);
-        })
-    });
-    let ev = Arc::new(Event::parse(body.clone()).unwrap());
-    let batch = vec![ev];
-    g.bench_function("encode_http", |b| {
-        b.iter(|| vfgate::sinks::http::encode(black_box(&batch)))
-    });
-    let mut m = 0u64;
-    g.bench_function("verify_parse_dedupe_encode", |b| {
-        b.iter(|| {
-            let (ev, _) = checker.check(parts, body.clone(), now_ms).unwrap();
-            m += 1;
-            let k = dedupe.key("s", &format!("{}{m}", ev.get().event_id));
-            dedupe.begin(k, 3000);
-            dedupe.commit(k, 3000);
-            let batch = [Arc::new(ev.into_inner())];
-            black_box(vfgate::sinks::http::encode(&batch));
-        })
-    });
-    g.finish();
+    for (label, size) in [("256B", 256), ("1KiB", 1024), ("16KiB", 16 * 1024)] {
+        let body = Bytes::from(event_of_size(1, size));
+        assert!(
+            body.len() >= size && body.len() < size + 100,
+            "{}",
+            body.len()
+        );
+        let sig = sign(&Secret::new(SECRET.as_bytes().to_vec()), &body);
+        let parts = RequestParts {
+            signature: Some(sig.as_bytes()),
+            version: Some(b"1"),
+            content_type: Some(b"application/json"),
+        };
+        let mut g = c.benchmark_group(format!("per_event_{label}"));
+        g.throughput(Throughput::Elements(1));
+        g.bench_function("verify", |b| {
+            b.iter(|| {
+                checker
+                    .signature(black_box(parts), black_box(&body), now_ms)
+                    .unwrap()
+            })
+        });
+        g.bench_function("parse_validate", |b| {
+            b.iter(|| {
+                checker
+                    .after_signature(black_box(parts), body.clone(), now_ms)
+                    .unwrap()
+            })
+        });
+        g.bench_function("dedupe_check_and_mark", |b| {
+            b.iter(|| {
+                n += 1;
+                let k = dedupe.key("s", &format!("evt_{n:016x}"));
+                dedupe.begin(k, 2000);
+                dedupe.commit(k, 2000);
+            })
+        });
+        let ev = Arc::new(Event::parse(body.clone()).unwrap());
+        let batch = vec![ev];
+        g.bench_function("encode_http", |b| {
+            b.iter(|| vfgate::sinks::http::encode(black_box(&batch)))
+        });
+        g.bench_function("verify_parse_dedupe_encode", |b| {
+            b.iter(|| {
+                let (ev, _) = checker.check(parts, body.clone(), now_ms).unwrap();
+                n += 1;
+                let k = dedupe.key("s", &format!("{}{n}", ev.get().event_id));
+                dedupe.begin(k, 3000);
+                dedupe.commit(k, 3000);
+                let batch = [Arc::new(ev.into_inner())];
+                black_box(vfgate::sinks::http::encode(&batch));
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group! {
