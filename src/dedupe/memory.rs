@@ -69,7 +69,10 @@ impl MemoryDedupe {
     /// A table remembering delivered ids for `ttl`, in-flight ones for `in_flight_ttl`, at
     /// most about `max_entries` in all.
     pub fn new(ttl: Duration, in_flight_ttl: Duration, max_entries: u64) -> MemoryDedupe {
-        let shard_cap = (max_entries as usize).div_ceil(SHARDS).max(1);
+        // Keys spread over the shards only on average: 2 % + 64 of slack per shard keeps a
+        // table holding exactly `max_entries` ids from evicting in its fullest shards.
+        let even = (max_entries as usize).div_ceil(SHARDS);
+        let shard_cap = (even + even / 50 + 64).max(1);
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("OS random source");
         MemoryDedupe {
@@ -199,8 +202,22 @@ impl MemoryDedupe {
         let n = (exp.len() / 8).max(1).min(exp.len() - 1);
         let (_, cut, _) = exp.select_nth_unstable(n);
         let cut = *cut;
+        // Exactly n go: everything expiring before the cut, then as many expiring at it as
+        // are needed (many ids share one expiry second).
+        let mut at_cut = n - exp[..n].iter().filter(|&&x| x < cut).count();
         let before = t.len();
-        t.retain(|_, e| !e.delivered || e.expires > cut);
+        t.retain(|_, e| {
+            if !e.delivered || e.expires > cut {
+                true
+            } else if e.expires < cut {
+                false
+            } else if at_cut > 0 {
+                at_cut -= 1;
+                false
+            } else {
+                true
+            }
+        });
         self.evictions
             .fetch_add((before - t.len()) as u64, Ordering::Relaxed);
     }
@@ -283,6 +300,31 @@ mod tests {
     }
 
     #[test]
+    fn eviction_takes_an_eighth_even_when_every_id_expires_in_the_same_second() {
+        let d = table(64 * 100);
+        let cap = d.shard_cap;
+        // Fill one shard past its cap with ids committed in the same second.
+        let mut n = 0;
+        let mut i = 0u64;
+        while n <= cap {
+            let k = d.key("s", &format!("same-{i}"));
+            i += 1;
+            if (k.0[1] as usize) % SHARDS != 0 {
+                continue;
+            }
+            d.begin(k, 5);
+            d.commit(k, 5);
+            n += 1;
+        }
+        let left = d.shards[0].lock().len();
+        assert!(
+            left >= cap - cap / 8 - 1,
+            "{left} of {cap}: an eviction drops an eighth, not the whole shard"
+        );
+        assert_eq!(d.evictions(), (cap + 1 - left) as u64);
+    }
+
+    #[test]
     fn bounded_by_max_entries_and_evictions_counted() {
         let d = table(64 * 16);
         for i in 0..10_000u64 {
@@ -290,8 +332,11 @@ mod tests {
             assert_eq!(d.begin(k, i / 100), Begin::New);
             d.commit(k, i / 100);
         }
-        assert!(d.len() <= 64 * 16, "{}", d.len());
-        assert!(d.evictions() >= 10_000 - 64 * 16);
+        let bound = (64 * d.shard_cap) as u64;
+        assert_eq!(d.shard_cap, 16 + 64, "max_entries / shards plus slack");
+        assert!(d.len() <= bound, "{}", d.len());
+        assert!(d.evictions() >= 10_000 - bound);
+        assert_eq!(d.len() + d.evictions(), 10_000);
         // The newest ids are still known.
         let k = d.key("s", "e9999");
         assert_eq!(d.begin(k, 99), Begin::Duplicate);
