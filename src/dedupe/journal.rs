@@ -2,17 +2,18 @@
 //!
 //! Lives in `<spool.dir>/dedupe/`: `seed` (the key hash seed, so keys computed after a restart
 //! match the stored ones) and journal files `delivered-<unix secs>.log` of fixed 20-byte
-//! records `[key 16][expires u32]` (little endian; `expires = 0` forgets a key). A writer
-//! thread appends what `commit`/`forget` send it and writes each burst out at once (a killed
-//! process loses nothing written; the page cache reaches the disk on its own, no fsync). A new
+//! records `[key 16][expires u32]` (little endian; `expires = 0` forgets a key). `commit` and
+//! `forget` add to a buffer; a writer thread writes it out every 20 ms (a killed process loses
+//! at most those 20 ms; the page cache reaches the disk on its own, no fsync). A new
 //! file is started every quarter of the TTL; a file last written more than a TTL ago holds
 //! only expired marks and is deleted, so the journal stays near one TTL of commits. At
 //! start-up every file is read and the live marks are loaded; a torn last record is ignored.
 
+use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const RECORD: usize = 20;
@@ -42,10 +43,15 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// The sending side of an open journal.
+/// The sending side of an open journal: marks collect in a buffer that the writer thread
+/// takes and writes out every few milliseconds (no wake-up per mark).
 pub struct Journal {
-    tx: mpsc::Sender<Record>,
+    pending: Arc<Mutex<Vec<Record>>>,
+    _stop: mpsc::Sender<()>,
 }
+
+/// How often the writer thread writes out collected marks.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// What [`open`] found on disk.
 pub struct Loaded {
@@ -113,15 +119,23 @@ pub fn open(dir: &Path, ttl: Duration) -> Result<(Journal, Loaded), JournalError
         .into_iter()
         .filter(|(_, exp)| u64::from(*exp) > now)
         .collect();
-    let (tx, rx) = mpsc::channel();
+    let (stop, rx) = mpsc::channel();
     let dir = dir.to_path_buf();
     let ttl_secs = ttl.as_secs().max(1);
     let mut writer = Writer::new(&dir, ttl_secs)?;
+    let pending: Arc<Mutex<Vec<Record>>> = Arc::default();
+    let taken = pending.clone();
     std::thread::Builder::new()
         .name("vfgate-dedupe-journal".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || writer.run(taken, rx))
         .expect("spawn thread");
-    Ok((Journal { tx }, Loaded { seed, marks }))
+    Ok((
+        Journal {
+            pending,
+            _stop: stop,
+        },
+        Loaded { seed, marks },
+    ))
 }
 
 fn encode(k: [u64; 2], expires: u32) -> [u8; RECORD] {
@@ -141,9 +155,9 @@ fn decode(r: &[u8]) -> Record {
 }
 
 impl Journal {
-    /// Records a mark (`expires = 0` forgets the key). Never blocks.
+    /// Records a mark (`expires = 0` forgets the key). Never waits for I/O.
     pub fn record(&self, key: [u64; 2], expires: u32) {
-        let _ = self.tx.send((key, expires));
+        self.pending.lock().push((key, expires));
     }
 }
 
@@ -207,19 +221,30 @@ impl Writer {
         }
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Record>) {
-        while let Ok((k, exp)) = rx.recv() {
-            let mut ok = self.out.write_all(&encode(k, exp)).is_ok();
-            while let Ok((k, exp)) = rx.try_recv() {
-                ok &= self.out.write_all(&encode(k, exp)).is_ok();
+    /// Writes out what collected every [`FLUSH_EVERY`], until the journal is dropped.
+    fn run(&mut self, pending: Arc<Mutex<Vec<Record>>>, stop: mpsc::Receiver<()>) {
+        let mut batch = Vec::new();
+        loop {
+            let last = matches!(
+                stop.recv_timeout(FLUSH_EVERY),
+                Err(mpsc::RecvTimeoutError::Disconnected)
+            );
+            std::mem::swap(&mut batch, &mut *pending.lock());
+            if !batch.is_empty() {
+                let mut ok = true;
+                for (k, exp) in batch.drain(..) {
+                    ok &= self.out.write_all(&encode(k, exp)).is_ok();
+                }
+                ok &= self.out.flush().is_ok();
+                if !ok {
+                    tracing::error!(dir = %self.dir.display(), "cannot write the dedupe journal; a restart may forget recent ids");
+                }
+                self.rotate_if_due();
             }
-            ok &= self.out.flush().is_ok();
-            if !ok {
-                tracing::error!(dir = %self.dir.display(), "cannot write the dedupe journal; a restart may forget recent ids");
+            if last {
+                return;
             }
-            self.rotate_if_due();
         }
-        let _ = self.out.flush();
     }
 }
 

@@ -21,6 +21,8 @@ use std::time::Duration;
 pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// Largest backoff step of a spooled retry (before `Retry-After`).
 pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// How long a drainer waits for a partial batch to fill (at least; `batch.linger` if longer).
+pub const DRAIN_GATHER: Duration = Duration::from_millis(5);
 /// Attempts kept in a dead letter's log.
 const MAX_ATTEMPT_LOGS: usize = 20;
 
@@ -104,7 +106,7 @@ impl Drainer {
                 Err(_) => return,
             }
         };
-        let mut cursor = Some(dir_cursor);
+        let mut cursor = dir_cursor;
         let mut committed = self.source.committed.clone();
         loop {
             let next = state.next.load(Ordering::Acquire);
@@ -115,7 +117,12 @@ impl Drainer {
                 }
                 continue;
             }
-            let batch = match self.read(next).await {
+            // The sender is already answered: a few milliseconds spent gathering a fuller
+            // batch cost no one any latency and save per-request work upstream.
+            if committed.borrow().saturating_sub(next) < self.common.batch.max_events as u64 {
+                tokio::time::sleep(self.common.batch.linger.max(DRAIN_GATHER)).await;
+            }
+            let batch = match self.read(next) {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => {
                     // Below the oldest segment (cannot happen unless files were removed by
@@ -163,48 +170,37 @@ impl Drainer {
             if !pending.is_empty() {
                 self.deliver(pending).await;
             }
-            let mut c = cursor.take().expect("cursor is put back");
-            let (c, r) = tokio::task::spawn_blocking(move || {
-                let r = c.advance(last + 1);
-                (c, r)
-            })
-            .await
-            .expect("cursor task does not panic");
-            cursor = Some(c);
-            if let Err(e) = r {
+            if let Err(e) = cursor.advance(last + 1) {
                 // Delivered but not recorded: after a restart these are sent again (at
                 // least once); keep going.
                 tracing::error!(sink = %self.common.name, error = %e, "spool: cannot save the cursor");
             }
             state.next.store(last + 1, Ordering::Release);
-            self.reclaim().await;
+            self.reclaim();
         }
     }
 
     /// Reads the next batch from `from`, within the sink's `max_events` and `max_bytes`.
-    async fn read(&self, from: u64) -> Result<Vec<(u64, Bytes)>, super::log::LogError> {
-        let shared = self.source.shared.clone();
+    /// Inline: the drainers have their own runtime, and a read just behind the writer comes
+    /// from the page cache (a hand-off to a blocking thread per batch cost more than it).
+    fn read(&self, from: u64) -> Result<Vec<(u64, Bytes)>, super::log::LogError> {
         let limits = self.common.batch;
-        tokio::task::spawn_blocking(move || {
-            let mut recs = shared.read(from, limits.max_events)?;
-            let mut bytes = 0u64;
-            let keep = recs
-                .iter()
-                .position(|(_, p)| {
-                    bytes += p.len().saturating_sub(8) as u64;
-                    bytes > limits.max_bytes
-                })
-                .unwrap_or(recs.len())
-                .max(1);
-            recs.truncate(keep);
-            Ok(recs)
-        })
-        .await
-        .expect("read task does not panic")
+        let mut recs = self.source.shared.read(from, limits.max_events)?;
+        let mut bytes = 0u64;
+        let keep = recs
+            .iter()
+            .position(|(_, p)| {
+                bytes += p.len().saturating_sub(8) as u64;
+                bytes > limits.max_bytes
+            })
+            .unwrap_or(recs.len())
+            .max(1);
+        recs.truncate(keep);
+        Ok(recs)
     }
 
     /// Deletes segments every sink of the source has passed.
-    async fn reclaim(&self) {
+    fn reclaim(&self) {
         let min = self
             .source
             .drains
@@ -212,8 +208,7 @@ impl Drainer {
             .map(|d| d.next.load(Ordering::Acquire))
             .min()
             .unwrap_or(0);
-        let shared = self.source.shared.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || shared.reclaim(min)).await {
+        if let Err(e) = self.source.shared.reclaim(min) {
             tracing::warn!(source = %self.source.name, error = %e, "spool: cannot delete a drained segment");
         }
     }
