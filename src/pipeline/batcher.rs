@@ -62,6 +62,11 @@ pub async fn run(
             bytes += len;
             batch.push(next);
         }
+        if limits.linger.is_zero() && batch.len() < limits.max_events {
+            // Let the request handlers that are ready to run submit theirs first: on a busy
+            // runtime this turns a stream of one-event batches into a few larger ones.
+            tokio::task::yield_now().await;
+        }
         let permit = sem
             .clone()
             .acquire_owned()
