@@ -54,13 +54,10 @@ pub async fn run(
                     _ => break,
                 }
             };
-            let len = next.event.body.len() as u64;
-            if bytes + len > limits.max_bytes {
-                carry = Some(next);
+            if let Some(over) = add(&mut batch, &mut bytes, limits.max_bytes, next) {
+                carry = Some(over);
                 break;
             }
-            bytes += len;
-            batch.push(next);
         }
         if limits.linger.is_zero() && batch.len() < limits.max_events {
             // Let the request handlers that are ready to run submit theirs first: on a busy
@@ -76,13 +73,7 @@ pub async fn run(
         // batches grow by themselves, without a linger.
         while carry.is_none() && batch.len() < limits.max_events {
             let Ok(next) = rx.try_recv() else { break };
-            let len = next.event.body.len() as u64;
-            if bytes + len > limits.max_bytes {
-                carry = Some(next);
-                break;
-            }
-            bytes += len;
-            batch.push(next);
+            carry = add(&mut batch, &mut bytes, limits.max_bytes, next);
         }
         let (sink, common, metrics) = (sink.clone(), common.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -92,4 +83,16 @@ pub async fn run(
     }
     // Wait for every in-flight delivery.
     let _ = sem.acquire_many(concurrency as u32).await;
+}
+
+/// Adds `job` to the batch unless it would pass `max_bytes`; then hands it back (it starts
+/// the next batch).
+fn add(batch: &mut Vec<Job>, bytes: &mut u64, max_bytes: u64, job: Job) -> Option<Job> {
+    let len = job.event.body.len() as u64;
+    if *bytes + len > max_bytes {
+        return Some(job);
+    }
+    *bytes += len;
+    batch.push(job);
+    None
 }

@@ -288,21 +288,37 @@ impl Drainer {
         }
     }
 
-    async fn dead_letter(&self, p: &Pending, reason: &'static str, attempts: Vec<AttemptLog>) {
-        let entry = FailedEntry {
+    /// A dead letter of this sink, replayable through the source's own webhook.
+    fn entry(
+        &self,
+        (event_id, event_type): (&str, &str),
+        reason: &'static str,
+        attempts: Vec<AttemptLog>,
+        body: &[u8],
+    ) -> FailedEntry {
+        FailedEntry {
             id: new_id(),
             target: self.replay.target.clone(),
             version: self.replay.version.clone(),
             header_names: vec![],
             secret_ref: self.replay.secret_ref.clone(),
-            event_id: p.event.event_id.clone(),
-            event_type: p.event.event_type.clone(),
+            event_id: event_id.to_string(),
+            event_type: event_type.to_string(),
             sink: Some(self.common.name.clone()),
             reason: reason.to_string(),
             created_at: now_rfc3339(),
             attempts,
-            event: String::from_utf8_lossy(&p.event.body).into_owned(),
-        };
+            event: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+
+    async fn dead_letter(&self, p: &Pending, reason: &'static str, attempts: Vec<AttemptLog>) {
+        let entry = self.entry(
+            (&p.event.event_id, &p.event.event_type),
+            reason,
+            attempts,
+            &p.event.body,
+        );
         tracing::warn!(sink = %self.common.name, event_id = %p.event.event_id, seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
         self.store(entry, reason).await;
         let key = self.ctx.dedupe.key(&self.source.name, &p.event.event_id);
@@ -315,20 +331,12 @@ impl Drainer {
         let body = decode_record(payload.clone())
             .map(|(_, b)| b)
             .unwrap_or(payload);
-        let entry = FailedEntry {
-            id: new_id(),
-            target: self.replay.target.clone(),
-            version: self.replay.version.clone(),
-            header_names: vec![],
-            secret_ref: self.replay.secret_ref.clone(),
-            event_id: String::new(),
-            event_type: String::new(),
-            sink: Some(self.common.name.clone()),
-            reason: reason.to_string(),
-            created_at: now_rfc3339(),
-            attempts: vec![attempt_log(&now_rfc3339(), why)],
-            event: String::from_utf8_lossy(&body).into_owned(),
-        };
+        let entry = self.entry(
+            ("", ""),
+            reason,
+            vec![attempt_log(&now_rfc3339(), why)],
+            &body,
+        );
         tracing::error!(sink = %self.common.name, %why, id = %entry.id, "spool: unreadable record dead-lettered");
         self.store(entry, reason).await;
     }
