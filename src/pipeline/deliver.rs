@@ -108,9 +108,10 @@ pub async fn attempt(
     events: &[Arc<Event>],
 ) -> Vec<Verdict> {
     let verdicts = send_split(sink, name, metrics, events).await;
+    let mut delivered = 0u64;
     for (ev, v) in events.iter().zip(&verdicts) {
         match v {
-            Verdict::Ok => metrics.events_forwarded.with_label_values(&[name]).inc(),
+            Verdict::Ok => delivered += 1,
             Verdict::Permanent { reason, detail } => {
                 metrics
                     .sink_events_failed
@@ -125,6 +126,13 @@ pub async fn attempt(
             } => log_config_error(name, detail),
             Verdict::Retry { .. } => {}
         }
+    }
+    // One label lookup per batch, not per event.
+    if delivered > 0 {
+        metrics
+            .events_forwarded
+            .with_label_values(&[name])
+            .inc_by(delivered);
     }
     verdicts
 }
