@@ -124,30 +124,34 @@ impl MemoryDedupe {
     pub fn begin(&self, key: DedupeKey, now: u64) -> Begin {
         let now32 = now.min(u32::MAX as u64) as u32;
         let mut t = self.shard(&key).lock();
-        if let Some(e) = t.get_mut(&key.0) {
-            if e.expires > now32 {
-                return if e.delivered {
-                    Begin::Duplicate
-                } else {
-                    Begin::InFlight
-                };
+        let fresh = Entry {
+            expires: now32.saturating_add(self.in_flight_ttl),
+            delivered: false,
+        };
+        if t.len() < self.shard_cap {
+            // One probe: look up and insert in the same step.
+            match t.entry(key.0) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if let Some(live) = live(o.get(), now32) {
+                        return live;
+                    }
+                    *o.get_mut() = fresh;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(fresh);
+                }
             }
-            *e = Entry {
-                expires: now32.saturating_add(self.in_flight_ttl),
-                delivered: false,
-            };
             return Begin::New;
         }
-        if t.len() >= self.shard_cap {
-            self.make_room(&mut t, now32);
+        if let Some(e) = t.get_mut(&key.0) {
+            if let Some(live) = live(e, now32) {
+                return live;
+            }
+            *e = fresh;
+            return Begin::New;
         }
-        t.insert(
-            key.0,
-            Entry {
-                expires: now32.saturating_add(self.in_flight_ttl),
-                delivered: false,
-            },
-        );
+        self.make_room(&mut t, now32);
+        t.insert(key.0, fresh);
         Begin::New
     }
 
@@ -236,6 +240,15 @@ impl MemoryDedupe {
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
+}
+
+/// What `begin` answers for an entry that has not expired.
+fn live(e: &Entry, now: u32) -> Option<Begin> {
+    (e.expires > now).then_some(if e.delivered {
+        Begin::Duplicate
+    } else {
+        Begin::InFlight
+    })
 }
 
 fn insert_loaded(m: &MemoryDedupe, key: [u64; 2], expires: u32) {
