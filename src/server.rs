@@ -180,6 +180,46 @@ fn status_body(status: &str) -> Vec<u8> {
     format!(r#"{{"status":"{status}"}}"#).into_bytes()
 }
 
+/// A webhook response: its outcome (status and metric), JSON body and at most one extra
+/// header (`allow` or `retry-after`). Written straight into Pingora's response header, with
+/// the common bodies static, so that an accepted event allocates nothing to be answered.
+struct Reply {
+    outcome: Outcome,
+    body: Bytes,
+    extra: Option<(http::header::HeaderName, http::HeaderValue)>,
+}
+
+impl Reply {
+    fn head(&self) -> pingora::http::ResponseHeader {
+        use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+        let mut h = pingora::http::ResponseHeader::build_no_case(self.outcome.status(), Some(3))
+            .expect("outcome statuses are valid");
+        let json = http::HeaderValue::from_static("application/json");
+        h.insert_header(CONTENT_TYPE, json).expect("static header");
+        h.insert_header(CONTENT_LENGTH, http::HeaderValue::from(self.body.len()))
+            .expect("a number is a valid header value");
+        if let Some((k, v)) = &self.extra {
+            h.insert_header(k.clone(), v.clone()).expect("valid header");
+        }
+        h
+    }
+}
+
+/// `retry-after: <secs>`.
+fn retry_after_header(secs: u64) -> Option<(http::header::HeaderName, http::HeaderValue)> {
+    Some((http::header::RETRY_AFTER, http::HeaderValue::from(secs)))
+}
+
+/// `{"status":"<status>"}` for the statuses the webhook path answers with.
+fn static_status(status: &'static str) -> Bytes {
+    Bytes::from_static(match status {
+        "accepted" => br#"{"status":"accepted"}"#,
+        "duplicate" => br#"{"status":"duplicate"}"#,
+        "filtered" => br#"{"status":"filtered"}"#,
+        _ => unreachable!("not a webhook status: {status}"),
+    })
+}
+
 fn error_body(code: &str, detail: &str) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct ErrorBody<'a> {
@@ -251,22 +291,22 @@ impl Gateway {
     fn finish(
         &self,
         counters: &[IntCounter],
-        o: Outcome,
-        body: Vec<u8>,
-        extra: &[(&str, String)],
-    ) -> HttpResponse {
-        counters[o as usize].inc();
-        respond(o.status(), body, extra)
+        outcome: Outcome,
+        body: Bytes,
+        extra: Option<(http::header::HeaderName, http::HeaderValue)>,
+    ) -> Reply {
+        counters[outcome as usize].inc();
+        Reply {
+            outcome,
+            body,
+            extra,
+        }
     }
 
-    fn reject(&self, counters: &[IntCounter], o: Outcome, detail: &str) -> HttpResponse {
-        let allow = [("allow", "POST".to_string())];
-        let extra: &[(&str, String)] = if o == Outcome::MethodNotAllowed {
-            &allow
-        } else {
-            &[]
-        };
-        self.finish(counters, o, error_body(o.as_str(), detail), extra)
+    fn reject(&self, counters: &[IntCounter], o: Outcome, detail: &str) -> Reply {
+        let extra = (o == Outcome::MethodNotAllowed)
+            .then(|| (http::header::ALLOW, http::HeaderValue::from_static("POST")));
+        self.finish(counters, o, error_body(o.as_str(), detail).into(), extra)
     }
 
     /// Reads the body, enforcing the cap from Content-Length and while reading.
@@ -360,7 +400,7 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, s: &mut ServerSession) -> HttpResponse {
+    async fn handle(&self, s: &mut ServerSession) -> Reply {
         let path = s.req_header().uri.path();
         let Some(src) = self.routes.get(path) else {
             s.set_keepalive(None);
@@ -411,14 +451,19 @@ impl Gateway {
         };
         let event = event.into_inner();
         if !src.filter.matches(&event.event_type) {
-            return self.finish(counters, Outcome::Filtered, status_body("filtered"), &[]);
+            return self.finish(counters, Outcome::Filtered, static_status("filtered"), None);
         }
         let key = self.dedupe.key(&src.name, &event.event_id);
         let now_s = (now / 1000).max(0) as u64;
         match self.dedupe.begin(key, now_s).await {
             Ok(Begin::New) => {}
             Ok(Begin::Duplicate) => {
-                return self.finish(counters, Outcome::Duplicate, status_body("duplicate"), &[])
+                return self.finish(
+                    counters,
+                    Outcome::Duplicate,
+                    static_status("duplicate"),
+                    None,
+                )
             }
             Ok(Begin::InFlight) => {
                 return self.finish(
@@ -427,8 +472,9 @@ impl Gateway {
                     error_body(
                         "in_flight",
                         "this event_id is being forwarded by another request; retry shortly",
-                    ),
-                    &[("retry-after", "1".into())],
+                    )
+                    .into(),
+                    retry_after_header(1),
                 )
             }
             Err(e) => {
@@ -436,8 +482,8 @@ impl Gateway {
                 return self.finish(
                     counters,
                     Outcome::DedupeUnavailable,
-                    error_body("dedupe_unavailable", "the dedupe store is unavailable"),
-                    &[("retry-after", "5".into())],
+                    error_body("dedupe_unavailable", "the dedupe store is unavailable").into(),
+                    retry_after_header(5),
                 );
             }
         }
@@ -453,7 +499,7 @@ impl Gateway {
                     if let Err(e) = self.dedupe.commit(key, now_s).await {
                         tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be spooled again");
                     }
-                    self.finish(counters, Outcome::Spooled, status_body("accepted"), &[])
+                    self.finish(counters, Outcome::Spooled, static_status("accepted"), None)
                 }
                 Err(e) => {
                     guard.armed = false;
@@ -462,12 +508,12 @@ impl Gateway {
                         SpoolError::Full { .. } => Outcome::SpoolFull,
                         SpoolError::Io(_) | SpoolError::Closed => Outcome::SpoolError,
                     };
-                    let wait = if o == Outcome::SpoolFull { "30" } else { "5" };
+                    let wait = if o == Outcome::SpoolFull { 30 } else { 5 };
                     self.finish(
                         counters,
                         o,
-                        error_body(o.as_str(), &e.to_string()),
-                        &[("retry-after", wait.into())],
+                        error_body(o.as_str(), &e.to_string()).into(),
+                        retry_after_header(wait),
                     )
                 }
             };
@@ -510,7 +556,7 @@ impl Gateway {
                 {
                     tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be forwarded again");
                 }
-                self.finish(counters, Outcome::Accepted, status_body("accepted"), &[])
+                self.finish(counters, Outcome::Accepted, static_status("accepted"), None)
             }
             Some((kind, detail, retry_after)) => {
                 guard.armed = false;
@@ -521,12 +567,12 @@ impl Gateway {
                     FailKind::Timeout => Outcome::UpstreamTimeout,
                 };
                 let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(5);
-                let extra: Vec<(&str, String)> = if o == Outcome::UpstreamError {
-                    vec![]
+                let extra = if o == Outcome::UpstreamError {
+                    None
                 } else {
-                    vec![("retry-after", secs.to_string())]
+                    retry_after_header(secs)
                 };
-                self.finish(counters, o, error_body(o.as_str(), &detail), &extra)
+                self.finish(counters, o, error_body(o.as_str(), &detail).into(), extra)
             }
         }
     }
@@ -568,14 +614,13 @@ impl HttpServerApp for WebhookApp {
         }
         let _dec = Dec(&metrics.in_flight);
         s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let (parts, body) = self.gateway.handle(&mut s).await.into_parts();
-        let head: pingora::http::ResponseHeader = parts.into();
-        if let Err(e) = s.write_response_header(Box::new(head)).await {
+        let reply = self.gateway.handle(&mut s).await;
+        if let Err(e) = s.write_response_header(Box::new(reply.head())).await {
             tracing::debug!(error = %e, "cannot write a response header");
             return None;
         }
-        if !body.is_empty() {
-            if let Err(e) = s.write_response_body(body.into(), true).await {
+        if !reply.body.is_empty() {
+            if let Err(e) = s.write_response_body(reply.body, true).await {
                 tracing::debug!(error = %e, "cannot write a response body");
                 return None;
             }
