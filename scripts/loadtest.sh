@@ -7,14 +7,18 @@
 # ../shared/bench/gen_corpus.py (unique events, large enough that none repeats in a run; the
 # dupes corpus repeats 30 %), and drives each server with wrk and ../shared/bench/corpus.lua.
 # The server under test is pinned to core 0; wrk and the upstream stubs to core 1 (taskset).
-#   ingest : vfgate, file sink to /dev/null                 vs nginx `return 200`
+#   ingest : vfgate, file sink to /dev/null                 vs nginx `return 200`, and vs
+#            examples/pingora_floor.rs (Pingora reading the body and answering 200: the
+#            ceiling of any server built on Pingora here)
 #   forward: vfgate, http sink batched to a keep-alive stub vs nginx `proxy_pass` to the stub
 #   splunk : vfgate, splunk_hec sink batched to a HEC stub  (ratio vs proxy_pass)
 #   spool  : vfgate, ack = "spool", fsync = "batch", http sink to the stub  vs forward
 #   dupes  : vfgate forward with 30 % duplicate requests     (ratio vs forward)
 # Each row: requests/s, events/s delivered upstream, p50/p99 at full load, p50/p99 at half
-# load (paced wrk at half the measured rate, fresh process), CPU seconds per 100k requests
-# (server process only), peak RSS. Then a summary table of ratios against the targets.
+# load (paced wrk at half the measured rate, fresh process), for vfgate also the half-load p99
+# of its own request histogram (headers read to response ready, without the client's and the
+# kernel's share), CPU seconds per 100k requests (server process and children), peak RSS.
+# Then a summary table of ratios against the targets.
 # Tunables (env): DURATION (10s), CONNS (32), COUNT (events per corpus, 700000: more than 10 s at 40k req/s, so none repeats), SIZE (1024),
 # LINGER_MS (batch linger of the forwarding sinks, 0: batches grow while delivery slots are busy).
 # Everything runs on 127.0.0.1 and stops by itself; only processes started here are stopped.
@@ -50,7 +54,7 @@ SRV_CPU=0; LOAD_CPU=$(( CORES > 1 ? 1 : 0 ))
 SECS=${DURATION%s}
 
 echo "== building release" >&2
-(cd "$ROOT" && cargo build --release --quiet)
+(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example pingora_floor)
 BIN=$ROOT/target/release/vfgate
 
 export VF_SECRET=loadtest-secret-0123456789
@@ -62,12 +66,30 @@ if want dupes; then
   python3 "$SHARED/bench/gen_corpus.py" --secret "$VF_SECRET" --count "$COUNT" --size "$SIZE" \
     --start "$START" --seed 2 --dup-rate 0.3 > "$WORK/dupes.tsv"
 fi
-# wrk with think time: each connection waits PACE_MS between requests (half-load runs).
+# wrk with think time (half-load runs): each connection waits a uniformly random 0..2*PACE_MS
+# between requests. A fixed pace keeps connections that started together in lockstep, so
+# the "half load" arrives as bursts of every connection at once on wrk's millisecond timer.
 cat > "$WORK/paced.lua" <<LUA
 dofile("$SHARED/bench/corpus.lua")
 local pace = tonumber(os.getenv("PACE_MS") or "0")
-function delay() return pace end
+function delay() return math.random(0, 2 * pace) end
 LUA
+
+cat > "$WORK/p99.py" <<'PY'
+import re, sys
+pat = re.compile(r'vfgate_request_duration_seconds_bucket\{source="load",le="([^"]+)"\} (\S+)')
+buckets = [(float(m[1]), float(m[2])) for m in map(pat.match, sys.stdin) if m]
+total = buckets[-1][1] if buckets else 0
+rank, lo, below = 0.99 * total, 0.0, 0.0
+for le, n in buckets:
+    if n >= rank and total > 0:
+        if le == float("inf"):
+            print(round(lo * 1e6)); break
+        print(round((lo + (le - lo) * (rank - below) / max(n - below, 1)) * 1e6)); break
+    lo, below = le, n
+else:
+    print(0)
+PY
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
@@ -150,6 +172,9 @@ run_wrk() {
 half_args() { python3 -c "r=$1/2; pace=5; print(max(1, round(r*pace/1000)), pace)"; }
 
 py() { python3 -c "print($1)"; }
+# p99 in µs of vfgate_request_duration_seconds{source="load"} read from an admin port,
+# interpolated inside its bucket as Prometheus's histogram_quantile does.
+server_p99() { curl -s "127.0.0.1:$1/metrics" | python3 "$WORK/p99.py"; }
 metric() { # admin-port series -> value (0 when absent)
   curl -s "127.0.0.1:$1/metrics" | awk -v s="$2" 'index($0, s" ") == 1 { print $2; f=1 } END { if (!f) print 0 }'
 }
@@ -157,7 +182,7 @@ metric() { # admin-port series -> value (0 when absent)
 ROWS=()
 SUMMARY=()
 declare -A RATE
-row() { ROWS+=("$(printf '%-32s %9s %9s %7s %7s %7s %7s %8s %8s' "$@")"); }
+row() { ROWS+=("$(printf '%-32s %9s %9s %7s %7s %7s %7s %9s %8s %8s' "$@")"); }
 us_ms() { py "f'{$1/1000:.2f}'"; }
 
 # measure name port-getter: runs full load on the current vfgate (VPID/VPORT/APORT),
@@ -176,8 +201,9 @@ measure_vfgate() { # label corpus restart-fn
   $restart
   read -r HC HP < <(half_args "$RPS")
   read -r _ H50 H99 _ _ < <(run_wrk "$VPORT" "$corpus" "$HC" "$HP")
+  S99=$(server_p99 "$APORT")
   stop "$VPID"
-  row "$label" "$RPS" "$EVS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "$CPU" "$RSS"
+  row "$label" "$RPS" "$EVS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "$(us_ms "$S99")" "$CPU" "$RSS"
   echo "   $label: non-2xx=$ERR requests=$REQS forwarded=$FWD" >&2
   RATE[$label]=$RPS
 }
@@ -191,7 +217,7 @@ measure_nginx() { # label port
   RSS=$(for p in "$NPID" $(pgrep -P "$NPID" || true); do awk '/VmHWM/{print int($2/1024)}' "/proc/$p/status"; done | sort -n | tail -1)
   read -r HC HP < <(half_args "$RPS")
   read -r _ H50 H99 _ _ < <(run_wrk "$2" "$WORK/corpus.tsv" "$HC" "$HP")
-  row "$1" "$RPS" "$RPS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "$CPU" "$RSS"
+  row "$1" "$RPS" "$RPS" "$(us_ms "$P50")" "$(us_ms "$P99")" "$(us_ms "$H50")" "$(us_ms "$H99")" "-" "$CPU" "$RSS"
   RATE[$1]=$RPS
 }
 
@@ -210,12 +236,21 @@ if want ingest; then
   start_nginx base "$SRV_CPU" "$BASE_PORT" "return 200 '{\"status\":\"accepted\"}';"
   measure_nginx "nginx return 200" "$BASE_PORT"
   stop "$NPID"
+  FLOOR_PORT=$(port)
+  taskset -c "$SRV_CPU" "$ROOT/target/release/examples/pingora_floor" "127.0.0.1:$FLOOR_PORT" >/dev/null 2>&1 &
+  NPID=$!
+  PIDS+=($NPID)
+  wait_port "$FLOOR_PORT"
+  measure_nginx "pingora floor (no vfgate work)" "$FLOOR_PORT"
+  stop "$NPID"
   ingest_up() { start_vfgate ingest "" 'type = "file"
 path = "/dev/null"
 batch = { max_events = 256, linger = "0ms" }'; }
   ingest_up
   measure_vfgate "vfgate ingest" "$WORK/corpus.tsv" ingest_up
   SUMMARY+=("$(printf '%-44s %8s %8s' "ingest / nginx return 200" "$(py "f'{${RATE[vfgate ingest]}/${RATE[nginx return 200]}:.2f}'")" ">= 0.8")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "(pingora floor / nginx return 200)" "$(py "f'{${RATE[pingora floor (no vfgate work)]}/${RATE[nginx return 200]}:.2f}'")" "-")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "(ingest / pingora floor)" "$(py "f'{${RATE[vfgate ingest]}/${RATE[pingora floor (no vfgate work)]}:.2f}'")" "-")")
 fi
 
 if want forward || want splunk || want spool || want dupes; then
@@ -224,12 +259,15 @@ if want forward || want splunk || want spool || want dupes; then
   start_nginx proxy "$SRV_CPU" "$PROXY_PORT" "proxy_pass http://stub; proxy_http_version 1.1; proxy_set_header Connection \"\";" \
     "upstream stub { server 127.0.0.1:$STUB_PORT; keepalive 64; }"
   measure_nginx "nginx proxy_pass" "$PROXY_PORT"
+  NH99=$H99
   stop "$NPID"
   forward_up() { start_vfgate forward "" "$HTTP_SINK"; }
   forward_up
   measure_vfgate "vfgate forward" "$WORK/corpus.tsv" forward_up
   SUMMARY+=("$(printf '%-44s %8s %8s' "forward / nginx proxy_pass" "$(py "f'{${RATE[vfgate forward]}/${RATE[nginx proxy_pass]}:.2f}'")" ">= 1.5")")
   SUMMARY+=("$(printf '%-44s %8s %8s' "forward p99 at half load (ms)" "$(us_ms "$H99")" "<= $((LINGER_MS + 2))")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "(same, vfgate's own histogram) (ms)" "$(us_ms "$S99")" "-")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "(nginx proxy_pass p99 at half load) (ms)" "$(us_ms "$NH99")" "-")")
 fi
 
 if want splunk; then
@@ -266,7 +304,7 @@ fi
 echo
 echo "loadtest $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
 echo "1 KiB events, wrk -t1 -c$CONNS -d$DURATION, server on cpu $SRV_CPU, wrk and stubs on cpu $LOAD_CPU; half load = paced wrk at half the full-load rate"
-printf '%-32s %9s %9s %7s %7s %7s %7s %8s %8s\n' "server" "req/s" "ev/s up" "p50 ms" "p99 ms" "½ p50" "½ p99" "cpu/100k" "RSS MiB"
+printf '%-32s %9s %9s %7s %7s %7s %7s %9s %8s %8s\n' "server" "req/s" "ev/s up" "p50 ms" "p99 ms" "½ p50" "½ p99" "½ p99 srv" "cpu/100k" "RSS MiB"
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo
 printf '%-44s %8s %8s\n' "ratio" "measured" "target"
