@@ -210,15 +210,10 @@ fn retry_after_header(secs: u64) -> Option<(http::header::HeaderName, http::Head
     Some((http::header::RETRY_AFTER, http::HeaderValue::from(secs)))
 }
 
-/// `{"status":"<status>"}` for the statuses the webhook path answers with.
-fn static_status(status: &'static str) -> Bytes {
-    Bytes::from_static(match status {
-        "accepted" => br#"{"status":"accepted"}"#,
-        "duplicate" => br#"{"status":"duplicate"}"#,
-        "filtered" => br#"{"status":"filtered"}"#,
-        _ => unreachable!("not a webhook status: {status}"),
-    })
-}
+/// The bodies of the webhook's 2xx answers, built once.
+const ACCEPTED: &[u8] = br#"{"status":"accepted"}"#;
+const DUPLICATE: &[u8] = br#"{"status":"duplicate"}"#;
+const FILTERED: &[u8] = br#"{"status":"filtered"}"#;
 
 fn error_body(code: &str, detail: &str) -> Vec<u8> {
     #[derive(serde::Serialize)]
@@ -451,7 +446,12 @@ impl Gateway {
         };
         let event = event.into_inner();
         if !src.filter.matches(&event.event_type) {
-            return self.finish(counters, Outcome::Filtered, static_status("filtered"), None);
+            return self.finish(
+                counters,
+                Outcome::Filtered,
+                Bytes::from_static(FILTERED),
+                None,
+            );
         }
         let key = self.dedupe.key(&src.name, &event.event_id);
         let now_s = (now / 1000).max(0) as u64;
@@ -461,7 +461,7 @@ impl Gateway {
                 return self.finish(
                     counters,
                     Outcome::Duplicate,
-                    static_status("duplicate"),
+                    Bytes::from_static(DUPLICATE),
                     None,
                 )
             }
@@ -499,7 +499,12 @@ impl Gateway {
                     if let Err(e) = self.dedupe.commit(key, now_s).await {
                         tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be spooled again");
                     }
-                    self.finish(counters, Outcome::Spooled, static_status("accepted"), None)
+                    self.finish(
+                        counters,
+                        Outcome::Spooled,
+                        Bytes::from_static(ACCEPTED),
+                        None,
+                    )
                 }
                 Err(e) => {
                     guard.armed = false;
@@ -556,7 +561,12 @@ impl Gateway {
                 {
                     tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be forwarded again");
                 }
-                self.finish(counters, Outcome::Accepted, static_status("accepted"), None)
+                self.finish(
+                    counters,
+                    Outcome::Accepted,
+                    Bytes::from_static(ACCEPTED),
+                    None,
+                )
             }
             Some((kind, detail, retry_after)) => {
                 guard.armed = false;
