@@ -190,7 +190,8 @@ struct Reply {
 }
 
 impl Reply {
-    fn head(&self) -> pingora::http::ResponseHeader {
+    /// The response header and body to write.
+    fn into_parts(self) -> (pingora::http::ResponseHeader, Bytes) {
         use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
         let mut h = pingora::http::ResponseHeader::build_no_case(self.outcome.status(), Some(3))
             .expect("outcome statuses are valid");
@@ -198,10 +199,10 @@ impl Reply {
         h.insert_header(CONTENT_TYPE, json).expect("static header");
         h.insert_header(CONTENT_LENGTH, http::HeaderValue::from(self.body.len()))
             .expect("a number is a valid header value");
-        if let Some((k, v)) = &self.extra {
-            h.insert_header(k.clone(), v.clone()).expect("valid header");
+        if let Some((k, v)) = self.extra {
+            h.insert_header(k, v).expect("valid header");
         }
-        h
+        (h, self.body)
     }
 }
 
@@ -624,13 +625,13 @@ impl HttpServerApp for WebhookApp {
         }
         let _dec = Dec(&metrics.in_flight);
         s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let reply = self.gateway.handle(&mut s).await;
-        if let Err(e) = s.write_response_header(Box::new(reply.head())).await {
+        let (head, body) = self.gateway.handle(&mut s).await.into_parts();
+        if let Err(e) = s.write_response_header(Box::new(head)).await {
             tracing::debug!(error = %e, "cannot write a response header");
             return None;
         }
-        if !reply.body.is_empty() {
-            if let Err(e) = s.write_response_body(reply.body, true).await {
+        if !body.is_empty() {
+            if let Err(e) = s.write_response_body(body, true).await {
                 tracing::debug!(error = %e, "cannot write a response body");
                 return None;
             }

@@ -128,30 +128,21 @@ impl MemoryDedupe {
             expires: now32.saturating_add(self.in_flight_ttl),
             delivered: false,
         };
-        if t.len() < self.shard_cap {
-            // One probe: look up and insert in the same step.
-            match t.entry(key.0) {
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    if let Some(live) = live(o.get(), now32) {
-                        return live;
-                    }
-                    *o.get_mut() = fresh;
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(fresh);
-                }
-            }
-            return Begin::New;
+        if t.len() >= self.shard_cap && !t.contains_key(&key.0) {
+            self.make_room(&mut t, now32);
         }
-        if let Some(e) = t.get_mut(&key.0) {
-            if let Some(live) = live(e, now32) {
-                return live;
+        // One probe: look up and insert in the same step.
+        match t.entry(key.0) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if let Some(live) = live(o.get(), now32) {
+                    return live;
+                }
+                *o.get_mut() = fresh;
             }
-            *e = fresh;
-            return Begin::New;
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(fresh);
+            }
         }
-        self.make_room(&mut t, now32);
-        t.insert(key.0, fresh);
         Begin::New
     }
 

@@ -218,6 +218,7 @@ async fn status_table_rows() {
     // 200 accepted, then 200 duplicate.
     let r = gw.post_event(&body).await;
     assert_eq!((r.status, r.status_field()), (200, "accepted".into()));
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let r = gw.post_event(&body).await;
     assert_eq!((r.status, r.status_field()), (200, "duplicate".into()));
     let got = mock.requests();
