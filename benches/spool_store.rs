@@ -38,10 +38,10 @@ fn run_log(dir: &std::path::Path, events: &[Bytes], group: usize) -> Phases {
     let mut from = 0;
     loop {
         let batch = log.read(from, 1000).unwrap();
-        if batch.is_empty() {
+        if batch.records.is_empty() {
             break;
         }
-        from = batch.last().unwrap().0 + 1;
+        from = batch.next;
     }
     assert_eq!(from as usize, events.len());
     let read = t.elapsed();

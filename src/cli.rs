@@ -155,6 +155,10 @@ pub enum FailedCmd {
         /// PEM bundle of CAs to trust.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// The gateway's config: needed for dead letters of a spooled sink, which are
+        /// delivered to that sink again (and only to it).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Delete entries older than a duration.
     Purge {

@@ -54,6 +54,10 @@ pub mod defaults {
     pub const SPOOL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `spool.segment_bytes` (also capped at an eighth of `max_bytes`).
     pub const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
+    /// `dedupe.dir` without a spool (with one: `<spool.dir>/dedupe`).
+    pub const DEDUPE_DIR: &str = "data/dedupe";
+    /// `dedupe.persist`.
+    pub const DEDUPE_PERSIST: bool = true;
 }
 
 /// A configuration problem: the key path and the reason.
@@ -283,6 +287,11 @@ pub struct RawDedupe {
     pub ttl: Option<DurationStr>,
     /// Upper bound on remembered ids; the oldest are evicted beyond it.
     pub max_entries: Option<u64>,
+    /// Memory: where delivered ids are journalled (default `<spool.dir>/dedupe` with a
+    /// spool, else `data/dedupe`).
+    pub dir: Option<PathBuf>,
+    /// Memory: `false` keeps ids in memory only (forgotten on restart).
+    pub persist: Option<bool>,
 }
 
 /// `[spool]`.
@@ -521,6 +530,8 @@ pub struct DedupeConfig {
     pub ttl: Duration,
     /// Capacity bound.
     pub max_entries: u64,
+    /// Memory backend: the journal directory (`None`: `persist = false`, or Redis).
+    pub journal: Option<PathBuf>,
 }
 
 /// One configured HMAC secret of a source.
@@ -690,8 +701,12 @@ impl Config {
                 Some(t)
             }
         };
-        let dedupe = validate_dedupe(raw.dedupe)?;
         let spool = raw.spool.map(validate_spool).transpose()?;
+        let persist_off = raw.dedupe.persist == Some(false);
+        let dedupe = validate_dedupe(raw.dedupe, spool.as_ref().map(|s| s.dir.as_path()))?;
+        if persist_off {
+            warnings.push("dedupe.persist = false: delivered event ids are kept in memory only, so after a restart a replay of an event inside max_event_age is accepted (and delivered) again".into());
+        }
         if let Some(sp) = &spool {
             if sp.max_bytes < 2 * server.max_body_bytes {
                 return Err(ConfigError::invalid(
@@ -878,7 +893,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-fn validate_dedupe(raw: RawDedupe) -> Result<DedupeConfig, ConfigError> {
+fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeConfig, ConfigError> {
     let backend = match raw.backend.as_deref().unwrap_or("memory") {
         "memory" => {
             for (k, set) in [
@@ -898,6 +913,17 @@ fn validate_dedupe(raw: RawDedupe) -> Result<DedupeConfig, ConfigError> {
             DedupeBackend::Memory
         }
         "redis" => {
+            for (k, set) in [
+                ("dir", raw.dir.is_some()),
+                ("persist", raw.persist.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("dedupe.{k}"),
+                        "only used with backend = \"memory\" (Redis keeps the ids itself)",
+                    ));
+                }
+            }
             let url = raw.url.clone().ok_or_else(|| {
                 ConfigError::invalid(
                     "dedupe.url",
@@ -978,10 +1004,23 @@ fn validate_dedupe(raw: RawDedupe) -> Result<DedupeConfig, ConfigError> {
             "must be between 1 and 1000000000",
         ));
     }
+    let journal = match backend {
+        DedupeBackend::Memory if raw.persist.unwrap_or(defaults::DEDUPE_PERSIST) => match raw.dir {
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(ConfigError::invalid("dedupe.dir", "must not be empty"))
+            }
+            Some(d) => Some(d),
+            None => spool_dir
+                .map(|s| s.join("dedupe"))
+                .or_else(|| Some(PathBuf::from(defaults::DEDUPE_DIR))),
+        },
+        _ => None,
+    };
     Ok(DedupeConfig {
         backend,
         ttl,
         max_entries,
+        journal,
     })
 }
 

@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deadletter;
 pub mod dedupe;
 pub mod event;
+pub mod fsutil;
 pub mod metrics;
 pub mod pipeline;
 pub mod secret;

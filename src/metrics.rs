@@ -47,6 +47,8 @@ pub struct Metrics {
     pub spool_oldest_age: GaugeVec,
     /// `vfgate_dead_letter_events_total{sink,reason}`.
     pub dead_letters: IntCounterVec,
+    /// `vfgate_spool_corrupt_records_total{source}`.
+    pub spool_corrupt: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -234,6 +236,17 @@ impl Metrics {
                         "Spooled events moved to the dead-letter store, by sink and reason",
                     ),
                     &["sink", "reason"],
+                )
+                .unwrap(),
+            ),
+            spool_corrupt: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_spool_corrupt_records_total",
+                        "Spooled records skipped because their checksum or length did not hold (copied to <spool.dir>/quarantine)",
+                    ),
+                    &["source"],
                 )
                 .unwrap(),
             ),

@@ -659,8 +659,10 @@ pub struct Admin {
     dedupe: Arc<Dedupe>,
     ready: Arc<AtomicBool>,
     token: Option<crate::secret::Secret>,
-    failed: crate::sender::failed::FailedStore,
+    failed: crate::deadletter::FailedStore,
     spool: Option<Arc<Spool>>,
+    /// Every configured sink, for replays of spool dead letters.
+    sinks: HashMap<String, Arc<dyn crate::sinks::Sink>>,
 }
 
 impl Admin {
@@ -693,33 +695,143 @@ impl Admin {
                 &[("www-authenticate", "Bearer".into())],
             );
         }
-        let rest = path.trim_start_matches("/admin/failed");
-        match (method, rest) {
-            (&Method::GET, "") | (&Method::GET, "/") => match self.failed.list() {
-                Ok(entries) => respond(
-                    200,
-                    serde_json::to_vec(&serde_json::json!({ "entries": entries })).expect("json"),
-                    &[],
-                ),
-                Err(e) => respond(500, error_body("store_error", &e.to_string()), &[]),
-            },
-            (&Method::POST, r) if r.starts_with('/') && r.ends_with("/replay") => {
-                let id = &r[1..r.len() - "/replay".len()];
-                match crate::sender::run::replay_entry(&self.failed, id, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
-                    Ok(a) if a.ok() => respond(200, serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "upstream_status": a.status})).expect("json"), &[]),
-                    Ok(a) => respond(502, error_body("upstream_error", &format!("replay failed: {}; entry kept", a.status.map(|s| s.to_string()).or(a.error).unwrap_or_default())), &[]),
-                    Err(e) if e.starts_with("no failed delivery") => respond(404, error_body("not_found", &e), &[]),
-                    Err(e) => respond(500, error_body("replay_error", &e), &[]),
-                }
-            }
+        let rest = path.strip_prefix("/admin/failed").unwrap_or_default();
+        let segments: Vec<&str> = rest.split('/').skip(1).collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, [] | [""]) => self.list_failed(s).await,
+            (&Method::POST, ["", "replay"]) => respond(
+                400,
+                error_body("invalid_id", "the entry id is empty"),
+                &[],
+            ),
+            (&Method::POST, [id, "replay"]) => self.replay_failed(id).await,
             _ => respond(
                 404,
                 error_body(
                     "not_found",
-                    "admin routes: GET /admin/failed, POST /admin/failed/{id}/replay",
+                    "admin routes: GET /admin/failed[?limit=N&after=ID], POST /admin/failed/{id}/replay",
                 ),
                 &[],
             ),
+        }
+    }
+
+    /// `GET /admin/failed?limit=&after=`: one page of entries, oldest first (file I/O on a
+    /// blocking thread, not the admin runtime).
+    async fn list_failed(&self, s: &ServerSession) -> HttpResponse {
+        let mut limit = 100usize;
+        let mut after: Option<String> = None;
+        for pair in s.req_header().uri.query().unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("limit", v)) => match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    _ => {
+                        return respond(
+                            400,
+                            error_body("invalid_query", "limit must be a number from 1 to 1000"),
+                            &[],
+                        )
+                    }
+                },
+                Some(("after", v)) => after = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        let store = self.failed.clone();
+        let listing =
+            tokio::task::spawn_blocking(move || store.list_page(after.as_deref(), limit)).await;
+        match listing {
+            Ok(Ok(l)) => {
+                let next = if l.more {
+                    l.entries.last().map(|e| e.id.clone())
+                } else {
+                    None
+                };
+                respond(
+                    200,
+                    serde_json::to_vec(&serde_json::json!({
+                        "entries": l.entries,
+                        "skipped": l.skipped,
+                        "next": next,
+                    }))
+                    .expect("json"),
+                    &[],
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin: cannot list the failed-deliveries store");
+                respond(
+                    500,
+                    error_body("store_error", "the store cannot be read (see the log)"),
+                    &[],
+                )
+            }
+            Err(_) => respond(500, error_body("store_error", "listing was cancelled"), &[]),
+        }
+    }
+
+    /// `POST /admin/failed/{id}/replay`: a spool dead letter goes to its sink only, straight
+    /// through it; any other entry to its recorded target.
+    async fn replay_failed(&self, id: &str) -> HttpResponse {
+        use crate::deadletter::StoreError;
+        let (store, key) = (self.failed.clone(), id.to_string());
+        let entry = match tokio::task::spawn_blocking(move || store.get(&key)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(StoreError::NotFound(_))) => {
+                return respond(
+                    404,
+                    error_body("not_found", "no failed delivery with that id"),
+                    &[],
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin: cannot read a failed delivery");
+                return respond(
+                    500,
+                    error_body("store_error", "the entry cannot be read (see the log)"),
+                    &[],
+                );
+            }
+            Err(_) => return respond(500, error_body("store_error", "cancelled"), &[]),
+        };
+        if let Some((_, sink)) = entry.sink_route() {
+            let Some(built) = self.sinks.get(sink) else {
+                return respond(
+                    409,
+                    error_body(
+                        "unknown_sink",
+                        "the entry's sink is not in the running config; entry kept",
+                    ),
+                    &[],
+                );
+            };
+            return match crate::spool::drain::replay_to_sink(&self.failed, id, sink, &**built, &self.metrics).await {
+                Ok(r) if r.delivered => respond(
+                    200,
+                    serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "sink": sink, "upstream_status": r.status})).expect("json"),
+                    &[],
+                ),
+                Ok(r) => respond(
+                    502,
+                    error_body("upstream_error", &format!("sink {sink} did not take it (status {}); entry kept", r.status)),
+                    &[],
+                ),
+                Err(crate::spool::drain::ReplayError::Store(StoreError::NotFound(_))) => {
+                    respond(404, error_body("not_found", "no failed delivery with that id"), &[])
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "admin: replay failed");
+                    respond(500, error_body("replay_error", "the entry cannot be replayed (see the log)"), &[])
+                }
+            };
+        }
+        match crate::sender::run::replay_entry(&self.failed, id, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
+            Ok(a) if a.ok() => respond(200, serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "upstream_status": a.status})).expect("json"), &[]),
+            Ok(a) => respond(502, error_body("upstream_error", &format!("replay failed: {}; entry kept", a.status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".into()))), &[]),
+            Err(e) => {
+                tracing::error!(error = %e, "admin: replay failed");
+                respond(500, error_body("replay_error", "the entry cannot be replayed (see the log)"), &[])
+            }
         }
     }
 }
@@ -865,20 +977,26 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
         .map(|s| s.common.retry_budget + s.common.timeout * 2)
         .max()
         .unwrap_or_default();
-    let journal = config.spool.as_ref().map(|s| s.dir.join("dedupe"));
+    use crate::dedupe::journal::Durability;
+    let durability = match config.spool.as_ref().map(|s| s.fsync) {
+        Some(crate::config::FsyncPolicy::Always) => Durability::Always,
+        Some(crate::config::FsyncPolicy::Never) => Durability::Never,
+        Some(crate::config::FsyncPolicy::Batch) | None => Durability::Batch,
+    };
     let dedupe = Arc::new(
         Dedupe::new(
             &config.dedupe,
             max_budget + Duration::from_secs(60),
-            journal.as_deref(),
+            durability,
         )
         .map_err(|e| ServeError::Dedupe(e.to_string()))?,
     );
-    if let Dedupe::Memory(m) = &*dedupe {
-        if journal.is_some() && !m.is_empty() {
+    if let (Dedupe::Memory(m), Some(dir)) = (&*dedupe, &config.dedupe.journal) {
+        if !m.is_empty() {
             tracing::info!(
                 ids = m.len(),
-                "dedupe: delivered ids loaded from the spool dir"
+                dir = %dir.display(),
+                "dedupe: delivered ids loaded"
             );
         }
     }
@@ -915,7 +1033,6 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             metrics: metrics.clone(),
             dead: spool.dead.clone(),
             max_age: cfg.max_age,
-            dedupe: dedupe.clone(),
         });
         for src in config
             .sources
@@ -923,27 +1040,12 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             .filter(|s| s.ack == crate::config::Ack::Spool)
         {
             let log = spool.source(&src.name).expect("opened above");
-            let scheme = if config.server.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let replay = drain::ReplayInfo {
-                target: format!(
-                    "{scheme}://{}{}",
-                    probe_addr(config.server.listen[0]),
-                    src.path
-                ),
-                version: src.versions[0].clone(),
-                secret_ref: src.secrets[0].reference.describe(),
-            };
             for sink in &src.sinks {
                 let (common, s) = built[sink].clone();
                 drainers.push(Drainer {
                     source: log.clone(),
                     common,
                     sink: s,
-                    replay: replay.clone(),
                     ctx: ctx.clone(),
                 });
             }
@@ -994,8 +1096,9 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             dedupe,
             ready: ready.clone(),
             token: config.admin.token.clone(),
-            failed: crate::sender::failed::FailedStore::new(&config.admin.failed_dir),
+            failed: crate::deadletter::FailedStore::new(&config.admin.failed_dir),
             spool,
+            sinks: built.into_iter().map(|(k, (_, s))| (k, s)).collect(),
         },
         pipeline: PipelineService {
             drainers: Mutex::new(drainers),

@@ -1,20 +1,43 @@
 //! Persistence of the memory backend's delivered ids, so that a restart does not forget them.
 //!
-//! Lives in `<spool.dir>/dedupe/`: `seed` (the key hash seed, so keys computed after a restart
-//! match the stored ones) and journal files `delivered-<unix secs>.log` of fixed 20-byte
-//! records `[key 16][expires u32]` (little endian; `expires = 0` forgets a key). `commit` and
-//! `forget` add to a buffer; a writer thread writes it out every 20 ms (a killed process loses
-//! at most those 20 ms; the page cache reaches the disk on its own, no fsync). A new
-//! file is started every quarter of the TTL; a file last written more than a TTL ago holds
-//! only expired marks and is deleted, so the journal stays near one TTL of commits. At
-//! start-up every file is read and the live marks are loaded; a torn last record is ignored.
+//! Lives in `dedupe.dir` (default `<spool.dir>/dedupe` with a spool, else `data/dedupe`):
+//! `lock` (held while a process uses the dir), `seed` (the key hash seed, so keys computed
+//! after a restart match the stored ones) and journal files `delivered-<unix secs>.log` of
+//! fixed 20-byte records `[key 16][expires u32]` (little endian; `expires = 0` forgets a key).
+//!
+//! A mark is written (one `write` of 20 bytes) before [`Journal::record`] returns, so an id
+//! acknowledged as delivered survives `kill -9`. When it reaches the disk follows the
+//! [`Durability`] policy: `Always` fsyncs before returning, `Batch` has a thread fsync what
+//! was written every 20 ms (a power loss forgets at most that much), `Never` leaves it to
+//! the page cache. A new file is started every quarter of the TTL; a file last written more
+//! than a TTL ago holds only expired marks and is deleted, so the journal stays near one TTL
+//! of commits. At start-up every file is read and the live marks are loaded; a torn last
+//! record is ignored.
+//!
+//! Owns: the files of the dedupe dir. Knows nothing of the table, sources or HTTP.
 
+use crate::fsutil;
 use parking_lot::Mutex;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// When journal writes reach the disk (the spool's `fsync` policy, `batch` without a spool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before `record` returns.
+    Always,
+    /// fsync what was written every [`SYNC_EVERY`].
+    Batch,
+    /// No fsync.
+    Never,
+}
+
+/// How often the `Batch` policy fsyncs what was written.
+pub const SYNC_EVERY: Duration = Duration::from_millis(20);
 
 const RECORD: usize = 20;
 
@@ -27,6 +50,16 @@ pub type Record = ([u64; 2], u32);
 pub struct JournalError {
     path: String,
     source: std::io::Error,
+}
+
+fn locked(path: &Path) -> JournalError {
+    JournalError {
+        path: path.display().to_string(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another vfgate process is using this dedupe dir (give each process its own dedupe.dir, or use backend = \"redis\" to share ids)",
+        ),
+    }
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -43,15 +76,14 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// The sending side of an open journal: marks collect in a buffer that the writer thread
-/// takes and writes out every few milliseconds (no wake-up per mark).
+/// An open journal: marks are written as they are recorded.
 pub struct Journal {
-    pending: Arc<Mutex<Vec<Record>>>,
+    inner: Mutex<Writer>,
+    durability: Durability,
+    dirty: Arc<AtomicBool>,
+    _lock: File,
     _stop: mpsc::Sender<()>,
 }
-
-/// How often the writer thread writes out collected marks.
-const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// What [`open`] found on disk.
 pub struct Loaded {
@@ -79,10 +111,26 @@ fn journal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(files)
 }
 
-/// Opens the journal in `dir`: loads the seed (or makes one) and the live marks, and starts
-/// the writer thread.
-pub fn open(dir: &Path, ttl: Duration) -> Result<(Journal, Loaded), JournalError> {
-    std::fs::create_dir_all(dir).map_err(err(dir))?;
+/// Opens the journal in `dir`: takes its lock, loads the seed (or makes one) and the live
+/// marks, and (for `Batch`) starts the fsync thread.
+pub fn open(
+    dir: &Path,
+    ttl: Duration,
+    durability: Durability,
+) -> Result<(Journal, Loaded), JournalError> {
+    fsutil::create_dir_all(dir).map_err(err(dir))?;
+    let lock_path = dir.join("lock");
+    let lock = fsutil::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(err(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(locked(dir)),
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(&lock_path)(e)),
+    }
     let seed_path = dir.join("seed");
     let seed = match std::fs::read_to_string(&seed_path) {
         Ok(s) => u64::from_str_radix(s.trim(), 16).map_err(|_| JournalError {
@@ -93,12 +141,8 @@ pub fn open(dir: &Path, ttl: Duration) -> Result<(Journal, Loaded), JournalError
             let mut b = [0u8; 8];
             getrandom::fill(&mut b).expect("OS random source");
             let seed = u64::from_le_bytes(b);
-            let tmp = seed_path.with_extension("tmp");
-            let mut f = File::create(&tmp).map_err(err(&tmp))?;
-            f.write_all(format!("{seed:016x}").as_bytes())
-                .map_err(err(&tmp))?;
-            f.sync_all().map_err(err(&tmp))?;
-            std::fs::rename(&tmp, &seed_path).map_err(err(&seed_path))?;
+            fsutil::write_atomic(&seed_path, format!("{seed:016x}").as_bytes(), true)
+                .map_err(err(&seed_path))?;
             seed
         }
         Err(e) => return Err(err(&seed_path)(e)),
@@ -119,23 +163,46 @@ pub fn open(dir: &Path, ttl: Duration) -> Result<(Journal, Loaded), JournalError
         .into_iter()
         .filter(|(_, exp)| u64::from(*exp) > now)
         .collect();
-    let (stop, rx) = mpsc::channel();
-    let dir = dir.to_path_buf();
     let ttl_secs = ttl.as_secs().max(1);
-    let mut writer = Writer::new(&dir, ttl_secs)?;
-    let pending: Arc<Mutex<Vec<Record>>> = Arc::default();
-    let taken = pending.clone();
-    std::thread::Builder::new()
-        .name("vfgate-dedupe-journal".into())
-        .spawn(move || writer.run(taken, rx))
-        .expect("spawn thread");
-    Ok((
-        Journal {
-            pending,
-            _stop: stop,
-        },
-        Loaded { seed, marks },
-    ))
+    let writer = Writer::new(dir, ttl_secs)?;
+    let dirty = Arc::new(AtomicBool::new(false));
+    let (stop, rx) = mpsc::channel::<()>();
+    let journal = Journal {
+        inner: Mutex::new(writer),
+        durability,
+        dirty: dirty.clone(),
+        _lock: lock,
+        _stop: stop,
+    };
+    if durability == Durability::Batch {
+        let file = journal.inner.lock().out.clone();
+        let shared = Arc::new(Mutex::new(file));
+        journal.inner.lock().synced_by = Some(shared.clone());
+        std::thread::Builder::new()
+            .name("vfgate-dedupe-sync".into())
+            .spawn(move || sync_loop(&shared, &dirty, &rx))
+            .expect("spawn thread");
+    }
+    Ok((journal, Loaded { seed, marks }))
+}
+
+/// `Batch`: fsyncs the current file whenever something was written since the last round.
+fn sync_loop(file: &Mutex<Arc<File>>, dirty: &AtomicBool, stop: &mpsc::Receiver<()>) {
+    loop {
+        let last = matches!(
+            stop.recv_timeout(SYNC_EVERY),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+        if dirty.swap(false, Ordering::AcqRel) {
+            let f = file.lock().clone();
+            if let Err(e) = f.sync_data() {
+                tracing::error!(error = %e, "cannot fsync the dedupe journal; a power loss may forget recent ids");
+            }
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 fn encode(k: [u64; 2], expires: u32) -> [u8; RECORD] {
@@ -155,9 +222,25 @@ fn decode(r: &[u8]) -> Record {
 }
 
 impl Journal {
-    /// Records a mark (`expires = 0` forgets the key). Never waits for I/O.
+    /// Writes a mark (`expires = 0` forgets the key) before returning, and makes it durable
+    /// per the policy. A failed write is logged (at most every 10 s): the id is still
+    /// remembered in memory, only a restart would forget it.
     pub fn record(&self, key: [u64; 2], expires: u32) {
-        self.pending.lock().push((key, expires));
+        let mut w = self.inner.lock();
+        w.rotate_if_due();
+        let mut result = (&*w.out).write_all(&encode(key, expires));
+        match self.durability {
+            Durability::Always => result = result.and_then(|()| w.out.sync_data()),
+            Durability::Batch => self.dirty.store(true, Ordering::Release),
+            Durability::Never => {}
+        }
+        if let Err(e) = result {
+            let now = now_secs();
+            if now >= w.last_error + 10 {
+                w.last_error = now;
+                tracing::error!(dir = %w.dir.display(), error = %e, "cannot write the dedupe journal; a restart may forget recent ids");
+            }
+        }
     }
 }
 
@@ -165,19 +248,19 @@ struct Writer {
     dir: PathBuf,
     ttl: u64,
     started: u64,
-    out: BufWriter<File>,
+    out: Arc<File>,
+    /// The `Batch` fsync thread's handle on the current file, moved on rotation.
+    synced_by: Option<Arc<Mutex<Arc<File>>>>,
+    last_error: u64,
 }
 
 impl Writer {
     fn new(dir: &Path, ttl: u64) -> Result<Writer, JournalError> {
         let started = now_secs();
         let path = dir.join(format!("delivered-{started}.log"));
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(err(&path))?;
-        // A torn record (from a kill within the same second) would misalign what follows.
+        let f = fsutil::append(&path).map_err(err(&path))?;
+        // A torn record (from a power loss within the same second) would misalign what
+        // follows.
         let len = f.metadata().map_err(err(&path))?.len();
         if len % RECORD as u64 != 0 {
             f.set_len(len - len % RECORD as u64).map_err(err(&path))?;
@@ -186,7 +269,9 @@ impl Writer {
             dir: dir.to_path_buf(),
             ttl,
             started,
-            out: BufWriter::with_capacity(64 * 1024, f),
+            out: Arc::new(f),
+            synced_by: None,
+            last_error: 0,
         };
         w.prune();
         Ok(w)
@@ -215,35 +300,14 @@ impl Writer {
         if now.saturating_sub(self.started) < (self.ttl / 4).max(1) {
             return;
         }
-        if let Ok(w) = Writer::new(&self.dir, self.ttl) {
-            let _ = self.out.flush();
+        if let Ok(mut w) = Writer::new(&self.dir, self.ttl) {
+            // What the old file holds must be durable before marks go to the new one.
+            let _ = self.out.sync_data();
+            w.synced_by = self.synced_by.take();
+            if let Some(s) = &w.synced_by {
+                *s.lock() = w.out.clone();
+            }
             *self = w;
-        }
-    }
-
-    /// Writes out what collected every [`FLUSH_EVERY`], until the journal is dropped.
-    fn run(&mut self, pending: Arc<Mutex<Vec<Record>>>, stop: mpsc::Receiver<()>) {
-        let mut batch = Vec::new();
-        loop {
-            let last = matches!(
-                stop.recv_timeout(FLUSH_EVERY),
-                Err(mpsc::RecvTimeoutError::Disconnected)
-            );
-            std::mem::swap(&mut batch, &mut *pending.lock());
-            if !batch.is_empty() {
-                let mut ok = true;
-                for (k, exp) in batch.drain(..) {
-                    ok &= self.out.write_all(&encode(k, exp)).is_ok();
-                }
-                ok &= self.out.flush().is_ok();
-                if !ok {
-                    tracing::error!(dir = %self.dir.display(), "cannot write the dedupe journal; a restart may forget recent ids");
-                }
-                self.rotate_if_due();
-            }
-            if last {
-                return;
-            }
         }
     }
 }
@@ -251,11 +315,12 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn marks_survive_a_reopen_and_forgotten_or_expired_ones_do_not() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, loaded) = open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (j, loaded) = open(dir.path(), Duration::from_secs(3600), Durability::Batch).unwrap();
         assert!(loaded.marks.is_empty());
         let far = (now_secs() + 3600) as u32;
         j.record([1, 2], far);
@@ -263,13 +328,32 @@ mod tests {
         j.record([3, 4], 0);
         j.record([5, 6], 1);
         drop(j);
-        std::thread::sleep(Duration::from_millis(200));
         // A torn record at the end is ignored.
         let (_, path) = journal_files(dir.path()).unwrap().pop().unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&[9u8; 7]).unwrap();
-        let (_j, loaded2) = open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (_j, loaded2) = open(dir.path(), Duration::from_secs(3600), Durability::Never).unwrap();
         assert_eq!(loaded2.seed, loaded.seed, "seed persisted");
         assert_eq!(loaded2.marks, vec![([1, 2], far)]);
+    }
+
+    #[test]
+    fn a_mark_is_on_disk_when_record_returns_and_the_dir_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = open(dir.path(), Duration::from_secs(3600), Durability::Batch).unwrap();
+        j.record([7, 8], (now_secs() + 60) as u32);
+        // No flush, no drop: what a kill -9 right now would leave.
+        let (_, path) = journal_files(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD as u64);
+        let second = open(dir.path(), Duration::from_secs(3600), Durability::Batch);
+        assert!(
+            second
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.to_string().contains("another vfgate process")),
+            "a second process is refused"
+        );
+        drop(j);
+        assert!(open(dir.path(), Duration::from_secs(3600), Durability::Batch).is_ok());
     }
 }

@@ -95,8 +95,9 @@ impl MemoryDedupe {
         in_flight_ttl: Duration,
         max_entries: u64,
         dir: &std::path::Path,
+        durability: super::journal::Durability,
     ) -> Result<MemoryDedupe, super::journal::JournalError> {
-        let (journal, loaded) = super::journal::open(dir, ttl)?;
+        let (journal, loaded) = super::journal::open(dir, ttl, durability)?;
         let mut m = MemoryDedupe::new(ttl, in_flight_ttl, max_entries);
         m.seed = loaded.seed;
         for (k, expires) in loaded.marks {
@@ -161,14 +162,6 @@ impl MemoryDedupe {
         drop(t);
         if let Some(j) = &self.journal {
             j.record(key.0, e.expires);
-        }
-    }
-
-    /// Forgets `key` whatever its state (a dead-lettered event may be replayed).
-    pub fn forget(&self, key: DedupeKey) {
-        self.shard(&key).lock().remove(&key.0);
-        if let Some(j) = &self.journal {
-            j.record(key.0, 0);
         }
     }
 
@@ -313,7 +306,7 @@ mod tests {
         while n <= cap {
             let k = d.key("s", &format!("same-{i}"));
             i += 1;
-            if (k.0[1] as usize) % SHARDS != 0 {
+            if !(k.0[1] as usize).is_multiple_of(SHARDS) {
                 continue;
             }
             d.begin(k, 5);

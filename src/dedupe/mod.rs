@@ -46,19 +46,24 @@ pub enum Dedupe {
 impl Dedupe {
     /// Builds the configured backend. `in_flight_ttl` bounds how long an in-flight mark lives
     /// if nobody commits or releases it.
-    /// `journal`: where the memory backend persists delivered ids (the spool dir's `dedupe/`).
+    /// The memory backend persists delivered ids in `cfg.journal` (when set), durable per
+    /// `durability`.
     pub fn new(
         cfg: &DedupeConfig,
         in_flight_ttl: Duration,
-        journal: Option<&std::path::Path>,
+        durability: journal::Durability,
     ) -> Result<Dedupe, DedupeError> {
         Ok(match &cfg.backend {
-            DedupeBackend::Memory => Dedupe::Memory(match journal {
+            DedupeBackend::Memory => Dedupe::Memory(match &cfg.journal {
                 None => memory::MemoryDedupe::new(cfg.ttl, in_flight_ttl, cfg.max_entries),
-                Some(dir) => {
-                    memory::MemoryDedupe::with_journal(cfg.ttl, in_flight_ttl, cfg.max_entries, dir)
-                        .map_err(|e| DedupeError(e.to_string()))?
-                }
+                Some(dir) => memory::MemoryDedupe::with_journal(
+                    cfg.ttl,
+                    in_flight_ttl,
+                    cfg.max_entries,
+                    dir,
+                    durability,
+                )
+                .map_err(|e| DedupeError(e.to_string()))?,
             }),
             DedupeBackend::Redis(r) => Dedupe::Redis(Box::new(redis::RedisDedupe::new(
                 r,
@@ -103,18 +108,6 @@ impl Dedupe {
                 Ok(())
             }
             Dedupe::Redis(r) => r.release(key).await,
-        }
-    }
-
-    /// Forgets `key` whatever its state, so that a replay of a dead-lettered event goes
-    /// through.
-    pub async fn forget(&self, key: DedupeKey) -> Result<(), DedupeError> {
-        match self {
-            Dedupe::Memory(m) => {
-                m.forget(key);
-                Ok(())
-            }
-            Dedupe::Redis(r) => r.forget(key).await,
         }
     }
 

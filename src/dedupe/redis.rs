@@ -181,18 +181,6 @@ impl RedisDedupe {
         r.map(drop).map_err(|e| self.failed(e))
     }
 
-    /// Forgets `key` whatever its state.
-    pub async fn forget(&self, key: DedupeKey) -> Result<(), DedupeError> {
-        let r: Result<(), DedupeError> = async {
-            let mut c = self.conn().await?;
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(self.redis_key(key));
-            self.call(cmd.query_async::<()>(&mut c)).await
-        }
-        .await;
-        r.map_err(|e| self.failed(e))
-    }
-
     /// Failed calls so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)

@@ -37,7 +37,7 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
     let mut round = 0u32;
     loop {
         let events: Vec<Arc<Event>> = pending.iter().map(|j| j.event.clone()).collect();
-        let verdicts = attempt(sink, name, metrics, &events).await;
+        let (verdicts, _) = attempt(sink, name, metrics, &events).await;
         let mut retry = Vec::new();
         let mut wait_hint: Option<Duration> = None;
         let mut last: Option<(RetryKind, String)> = None;
@@ -100,14 +100,15 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
 
 /// Sends `events` once (bisecting batches refused whole) and accounts for every verdict:
 /// delivered events counted, permanent refusals counted and logged, credential errors logged
-/// at most once a minute. Returns one verdict per event, in order.
+/// at most once a minute. Returns one verdict per event, in order, and the status label of
+/// the last upstream request (`"500"`, `"timeout"`...), for dead letters.
 pub async fn attempt(
     sink: &dyn Sink,
     name: &str,
     metrics: &Metrics,
     events: &[Arc<Event>],
-) -> Vec<Verdict> {
-    let verdicts = send_split(sink, name, metrics, events).await;
+) -> (Vec<Verdict>, String) {
+    let (verdicts, status) = send_split(sink, name, metrics, events).await;
     let mut delivered = 0u64;
     for (ev, v) in events.iter().zip(&verdicts) {
         match v {
@@ -134,7 +135,7 @@ pub async fn attempt(
             .with_label_values(&[name])
             .inc_by(delivered);
     }
-    verdicts
+    (verdicts, status)
 }
 
 /// Sends `events` once, halving on `Split` until single events are refused alone.
@@ -143,7 +144,7 @@ fn send_split<'a>(
     name: &'a str,
     metrics: &'a Metrics,
     events: &'a [Arc<Event>],
-) -> Pin<Box<dyn Future<Output = Vec<Verdict>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = (Vec<Verdict>, String)> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
         let attempt = sink.send(events).await;
@@ -159,9 +160,10 @@ fn send_split<'a>(
             .sink_batch_events
             .with_label_values(&[name])
             .observe(events.len() as f64);
+        let status = attempt.status;
         match attempt.result {
-            SendResult::All(v) => vec![v; events.len()],
-            SendResult::PerEvent(vs) if vs.len() == events.len() => vs,
+            SendResult::All(v) => (vec![v; events.len()], status),
+            SendResult::PerEvent(vs) if vs.len() == events.len() => (vs, status),
             SendResult::PerEvent(vs) => {
                 let detail = format!(
                     "sink answered {} outcomes for {} events",
@@ -169,16 +171,20 @@ fn send_split<'a>(
                     events.len()
                 );
                 tracing::error!(sink = name, %detail, "sink bug");
-                vec![Verdict::retry(RetryKind::Unavailable, detail, None); events.len()]
+                (
+                    vec![Verdict::retry(RetryKind::Unavailable, detail, None); events.len()],
+                    status,
+                )
             }
             SendResult::Split { reason, detail } if events.len() == 1 => {
-                vec![Verdict::Permanent { reason, detail }]
+                (vec![Verdict::Permanent { reason, detail }], status)
             }
             SendResult::Split { .. } => {
                 let (a, b) = events.split_at(events.len() / 2);
-                let mut out = send_split(sink, name, metrics, a).await;
-                out.extend(send_split(sink, name, metrics, b).await);
-                out
+                let (mut out, _) = send_split(sink, name, metrics, a).await;
+                let (rest, status) = send_split(sink, name, metrics, b).await;
+                out.extend(rest);
+                (out, status)
             }
         }
     })

@@ -7,14 +7,13 @@
 //! store. Ordering: events of one `context.org_id` get their first attempt in arrival order; a
 //! retried event does not hold back later ones (as the reference sender documents).
 
-pub mod failed;
 pub mod run;
 
 use crate::client::{HttpClient, Request, Target};
 use crate::config::RawClientTls;
+use crate::deadletter::{self as failed, AttemptLog, FailedEntry, FailedStore};
 use crate::secret::{Secret, SecretRef};
 use bytes::Bytes;
-use failed::{AttemptLog, FailedEntry, FailedStore};
 use std::time::{Duration, Instant};
 
 /// The reference sender's retry schedule.
@@ -270,6 +269,7 @@ impl WebhookSender {
             event_id,
             event_type,
             sink: sink.map(str::to_string),
+            source: None,
             reason: format!("no 2xx after {} attempts", logs.len()),
             created_at: failed::now_rfc3339(),
             attempts: logs.to_vec(),

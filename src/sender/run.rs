@@ -1,12 +1,12 @@
 //! `vfgate send` and `vfgate failed ...`: file, test and load-generation modes, with per-org
 //! ordering, progress output and a summary.
 
-use super::failed::FailedStore;
 use super::{
     org_of, parse_header, parse_secret_ref, Answer, Outcome, SenderSettings, WebhookSender,
 };
 use crate::cli::{FailedCmd, SendArgs};
 use crate::config::RawClientTls;
+use crate::deadletter::{printable, FailedStore};
 use crate::secret::SecretRef;
 use bytes::Bytes;
 use std::io::{BufRead, IsTerminal, Write};
@@ -242,7 +242,7 @@ pub async fn send_ordered(
 pub fn generated_event(event_type: &str, org: usize, size: usize) -> Bytes {
     let mut r = [0u8; 14];
     getrandom::fill(&mut r).expect("OS random source");
-    let ts = super::failed::now_rfc3339();
+    let ts = crate::deadletter::now_rfc3339();
     let head = format!(
         r#"{{"event_id":"evt_{}","event_type":"{event_type}","timestamp":"{ts}","actor":{{"user_id":"usr_{}","email":"user{}@example.com"}},"target":{{"type":"session","id":"sess_{}"}},"context":{{"ip_address":"203.0.113.{}","org_id":"org_{org:06}","user_agent":"vfgate-send"#,
         hex::encode(&r[..8]),
@@ -522,11 +522,62 @@ pub async fn replay_entry(
     Ok(ans)
 }
 
+fn report_skipped(skipped: &[crate::deadletter::Skipped]) {
+    for s in skipped {
+        eprintln!("skipped {}: {}", s.file, s.reason);
+    }
+}
+
+/// Sinks built from the gateway's config for replays, by name.
+#[derive(Default)]
+struct SinkCache(std::collections::HashMap<String, std::sync::Arc<dyn crate::sinks::Sink>>);
+
+/// Replays a dead letter of a spooled sink to that sink (built from `config`). The line
+/// to print, as `Err` when it was not delivered.
+async fn replay_sink_entry(
+    store: &FailedStore,
+    id: &str,
+    sink: &str,
+    config: Option<&crate::config::Config>,
+    cache: &mut SinkCache,
+) -> Result<String, String> {
+    let Some(config) = config else {
+        return Err(format!(
+            "{id}: a dead letter of sink {sink:?}: give --config FILE (the gateway's config) to deliver it to that sink"
+        ));
+    };
+    let built = match cache.0.get(sink) {
+        Some(s) => s.clone(),
+        None => {
+            let spec = config
+                .sinks
+                .iter()
+                .find(|s| s.common.name == sink)
+                .ok_or_else(|| format!("{id}: sink {sink:?} is not in the config; entry kept"))?;
+            let s = crate::sinks::build(spec).map_err(|e| format!("{id}: {e}"))?;
+            cache.0.insert(sink.to_string(), s.clone());
+            s
+        }
+    };
+    let metrics = crate::metrics::Metrics::new();
+    match crate::spool::drain::replay_to_sink(store, id, sink, &*built, &metrics).await {
+        Ok(r) if r.delivered => Ok(format!("{id}: delivered to sink {sink} ({})", r.status)),
+        Ok(r) => Err(format!(
+            "{id}: sink {sink} did not take it ({}: {}), kept",
+            r.status,
+            r.detail.unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{id}: {e}")),
+    }
+}
+
 /// `vfgate failed ...`.
 pub async fn failed(cmd: FailedCmd) -> u8 {
     match cmd {
         FailedCmd::List { dir } => match FailedStore::new(&dir).list() {
-            Ok(entries) => {
+            Ok(listing) => {
+                report_skipped(&listing.skipped);
+                let entries = listing.entries;
                 let mut out = std::io::stdout();
                 let _ = writeln!(
                     out,
@@ -555,8 +606,8 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                         "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {:<28} {}",
                         e.id,
                         target,
-                        e.event_id,
-                        e.event_type,
+                        printable(&e.event_id),
+                        printable(&e.event_type),
                         e.attempts.len(),
                         status,
                         reason,
@@ -588,6 +639,7 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
             headers,
             timeout,
             ca_file,
+            config,
         } => {
             let store = FailedStore::new(&dir);
             let headers = match headers
@@ -601,10 +653,21 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                     return EXIT_USAGE;
                 }
             };
+            let config = match config.as_deref().map(crate::config::Config::load) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
             let ids: Vec<String> = match (id, all) {
                 (Some(id), false) => vec![id],
                 (None, true) => match store.list() {
-                    Ok(v) => v.into_iter().map(|e| e.id).collect(),
+                    Ok(v) => {
+                        report_skipped(&v.skipped);
+                        v.entries.into_iter().map(|e| e.id).collect()
+                    }
                     Err(e) => {
                         eprintln!("error: {e}");
                         return EXIT_FAILED;
@@ -615,34 +678,53 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                     return EXIT_USAGE;
                 }
             };
+            let mut sinks = SinkCache::default();
             let mut failures = 0;
             for id in ids {
-                match replay_entry(
-                    &store,
-                    &id,
-                    secret_env.as_deref(),
-                    &headers,
-                    timeout,
-                    &parse_tls(&ca_file),
-                )
-                .await
-                {
-                    Ok(a) if a.ok() => println!("{id}: delivered ({})", a.status.unwrap_or(0)),
-                    Ok(a) => {
-                        failures += 1;
-                        println!(
-                            "{id}: failed ({}), kept",
-                            a.status
-                                .map(|s| s.to_string())
-                                .or(a.error)
-                                .unwrap_or_default()
-                        );
+                let route = store
+                    .get(&id)
+                    .ok()
+                    .and_then(|e| e.sink_route().map(|(_, s)| s.to_string()));
+                let line = match route {
+                    Some(sink) => {
+                        match replay_sink_entry(&store, &id, &sink, config.as_ref(), &mut sinks)
+                            .await
+                        {
+                            Ok(line) => line,
+                            Err(line) => {
+                                failures += 1;
+                                line
+                            }
+                        }
                     }
-                    Err(e) => {
-                        failures += 1;
-                        println!("{id}: {e}");
-                    }
-                }
+                    None => match replay_entry(
+                        &store,
+                        &id,
+                        secret_env.as_deref(),
+                        &headers,
+                        timeout,
+                        &parse_tls(&ca_file),
+                    )
+                    .await
+                    {
+                        Ok(a) if a.ok() => format!("{id}: delivered ({})", a.status.unwrap_or(0)),
+                        Ok(a) => {
+                            failures += 1;
+                            format!(
+                                "{id}: failed ({}), kept",
+                                a.status
+                                    .map(|s| s.to_string())
+                                    .or(a.error)
+                                    .unwrap_or_default()
+                            )
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            format!("{id}: {e}")
+                        }
+                    },
+                };
+                println!("{line}");
             }
             if failures == 0 {
                 EXIT_OK
@@ -656,7 +738,8 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0);
             match FailedStore::new(&dir).purge_before(now - older_than.as_millis() as i64) {
-                Ok(n) => {
+                Ok((n, skipped)) => {
+                    report_skipped(&skipped);
                     println!(
                         "purged {n} entries older than {}",
                         humantime::format_duration(older_than)

@@ -17,7 +17,7 @@ use crate::config::{ConfigError, SinkSpec};
 use crate::event::Event;
 use async_trait::async_trait;
 use serde::Deserialize;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,23 +69,20 @@ fn parse(spec: &SinkSpec) -> Result<FileConfig, ConfigError> {
 fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     let c = parse(spec)?;
     if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        crate::fsutil::create_dir_all(dir).map_err(|e| {
             ConfigError::invalid(
                 format!("{}.path", spec.key()),
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&c.path)
-        .map_err(|e| {
-            ConfigError::invalid(
-                format!("{}.path", spec.key()),
-                format!("cannot open {}: {e}", c.path.display()),
-            )
-        })?;
+    // 0600 when created: the file holds whole audit events.
+    let file = crate::fsutil::append(&c.path).map_err(|e| {
+        ConfigError::invalid(
+            format!("{}.path", spec.key()),
+            format!("cannot open {}: {e}", c.path.display()),
+        )
+    })?;
     // fsync of a character device (/dev/null) is meaningless and may fail.
     let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
     Ok(Arc::new(FileSink {

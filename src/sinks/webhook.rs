@@ -87,7 +87,7 @@ fn parse(spec: &SinkSpec) -> Result<SenderSettings, ConfigError> {
             .retry_schedule
             .map(|v| v.into_iter().map(|d| d.0).collect())
             .unwrap_or_else(|| crate::sender::DEFAULT_SCHEDULE.to_vec()),
-        failed: c.failed_dir.map(crate::sender::failed::FailedStore::new),
+        failed: c.failed_dir.map(crate::deadletter::FailedStore::new),
         tls: c.tls,
     })
 }

@@ -6,11 +6,10 @@
 
 use super::{decode_record, DrainState, SourceLog};
 use crate::config::SinkCommon;
-use crate::dedupe::Dedupe;
+use crate::deadletter::{new_id, now_rfc3339, AttemptLog, FailedEntry, FailedStore, StoreError};
 use crate::event::{now_ms, Event};
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
-use crate::sender::failed::{new_id, now_rfc3339, AttemptLog, FailedEntry, FailedStore};
 use crate::sinks::{Sink, Verdict};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -31,19 +30,6 @@ pub fn backoff(n: u32) -> Duration {
     deliver::jittered(BACKOFF_BASE, BACKOFF_CAP, n)
 }
 
-/// How a dead letter of a source can be replayed: the source's own webhook URL, version
-/// and secret reference (`vfgate failed replay --dir <spool.dir>/dead-letter` sends it back
-/// through the gateway).
-#[derive(Debug, Clone)]
-pub struct ReplayInfo {
-    /// `http(s)://<listen><path>`.
-    pub target: String,
-    /// First accepted version.
-    pub version: String,
-    /// `env NAME` / `file PATH` of the source's first secret.
-    pub secret_ref: String,
-}
-
 /// Shared by every drainer.
 pub struct Context {
     /// Metrics.
@@ -52,8 +38,6 @@ pub struct Context {
     pub dead: FailedStore,
     /// `spool.max_age`.
     pub max_age: Duration,
-    /// Forgets dead-lettered ids, so a replay is not taken for a duplicate.
-    pub dedupe: Arc<Dedupe>,
 }
 
 /// One drainer, ready to run.
@@ -64,8 +48,6 @@ pub struct Drainer {
     pub common: SinkCommon,
     /// The sink.
     pub sink: Arc<dyn Sink>,
-    /// Replay details for dead letters.
-    pub replay: ReplayInfo,
     /// Shared context.
     pub ctx: Arc<Context>,
 }
@@ -89,24 +71,11 @@ impl Drainer {
     /// Runs until the process exits.
     pub async fn run(self) {
         let state = self.state();
-        let dir_cursor = {
-            let dir = self.source.shared.dir().to_path_buf();
-            let name = self.common.name.clone();
-            let start = state.next.load(Ordering::Acquire);
-            match tokio::task::spawn_blocking(move || {
-                super::log::Cursor::open_or(&dir, &name, start)
-            })
-            .await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::error!(sink = %self.common.name, source = %self.source.name, error = %e, "spool: cannot open the cursor; this sink is not drained");
-                    return;
-                }
-                Err(_) => return,
-            }
-        };
-        let mut cursor = dir_cursor;
+        let mut cursor = super::log::Cursor::handle(
+            self.source.shared.dir(),
+            &self.common.name,
+            state.next.load(Ordering::Acquire),
+        );
         let mut committed = self.source.committed.clone();
         loop {
             let next = state.next.load(Ordering::Acquire);
@@ -123,29 +92,29 @@ impl Drainer {
                 tokio::time::sleep(self.common.batch.linger.max(DRAIN_GATHER)).await;
             }
             let batch = match self.read(next) {
-                Ok(b) if !b.is_empty() => b,
-                Ok(_) => {
-                    // Below the oldest segment (cannot happen unless files were removed by
-                    // hand): skip to what exists.
-                    let first = self.source.shared.first_seq();
-                    if first > next {
-                        tracing::warn!(sink = %self.common.name, from = next, to = first, "spool: records before the oldest segment are gone; skipping");
-                        state.next.store(first, Ordering::Release);
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    continue;
-                }
+                Ok(b) => b,
                 Err(e) => {
                     tracing::error!(sink = %self.common.name, source = %self.source.name, error = %e, "spool read failed; retrying in 5s");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
             };
-            let last = batch.last().map(|(s, _)| *s).expect("non-empty");
-            let mut pending = Vec::with_capacity(batch.len());
+            let mut after = batch.next;
+            if batch.records.is_empty() && after <= next {
+                // Below the oldest segment (cannot happen unless files were removed by
+                // hand): skip to what exists.
+                let first = self.source.shared.first_seq();
+                if first > next {
+                    tracing::warn!(sink = %self.common.name, from = next, to = first, "spool: records before the oldest segment are gone; skipping");
+                    after = first;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+            let mut pending = Vec::with_capacity(batch.records.len());
             let mut broken = Vec::new();
-            for (seq, payload) in batch {
+            for (seq, payload) in batch.records {
                 match decode_record(payload.clone())
                     .ok_or_else(|| "record shorter than its header".to_string())
                     .and_then(|(t, body)| {
@@ -165,27 +134,28 @@ impl Drainer {
                 state.oldest_ms.store(p.received_ms, Ordering::Release);
             }
             for (payload, why) in broken {
-                self.dead_letter_raw(payload, "unreadable", &why).await;
+                self.dead_letter_raw(payload, &why).await;
             }
             if !pending.is_empty() {
                 self.deliver(pending).await;
             }
-            if let Err(e) = cursor.advance(last + 1) {
+            if let Err(e) = cursor.advance(after) {
                 // Delivered but not recorded: after a restart these are sent again (at
                 // least once); keep going.
                 tracing::error!(sink = %self.common.name, error = %e, "spool: cannot save the cursor");
             }
-            state.next.store(last + 1, Ordering::Release);
-            self.reclaim();
+            state.next.store(after, Ordering::Release);
+            self.source.reclaim();
         }
     }
 
     /// Reads the next batch from `from`, within the sink's `max_events` and `max_bytes`.
     /// Inline: the drainers have their own runtime, and a read just behind the writer comes
     /// from the page cache (a hand-off to a blocking thread per batch cost more than it).
-    fn read(&self, from: u64) -> Result<Vec<(u64, Bytes)>, super::log::LogError> {
+    fn read(&self, from: u64) -> Result<super::log::Batch, super::log::LogError> {
         let limits = self.common.batch;
-        let mut recs = self.source.shared.read(from, limits.max_events)?;
+        let mut batch = self.source.shared.read(from, limits.max_events)?;
+        let recs = &mut batch.records;
         let mut bytes = 0u64;
         let keep = recs
             .iter()
@@ -195,22 +165,11 @@ impl Drainer {
             })
             .unwrap_or(recs.len())
             .max(1);
-        recs.truncate(keep);
-        Ok(recs)
-    }
-
-    /// Deletes segments every sink of the source has passed.
-    fn reclaim(&self) {
-        let min = self
-            .source
-            .drains
-            .iter()
-            .map(|d| d.next.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(0);
-        if let Err(e) = self.source.shared.reclaim(min) {
-            tracing::warn!(source = %self.source.name, error = %e, "spool: cannot delete a drained segment");
+        if keep < recs.len() {
+            batch.next = recs[keep].0;
+            recs.truncate(keep);
         }
+        Ok(batch)
     }
 
     /// Delivers `pending` until each event is delivered or dead-lettered.
@@ -224,7 +183,7 @@ impl Drainer {
         loop {
             let at = now_rfc3339();
             let events: Vec<Arc<Event>> = pending.iter().map(|p| p.event.clone()).collect();
-            let verdicts = deliver::attempt(&*self.sink, name, metrics, &events).await;
+            let (verdicts, status) = deliver::attempt(&*self.sink, name, metrics, &events).await;
             let mut retry = Vec::new();
             let mut hint: Option<Duration> = None;
             let mut last_detail = String::new();
@@ -233,7 +192,7 @@ impl Drainer {
                     Verdict::Ok => {}
                     Verdict::Permanent { reason, detail } => {
                         let mut l = logs.clone();
-                        l.push(attempt_log(&at, &detail));
+                        l.push(attempt_log(&at, &status, &detail));
                         self.dead_letter(&p, reason, l).await;
                     }
                     Verdict::Retry {
@@ -251,7 +210,7 @@ impl Drainer {
                 return;
             }
             if logs.len() < MAX_ATTEMPT_LOGS {
-                logs.push(attempt_log(&at, &last_detail));
+                logs.push(attempt_log(&at, &status, &last_detail));
             }
             let wait = match schedule {
                 Some(s) => match s.get(round as usize) {
@@ -288,7 +247,8 @@ impl Drainer {
         }
     }
 
-    /// A dead letter of this sink, replayable through the source's own webhook.
+    /// A dead letter of this sink: `vfgate failed replay` (or the admin API) delivers it
+    /// to this sink again, straight through the sink.
     fn entry(
         &self,
         (event_id, event_type): (&str, &str),
@@ -298,13 +258,14 @@ impl Drainer {
     ) -> FailedEntry {
         FailedEntry {
             id: new_id(),
-            target: self.replay.target.clone(),
-            version: self.replay.version.clone(),
+            target: format!("sink {}", self.common.name),
+            version: String::new(),
             header_names: vec![],
-            secret_ref: self.replay.secret_ref.clone(),
+            secret_ref: String::new(),
             event_id: event_id.to_string(),
             event_type: event_type.to_string(),
             sink: Some(self.common.name.clone()),
+            source: Some(self.source.name.clone()),
             reason: reason.to_string(),
             created_at: now_rfc3339(),
             attempts,
@@ -319,26 +280,24 @@ impl Drainer {
             attempts,
             &p.event.body,
         );
-        tracing::warn!(sink = %self.common.name, event_id = %p.event.event_id, seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        tracing::warn!(sink = %self.common.name, event_id = ?p.event.event_id, seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
         self.store(entry, reason).await;
-        let key = self.ctx.dedupe.key(&self.source.name, &p.event.event_id);
-        if let Err(e) = self.ctx.dedupe.forget(key).await {
-            tracing::warn!(error = %e, "cannot forget a dead-lettered id; a replay may be taken for a duplicate until the TTL ends");
-        }
     }
 
-    async fn dead_letter_raw(&self, payload: Bytes, reason: &'static str, why: &str) {
+    /// A record whose checksum holds but that is not an event (cannot happen unless the
+    /// file was edited): kept as a `corrupt` dead letter.
+    async fn dead_letter_raw(&self, payload: Bytes, why: &str) {
         let body = decode_record(payload.clone())
             .map(|(_, b)| b)
             .unwrap_or(payload);
         let entry = self.entry(
             ("", ""),
-            reason,
-            vec![attempt_log(&now_rfc3339(), why)],
+            "corrupt",
+            vec![attempt_log(&now_rfc3339(), "not_sent", why)],
             &body,
         );
         tracing::error!(sink = %self.common.name, %why, id = %entry.id, "spool: unreadable record dead-lettered");
-        self.store(entry, reason).await;
+        self.store(entry, "corrupt").await;
     }
 
     /// Writes a dead letter, retrying until the store takes it: the cursor must not pass an
@@ -364,11 +323,120 @@ impl Drainer {
     }
 }
 
-fn attempt_log(at: &str, detail: &str) -> AttemptLog {
+/// Why a dead letter could not be replayed to its sink.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The store failed (or has no such entry: [`StoreError::NotFound`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored bytes are not an event any more (edited by hand).
+    #[error("entry {id}: the stored event cannot be parsed: {reason}")]
+    NotAnEvent {
+        /// Entry id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The entry is not a dead letter of this sink.
+    #[error("entry {id} is a dead letter of sink {entry_sink:?}, not of {sink:?}")]
+    OtherSink {
+        /// Entry id.
+        id: String,
+        /// Its sink.
+        entry_sink: String,
+        /// The sink asked for.
+        sink: String,
+    },
+}
+
+/// A replay's result: whether the sink took the event, and the last attempt's status
+/// label (`"200"`, `"503"`, `"timeout"`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The sink accepted it (the entry is removed).
+    pub delivered: bool,
+    /// Status label of the attempt.
+    pub status: String,
+    /// Detail of a failure.
+    pub detail: Option<String>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            path: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+/// Delivers the dead letter `id` of sink `name` to that sink again, straight through it
+/// (not back through the receive path, so no other sink gets it twice and no age window
+/// applies): one attempt. Delivered: the entry is removed; otherwise the attempt is added
+/// to it and it stays.
+pub async fn replay_to_sink(
+    store: &FailedStore,
+    id: &str,
+    name: &str,
+    sink: &dyn Sink,
+    metrics: &Metrics,
+) -> Result<Replayed, ReplayError> {
+    let (st, key) = (store.clone(), id.to_string());
+    let mut entry = blocking(move || st.get(&key)).await?;
+    if entry.sink.as_deref() != Some(name) {
+        return Err(ReplayError::OtherSink {
+            id: id.to_string(),
+            entry_sink: entry.sink.clone().unwrap_or_default(),
+            sink: name.to_string(),
+        });
+    }
+    let event = Event::parse(Bytes::from(entry.event.clone().into_bytes())).map_err(|e| {
+        ReplayError::NotAnEvent {
+            id: id.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    let at = now_rfc3339();
+    let (verdicts, status) = deliver::attempt(sink, name, metrics, &[Arc::new(event)]).await;
+    let (delivered, detail) = match verdicts.into_iter().next() {
+        Some(Verdict::Ok) => (true, None),
+        Some(Verdict::Permanent { detail, .. }) | Some(Verdict::Retry { detail, .. }) => {
+            (false, Some(detail))
+        }
+        None => (false, Some("no verdict".into())),
+    };
+    let st = store.clone();
+    if delivered {
+        let key = id.to_string();
+        blocking(move || st.remove(&key)).await?;
+    } else {
+        entry.attempts.push(attempt_log(
+            &at,
+            &status,
+            detail.as_deref().unwrap_or_default(),
+        ));
+        blocking(move || st.put(&entry)).await?;
+    }
+    Ok(Replayed {
+        delivered,
+        status,
+        detail,
+    })
+}
+
+/// One attempt of a dead letter: the upstream status when there was an answer, else the
+/// error kind, with the detail.
+fn attempt_log(at: &str, status: &str, detail: &str) -> AttemptLog {
+    let code = status.parse::<u16>().ok();
     AttemptLog {
         at: at.to_string(),
-        status: None,
-        error: Some(detail.to_string()),
+        status: code,
+        error: Some(match code {
+            Some(_) => detail.to_string(),
+            None => format!("{status}: {detail}"),
+        }),
     }
 }
 

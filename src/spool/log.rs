@@ -1,8 +1,19 @@
 //! The segmented log and its cursors. Synchronous; callers run it on a blocking thread and
 //! batch appends so that one fsync covers a group of requests (group commit).
+//!
+//! Damage is survived, not just detected: a record whose length or checksum does not hold in
+//! the middle of the log (a flipped bit in a sealed segment, a bad sector) is skipped by
+//! scanning forward for the next record whose header and checksum hold (or to the next
+//! segment); the damaged byte range is copied to `<spool.dir>/quarantine/` once and counted,
+//! and delivery of everything else goes on. Only damage at the very end of the last segment,
+//! with no valid record after it, is a torn write, cut at open.
+//!
+//! Owns: the segment files, the cursor files, the quarantine copies. Knows nothing of sinks,
+//! events or HTTP.
 
+use crate::fsutil;
 use bytes::Bytes;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +23,7 @@ const HEADER: usize = 16;
 /// Largest record payload (a record is one event; events are capped far below this).
 pub const MAX_RECORD: usize = 64 * 1024 * 1024;
 
-/// Log errors (file system and corruption in a sealed segment).
+/// Log errors (file system).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     /// File system.
@@ -22,14 +33,6 @@ pub enum LogError {
         path: String,
         /// Cause.
         source: std::io::Error,
-    },
-    /// A record in a sealed (not last) segment does not check out.
-    #[error("spool {path}: corrupt record at offset {offset}")]
-    Corrupt {
-        /// Segment.
-        path: String,
-        /// Byte offset.
-        offset: u64,
     },
 }
 
@@ -55,17 +58,61 @@ struct Segment {
     path: PathBuf,
 }
 
+/// The writer's committed position: records below `seq` are complete and durable per the
+/// fsync policy; in the active segment (first sequence number `segment`) they end at byte
+/// `len`. Readers never look past it, so a group being written is invisible until it is
+/// committed.
+#[derive(Debug, Clone, Copy)]
+struct Tip {
+    seq: u64,
+    segment: u64,
+    len: u64,
+}
+
+/// A damaged byte range skipped by readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    /// Segment file name.
+    pub segment: String,
+    /// First damaged byte.
+    pub start: u64,
+    /// First byte after the damage (where the next valid record starts, or the end).
+    pub end: u64,
+    /// Sequence numbers lost (`lost_from..resume_seq`).
+    pub lost_from: u64,
+    /// The sequence number reading resumes at.
+    pub resume_seq: u64,
+    /// Where the range was copied, if it could be.
+    pub quarantined: Option<PathBuf>,
+}
+
 /// The part of a log that readers and the reclaimer share with the writer: the segment list,
-/// the committed sequence number (records below it are complete and durable per the fsync
-/// policy), and the byte count.
+/// the committed position, the byte count, and the damaged ranges found so far.
 pub struct Shared {
     dir: PathBuf,
+    quarantine: PathBuf,
     segments: parking_lot::Mutex<Vec<Segment>>,
     committed: AtomicU64,
+    tip: parking_lot::Mutex<Tip>,
     bytes: AtomicU64,
     /// Where recent reads ended: next seq -> (segment first seq, byte offset), so that a
     /// sink draining in order seeks straight to its position instead of scanning.
     positions: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Damaged ranges: (segment first seq, offset) -> (resume offset, resume seq). Held
+    /// while a range is examined, so that two readers quarantine and count it once.
+    skips: parking_lot::Mutex<std::collections::HashMap<(u64, u64), (u64, u64)>>,
+    corrupt_records: AtomicU64,
+    corruptions: parking_lot::Mutex<Vec<Corruption>>,
+}
+
+/// What one read returned.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records in order: sequence number and payload.
+    pub records: Vec<(u64, Bytes)>,
+    /// Where the next read should start: after the last record, or past a damaged range
+    /// that followed it.
+    pub next: u64,
 }
 
 /// An open spool log: the writer, plus [`Shared`] for readers.
@@ -82,6 +129,43 @@ pub struct Log {
 
 fn seg_name(first: u64) -> String {
     format!("seg-{first:020}.log")
+}
+
+/// Parses the record at the start of `b`: its sequence number and total length, if its
+/// length and checksum hold.
+fn parse_record(b: &[u8]) -> Option<(u64, usize)> {
+    if b.len() < HEADER {
+        return None;
+    }
+    let len = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_RECORD || b.len() < HEADER + len {
+        return None;
+    }
+    let crc = u32::from_le_bytes(b[4..8].try_into().expect("4 bytes"));
+    let mut c = crc32fast::Hasher::new();
+    c.update(&b[8..HEADER + len]);
+    (c.finalize() == crc).then(|| {
+        (
+            u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            HEADER + len,
+        )
+    })
+}
+
+/// The first offset after `at` in `b` where a valid record with a sequence number in
+/// `seqs` starts.
+fn resync(b: &[u8], seqs: std::ops::Range<u64>) -> Option<(usize, u64)> {
+    (1..b.len()).find_map(|i| {
+        let h = &b[i..];
+        if h.len() < HEADER {
+            return None;
+        }
+        let seq = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+        if !seqs.contains(&seq) {
+            return None;
+        }
+        parse_record(h).map(|(s, _)| (i, s))
+    })
 }
 
 fn read_record(f: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<Option<(u64, usize)>> {
@@ -113,38 +197,43 @@ fn read_record(f: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<Option<(
     Ok(Some((seq, HEADER + len)))
 }
 
-/// Scans a segment, truncating it after its last valid record; returns the next sequence
-/// number, the valid length, and how many bytes were cut.
+/// Scans the last segment: returns the next sequence number, the length up to the end of
+/// the last valid record, and how many bytes after it were cut (a torn write). Damage with
+/// a valid record after it is not a torn write: it is kept for readers to skip.
 fn scan_tail(seg: &Segment) -> Result<(u64, u64, u64), LogError> {
     let path = &seg.path;
-    let mut f = File::open(path).map_err(io(path))?;
-    let total = f.metadata().map_err(io(path))?.len();
-    let mut r = std::io::BufReader::new(&mut f);
-    let mut buf = Vec::new();
-    let mut offset = 0u64;
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let total = bytes.len() as u64;
+    let mut offset = 0usize;
+    let mut valid_end = 0usize;
     let mut next = seg.first;
-    while let Some((seq, n)) = read_record(&mut r, &mut buf).map_err(io(path))? {
-        if seq != next {
-            break;
+    while offset < bytes.len() {
+        match parse_record(&bytes[offset..]) {
+            Some((seq, n)) if seq >= next => {
+                offset += n;
+                valid_end = offset;
+                next = seq + 1;
+            }
+            _ => match resync(&bytes[offset..], next..u64::MAX) {
+                Some((i, _)) => offset += i,
+                None => break,
+            },
         }
-        offset += n as u64;
-        next = seq + 1;
     }
-    if offset < total {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(io(path))?;
-        f.set_len(offset).map_err(io(path))?;
+    let valid_end = valid_end as u64;
+    if valid_end < total {
+        let f = fsutil::options().write(true).open(path).map_err(io(path))?;
+        f.set_len(valid_end).map_err(io(path))?;
         f.sync_all().map_err(io(path))?;
     }
-    Ok((next, offset, total - offset))
+    Ok((next, valid_end, total - valid_end))
 }
 
 impl Log {
-    /// Opens (or creates) the log in `dir`, recovering from a torn tail.
+    /// Opens (or creates) the log in `dir`, recovering from a torn tail. Damaged ranges are
+    /// quarantined in `dir/../quarantine` (the spool dir's).
     pub fn open(dir: &Path, segment_bytes: u64, fsync: Fsync) -> Result<Log, LogError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        fsutil::create_dir_all(dir).map_err(io(dir))?;
         let mut segments: Vec<Segment> = std::fs::read_dir(dir)
             .map_err(io(dir))?
             .filter_map(|e| e.ok())
@@ -166,31 +255,44 @@ impl Log {
             None => (0, 0, 0),
             Some(last) => scan_tail(last)?,
         };
-        if segments.is_empty() {
+        let created = segments.is_empty();
+        if created {
             segments.push(Segment {
                 first: 0,
                 path: dir.join(seg_name(0)),
             });
         }
-        let path = segments.last().expect("one segment").path.clone();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        let active = segments.last().expect("one segment").clone();
+        let mut file = fsutil::append(&active.path).map_err(io(&active.path))?;
+        file.seek(SeekFrom::End(0)).map_err(io(&active.path))?;
+        if created && fsync == Fsync::Always {
+            fsutil::sync_dir(dir).map_err(io(dir))?;
+        }
         let bytes = segments
             .iter()
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
+        let quarantine = dir
+            .parent()
+            .map(|p| p.join("quarantine"))
+            .unwrap_or_else(|| dir.join("quarantine"));
         Ok(Log {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                quarantine,
                 segments: parking_lot::Mutex::new(segments),
                 committed: AtomicU64::new(next_seq),
+                tip: parking_lot::Mutex::new(Tip {
+                    seq: next_seq,
+                    segment: active.first,
+                    len: written,
+                }),
                 bytes: AtomicU64::new(bytes),
-                positions: parking_lot::Mutex::new(std::collections::HashMap::new()),
+                positions: Default::default(),
+                skips: Default::default(),
+                corrupt_records: AtomicU64::new(0),
+                corruptions: Default::default(),
             }),
             writer: BufWriter::with_capacity(256 * 1024, file),
             written,
@@ -217,10 +319,7 @@ impl Log {
         let old = std::mem::replace(&mut self.writer, placeholder);
         let _ = old.into_parts(); // discard the buffer without writing it
         let (next, written, _) = scan_tail(&seg)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&seg.path)
-            .map_err(io(&seg.path))?;
+        let file = fsutil::append(&seg.path).map_err(io(&seg.path))?;
         self.writer = BufWriter::with_capacity(256 * 1024, file);
         self.written = written;
         self.next_seq = next;
@@ -233,8 +332,19 @@ impl Log {
             .map(|m| m.len())
             .sum();
         self.shared.bytes.store(bytes, Ordering::Release);
-        self.shared.committed.store(next, Ordering::Release);
+        self.publish(seg.first);
         Ok(())
+    }
+
+    fn publish(&self, segment: u64) {
+        *self.shared.tip.lock() = Tip {
+            seq: self.next_seq,
+            segment,
+            len: self.written,
+        };
+        self.shared
+            .committed
+            .store(self.next_seq, Ordering::Release);
     }
 
     /// The reader side, for drainers and the reclaimer.
@@ -247,13 +357,12 @@ impl Log {
         self.next_seq
     }
 
-    fn active_path(&self) -> PathBuf {
+    fn active(&self) -> Segment {
         self.shared
             .segments
             .lock()
             .last()
             .expect("one segment")
-            .path
             .clone()
     }
 
@@ -261,33 +370,31 @@ impl Log {
     /// first sequence number of the group. Readers see them once this returns.
     pub fn append(&mut self, payloads: &[Bytes]) -> Result<u64, LogError> {
         let first = self.next_seq;
-        let mut path = self.active_path();
+        let mut seg = self.active();
         let mut added = 0u64;
         for p in payloads {
             if self.written >= self.segment_bytes {
                 self.rotate()?;
-                path = self.active_path();
+                seg = self.active();
             }
             let seq = self.next_seq.to_le_bytes();
             let mut c = crc32fast::Hasher::new();
             c.update(&seq);
             c.update(p);
             let w = &mut self.writer;
+            let path = &seg.path;
             w.write_all(&(p.len() as u32).to_le_bytes())
-                .map_err(io(&path))?;
-            w.write_all(&c.finalize().to_le_bytes())
-                .map_err(io(&path))?;
-            w.write_all(&seq).map_err(io(&path))?;
-            w.write_all(p).map_err(io(&path))?;
+                .map_err(io(path))?;
+            w.write_all(&c.finalize().to_le_bytes()).map_err(io(path))?;
+            w.write_all(&seq).map_err(io(path))?;
+            w.write_all(p).map_err(io(path))?;
             self.written += (HEADER + p.len()) as u64;
             added += (HEADER + p.len()) as u64;
             self.next_seq += 1;
         }
-        self.flush(&path)?;
+        self.flush(&seg.path)?;
         self.shared.bytes.fetch_add(added, Ordering::AcqRel);
-        self.shared
-            .committed
-            .store(self.next_seq, Ordering::Release);
+        self.publish(seg.first);
         Ok(first)
     }
 
@@ -300,7 +407,7 @@ impl Log {
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
-        let path = self.active_path();
+        let path = self.active().path;
         self.flush(&path)?;
         if self.fsync == Fsync::Always {
             self.writer.get_ref().sync_all().map_err(io(&path))?;
@@ -310,15 +417,9 @@ impl Log {
             first: self.next_seq,
             path: dir.join(seg_name(self.next_seq)),
         };
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&seg.path)
-            .map_err(io(&seg.path))?;
+        let f = fsutil::append(&seg.path).map_err(io(&seg.path))?;
         if self.fsync == Fsync::Always {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            fsutil::sync_dir(dir).map_err(io(dir))?;
         }
         self.writer = BufWriter::with_capacity(256 * 1024, f);
         self.shared.segments.lock().push(seg);
@@ -327,7 +428,7 @@ impl Log {
     }
 
     /// See [`Shared::read`].
-    pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
+    pub fn read(&self, from: u64, max: usize) -> Result<Batch, LogError> {
         self.shared.read(from, max)
     }
 
@@ -363,10 +464,30 @@ impl Shared {
         self.segments.lock().first().map(|s| s.first).unwrap_or(0)
     }
 
-    /// Reads up to `max` committed records from sequence `from` on, in order.
-    pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, Bytes)>, LogError> {
-        let committed = self.committed();
-        let mut out = Vec::new();
+    /// Segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.lock().len()
+    }
+
+    /// Records lost to damage so far (each damaged range counts the sequence numbers it
+    /// swallowed, at least one).
+    pub fn corrupt_records(&self) -> u64 {
+        self.corrupt_records.load(Ordering::Acquire)
+    }
+
+    /// Damaged ranges found so far, oldest first.
+    pub fn corruptions(&self) -> Vec<Corruption> {
+        self.corruptions.lock().clone()
+    }
+
+    /// Reads up to `max` committed records from sequence `from` on, in order, skipping (and
+    /// quarantining, once) damaged ranges.
+    pub fn read(&self, from: u64, max: usize) -> Result<Batch, LogError> {
+        let tip = *self.tip.lock();
+        let mut out = Batch {
+            records: Vec::new(),
+            next: from,
+        };
         let segments: Vec<Segment> = {
             let all = self.segments.lock();
             let start = all.partition_point(|s| s.first <= from).saturating_sub(1);
@@ -374,48 +495,127 @@ impl Shared {
         };
         let known = self.positions.lock().get(&from).copied();
         for (i, seg) in segments.iter().enumerate() {
-            if seg.first >= committed {
+            if seg.first >= tip.seq {
                 break;
             }
-            let sealed = i + 1 < segments.len();
-            let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
-            let mut offset = 0u64;
-            if let Some((_, at)) = known.filter(|(first, _)| *first == seg.first) {
-                f.seek(SeekFrom::Start(at)).map_err(io(&seg.path))?;
-                offset = at;
-            }
+            let limit_seq = segments
+                .get(i + 1)
+                .map(|s| s.first)
+                .unwrap_or(tip.seq)
+                .min(tip.seq);
+            let limit_len = if seg.first == tip.segment {
+                tip.len
+            } else {
+                seg_len(&seg.path)?
+            };
+            let f = File::open(&seg.path).map_err(io(&seg.path))?;
             let mut r = std::io::BufReader::with_capacity(256 * 1024, f);
+            let (mut offset, mut expect) = (0u64, seg.first);
+            if let Some((_, at)) = known.filter(|(first, _)| *first == seg.first) {
+                r.seek(SeekFrom::Start(at)).map_err(io(&seg.path))?;
+                (offset, expect) = (at, from);
+            }
             let mut buf = Vec::new();
-            loop {
+            while offset < limit_len {
                 match read_record(&mut r, &mut buf).map_err(io(&seg.path))? {
-                    Some((seq, n)) => {
-                        if seq >= committed {
-                            self.remember(seq, seg.first, offset);
-                            return Ok(out);
-                        }
+                    Some((seq, n))
+                        if seq >= expect && seq < limit_seq && offset + n as u64 <= limit_len =>
+                    {
                         offset += n as u64;
+                        expect = seq + 1;
                         if seq >= from {
-                            out.push((seq, Bytes::copy_from_slice(&buf)));
-                            if out.len() >= max {
-                                self.remember(seq + 1, seg.first, offset);
+                            out.records.push((seq, Bytes::copy_from_slice(&buf)));
+                            out.next = seq + 1;
+                            if out.records.len() >= max {
+                                self.remember(out.next, seg.first, offset);
                                 return Ok(out);
                             }
                         }
                     }
-                    None if sealed && offset < seg_len(&seg.path)? => {
-                        return Err(LogError::Corrupt {
-                            path: seg.path.display().to_string(),
-                            offset,
-                        });
+                    _ => {
+                        let (at, seq) = self.skip(seg, offset, expect, limit_seq, limit_len)?;
+                        (offset, expect) = (at, seq);
+                        out.next = out.next.max(seq);
+                        r.seek(SeekFrom::Start(at)).map_err(io(&seg.path))?;
                     }
-                    None => break,
                 }
             }
-            if !sealed {
-                self.remember(committed, seg.first, offset);
+            // Sequence numbers missing at the end of a sealed segment (cut by hand): the
+            // next segment says where the log goes on.
+            if seg.first != tip.segment && expect < limit_seq && limit_seq > from {
+                out.next = out.next.max(limit_seq);
+            }
+            if seg.first == tip.segment && expect == tip.seq {
+                self.remember(tip.seq, seg.first, offset);
             }
         }
         Ok(out)
+    }
+
+    /// Examines the damaged range at `offset` of `seg` (once per range): finds the next
+    /// valid record with a sequence number in `expect..limit_seq` before `limit_len`, copies
+    /// the range to the quarantine directory, counts and logs it. Returns where reading
+    /// resumes: byte offset and sequence number.
+    fn skip(
+        &self,
+        seg: &Segment,
+        offset: u64,
+        expect: u64,
+        limit_seq: u64,
+        limit_len: u64,
+    ) -> Result<(u64, u64), LogError> {
+        let mut skips = self.skips.lock();
+        if let Some(r) = skips.get(&(seg.first, offset)) {
+            return Ok(*r);
+        }
+        let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(io(&seg.path))?;
+        let mut bytes = Vec::new();
+        f.take(limit_len - offset)
+            .read_to_end(&mut bytes)
+            .map_err(io(&seg.path))?;
+        let (end, resume_seq) = match resync(&bytes, expect..limit_seq) {
+            Some((i, seq)) => (offset + i as u64, seq),
+            None => (limit_len, limit_seq),
+        };
+        let name = seg_name(seg.first);
+        let source = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let qpath = self
+            .quarantine
+            .join(format!("{source}-{name}-{offset}-{end}.bin"));
+        let damaged = &bytes[..(end - offset) as usize];
+        let quarantined = fsutil::create_dir_all(&self.quarantine)
+            .and_then(|()| fsutil::create(&qpath))
+            .and_then(|mut q| q.write_all(damaged).and_then(|()| q.sync_all()))
+            .map(|()| qpath.clone())
+            .map_err(|e| {
+                tracing::error!(path = %qpath.display(), error = %e, "spool: cannot copy a damaged range to the quarantine");
+            })
+            .ok();
+        let lost = resume_seq.saturating_sub(expect).max(1);
+        self.corrupt_records.fetch_add(lost, Ordering::AcqRel);
+        tracing::error!(
+            segment = %self.dir.join(&name).display(),
+            start = offset,
+            end,
+            lost_seqs = %format!("{expect}..{resume_seq}"),
+            quarantine = %quarantined.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "spool: damaged records skipped (checksum or length does not hold); delivery goes on after them"
+        );
+        self.corruptions.lock().push(Corruption {
+            segment: name,
+            start: offset,
+            end,
+            lost_from: expect,
+            resume_seq,
+            quarantined,
+        });
+        skips.insert((seg.first, offset), (end, resume_seq));
+        Ok((end, resume_seq))
     }
 
     fn remember(&self, next: u64, segment: u64, offset: u64) {
@@ -426,7 +626,14 @@ impl Shared {
         p.insert(next, (segment, offset));
     }
 
+    /// Whether [`Shared::reclaim`] with `min_cursor` would delete a segment.
+    pub fn reclaimable(&self, min_cursor: u64) -> bool {
+        let segs = self.segments.lock();
+        segs.len() > 1 && segs[1].first <= min_cursor
+    }
+
     /// Deletes sealed segments whose records are all below `min_cursor`; returns how many.
+    /// The caller makes sure every cursor at or past `min_cursor` is durable first.
     pub fn reclaim(&self, min_cursor: u64) -> Result<usize, LogError> {
         let mut n = 0;
         loop {
@@ -451,6 +658,17 @@ fn seg_len(p: &Path) -> Result<u64, LogError> {
     Ok(std::fs::metadata(p).map_err(io(p))?.len())
 }
 
+/// What a sink's cursor file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// No file: the sink was never attached to this log.
+    Missing,
+    /// A file that does not hold a number (emptied by a power loss, say).
+    Unreadable,
+    /// The next sequence number the sink needs.
+    At(u64),
+}
+
 /// A sink's position in the log, stored in `<dir>/cursors/<name>`.
 pub struct Cursor {
     path: PathBuf,
@@ -458,45 +676,103 @@ pub struct Cursor {
     pub next: u64,
 }
 
+/// The directory of a log's cursors.
+pub fn cursor_dir(dir: &Path) -> PathBuf {
+    dir.join("cursors")
+}
+
+/// The names of the cursor files of the log in `dir`.
+pub fn cursor_names(dir: &Path) -> Result<Vec<String>, LogError> {
+    let d = cursor_dir(dir);
+    let rd = match std::fs::read_dir(&d) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io(&d)(e)),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 impl Cursor {
-    /// Loads (or starts at 0) the cursor `name` of the log in `dir`.
-    pub fn open(dir: &Path, name: &str) -> Result<Cursor, LogError> {
-        Self::open_or(dir, name, 0)
+    /// What the cursor file `name` of the log in `dir` holds.
+    pub fn load(dir: &Path, name: &str) -> Result<Stored, LogError> {
+        let path = cursor_dir(dir).join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(s
+                .trim()
+                .parse()
+                .map(Stored::At)
+                .unwrap_or(Stored::Unreadable)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::Missing),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
-    /// Loads the cursor `name` of the log in `dir`; a new one starts at `start`.
-    pub fn open_or(dir: &Path, name: &str, start: u64) -> Result<Cursor, LogError> {
-        let d = dir.join("cursors");
-        std::fs::create_dir_all(&d).map_err(io(&d))?;
-        let path = d.join(name);
-        let next = match std::fs::read_to_string(&path) {
-            Ok(s) => match s.trim().parse() {
-                Ok(n) => n,
-                Err(_) => {
-                    // Unreadable (say, emptied by a power loss): start from the oldest
-                    // record kept. The sink may get events again; it misses none.
-                    tracing::warn!(cursor = %path.display(), "spool cursor unreadable; the sink restarts from the oldest spooled event");
-                    0
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => start,
-            Err(e) => return Err(io(&path)(e)),
+    /// Writes the cursor `name` at `next` (and, when `durable`, fsyncs it and its directory
+    /// before returning).
+    pub fn create(dir: &Path, name: &str, next: u64, durable: bool) -> Result<Cursor, LogError> {
+        let d = cursor_dir(dir);
+        fsutil::create_dir_all(&d).map_err(io(&d))?;
+        if durable {
+            fsutil::sync_dir(dir).map_err(io(dir))?;
+        }
+        let mut c = Cursor {
+            path: d.join(name),
+            next,
         };
-        Ok(Cursor { path, next })
+        c.write(next, durable)?;
+        Ok(c)
     }
 
-    /// Moves the cursor to `next` (write a temp file, rename over). Not fsynced: the log is
-    /// durable, and a cursor that a power loss sets back only repeats deliveries (at least
-    /// once); a killed process loses nothing.
-    pub fn advance(&mut self, next: u64) -> Result<(), LogError> {
-        let tmp = self.path.with_extension("tmp");
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(next.to_string().as_bytes()).map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+    /// A handle on the cursor `name` of the log in `dir`, known to be at `next` (as
+    /// [`crate::spool::attach`] left it); no I/O.
+    pub fn handle(dir: &Path, name: &str, next: u64) -> Cursor {
+        Cursor {
+            path: cursor_dir(dir).join(name),
+            next,
+        }
+    }
+
+    /// Loads (or creates at 0) the cursor `name` of the log in `dir`.
+    pub fn open(dir: &Path, name: &str) -> Result<Cursor, LogError> {
+        match Self::load(dir, name)? {
+            Stored::At(n) => Ok(Cursor {
+                path: cursor_dir(dir).join(name),
+                next: n,
+            }),
+            Stored::Missing | Stored::Unreadable => Self::create(dir, name, 0, false),
+        }
+    }
+
+    fn write(&mut self, next: u64, durable: bool) -> Result<(), LogError> {
+        fsutil::write_atomic(&self.path, next.to_string().as_bytes(), durable)
+            .map_err(io(&self.path))?;
         self.next = next;
         Ok(())
     }
+
+    /// Moves the cursor to `next` (write a temp file, rename over). Not fsynced: a cursor
+    /// that a power loss sets back only repeats deliveries (at least once); a killed process
+    /// loses nothing. Before a segment is deleted, [`sync_cursor`] makes it durable.
+    pub fn advance(&mut self, next: u64) -> Result<(), LogError> {
+        self.write(next, false)
+    }
+}
+
+/// Makes the cursor file `name` of the log in `dir` durable as it is now (file and
+/// directory entry).
+pub fn sync_cursor(dir: &Path, name: &str) -> Result<(), LogError> {
+    let d = cursor_dir(dir);
+    let path = d.join(name);
+    File::open(&path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&path))?;
+    fsutil::sync_dir(&d).map_err(io(&d))
 }
 
 #[cfg(test)]
@@ -521,7 +797,7 @@ mod tests {
             "rotated: {}",
             log.shared.segments.lock().len()
         );
-        let all = log.read(0, 100).unwrap();
+        let all = log.read(0, 100).unwrap().records;
         assert_eq!(all.len(), 25);
         assert!(all
             .iter()
@@ -530,6 +806,7 @@ mod tests {
         assert_eq!(
             log.read(17, 3)
                 .unwrap()
+                .records
                 .iter()
                 .map(|r| r.0)
                 .collect::<Vec<_>>(),
@@ -539,7 +816,7 @@ mod tests {
         log.reclaim(12).unwrap();
         assert!(log.shared.segments.lock().len() < before);
         assert_eq!(
-            log.read(12, 100).unwrap().len(),
+            log.read(12, 100).unwrap().records.len(),
             13,
             "nothing at or after the cursor reclaimed"
         );
@@ -547,7 +824,7 @@ mod tests {
         let mut log = Log::open(dir.path(), 200, Fsync::Always).unwrap();
         assert_eq!(log.next_seq(), 25);
         assert_eq!(log.append(&payloads(25..26)).unwrap(), 25);
-        assert_eq!(log.read(24, 10).unwrap().len(), 2);
+        assert_eq!(log.read(24, 10).unwrap().records.len(), 2);
     }
 
     #[test]
@@ -559,13 +836,13 @@ mod tests {
         drop(log);
         // A crash mid-write: half a record at the end.
         let full = std::fs::read(&path).unwrap();
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = fsutil::options().append(true).open(&path).unwrap();
         f.write_all(&full[..HEADER + 3]).unwrap();
         drop(f);
         let log = Log::open(dir.path(), 1 << 20, Fsync::Always).unwrap();
         assert_eq!(log.truncated_bytes, (HEADER + 3) as u64);
         assert_eq!(log.next_seq(), 5);
-        assert_eq!(log.read(0, 10).unwrap().len(), 5);
+        assert_eq!(log.read(0, 10).unwrap().records.len(), 5);
         // A flipped byte in the last record: that record is dropped, the others kept.
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -579,17 +856,107 @@ mod tests {
     #[test]
     fn cursors_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Cursor::open(dir.path(), "splunk").unwrap();
-        assert_eq!(c.next, 0);
+        assert_eq!(Cursor::load(dir.path(), "splunk").unwrap(), Stored::Missing);
+        let mut c = Cursor::create(dir.path(), "splunk", 0, true).unwrap();
+        assert_eq!(Cursor::load(dir.path(), "splunk").unwrap(), Stored::At(0));
         c.advance(42).unwrap();
         assert_eq!(Cursor::open(dir.path(), "splunk").unwrap().next, 42);
-        assert_eq!(Cursor::open_or(dir.path(), "new", 7).unwrap().next, 7);
+        sync_cursor(dir.path(), "splunk").unwrap();
         std::fs::write(dir.path().join("cursors/splunk"), b"").unwrap();
         assert_eq!(
-            Cursor::open_or(dir.path(), "splunk", 99).unwrap().next,
-            0,
-            "an unreadable cursor replays from the oldest record, never skips"
+            Cursor::load(dir.path(), "splunk").unwrap(),
+            Stored::Unreadable
         );
+        assert_eq!(
+            cursor_names(dir.path()).unwrap(),
+            vec!["splunk".to_string()]
+        );
+    }
+
+    fn seg_paths(log: &Log) -> Vec<PathBuf> {
+        log.shared
+            .segments
+            .lock()
+            .iter()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    fn flip(path: &Path, at: usize) {
+        let mut b = std::fs::read(path).unwrap();
+        b[at] ^= 0x5a;
+        std::fs::write(path, &b).unwrap();
+    }
+
+    fn seqs(b: &Batch) -> Vec<u64> {
+        b.records.iter().map(|r| r.0).collect()
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_sealed_segment_is_skipped_quarantined_and_counted_once() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let mut log = Log::open(&dir, 150, Fsync::Never).unwrap();
+        log.append(&payloads(0..12)).unwrap();
+        let segs = seg_paths(&log);
+        assert!(segs.len() >= 3, "{}", segs.len());
+        // The second record of the first segment: its payload.
+        let first_len = HEADER + payloads(0..1)[0].len();
+        flip(&segs[0], first_len + HEADER + 2);
+        let all = log.read(0, 100).unwrap();
+        let got = seqs(&all);
+        assert!(!got.contains(&1), "{got:?}");
+        assert_eq!(got.len(), 11, "everything else delivered: {got:?}");
+        assert_eq!(all.next, 12);
+        assert_eq!(log.shared.corrupt_records(), 1);
+        // A second reader (another sink) skips the same range without counting it again.
+        assert_eq!(seqs(&log.read(0, 100).unwrap()).len(), 11);
+        assert_eq!(log.shared.corrupt_records(), 1);
+        let c = &log.shared.corruptions()[0];
+        assert_eq!((c.lost_from, c.resume_seq), (1, 2));
+        let q = c.quarantined.clone().unwrap();
+        assert!(q.starts_with(t.path().join("quarantine")), "{q:?}");
+        assert_eq!(std::fs::read(&q).unwrap().len(), first_len);
+        // Reading from the damaged record itself jumps past it.
+        let b = log.read(1, 1).unwrap();
+        assert_eq!(seqs(&b), vec![2]);
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_last_segment_is_not_taken_for_a_torn_tail() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        log.append(&payloads(0..6)).unwrap();
+        let path = seg_paths(&log)[0].clone();
+        drop(log);
+        flip(&path, 3); // the first record's length
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!(log.truncated_bytes, 0);
+        assert_eq!(log.next_seq(), 6, "records after the damage are kept");
+        log.append(&payloads(6..8)).unwrap();
+        let b = log.read(0, 100).unwrap();
+        assert_eq!(seqs(&b), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(log.shared.corrupt_records(), 1);
+    }
+
+    #[test]
+    fn damage_of_the_last_committed_record_skips_to_what_is_appended_next() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        log.append(&payloads(0..3)).unwrap();
+        let path = seg_paths(&log)[0].clone();
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        flip(&path, len - 1);
+        let b = log.read(0, 100).unwrap();
+        assert_eq!(seqs(&b), vec![0, 1]);
+        assert_eq!(b.next, 3);
+        log.append(&payloads(3..5)).unwrap();
+        let b = log.read(3, 100).unwrap();
+        assert_eq!(seqs(&b), vec![3, 4]);
+        assert_eq!(seqs(&log.read(0, 100).unwrap()), vec![0, 1, 3, 4]);
+        assert_eq!(log.shared.corrupt_records(), 1);
     }
 
     proptest! {
@@ -607,9 +974,9 @@ mod tests {
             drop(log);
             let len = std::fs::metadata(&path).unwrap().len();
             let keep = (cut as u64).min(len);
-            OpenOptions::new().write(true).open(&path).unwrap().set_len(keep).unwrap();
+            fsutil::options().write(true).open(&path).unwrap().set_len(keep).unwrap();
             let log = Log::open(dir.path(), 1 << 20, Fsync::Never).unwrap();
-            let got = log.read(0, 10_000).unwrap();
+            let got = log.read(0, 10_000).unwrap().records;
             prop_assert_eq!(got.len() as u64, log.next_seq());
             for (i, (seq, p)) in got.iter().enumerate() {
                 prop_assert_eq!(*seq, i as u64);

@@ -17,12 +17,13 @@
 
 pub mod drain;
 pub mod log;
+#[cfg(test)]
+mod model;
 
 use crate::config::{FsyncPolicy, SpoolConfig};
+use crate::deadletter::FailedStore;
 use crate::metrics::Metrics;
-use crate::sender::failed::FailedStore;
 use bytes::{BufMut, Bytes, BytesMut};
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
@@ -67,6 +68,8 @@ pub struct SourceLog {
     tx: std::sync::mpsc::Sender<Append>,
     committed: watch::Receiver<u64>,
     drains: Vec<Arc<DrainState>>,
+    /// Whether cursors are fsynced before the segments they pass are deleted.
+    durable: bool,
 }
 
 /// The whole `[spool]`: every spooled source's log, the dead-letter store, the budget.
@@ -78,6 +81,8 @@ pub struct Spool {
     sources: Vec<Arc<SourceLog>>,
     /// `<spool.dir>/dead-letter`.
     pub dead: FailedStore,
+    /// `<spool.dir>/lock`, held while this process owns the spool.
+    _lock: std::fs::File,
 }
 
 /// Builds the payload of a record: receive time, then the event's bytes.
@@ -133,17 +138,172 @@ fn writer(
     }
 }
 
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// File system.
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+    /// Another process holds the spool dir.
+    #[error("{dir}: another vfgate process is using this spool dir (each process needs its own)")]
+    Locked {
+        /// The spool dir.
+        dir: String,
+    },
+    /// A cursor of a sink this source no longer names still has events to deliver: the
+    /// sink was renamed or removed while it had a backlog.
+    #[error("source {source_name}: the spool holds {backlog} undelivered events for sink {sink:?}, which the config no longer lists for this source (renamed or removed?). Put {sink:?} back in the source's sinks until its backlog is 0 (vfgate_spool_events), or delete {path} to drop those events for it")]
+    Orphaned {
+        /// Source.
+        source_name: String,
+        /// The sink the cursor belongs to.
+        sink: String,
+        /// Events it has not taken.
+        backlog: u64,
+        /// The cursor file.
+        path: String,
+    },
+}
+
+/// Attaches `sinks` to the log behind `shared` (before the source answers its first 202),
+/// returning each sink's next sequence number, in order:
+/// - a sink with a cursor goes on from it;
+/// - a sink without one (new to this log) gets a cursor at the oldest retained record,
+///   written and fsynced (file and directory) before this returns, so that no event
+///   acknowledged from now on can ever be behind a missing cursor;
+/// - an unreadable cursor (emptied by a power loss) restarts at the oldest retained record
+///   (at least once, never a skip);
+/// - a cursor of a sink not in `sinks` with nothing left to take is removed; one with a
+///   backlog is an [`OpenError::Orphaned`]: a renamed sink never silently drops the old
+///   name's events.
+pub fn attach(
+    source: &str,
+    shared: &log::Shared,
+    sinks: &[String],
+    durable: bool,
+) -> Result<Vec<u64>, OpenError> {
+    let dir = shared.dir();
+    let first = shared.first_seq();
+    let committed = shared.committed();
+    for name in log::cursor_names(dir)? {
+        if sinks.contains(&name) {
+            continue;
+        }
+        let path = log::cursor_dir(dir).join(&name);
+        let backlog = match log::Cursor::load(dir, &name)? {
+            log::Stored::At(n) => committed.saturating_sub(n.max(first)),
+            _ => committed.saturating_sub(first),
+        };
+        if backlog > 0 {
+            return Err(OpenError::Orphaned {
+                source_name: source.to_string(),
+                sink: name,
+                backlog,
+                path: path.display().to_string(),
+            });
+        }
+        tracing::info!(source, cursor = %name, "spool: removing the cursor of a sink this source no longer uses (it had nothing left to deliver)");
+        std::fs::remove_file(&path).map_err(|e| log::LogError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    }
+    let mut out = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let next = match log::Cursor::load(dir, sink)? {
+            log::Stored::At(n) => n,
+            log::Stored::Missing => {
+                if committed > first {
+                    tracing::info!(source, sink = %sink, from = first, events = committed - first, "spool: new sink starts at the oldest retained event");
+                }
+                log::Cursor::create(dir, sink, first, durable)?.next
+            }
+            log::Stored::Unreadable => {
+                tracing::warn!(source, sink = %sink, "spool cursor unreadable; the sink restarts from the oldest retained event (it may get events again, it misses none)");
+                log::Cursor::create(dir, sink, first, durable)?.next
+            }
+        };
+        out.push(next);
+    }
+    Ok(out)
+}
+
+/// Deletes the segments of `shared` that every cursor in `cursors` (sink name, next
+/// sequence number) has passed, after making those cursor files durable when `durable`:
+/// a segment goes only once no power loss can set a cursor back into it.
+pub fn reclaim_passed(
+    source: &str,
+    shared: &log::Shared,
+    cursors: &[(&str, u64)],
+    durable: bool,
+) -> usize {
+    let min = cursors.iter().map(|c| c.1).min().unwrap_or(0);
+    if !shared.reclaimable(min) {
+        return 0;
+    }
+    if durable {
+        for (sink, _) in cursors {
+            if let Err(e) = log::sync_cursor(shared.dir(), sink) {
+                tracing::warn!(source, error = %e, "spool: cannot make a cursor durable; its segments are kept for now");
+                return 0;
+            }
+        }
+    }
+    shared.reclaim(min).unwrap_or_else(|e| {
+        tracing::warn!(source, error = %e, "spool: cannot delete a drained segment");
+        0
+    })
+}
+
+impl SourceLog {
+    /// Deletes the segments every sink of this source has passed (see [`reclaim_passed`]).
+    pub fn reclaim(&self) {
+        let cursors: Vec<(&str, u64)> = self
+            .drains
+            .iter()
+            .map(|d| (d.sink.as_str(), d.next.load(Ordering::Acquire)))
+            .collect();
+        reclaim_passed(&self.name, &self.shared, &cursors, self.durable);
+    }
+
+    /// The reader side of the log.
+    pub fn shared(&self) -> &log::Shared {
+        &self.shared
+    }
+}
+
 impl Spool {
-    /// Opens (recovering) the log of every `(source, sinks)` and starts the writers.
+    /// Opens (recovering) the log of every `(source, sinks)`, attaches the sinks (see
+    /// [`attach`]) and starts the writers.
     pub fn open(
         cfg: &SpoolConfig,
         sources: &[(String, Vec<String>)],
         max_event: u64,
-    ) -> Result<Arc<Spool>, log::LogError> {
+    ) -> Result<Arc<Spool>, OpenError> {
         let fsync = match cfg.fsync {
             FsyncPolicy::Never => log::Fsync::Never,
             FsyncPolicy::Batch | FsyncPolicy::Always => log::Fsync::Always,
         };
+        let durable = fsync == log::Fsync::Always;
+        crate::fsutil::create_dir_all(&cfg.dir).map_err(|e| log::LogError::Io {
+            path: cfg.dir.display().to_string(),
+            source: e,
+        })?;
+        let lock_path = cfg.dir.join("lock");
+        let lock = crate::fsutil::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| log::LogError::Io {
+                path: lock_path.display().to_string(),
+                source: e,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(OpenError::Locked {
+                dir: cfg.dir.display().to_string(),
+            });
+        }
         let mut logs = Vec::new();
         for (name, sinks) in sources {
             let dir = cfg.dir.join(name);
@@ -151,18 +311,19 @@ impl Spool {
             if log.truncated_bytes > 0 {
                 tracing::warn!(source = %name, bytes = log.truncated_bytes, "spool: cut a torn record at the end of the log (a crash mid-write; that request was never acknowledged)");
             }
-            remove_stale_cursors(&dir, sinks);
-            let start = log.next_seq();
-            let mut drains = Vec::new();
-            for sink in sinks {
-                let c = log::Cursor::open_or(&dir, sink, start)?;
-                drains.push(Arc::new(DrainState {
-                    sink: sink.clone(),
-                    next: AtomicU64::new(c.next),
-                    oldest_ms: AtomicI64::new(0),
-                }));
-            }
             let shared = log.shared();
+            let starts = attach(name, &shared, sinks, durable)?;
+            let drains = sinks
+                .iter()
+                .zip(starts)
+                .map(|(sink, next)| {
+                    Arc::new(DrainState {
+                        sink: sink.clone(),
+                        next: AtomicU64::new(next),
+                        oldest_ms: AtomicI64::new(0),
+                    })
+                })
+                .collect();
             let backlog = shared.committed();
             let (ctx, crx) = watch::channel(log.next_seq());
             let (tx, rx) = std::sync::mpsc::channel();
@@ -178,6 +339,7 @@ impl Spool {
                 tx,
                 committed: crx,
                 drains,
+                durable,
             }));
         }
         Ok(Arc::new(Spool {
@@ -185,6 +347,7 @@ impl Spool {
             max_event,
             sources: logs,
             dead: FailedStore::new(cfg.dir.join("dead-letter")),
+            _lock: lock,
         }))
     }
 
@@ -231,6 +394,14 @@ impl Spool {
         let now = crate::event::now_ms();
         let mut per_sink: std::collections::BTreeMap<&str, (u64, f64)> = Default::default();
         for src in &self.sources {
+            let corrupt = metrics
+                .spool_corrupt
+                .with_label_values(&[src.name.as_str()]);
+            let seen = corrupt.get();
+            let now_corrupt = src.shared.corrupt_records();
+            if now_corrupt > seen {
+                corrupt.inc_by(now_corrupt - seen);
+            }
             let committed = src.shared.committed();
             for d in &src.drains {
                 let backlog = committed.saturating_sub(d.next.load(Ordering::Acquire));
@@ -251,21 +422,6 @@ impl Spool {
                 .with_label_values(&[sink])
                 .set(backlog as i64);
             metrics.spool_oldest_age.with_label_values(&[sink]).set(age);
-        }
-    }
-}
-
-/// A cursor of a sink no longer configured for this source would hold segments forever, and
-/// would replay the whole retained log if the sink came back: drop it.
-fn remove_stale_cursors(dir: &Path, sinks: &[String]) {
-    let Ok(entries) = std::fs::read_dir(dir.join("cursors")) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !sinks.contains(&name) {
-            tracing::warn!(cursor = %name, dir = %dir.display(), "spool: removing the cursor of a sink this source no longer uses");
-            let _ = std::fs::remove_file(e.path());
         }
     }
 }

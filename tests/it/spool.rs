@@ -319,34 +319,26 @@ async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
 }
 
 #[tokio::test]
-async fn refused_and_expired_events_become_replayable_dead_letters() {
+async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_only() {
     let mock = Mock::start().await;
+    let side = Mock::start().await;
     mock.set_default(Reply::Compute(std::sync::Arc::new(|c: &Captured| {
         let body = String::from_utf8_lossy(&c.body);
         if body.contains("dl-bad") {
             (400, "{\"error\":\"schema\"}".into())
         } else if body.contains("dl-slow") {
-            (503, "{}".into())
+            (500, "{}".into())
         } else {
             (200, "{}".into())
         }
     })));
     // One event per request, so that the mock's verdict is per event.
-    let cfg = spool_config(&mock, "max_age = \"2s\"", r#""up""#)
+    let cfg = spool_config2(&mock, &side, "max_age = \"2s\"", r#""up", "side""#)
         .replace("max_events = 100", "max_events = 1");
     let mut gw = Gateway::start(&cfg).await;
-    assert_eq!(
-        gw.post_event(&event("dl-bad", "user.login")).await.status,
-        202
-    );
-    assert_eq!(
-        gw.post_event(&event("dl-slow", "user.login")).await.status,
-        202
-    );
-    assert_eq!(
-        gw.post_event(&event("dl-good", "user.login")).await.status,
-        202
-    );
+    for id in ["dl-bad", "dl-slow", "dl-good"] {
+        assert_eq!(gw.post_event(&event(id, "user.login")).await.status, 202);
+    }
     let dir = gw.dir.path().join("spool/dead-letter");
     let dir_s = dir.to_str().unwrap().to_string();
     let ok = wait_until(Duration::from_secs(15), || json_files(&dir) >= 2).await;
@@ -372,24 +364,55 @@ async fn refused_and_expired_events_become_replayable_dead_letters() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("dl-bad") && out.contains("dl-slow"), "{out}");
     assert!(out.contains("rejected") && out.contains("expired"), "{out}");
+    // The far side's own statuses, not a generic error.
+    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap().to_string();
+    assert!(line("dl-bad").contains(" 400 "), "{out}");
+    assert!(line("dl-slow").contains(" 500 "), "{out}");
 
-    // Replay goes back through the gateway (the id was forgotten by dedupe) and, the SIEM
-    // now healthy, reaches it.
+    // A file that is not an entry is skipped and reported, not fatal.
+    std::fs::write(dir.join("20200101T000000000Z-00000000.json"), "{broken").unwrap();
+    // Without the gateway's config a sink's dead letter cannot be replayed: it says so.
+    let (code, out, _) = run_cli(&["failed", "replay", "--all", "--dir", &dir_s], &[], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("give --config"), "{out}");
+    // With it, each goes to its sink `up` only, straight through the sink (the events are
+    // older than nothing here, but no age window would apply either); `side` already had
+    // them and gets nothing again.
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let (code, out, err) = run_cli(
-        &["failed", "replay", "--all", "--dir", &dir_s],
-        &[("VF_SECRET", SECRET)],
-        None,
-    );
+    let side_before = received(&side, "/side").len();
+    let cfg_path = gw.dir.path().join("vfgate.toml");
+    // The mock SIEM runs on this test's runtime: wait for the CLI on a blocking thread.
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &[
+                "failed",
+                "replay",
+                "--all",
+                "--dir",
+                &dir_s,
+                "--config",
+                cfg_path.to_str().unwrap(),
+            ],
+            &[("VF_SECRET", SECRET)],
+            None,
+        )
+    })
+    .await
+    .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            let got = received(&mock, "/up");
-            got.contains(&"dl-bad".to_string()) && got.contains(&"dl-slow".to_string())
-        })
-        .await
+        err.contains("skipped 20200101T000000000Z-00000000.json"),
+        "{err}"
     );
-    assert_eq!(json_files(&dir), 0);
+    let got = received(&mock, "/up");
+    assert!(got.contains(&"dl-bad".to_string()) && got.contains(&"dl-slow".to_string()));
+    assert_eq!(
+        received(&side, "/side").len(),
+        side_before,
+        "no duplicate on the other sink"
+    );
+    assert_eq!(side_before, 3);
+    assert_eq!(json_files(&dir), 1, "only the broken file is left");
     gw.kill9();
 }
 
@@ -453,6 +476,8 @@ retry_schedule = ["200ms", "300ms"]
     );
     assert_eq!(code, 0);
     assert!(out.contains("relay: retries_exhausted"), "{out}");
+    let line = out.lines().find(|l| l.contains("wh-1")).unwrap();
+    assert!(line.contains(" 500 "), "the far side's last status: {out}");
     assert_eq!(
         gw.metric("vfgate_dead_letter_events_total{reason=\"retries_exhausted\",sink=\"relay\"}")
             .await,

@@ -116,7 +116,9 @@ impl Gateway {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(BIN);
+        // Relative paths (the default dedupe.dir, data/...) land in the test's own dir.
         cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+            .current_dir(self.dir.path())
             .env("VF_SECRET", SECRET)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -43,9 +43,13 @@ pub struct FailedEntry {
     /// `event_type` of the event, when it has one.
     #[serde(default)]
     pub event_type: String,
-    /// The sink that gave up, for dead letters of `serve`.
+    /// The sink that gave up, for dead letters of `serve`: a replay delivers to that sink
+    /// only, straight through it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<String>,
+    /// The source the event came in through, for dead letters of `serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// Why it was given up.
     #[serde(default)]
     pub reason: String,
@@ -79,6 +83,34 @@ pub enum StoreError {
     /// No such id.
     #[error("no failed delivery with id {0}")]
     NotFound(String),
+}
+
+/// A file in the store that is not an entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    /// File name.
+    pub file: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// What [`FailedStore::list_page`] found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Entries, oldest first.
+    pub entries: Vec<FailedEntry>,
+    /// Files skipped because they are not entries.
+    pub skipped: Vec<Skipped>,
+    /// Whether entries past the page's limit remain.
+    pub more: bool,
+}
+
+impl FailedEntry {
+    /// For a dead letter of a spooled sink: (source, sink). A replay delivers it to that
+    /// sink only, straight through it. `None`: replay to the recorded target.
+    pub fn sink_route(&self) -> Option<(&str, &str)> {
+        Some((self.source.as_deref()?, self.sink.as_deref()?))
+    }
 }
 
 /// A failed-deliveries directory.
@@ -141,10 +173,10 @@ impl FailedStore {
 
     /// Writes `e` durably.
     pub fn put(&self, e: &FailedEntry) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path(&e.id)?;
         let tmp = self.dir.join(format!(".{}.tmp", e.id));
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = crate::fsutil::create(&tmp).map_err(io(&tmp))?;
         serde_json::to_writer_pretty(&mut f, e).map_err(|e| io(&tmp)(e.into()))?;
         f.write_all(b"\n").map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
@@ -171,11 +203,17 @@ impl FailedStore {
         })
     }
 
-    /// Every entry, oldest first. Unreadable files are reported, not skipped silently.
-    pub fn list(&self) -> Result<Vec<FailedEntry>, StoreError> {
+    /// Every entry, oldest first; files that are not entries are skipped and reported.
+    pub fn list(&self) -> Result<Listing, StoreError> {
+        self.list_page(None, usize::MAX)
+    }
+
+    /// Up to `limit` entries with ids after `after`, oldest first; files that are not
+    /// entries (in that range) are skipped and reported in [`Listing::skipped`].
+    pub fn list_page(&self, after: Option<&str>, limit: usize) -> Result<Listing, StoreError> {
         let rd = match std::fs::read_dir(&self.dir) {
             Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
             Err(e) => return Err(io(&self.dir)(e)),
         };
         let mut ids: Vec<String> = rd
@@ -186,10 +224,26 @@ impl FailedStore {
                     .and_then(|n| n.strip_suffix(".json"))
                     .map(str::to_string)
             })
-            .filter(|id| valid_id(id))
+            .filter(|id| valid_id(id) && after.is_none_or(|a| id.as_str() > a))
             .collect();
         ids.sort();
-        ids.iter().map(|id| self.get(id)).collect()
+        let mut out = Listing::default();
+        for id in ids {
+            if out.entries.len() >= limit {
+                out.more = true;
+                break;
+            }
+            match self.get(&id) {
+                Ok(e) => out.entries.push(e),
+                // Removed meanwhile (replayed by another client): not an error.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => out.skipped.push(Skipped {
+                    file: format!("{id}.json"),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
     }
 
     /// Removes an entry.
@@ -204,17 +258,29 @@ impl FailedStore {
         }
     }
 
-    /// Removes entries created before `cutoff_ms` (unix ms); returns how many.
-    pub fn purge_before(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+    /// Removes entries created before `cutoff_ms` (unix ms); returns how many, and the
+    /// files skipped because they are not entries.
+    pub fn purge_before(&self, cutoff_ms: i64) -> Result<(usize, Vec<Skipped>), StoreError> {
         let mut n = 0;
-        for e in self.list()? {
+        let listing = self.list()?;
+        for e in listing.entries {
             let created = crate::event::parse_timestamp_ms(&e.created_at).unwrap_or(i64::MAX);
             if created < cutoff_ms {
                 self.remove(&e.id)?;
                 n += 1;
             }
         }
-        Ok(n)
+        Ok((n, listing.skipped))
+    }
+}
+
+/// `text` with control characters escaped, for a terminal or a log line (outside text
+/// must not move the cursor or forge a line).
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(text.chars().flat_map(char::escape_debug).collect())
+    } else {
+        std::borrow::Cow::Borrowed(text)
     }
 }
 
@@ -232,6 +298,7 @@ mod tests {
             event_id: "evt_1".into(),
             event_type: "user.login".into(),
             sink: None,
+            source: None,
             reason: "gave up after 6 attempts".into(),
             created_at: created.into(),
             attempts: vec![AttemptLog {
@@ -247,13 +314,19 @@ mod tests {
     fn put_get_list_remove_purge() {
         let dir = tempfile::tempdir().unwrap();
         let s = FailedStore::new(dir.path().join("failed"));
-        assert!(s.list().unwrap().is_empty());
+        assert!(s.list().unwrap().entries.is_empty());
         let a = entry("20260101T000000000Z-aaaaaaaa", "2026-01-01T00:00:00.000Z");
         let b = entry(&new_id(), &now_rfc3339());
         s.put(&b).unwrap();
         s.put(&a).unwrap();
         assert_eq!(s.get(&a.id).unwrap(), a);
-        let ids: Vec<String> = s.list().unwrap().into_iter().map(|e| e.id).collect();
+        let ids: Vec<String> = s
+            .list()
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
         assert_eq!(ids, vec![a.id.clone(), b.id.clone()], "oldest first");
         assert!(matches!(
             s.get("../etc/passwd"),
@@ -261,11 +334,44 @@ mod tests {
         ));
         assert_eq!(
             s.purge_before(crate::event::parse_timestamp_ms("2026-06-01T00:00:00Z").unwrap())
-                .unwrap(),
+                .unwrap()
+                .0,
             1
         );
         s.remove(&b.id).unwrap();
         assert!(matches!(s.remove(&b.id), Err(StoreError::NotFound(_))));
-        assert!(s.list().unwrap().is_empty());
+        assert!(s.list().unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_entry_is_skipped_and_reported_and_pages_follow_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FailedStore::new(dir.path());
+        let ids = [
+            "20260101T000000000Z-00000001",
+            "20260101T000000000Z-00000002",
+            "20260101T000000000Z-00000003",
+        ];
+        for id in ids {
+            s.put(&entry(id, "2026-01-01T00:00:00.000Z")).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("20260101T000000000Z-00000000.json"),
+            b"{not json",
+        )
+        .unwrap();
+        let all = s.list().unwrap();
+        assert_eq!(all.entries.len(), 3);
+        assert_eq!(all.skipped.len(), 1);
+        assert!(all.skipped[0].file.ends_with("00000000.json"));
+        let p1 = s.list_page(None, 2).unwrap();
+        assert_eq!(p1.entries.len(), 2);
+        assert!(p1.more);
+        let p2 = s.list_page(Some(&p1.entries[1].id), 2).unwrap();
+        assert_eq!(
+            p2.entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec![ids[2]]
+        );
+        assert!(!p2.more && p2.skipped.is_empty());
     }
 }
