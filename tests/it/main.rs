@@ -1,10 +1,12 @@
 //! Integration tests: the real `vfgate` binary on ephemeral ports, with in-test mock upstreams.
 
 mod cli;
+mod crash;
 mod forward;
 mod lifecycle;
 mod receive;
 mod redis;
+mod restart;
 mod sender;
 mod siem;
 mod spool;

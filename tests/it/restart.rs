@@ -1,0 +1,223 @@
+//! The spool's restart matrix: SIGTERM and kill -9, each (a) before any delivery with the
+//! SIEM down, (b) mid-backlog, (c) with several segments, (d) after a byte flip in a sealed
+//! segment. Every 202 is delivered after the restart (for (d): everything outside the
+//! quarantined record, which is counted).
+
+use crate::util::*;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Term,
+    Kill,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Case {
+    BeforeFirstDelivery,
+    MidBacklog,
+    SeveralSegments,
+    FlippedByte,
+}
+
+fn config(mock: &Mock, segment: &str) -> String {
+    format!(
+        r#"
+[spool]
+dir = "{{dir}}/spool"
+{segment}
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "{}"
+timeout = "1s"
+batch = {{ max_events = 1 }}
+"#,
+        mock.url("/up")
+    )
+}
+
+fn body(n: usize, pad: usize) -> String {
+    format!(
+        r#"{{"event_id":"rm-{n:04}","event_type":"user.login","timestamp":"{}","context":{{"org_id":"org_1"}},"pad":"{}"}}"#,
+        now_rfc3339(),
+        "p".repeat(pad)
+    )
+}
+
+fn delivered(mock: &Mock) -> HashSet<String> {
+    mock.requests()
+        .iter()
+        .filter(|c| c.status == 200)
+        .filter_map(|c| {
+            let t = String::from_utf8_lossy(&c.body).to_string();
+            let i = t.find("\"rm-")?;
+            Some(t[i + 1..i + 8].to_string())
+        })
+        .collect()
+}
+
+fn segments(gw: &Gateway) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(gw.dir.path().join("spool/syvault"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+async fn run(stop: Stop, case: Case) {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let small = matches!(case, Case::SeveralSegments | Case::FlippedByte);
+    let seg = if small {
+        "segment_bytes = \"4KiB\""
+    } else {
+        ""
+    };
+    let mut gw = Gateway::start(&config(&mock, seg)).await;
+    let (n, pad) = match case {
+        Case::BeforeFirstDelivery => (5, 10),
+        Case::MidBacklog => (30, 10),
+        Case::SeveralSegments | Case::FlippedByte => (40, 400),
+    };
+    if case == Case::MidBacklog {
+        for _ in 0..10 {
+            mock.push(Reply::Status(200, vec![], "{}".into()));
+        }
+    }
+    for i in 0..n {
+        let r = gw.post_event(&body(i, pad)).await;
+        assert_eq!(r.status, 202, "{:?}", r.json());
+    }
+    if case == Case::MidBacklog {
+        assert!(
+            wait_until(Duration::from_secs(10), || delivered(&mock).len() >= 10).await,
+            "part of the backlog went out"
+        );
+    }
+    match stop {
+        Stop::Term => {
+            let st = gw.terminate();
+            assert_eq!(st.code(), Some(0));
+        }
+        Stop::Kill => gw.kill9(),
+    }
+    let mut lost = HashSet::new();
+    if small {
+        let segs = segments(&gw);
+        assert!(segs.len() >= 3, "several segments: {}", segs.len());
+    }
+    if case == Case::FlippedByte {
+        // One byte of rm-0003's payload, in the first (sealed) segment.
+        let seg = &segments(&gw)[0];
+        let mut b = std::fs::read(seg).unwrap();
+        let at = b
+            .windows(7)
+            .position(|w| w == b"rm-0003")
+            .expect("in the first segment");
+        b[at + 20] ^= 0x01;
+        std::fs::write(seg, &b).unwrap();
+        lost.insert("rm-0003".to_string());
+    }
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    gw.restart().await;
+    let want: HashSet<String> = (0..n)
+        .map(|i| format!("rm-{i:04}"))
+        .filter(|id| !lost.contains(id))
+        .collect();
+    let ok = wait_until(Duration::from_secs(30), || {
+        want.is_subset(&delivered(&mock))
+    })
+    .await;
+    let got = delivered(&mock);
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(
+        ok,
+        "{stop:?} {case:?}: {} acknowledged events not delivered: {missing:?}\n{}",
+        missing.len(),
+        gw.log_text()
+    );
+    if case == Case::FlippedByte {
+        assert!(!got.contains("rm-0003"), "the damaged record is not sent");
+        assert_eq!(
+            gw.metric("vfgate_spool_corrupt_records_total{source=\"syvault\"}")
+                .await,
+            1.0
+        );
+        let q = std::fs::read_dir(gw.dir.path().join("spool/quarantine"))
+            .unwrap()
+            .count();
+        assert_eq!(q, 1, "the damaged range is quarantined");
+        assert!(gw.log_text().contains("damaged records skipped"));
+    }
+    if small {
+        assert!(
+            wait_until(Duration::from_secs(5), || segments(&gw).len() == 1).await,
+            "drained segments reclaimed: {:?}",
+            segments(&gw)
+        );
+    }
+    assert_eq!(gw.metric("vfgate_spool_events{sink=\"up\"}").await, 0.0);
+}
+
+#[tokio::test]
+async fn sigterm_before_the_first_delivery_with_the_siem_down() {
+    run(Stop::Term, Case::BeforeFirstDelivery).await;
+}
+
+#[tokio::test]
+async fn kill_9_before_the_first_delivery_with_the_siem_down() {
+    run(Stop::Kill, Case::BeforeFirstDelivery).await;
+}
+
+#[tokio::test]
+async fn sigterm_mid_backlog() {
+    run(Stop::Term, Case::MidBacklog).await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_backlog() {
+    run(Stop::Kill, Case::MidBacklog).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_several_segments() {
+    run(Stop::Term, Case::SeveralSegments).await;
+}
+
+#[tokio::test]
+async fn kill_9_with_several_segments() {
+    run(Stop::Kill, Case::SeveralSegments).await;
+}
+
+#[tokio::test]
+async fn sigterm_then_a_flipped_byte_in_a_sealed_segment() {
+    run(Stop::Term, Case::FlippedByte).await;
+}
+
+#[tokio::test]
+async fn kill_9_then_a_flipped_byte_in_a_sealed_segment() {
+    run(Stop::Kill, Case::FlippedByte).await;
+}
