@@ -100,7 +100,7 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
     let seed: u64 = std::env::var("VFGATE_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     let kills: usize = std::env::var("VFGATE_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
