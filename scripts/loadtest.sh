@@ -20,7 +20,8 @@
 # kernel's share), CPU seconds per 100k requests (server process and children), peak RSS.
 # Then a summary table of ratios against the targets.
 # Tunables (env): DURATION (10s), CONNS (32), COUNT (events per corpus, 700000: more than 10 s at 40k req/s, so none repeats), SIZE (1024),
-# LINGER_MS (batch linger of the forwarding sinks, 0: batches grow while delivery slots are busy).
+# LINGER_MS (batch linger of the forwarding sinks, 0: batches grow while delivery slots are busy),
+# VFGATE_BIN (the vfgate binary to measure; default the release build of this tree).
 # Everything runs on 127.0.0.1 and stops by itself; only processes started here are stopped.
 set -euo pipefail
 
@@ -55,7 +56,8 @@ SECS=${DURATION%s}
 
 echo "== building release" >&2
 (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example pingora_floor)
-BIN=$ROOT/target/release/vfgate
+# VFGATE_BIN=path measures another build (an A/B against an older commit) with the same harness.
+BIN=${VFGATE_BIN:-$ROOT/target/release/vfgate}
 
 export VF_SECRET=loadtest-secret-0123456789
 START=$(date -u -d '-4 min' +%Y-%m-%dT%H:%M:%S.000Z)
@@ -137,7 +139,10 @@ $src
 [sink.out]
 $sink
 TOML
-  RUST_LOG=warn taskset -c "$SRV_CPU" "$BIN" serve --config "$dir/vfgate.toml" 2>"$dir/log" &
+  # A fresh process forgets what an earlier run delivered: its dedupe journal (data/dedupe
+  # under the working directory, the default without a spool) starts empty.
+  rm -rf "$dir/data"
+  (cd "$dir" && RUST_LOG=warn exec taskset -c "$SRV_CPU" "$BIN" serve --config "$dir/vfgate.toml" 2>"$dir/log") &
   VPID=$!
   PIDS+=($VPID)
   wait_port "$VPORT"
