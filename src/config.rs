@@ -1401,6 +1401,40 @@ path = "/dev/null"
     }
 
     #[test]
+    fn memory_dedupe_persists_by_default_and_says_so_when_it_does_not() {
+        let c = Config::parse(&base("")).unwrap();
+        assert_eq!(c.dedupe.journal, Some(PathBuf::from("data/dedupe")));
+        assert!(
+            !c.warnings.iter().any(|w| w.starts_with("dedupe.")),
+            "{:?}",
+            c.warnings
+        );
+        let spooled = format!("{}\n[spool]\ndir = \"/tmp/s\"\n", base(""));
+        assert_eq!(
+            Config::parse(&spooled).unwrap().dedupe.journal,
+            Some(PathBuf::from("/tmp/s/dedupe"))
+        );
+        let with = |d: &str| format!("{}\n[dedupe]\n{d}\n", base(""));
+        let c = Config::parse(&with("dir = \"/var/lib/vfgate/ids\"")).unwrap();
+        assert_eq!(c.dedupe.journal, Some(PathBuf::from("/var/lib/vfgate/ids")));
+        let c = Config::parse(&with("persist = false")).unwrap();
+        assert_eq!(c.dedupe.journal, None);
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with("dedupe.persist = false")
+                    && w.contains("accepted (and delivered) again")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(err(&with(
+            "backend = \"redis\"\nurl = \"redis://h:1\"\npersist = true"
+        ))
+        .starts_with("dedupe.persist: only used with backend = \"memory\""));
+        assert!(err(&with("dir = \"\"")).starts_with("dedupe.dir: must not be empty"));
+    }
+
+    #[test]
     fn spool_settings_are_validated_with_key_paths() {
         let spooled = base("").replace(
             "sinks = [\"archive\"]",

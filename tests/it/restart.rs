@@ -129,6 +129,19 @@ async fn run(stop: Stop, case: Case) {
         let segs = segments(&gw);
         assert!(segs.len() >= 3, "several segments: {}", segs.len());
     }
+    // Whole audit events on disk: private files in private directories.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [
+        "spool",
+        "spool/syvault",
+        "spool/syvault/cursors",
+        "spool/dedupe",
+    ] {
+        assert_eq!(mode(&gw.dir.path().join(d)), 0o700, "{d}");
+    }
+    assert_eq!(mode(&segments(&gw)[0]), 0o600);
+    assert_eq!(mode(&gw.dir.path().join("spool/syvault/cursors/up")), 0o600);
     if case == Case::FlippedByte {
         // One byte of rm-0003's payload, in the first (sealed) segment.
         let seg = &segments(&gw)[0];

@@ -435,6 +435,39 @@ async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
 }
 
 #[tokio::test]
+async fn memory_dedupe_persists_by_default_without_a_spool() {
+    let mock = Mock::start().await;
+    let cfg = format!(
+        r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "{}"
+"#,
+        mock.url("/up")
+    );
+    let mut gw = Gateway::start(&cfg).await;
+    let e = event("evt_no_spool_1", "user.login");
+    assert_eq!(gw.post_event(&e).await.status_field(), "accepted");
+    // kill -9 right after the answer: the mark was written before it.
+    gw.kill9();
+    gw.restart().await;
+    let r = gw.post_event(&e).await;
+    assert_eq!(r.status_field(), "duplicate", "{:?}", r.json());
+    assert_eq!(received(&mock, "/up").len(), 1, "delivered once");
+    // data/dedupe under the working directory, private.
+    use std::os::unix::fs::PermissionsExt;
+    let d = gw.dir.path().join("data/dedupe");
+    let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[tokio::test]
 async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
     let far = Mock::start().await;
     far.set_default(Reply::Status(500, vec![], "{}".into()));
