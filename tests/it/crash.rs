@@ -11,7 +11,6 @@
 use crate::util::*;
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,39 +111,15 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
     index.set(&mock, Siem::Down);
     let mut gw = Gateway::start(&config(&mock)).await;
     let results = gw.dir.path().join("results.tsv");
-    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
     let rate = 400;
     let events = (rate as usize) * (kills * 11 / 10 + 4);
-    let mut send = Command::new(BIN)
-        .args([
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--generate",
-            &events.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--orgs",
-            "16",
-            "--concurrency",
-            "8",
-            "--timeout",
-            "2s",
-            "--retry-schedule",
-            "200ms,500ms,1s,2s",
-            "--quiet",
-            "--failed-dir",
-            gw.dir.path().join("send-failed").to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .env("VF_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut send = send_load(
+        &gw,
+        events,
+        rate,
+        &results,
+        &["--retry-schedule", "200ms,500ms,1s,2s"],
+    );
 
     // The first kill: events acknowledged, none delivered yet (the SIEM is down).
     let t0 = Instant::now();

@@ -5,7 +5,7 @@
 
 use crate::util::*;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -74,17 +74,6 @@ fn segments(gw: &Gateway) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < within {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
 }
 
 async fn run(stop: Stop, case: Case) {

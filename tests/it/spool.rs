@@ -3,7 +3,6 @@
 
 use crate::util::*;
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spool_config(mock: &Mock, spool_extra: &str, sinks: &str) -> String {
@@ -78,51 +77,12 @@ fn org_event(org: usize, n: usize) -> String {
     )
 }
 
-async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < within {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
-
 #[tokio::test]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let mock = Mock::start().await;
     let mut gw = Gateway::start(&spool_config(&mock, r#"fsync = "batch""#, r#""up""#)).await;
     let results = gw.dir.path().join("results.tsv");
-    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
-    let mut send = Command::new(BIN)
-        .args([
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--generate",
-            "4000",
-            "--rate",
-            "800",
-            "--orgs",
-            "16",
-            "--concurrency",
-            "8",
-            "--timeout",
-            "2s",
-            "--quiet",
-            "--failed-dir",
-            gw.dir.path().join("send-failed").to_str().unwrap(),
-            "--results",
-            results.to_str().unwrap(),
-        ])
-        .env("VF_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut send = send_load(&gw, 4000, 800, &results, &[]);
 
     // Kill points: under plain load; with a backlog (the SIEM refusing, so events are only
     // in the spool); and right after the SIEM came back (drainer mid-delivery).

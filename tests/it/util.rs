@@ -640,3 +640,53 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> (i3
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Polls `f` every 50 ms until it holds or `within` has passed; its last answer.
+pub async fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// Starts `vfgate send --generate events --rate rate` (16 orgs, 8 in flight, 2 s timeout)
+/// against `gw`, writing `event_id<TAB>status` lines to `results`; `extra` args follow.
+pub fn send_load(gw: &Gateway, events: usize, rate: u32, results: &Path, extra: &[&str]) -> Child {
+    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
+    let (events, rate) = (events.to_string(), rate.to_string());
+    let failed = gw.dir.path().join("send-failed");
+    let mut args = vec![
+        "send",
+        "--target",
+        &target,
+        "--secret-env",
+        "VF_SECRET",
+        "--generate",
+        &events,
+        "--rate",
+        &rate,
+        "--orgs",
+        "16",
+        "--concurrency",
+        "8",
+        "--timeout",
+        "2s",
+        "--quiet",
+        "--failed-dir",
+        failed.to_str().unwrap(),
+        "--results",
+        results.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Command::new(BIN)
+        .args(args)
+        .env("VF_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
