@@ -477,3 +477,83 @@ retry_schedule = ["200ms", "300ms"]
         1.0
     );
 }
+
+#[tokio::test]
+async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
+    let mock = Mock::start().await;
+    let side = Mock::start().await;
+    mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
+    let cfg = spool_config2(&mock, &side, "", r#""up", "side""#)
+        .replace("max_events = 100", "max_events = 1");
+    let token = "admin-token-0123456789abcdef";
+    let gw = Gateway::start_admin(
+        &cfg,
+        "token = { env = \"ADMIN_TOKEN\" }",
+        &[("ADMIN_TOKEN", token)],
+    )
+    .await;
+    for id in ["adm-1", "adm-2", "adm-3"] {
+        assert_eq!(gw.post_event(&event(id, "user.login")).await.status, 202);
+    }
+    let dir = gw.dir.path().join("spool/dead-letter");
+    assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 3).await);
+    std::fs::write(dir.join("20200101T000000000Z-00000000.json"), "{broken").unwrap();
+    let auth = format!("Bearer {token}");
+    let get = |q: String| {
+        let auth = auth.clone();
+        async move {
+            request(gw.admin, "GET", &q, &[("authorization", &auth)], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let p1 = get("/admin/failed?limit=2".into()).await;
+    assert_eq!(p1.status, 200);
+    let j = p1.json();
+    assert_eq!(j["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(j["skipped"].as_array().unwrap().len(), 1, "{j}");
+    let next = j["next"].as_str().unwrap().to_string();
+    let p2 = get(format!("/admin/failed?limit=2&after={next}"))
+        .await
+        .json();
+    assert_eq!(p2["entries"].as_array().unwrap().len(), 1);
+    assert!(p2["next"].is_null());
+    assert_eq!(
+        get("/admin/failed?limit=0".into()).await.status,
+        400,
+        "a limit out of range is refused"
+    );
+
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let id = j["entries"][0]["id"].as_str().unwrap().to_string();
+    let event_id = j["entries"][0]["event_id"].as_str().unwrap().to_string();
+    let side_before = received(&side, "/side").len();
+    let r = request(
+        gw.admin,
+        "POST",
+        &format!("/admin/failed/{id}/replay"),
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["sink"], "up");
+    assert!(received(&mock, "/up").contains(&event_id));
+    assert_eq!(
+        received(&side, "/side").len(),
+        side_before,
+        "side gets nothing again"
+    );
+    assert_eq!(json_files(&dir), 3, "two entries and the broken file left");
+    for (path, want) in [
+        ("/admin/failed/replay", 404),
+        ("/admin/failed//replay", 400),
+        ("/admin/failed/nope/replay", 404),
+    ] {
+        let r = request(gw.admin, "POST", path, &[("authorization", &auth)], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, want, "{path}");
+    }
+}
