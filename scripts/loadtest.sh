@@ -54,9 +54,11 @@ CORES=$(nproc)
 SRV_CPU=0; LOAD_CPU=$(( CORES > 1 ? 1 : 0 ))
 SECS=${DURATION%s}
 
-echo "== building release" >&2
-(cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example pingora_floor)
 # VFGATE_BIN=path measures another build (an A/B against an older commit) with the same harness.
+if [ -z "${VFGATE_BIN:-}" ]; then
+  echo "== building release" >&2
+  (cd "$ROOT" && cargo build --release --quiet && cargo build --release --quiet --example pingora_floor)
+fi
 BIN=${VFGATE_BIN:-$ROOT/target/release/vfgate}
 
 export VF_SECRET=loadtest-secret-0123456789

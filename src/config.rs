@@ -60,6 +60,9 @@ pub mod defaults {
     pub const DEDUPE_PERSIST: bool = true;
 }
 
+/// Secrets shorter than this are warned about (HMAC keys should be random and long).
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// A configuration problem: the key path and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -1077,6 +1080,13 @@ fn validate_source(
                 "{skey}: secret given inline in the config file; prefer {{ env = \"NAME\" }} or {{ file = \"PATH\" }}"
             ));
         }
+        if secret.expose().len() < MIN_SECRET_BYTES {
+            warnings.push(format!(
+                "{skey}: the secret ({}) is only {} bytes; use at least {MIN_SECRET_BYTES} random bytes (vfgate keygen makes 32)",
+                reference.describe(),
+                secret.expose().len()
+            ));
+        }
         let not_after = match s.not_after {
             None => None,
             Some(t) => Some(
@@ -1089,6 +1099,16 @@ fn validate_source(
             secret,
             not_after,
         });
+    }
+    let now_s = crate::event::now_ms() / 1000;
+    if secrets
+        .iter()
+        .all(|s| s.not_after.is_some_and(|t| t <= now_s))
+    {
+        warnings.push(format!(
+            "{}: every secret is past its not_after: this source refuses every request (401) until a current secret is added",
+            key("secrets")
+        ));
     }
     let versions = raw.versions.unwrap_or_else(|| vec!["1".to_string()]);
     if versions.is_empty() || versions.iter().any(|v| v.is_empty()) {
@@ -1343,7 +1363,7 @@ mod tests {
 [[source]]
 name = "syvault"
 path = "/v1/events"
-secrets = [{{ value = "s3cret-value" }}]
+secrets = [{{ value = "s3cret-value-0123456" }}]
 sinks = ["archive"]
 
 [sink.archive]
@@ -1359,6 +1379,49 @@ path = "/dev/null"
     }
 
     #[test]
+    fn empty_short_and_expired_secrets() {
+        let with = |secrets: &str| {
+            base("").replace(r#"secrets = [{ value = "s3cret-value-0123456" }]"#, secrets)
+        };
+        assert_eq!(
+            err(&with(r#"secrets = [{ value = "" }]"#)),
+            "source[0].secrets[0]: the inline value is empty"
+        );
+        std::env::set_var("VFGATE_TEST_EMPTY_SECRET", "");
+        assert!(
+            err(&with(r#"secrets = [{ env = "VFGATE_TEST_EMPTY_SECRET" }]"#)).starts_with(
+                "source[0].secrets[0]: environment variable VFGATE_TEST_EMPTY_SECRET is empty"
+            )
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "\n").unwrap();
+        assert!(err(&with(&format!(
+            "secrets = [{{ file = \"{}\" }}]",
+            f.display()
+        )))
+        .contains("is empty"));
+        let c = Config::parse(&with(r#"secrets = [{ value = "short" }]"#)).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w
+                .starts_with("source[0].secrets[0]: the secret (inline value) is only 5 bytes")),
+            "{:?}",
+            c.warnings
+        );
+        let c = Config::parse(&with(
+            r#"secrets = [{ value = "0123456789abcdef0123", not_after = "2020-01-01T00:00:00Z" }]"#,
+        ))
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with("source[0].secrets: every secret is past its not_after")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = Config::parse(&base("")).unwrap();
         assert_eq!(c.server.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
@@ -1368,7 +1431,7 @@ path = "/dev/null"
         assert_eq!(c.sources[0].versions, vec!["1"]);
         assert_eq!(c.sinks[0].common.batch.max_events, 1);
         assert_eq!(c.warnings.len(), 1, "inline secret is warned about");
-        assert!(!format!("{c:?}").contains("s3cret-value"));
+        assert!(!format!("{c:?}").contains("s3cret-value-0123456"));
         let with_sink_secret = base("").replace(
             "path = \"/dev/null\"",
             "path = \"/dev/null\"\n[sink.h]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\nheaders = { \"Authorization\" = { value = \"Bearer sink-secret-value\" } }",
@@ -1470,7 +1533,7 @@ path = "/dev/null"
     #[test]
     fn missing_env_secret_is_an_error_naming_it() {
         let text = base("").replace(
-            "{ value = \"s3cret-value\" }",
+            "{ value = \"s3cret-value-0123456\" }",
             "{ env = \"VFGATE_TEST_UNSET_SECRET\" }",
         );
         assert_eq!(

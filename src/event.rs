@@ -64,6 +64,11 @@ impl Event {
         let Ok(text) = std::str::from_utf8(&body) else {
             return Err(explain(&body, None));
         };
+        if too_deep(&body) {
+            return Err(InvalidEvent(format!(
+                "the JSON nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
         let f: Fields<'_> = match serde_json::from_str(text) {
             Ok(f) => f,
             Err(e) => return Err(explain(&body, Some(e))),
@@ -71,6 +76,9 @@ impl Event {
         let event_id = match f.event_id {
             None => return Err(InvalidEvent("event_id is missing".into())),
             Some(s) if s.is_empty() => return Err(InvalidEvent("event_id is empty".into())),
+            Some(s) if s.bytes().any(|b| b < 0x20 || b == 0x7f) => {
+                return Err(InvalidEvent("event_id contains a control character".into()))
+            }
             Some(s) => s.into_owned(),
         };
         let timestamp = match f.timestamp {
@@ -103,6 +111,43 @@ impl Event {
             self.body.clone()
         }
     }
+}
+
+/// Deepest JSON nesting accepted anywhere in a body (arrays and objects).
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `body` nests arrays and objects deeper than [`MAX_DEPTH`]. A body with no more
+/// opening brackets than that cannot, and is cleared by one SIMD count (the common case);
+/// only others are scanned, strings skipped.
+fn too_deep(body: &[u8]) -> bool {
+    if memchr::memchr2_iter(b'{', b'[', body).count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &b in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The wall clock in unix milliseconds.
@@ -224,6 +269,44 @@ mod tests {
 
     fn parse(s: &str) -> Result<Event, String> {
         Event::parse(Bytes::copy_from_slice(s.as_bytes())).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn nesting_deeper_than_128_and_control_characters_in_event_id_are_refused() {
+        let ok_depth = format!(
+            r#"{{"event_id":"e","timestamp":"2024-05-14T09:21:33Z","x":{}1{}}}"#,
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert!(parse(&ok_depth).is_ok(), "128 levels with the outer object");
+        let deep = format!(
+            r#"{{"event_id":"e","timestamp":"2024-05-14T09:21:33Z","x":{}1{}}}"#,
+            "[".repeat(128),
+            "]".repeat(128)
+        );
+        assert_eq!(
+            parse(&deep).unwrap_err(),
+            "the JSON nests deeper than 128 levels"
+        );
+        let deep_tail = format!(
+            r#"{{"event_id":"e","timestamp":"2024-05-14T09:21:33Z"}}{}"#,
+            "{\"a\":".repeat(100_000)
+        );
+        assert!(parse(&deep_tail).is_err());
+        // Brackets inside strings do not count.
+        let in_string = format!(
+            r#"{{"event_id":"e","timestamp":"2024-05-14T09:21:33Z","s":"{}"}}"#,
+            "[".repeat(500)
+        );
+        assert!(parse(&in_string).is_ok());
+        for id in [r"a\nb", r"a\u001bb", r"a\u007fb", r"\t"] {
+            let b = format!(r#"{{"event_id":"{id}","timestamp":"2024-05-14T09:21:33Z"}}"#);
+            assert_eq!(
+                parse(&b).unwrap_err(),
+                "event_id contains a control character",
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Validation only: nothing is opened, created or contacted.
             match Config::load(&config) {
                 Ok(c) => {
+                    for w in &c.warnings {
+                        eprintln!("warning: {w}");
+                    }
                     println!("{}", c.summary());
                     Ok(ExitCode::SUCCESS)
                 }

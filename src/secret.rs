@@ -114,6 +114,9 @@ pub enum SecretError {
     /// The file is empty.
     #[error("secret file {0} is empty")]
     FileEmpty(String),
+    /// An inline value is empty (an empty HMAC key lets anyone forge events).
+    #[error("the inline value is empty")]
+    ValueEmpty,
 }
 
 impl SecretRef {
@@ -154,6 +157,9 @@ impl SecretRef {
                     return Err(SecretError::FileEmpty(file.display().to_string()));
                 }
                 Ok(Secret::new(bytes))
+            }
+            SecretRef::Value { value } if value.0.expose().is_empty() => {
+                Err(SecretError::ValueEmpty)
             }
             SecretRef::Value { value } => Ok(value.0.clone()),
         }

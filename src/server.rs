@@ -497,7 +497,7 @@ impl Gateway {
             return match spool.append(log, &event.body, now).await {
                 Ok(()) => {
                     guard.armed = false;
-                    if let Err(e) = self.dedupe.commit(key, now_s).await {
+                    if let Err(e) = self.dedupe.commit(key, now, event.timestamp_ms).await {
                         tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be spooled again");
                     }
                     self.finish(
@@ -555,11 +555,7 @@ impl Gateway {
         match worst {
             None => {
                 guard.armed = false;
-                if let Err(e) = self
-                    .dedupe
-                    .commit(key, (now_ms() / 1000).max(0) as u64)
-                    .await
-                {
+                if let Err(e) = self.dedupe.commit(key, now_ms(), event.timestamp_ms).await {
                     tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be forwarded again");
                 }
                 self.finish(
@@ -624,7 +620,14 @@ impl HttpServerApp for WebhookApp {
             }
         }
         let _dec = Dec(&metrics.in_flight);
-        s.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // Only ever shorten what Pingora decided from the request (HTTP/1.0 without
+        // keep-alive, `Connection: close`, both Transfer-Encoding and Content-Length: close
+        // after the response, RFC 9112 §6.1), never re-enable it.
+        if *shutdown.borrow() {
+            s.set_keepalive(None);
+        } else if s.get_keepalive().is_some() {
+            s.set_keepalive(Some(60));
+        }
         let (head, body) = self.gateway.handle(&mut s).await.into_parts();
         if let Err(e) = s.write_response_header(Box::new(head)).await {
             tracing::debug!(error = %e, "cannot write a response header");
@@ -675,9 +678,18 @@ impl Admin {
         let given = s
             .get_header("authorization")
             .map(|v| v.as_bytes())
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            })
             .unwrap_or(b"");
-        bool::from(given.ct_eq(token.expose()))
+        // Fixed-size digests: the compare takes the same time whatever the lengths.
+        use sha2::Digest;
+        let (a, b) = (
+            sha2::Sha256::digest(given),
+            sha2::Sha256::digest(token.expose()),
+        );
+        bool::from(a.as_slice().ct_eq(b.as_slice()))
     }
 
     async fn failed_routes(&self, s: &ServerSession, method: &Method, path: &str) -> HttpResponse {

@@ -35,6 +35,12 @@ pub enum Begin {
 #[error("dedupe backend error: {0}")]
 pub struct DedupeError(pub String);
 
+/// The unix second a delivered mark's TTL counts from: the later of the commit time and the
+/// event's own timestamp, rounded up (see [`Dedupe::commit`]).
+pub fn mark_from_s(now_ms: i64, event_ms: i64) -> u64 {
+    (now_ms.max(event_ms).max(0) / 1000) as u64 + 1
+}
+
 /// The configured dedupe store.
 pub enum Dedupe {
     /// In-process table.
@@ -89,14 +95,27 @@ impl Dedupe {
         }
     }
 
-    /// Marks `key` delivered for the TTL.
-    pub async fn commit(&self, key: DedupeKey, now: u64) -> Result<(), DedupeError> {
+    /// Marks `key` delivered, at wall time `now_ms`, for an event dated `event_ms`. The mark
+    /// lasts a TTL past the later of the two (plus a second for rounding), so an event dated
+    /// ahead (within `max_future_skew`) stays a duplicate until it is too old to be accepted
+    /// at all: with `max_event_age <= ttl` (enforced by the config), a signed event is
+    /// accepted at most once.
+    pub async fn commit(
+        &self,
+        key: DedupeKey,
+        now_ms: i64,
+        event_ms: i64,
+    ) -> Result<(), DedupeError> {
+        let until_ms = now_ms.max(event_ms).max(0);
         match self {
             Dedupe::Memory(m) => {
-                m.commit(key, now);
+                m.commit(key, mark_from_s(now_ms, event_ms));
                 Ok(())
             }
-            Dedupe::Redis(r) => r.commit(key).await,
+            Dedupe::Redis(r) => {
+                r.commit(key, (until_ms - now_ms.max(0)) as u64 + 1000)
+                    .await
+            }
         }
     }
 
@@ -148,6 +167,60 @@ impl Dedupe {
         match self {
             Dedupe::Memory(_) => 0,
             Dedupe::Redis(r) => r.errors(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{Checker, RequestParts};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// For every valid config (max_event_age <= ttl, any skew), an event dated anywhere
+        /// relative to its arrivals is accepted at most once, however often it is replayed.
+        #[test]
+        fn a_signed_event_is_accepted_at_most_once(
+            ttl in 1u64..120,
+            age_per_mille in 0u64..=1000,
+            skew in 0u64..400,
+            offset_ms in -500_000i64..500_000,
+            mut arrivals in proptest::collection::vec(0i64..700_000, 1..16),
+        ) {
+            let age = (ttl * age_per_mille / 1000).max(1);
+            let toml = format!(
+                "[dedupe]\nttl = \"{ttl}s\"\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"0123456789abcdef0123\" }}]\nsinks = [\"f\"]\nmax_event_age = \"{age}s\"\nmax_future_skew = \"{skew}s\"\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n"
+            );
+            let cfg = crate::config::Config::parse(&toml).unwrap();
+            let checker = Checker::new(&cfg.sources[0]);
+            let d = memory::MemoryDedupe::new(cfg.dedupe.ttl, Duration::from_secs(60), 1000);
+            let t0: i64 = 1_700_000_000_000;
+            let ts = t0 + offset_ms;
+            let body = bytes::Bytes::from(format!(
+                "{{\"event_id\":\"e1\",\"timestamp\":\"{}\"}}",
+                crate::sinks::rfc3339_ms(ts)
+            ));
+            let parts = RequestParts {
+                signature: None,
+                version: Some(b"1"),
+                content_type: Some(b"application/json"),
+            };
+            let key = d.key("s", "e1");
+            arrivals.sort();
+            let mut accepted = Vec::new();
+            for a in arrivals {
+                let now = t0 + a;
+                if checker.after_signature(parts, body.clone(), now).is_err() {
+                    continue;
+                }
+                if d.begin(key, (now / 1000) as u64) == Begin::New {
+                    d.commit(key, mark_from_s(now, ts));
+                    accepted.push(a);
+                }
+            }
+            prop_assert!(accepted.len() <= 1, "accepted at {accepted:?} (ts offset {offset_ms} ms)");
         }
     }
 }

@@ -156,14 +156,14 @@ impl RedisDedupe {
     }
 
     /// Marks `key` delivered for the TTL.
-    pub async fn commit(&self, key: DedupeKey) -> Result<(), DedupeError> {
+    pub async fn commit(&self, key: DedupeKey, extra_ms: u64) -> Result<(), DedupeError> {
         let r: Result<(), DedupeError> = async {
             let mut c = self.conn().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(self.redis_key(key))
                 .arg("d")
                 .arg("PX")
-                .arg(self.ttl_ms);
+                .arg(self.ttl_ms.saturating_add(extra_ms));
             self.call(cmd.query_async::<()>(&mut c)).await
         }
         .await;

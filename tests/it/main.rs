@@ -7,6 +7,7 @@ mod lifecycle;
 mod receive;
 mod redis;
 mod restart;
+mod security;
 mod sender;
 mod siem;
 mod spool;

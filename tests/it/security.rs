@@ -1,0 +1,189 @@
+//! Hostile input that once got through: framing that must close the connection, empty
+//! secrets, case-changed bearer tokens.
+
+use crate::util::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FILE_SINK: &str = r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{ env = "VF_SECRET" }]
+sinks = ["f"]
+
+[sink.f]
+type = "file"
+path = "/dev/null"
+"#;
+
+/// Whether the server closed `s` (EOF or reset within 2 s) instead of serving more.
+async fn closed(s: &mut tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 256];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+fn signed_head(version: &str, body: &str, framing: &str) -> String {
+    format!(
+        "POST /v1/events {version}\r\nHost: x\r\nContent-Type: application/json\r\nX-VF-Signature-256: {}\r\nX-VF-Webhook-Version: 1\r\n{framing}\r\n",
+        sign(SECRET, body.as_bytes())
+    )
+}
+
+#[tokio::test]
+async fn both_transfer_encoding_and_content_length_close_the_connection() {
+    let gw = Gateway::start(FILE_SINK).await;
+    let body = event("evt_te_cl", "user.login");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let framing = format!(
+        "Transfer-Encoding: chunked\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let req = format!(
+        "{}{:x}\r\n{body}\r\n0\r\n\r\n",
+        signed_head("HTTP/1.1", &body, &framing),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_ne!(
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("keep-alive"),
+        "RFC 9112 6.1: the server closes after responding"
+    );
+    // A second request on that socket is never served.
+    let again = event("evt_te_cl_2", "user.login");
+    let req2 = format!(
+        "{}{again}",
+        signed_head(
+            "HTTP/1.1",
+            &again,
+            &format!("Content-Length: {}\r\n", again.len())
+        )
+    );
+    let _ = s.write_all(req2.as_bytes()).await;
+    assert!(closed(&mut s).await, "the connection was closed");
+}
+
+#[tokio::test]
+async fn http_1_0_without_keep_alive_is_closed_after_the_response() {
+    let gw = Gateway::start(FILE_SINK).await;
+    let body = event("evt_http10", "user.login");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{}{body}",
+        signed_head(
+            "HTTP/1.0",
+            &body,
+            &format!("Content-Length: {}\r\n", body.len())
+        )
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s).await.unwrap();
+    assert_eq!(r.status_field(), "accepted");
+    assert!(
+        closed(&mut s).await,
+        "HTTP/1.0 without keep-alive is closed"
+    );
+}
+
+#[tokio::test]
+async fn an_empty_inline_secret_is_refused_by_check_config_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        FILE_SINK.replace(r#"{ env = "VF_SECRET" }"#, r#"{ value = "" }"#),
+    )
+    .unwrap();
+    for cmd in ["check-config", "serve"] {
+        let (code, _, err) = run_cli(&[cmd, "--config", cfg.to_str().unwrap()], &[], None);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(
+            err.contains("source[0].secrets[0]: the inline value is empty"),
+            "{cmd}: {err}"
+        );
+    }
+    // A short one is accepted with a warning, which check-config prints.
+    std::fs::write(
+        &cfg,
+        FILE_SINK.replace(r#"{ env = "VF_SECRET" }"#, r#"{ value = "short" }"#),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: source[0].secrets[0]: the secret (inline value) is only 5 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("secret given inline"), "{err}");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+    let token = "admin-token-0123456789abcdef";
+    let gw = Gateway::start_admin(
+        FILE_SINK,
+        "token = { env = \"ADMIN_TOKEN\" }",
+        &[("ADMIN_TOKEN", token)],
+    )
+    .await;
+    for (auth, want) in [
+        (format!("Bearer {token}"), 200),
+        (format!("bearer {token}"), 200),
+        (format!("BEARER {token}"), 200),
+        (format!("Bearer {token}x"), 401),
+        (format!("Bearer {}", &token[..token.len() - 1]), 401),
+        ("Bearer ".to_string(), 401),
+        ("Bear".to_string(), 401),
+        (token.to_string(), 401),
+    ] {
+        let r = request(
+            gw.admin,
+            "GET",
+            "/admin/failed",
+            &[("authorization", &auth)],
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, want, "{auth:?}");
+    }
+}
+
+#[tokio::test]
+async fn deep_json_and_control_characters_in_event_id_are_400_before_any_sink() {
+    let gw = Gateway::start(FILE_SINK).await;
+    let deep = format!(
+        r#"{{"event_id":"deep","event_type":"x","timestamp":"{}","x":{}1{}}}"#,
+        now_rfc3339(),
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let r = gw.post_event(&deep).await;
+    assert_eq!((r.status, r.error()), (400, "invalid_event".to_string()));
+    let ctl = format!(
+        r#"{{"event_id":"a\nb\u001b[31m","event_type":"x","timestamp":"{}"}}"#,
+        now_rfc3339()
+    );
+    let r = gw.post_event(&ctl).await;
+    assert_eq!((r.status, r.error()), (400, "invalid_event".to_string()));
+    assert_eq!(
+        gw.metric("vfgate_requests_total{outcome=\"invalid_event\",source=\"syvault\"}")
+            .await,
+        2.0
+    );
+}
