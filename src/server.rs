@@ -604,7 +604,7 @@ impl HttpServerApp for WebhookApp {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot read a request header");
+                tracing::debug!(error = ?e.to_string(), "cannot read a request header");
                 return None;
             }
         }

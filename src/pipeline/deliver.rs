@@ -37,7 +37,7 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
     let mut round = 0u32;
     loop {
         let events: Vec<Arc<Event>> = pending.iter().map(|j| j.event.clone()).collect();
-        let (verdicts, _) = attempt(sink, name, metrics, &events).await;
+        let (verdicts, status) = attempt(sink, name, metrics, &events).await;
         let mut retry = Vec::new();
         let mut wait_hint: Option<Duration> = None;
         let mut last: Option<(RetryKind, String)> = None;
@@ -46,10 +46,15 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
                 Verdict::Ok => {
                     let _ = job.reply.send(Delivery::Delivered);
                 }
-                Verdict::Permanent { detail, .. } => {
+                Verdict::Permanent { reason, .. } => {
+                    // The full detail (the target's answer) is logged by `attempt`; the
+                    // sender, an outside party, learns the sink, reason and status only.
                     let _ = job.reply.send(Delivery::Failed {
                         kind: FailKind::Permanent,
-                        detail: format!("sink {name}: {detail}"),
+                        detail: format!(
+                            "sink {name}: the event cannot be delivered ({reason}, {})",
+                            status_words(&status)
+                        ),
                         retry_after: None,
                     });
                 }
@@ -79,10 +84,14 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
                 .sink_events_failed
                 .with_label_values(&[name, reason])
                 .inc_by(retry.len() as u64);
+            tracing::warn!(sink = name, events = retry.len(), status = %status, detail = ?detail, "retry budget spent; the sender is answered 5xx and will retry");
             for job in retry {
                 let _ = job.reply.send(Delivery::Failed {
                     kind: fail,
-                    detail: format!("sink {name}: {detail} (retry budget spent)"),
+                    detail: format!(
+                        "sink {name}: {} (retry budget spent)",
+                        status_words(&status)
+                    ),
                     retry_after: wait_hint,
                 });
             }
@@ -95,6 +104,16 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
             .with_label_values(&[name])
             .inc_by(retry.len() as u64);
         pending = retry;
+    }
+}
+
+/// A status label as the sender may read it: `upstream answered 503`, or the error kind
+/// (`timeout`, `connect_error`...): never the target's body, address or TLS text.
+pub fn status_words(status: &str) -> String {
+    if status.bytes().all(|b| b.is_ascii_digit()) && !status.is_empty() {
+        format!("upstream answered {status}")
+    } else {
+        status.to_string()
     }
 }
 
@@ -118,7 +137,7 @@ pub async fn attempt(
                     .sink_events_failed
                     .with_label_values(&[name, reason])
                     .inc();
-                tracing::warn!(sink = name, event_id = %ev.event_id, reason, %detail, "event refused permanently");
+                tracing::warn!(sink = name, event_id = ?ev.event_id, reason, detail = ?detail, "event refused permanently");
             }
             Verdict::Retry {
                 kind: RetryKind::Config,
@@ -170,7 +189,7 @@ fn send_split<'a>(
                     vs.len(),
                     events.len()
                 );
-                tracing::error!(sink = name, %detail, "sink bug");
+                tracing::error!(sink = name, detail = ?detail, "sink bug");
                 (
                     vec![Verdict::retry(RetryKind::Unavailable, detail, None); events.len()],
                     status,
@@ -203,7 +222,7 @@ fn log_config_error(sink: &str, detail: &str) {
         .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60))
     {
         map.insert(sink.to_string(), now);
-        tracing::error!(sink, %detail, "sink refuses our credentials (configuration error); events are kept for retry");
+        tracing::error!(sink, detail = ?detail, "sink refuses our credentials (configuration error); events are kept for retry");
     }
 }
 

@@ -278,7 +278,7 @@ impl WebhookSender {
         match store.put(&entry) {
             Ok(()) => Some(entry.id),
             Err(e) => {
-                tracing::error!(error = %e, event_id = %entry.event_id, "cannot store a failed delivery");
+                tracing::error!(error = %e, event_id = ?entry.event_id, "cannot store a failed delivery");
                 None
             }
         }

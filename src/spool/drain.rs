@@ -235,7 +235,7 @@ impl Drainer {
                 return;
             }
             if round == 0 {
-                tracing::warn!(sink = name, source = %self.source.name, events = keep.len(), detail = %last_detail, "spooled events not delivered yet; retrying");
+                tracing::warn!(sink = name, source = %self.source.name, events = keep.len(), detail = ?last_detail, "spooled events not delivered yet; retrying");
             }
             tokio::time::sleep(wait).await;
             round += 1;
@@ -296,7 +296,7 @@ impl Drainer {
             vec![attempt_log(&now_rfc3339(), "not_sent", why)],
             &body,
         );
-        tracing::error!(sink = %self.common.name, %why, id = %entry.id, "spool: unreadable record dead-lettered");
+        tracing::error!(sink = %self.common.name, why = ?why, id = %entry.id, "spool: unreadable record dead-lettered");
         self.store(entry, "corrupt").await;
     }
 

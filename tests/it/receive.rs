@@ -282,10 +282,17 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     let body = event("evt_up_1", "user.login");
     let r = gw.post_event(&body).await;
     assert_eq!((r.status, r.error()), (502, "upstream_error".into()));
+    // The sender is an outside party: it learns the sink and the status, never the
+    // upstream's body (which went to the log).
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
     assert!(
-        r.json()["detail"].as_str().unwrap().contains("bad field"),
-        "{:?}",
-        r.json()
+        detail.contains("sink up") && detail.contains("upstream answered 400"),
+        "{detail}"
+    );
+    assert!(!detail.contains("bad field"), "{detail}");
+    assert!(
+        gw.log_text().contains("bad field"),
+        "the log has the upstream's answer"
     );
 
     // 503 until the budget is spent: 503 + Retry-After.

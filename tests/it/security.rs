@@ -187,3 +187,36 @@ async fn deep_json_and_control_characters_in_event_id_are_400_before_any_sink() 
         2.0
     );
 }
+
+#[tokio::test]
+async fn a_5xx_names_the_sink_and_error_kind_never_the_upstream_address() {
+    let port = free_port();
+    let cfg = format!(
+        r#"
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "http://127.0.0.1:{port}/x"
+timeout = "300ms"
+retry = {{ budget = "300ms" }}
+"#
+    );
+    let gw = Gateway::start(&cfg).await;
+    let r = gw.post_event(&event("evt_refused", "user.login")).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (503, "upstream_unavailable".to_string())
+    );
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert_eq!(detail, "sink up: connect_error (retry budget spent)");
+    assert!(!detail.contains("127.0.0.1") && !detail.contains(&port.to_string()));
+    assert!(
+        gw.log_text().contains("retry budget spent"),
+        "the full text is logged"
+    );
+}
