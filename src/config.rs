@@ -740,7 +740,25 @@ impl Config {
 
         let mut sinks = Vec::new();
         for (name, table) in raw.sink {
+            let skip_verify = table
+                .get("tls")
+                .and_then(|t| t.get("insecure_skip_verify"))
+                .and_then(toml::Value::as_bool)
+                == Some(true);
+            let kind = table
+                .get("type")
+                .and_then(toml::Value::as_str)
+                .unwrap_or("")
+                .to_string();
             sinks.push(validate_sink(&name, table)?);
+            if skip_verify {
+                let also = if kind == "azure_logs_ingestion" {
+                    " (nor the Azure token endpoint's: the client secret could go to an impostor)"
+                } else {
+                    ""
+                };
+                warnings.push(format!("sink.{name}.tls.insecure_skip_verify: the upstream certificate is NOT verified{also}; anyone on the path can read and alter what this sink sends"));
+            }
         }
         let sink_names: HashSet<&str> = sinks.iter().map(|s| s.common.name.as_str()).collect();
 

@@ -1,7 +1,7 @@
 //! Persistence of the memory backend's delivered ids, so that a restart does not forget them.
 //!
 //! Lives in `dedupe.dir` (default `<spool.dir>/dedupe` with a spool, else `data/dedupe`):
-//! `lock` (held while a process uses the dir), `seed` (the key hash seed, so keys computed
+//! `lock` (held while a process uses the dir), `keys` (the key function), `seed` (the key hash seed, so keys computed
 //! after a restart match the stored ones) and journal files `delivered-<unix secs>.log` of
 //! fixed 20-byte records `[key 16][expires u32]` (little endian; `expires = 0` forgets a key).
 //!
@@ -40,6 +40,9 @@ pub enum Durability {
 pub const SYNC_EVERY: Duration = Duration::from_millis(20);
 
 const RECORD: usize = 20;
+
+/// The key function the marks were computed with ([`super::hash_key`]), kept in `keys`.
+const KEY_FORMAT: &str = "sha256-128-v1";
 
 /// One journal record.
 pub type Record = ([u64; 2], u32);
@@ -147,6 +150,20 @@ pub fn open(
         }
         Err(e) => return Err(err(&seed_path)(e)),
     };
+    // Marks written with another key function would never match again: drop them once,
+    // saying so, and record the current one.
+    let keys_path = dir.join("keys");
+    let current = std::fs::read_to_string(&keys_path).ok();
+    if current.as_deref().map(str::trim) != Some(KEY_FORMAT) {
+        let old = journal_files(dir)?;
+        if !old.is_empty() {
+            tracing::warn!(dir = %dir.display(), files = old.len(), "dedupe journal written by an older vfgate (other key function): its marks are dropped; replays of events delivered before the upgrade are accepted again until their max_event_age passes");
+            for (_, p) in old {
+                std::fs::remove_file(&p).map_err(err(&p))?;
+            }
+        }
+        fsutil::write_atomic(&keys_path, KEY_FORMAT.as_bytes(), true).map_err(err(&keys_path))?;
+    }
     let now = now_secs();
     let mut latest: std::collections::HashMap<[u64; 2], u32> = std::collections::HashMap::new();
     for (_, path) in journal_files(dir)? {
@@ -355,5 +372,20 @@ mod tests {
         );
         drop(j);
         assert!(open(dir.path(), Duration::from_secs(3600), Durability::Batch).is_ok());
+    }
+
+    #[test]
+    fn marks_of_another_key_function_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("delivered-1.log"), encode([1, 2], u32::MAX)).unwrap();
+        let (_j, loaded) = open(dir.path(), Duration::from_secs(3600), Durability::Never).unwrap();
+        assert!(
+            loaded.marks.is_empty(),
+            "an old journal (no keys file) is not trusted"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keys")).unwrap(),
+            KEY_FORMAT
+        );
     }
 }

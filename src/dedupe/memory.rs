@@ -1,8 +1,8 @@
 //! In-memory dedupe: a sharded hash table of 128-bit keys.
 //!
 //! Each entry is a fixed 24 bytes (16-byte key hash, expiry in unix seconds, state), not the
-//! id string. Keys are a seeded xxh3-128 of `source \0 event_id`: with 10 M ids the chance of
-//! any false duplicate is about 1e-25. An expired entry counts as absent in the same locked
+//! id string. Keys are [`super::hash_key`] (seeded SHA-256 of `source \0 event_id`, 128 bits):
+//! with 10 M ids the chance of any false duplicate is about 1e-25, and none can be crafted. An expired entry counts as absent in the same locked
 //! call that would insert it. When a shard is full, expired entries are purged first, then the
 //! oldest eighth of delivered entries is evicted (counted).
 
@@ -109,12 +109,7 @@ impl MemoryDedupe {
 
     /// The key of `(source, event_id)`.
     pub fn key(&self, source: &str, event_id: &str) -> DedupeKey {
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(self.seed);
-        h.update(source.as_bytes());
-        h.update(&[0]);
-        h.update(event_id.as_bytes());
-        let v = h.digest128();
-        DedupeKey([v as u64, (v >> 64) as u64])
+        super::hash_key(Some(self.seed), source, event_id)
     }
 
     fn shard(&self, key: &DedupeKey) -> &Mutex<Table> {

@@ -15,7 +15,27 @@ pub mod redis;
 use crate::config::{DedupeBackend, DedupeConfig};
 use std::time::Duration;
 
-/// A fixed-size key: 128-bit keyed hash of source name and event_id.
+/// The key of `(source, event_id)`: SHA-256 over `seed (8 bytes LE, when given) | source |
+/// 0x00 | event_id`, truncated to 128 bits. Source names cannot hold a 0 byte, so the input
+/// is unambiguous; SHA-256 makes it infeasible for whoever holds one source's secret to craft
+/// event ids whose keys collide with another source's (and suppress them as duplicates).
+/// The memory backend seeds it (a random seed kept in its journal dir); Redis does not, so
+/// that every replica computes the same key.
+pub fn hash_key(seed: Option<u64>, source: &str, event_id: &str) -> DedupeKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    if let Some(s) = seed {
+        h.update(s.to_le_bytes());
+    }
+    h.update(source.as_bytes());
+    h.update([0u8]);
+    h.update(event_id.as_bytes());
+    let d = h.finalize();
+    let w = |i: usize| u64::from_le_bytes(d[i..i + 8].try_into().expect("8 bytes"));
+    DedupeKey([w(0), w(8)])
+}
+
+/// A fixed-size key: 128 bits of [`hash_key`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DedupeKey(pub [u64; 2]);
 
@@ -176,6 +196,32 @@ mod tests {
     use super::*;
     use crate::verify::{Checker, RequestParts};
     use proptest::prelude::*;
+
+    #[test]
+    fn keys_are_sha256_of_source_and_id_deterministic_without_a_seed() {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(b"syvault\0evt_1");
+        let want = DedupeKey([
+            u64::from_le_bytes(d[0..8].try_into().unwrap()),
+            u64::from_le_bytes(d[8..16].try_into().unwrap()),
+        ]);
+        assert_eq!(
+            hash_key(None, "syvault", "evt_1"),
+            want,
+            "every replica agrees"
+        );
+        assert_ne!(hash_key(None, "other", "evt_1"), want);
+        assert_ne!(
+            hash_key(None, "syvaul", "tevt_1"),
+            want,
+            "the separator counts"
+        );
+        assert_ne!(
+            hash_key(Some(7), "syvault", "evt_1"),
+            want,
+            "the seed counts"
+        );
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]

@@ -79,12 +79,7 @@ impl RedisDedupe {
 
     /// The key of `(source, event_id)`: the same on every replica.
     pub fn key(&self, source: &str, event_id: &str) -> DedupeKey {
-        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0);
-        h.update(source.as_bytes());
-        h.update(&[0]);
-        h.update(event_id.as_bytes());
-        let v = h.digest128();
-        DedupeKey([v as u64, (v >> 64) as u64])
+        super::hash_key(None, source, event_id)
     }
 
     fn redis_key(&self, k: DedupeKey) -> String {

@@ -134,9 +134,6 @@ fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
 
 fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     let p = parse(spec)?;
-    if p.tls.insecure_skip_verify {
-        tracing::warn!(sink = %spec.common.name, "tls.insecure_skip_verify: the upstream certificate is NOT verified");
-    }
     let mut headers = p.headers;
     headers.push(("content-type".into(), b"application/json".to_vec()));
     let path = p.target.path.clone();

@@ -2,6 +2,76 @@
 
 use crate::util::*;
 
+const CI_ENV: [(&str, &str); 11] = [
+    ("VF_SECRET", "s1"),
+    ("VF_SECRET_PREVIOUS", "s0"),
+    ("CUSTOM_AUTH", "Bearer x"),
+    ("SPLUNK_HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB"),
+    ("DD_API_KEY", "0123456789abcdef0123456789abcdef"),
+    (
+        "ES_API_KEY",
+        "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
+    ),
+    ("AZURE_CLIENT_SECRET", "s3cr3t~value"),
+    ("RELAY_SECRET", "relay-secret"),
+    ("REDIS_PASSWORD", "redis-pw"),
+    ("ADMIN_TOKEN", "admin-token-0123456789abcdef"),
+    (
+        "LA_SHARED_KEY",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==",
+    ),
+];
+
+/// `tls.insecure_skip_verify = true` is warned about for every sink type that speaks TLS
+/// (each shipped example, with the key added to its first sink), by check-config too.
+#[test]
+fn insecure_skip_verify_is_warned_for_every_sink_type() {
+    let mut types = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(at) = text.find("\n[sink.") else {
+            continue;
+        };
+        let header_end = at + 1 + text[at + 1..].find('\n').unwrap();
+        let section = &text[header_end..];
+        let kind = section
+            .lines()
+            .find_map(|l| l.strip_prefix("type = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        if kind == "file" {
+            continue;
+        }
+        let edited = format!(
+            "{}\ntls = {{ insecure_skip_verify = true }}{}",
+            &text[..header_end],
+            section
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(&cfg, edited).unwrap();
+        let (code, _, err) = run_cli(
+            &["check-config", "--config", cfg.to_str().unwrap()],
+            &CI_ENV,
+            None,
+        );
+        assert_eq!(code, 0, "{kind}: {err}");
+        assert!(
+            err.contains(".tls.insecure_skip_verify: the upstream certificate is NOT verified"),
+            "{kind}: {err}"
+        );
+        if kind == "azure_logs_ingestion" {
+            assert!(err.contains("Azure token endpoint"), "{err}");
+        }
+        types.push(kind);
+    }
+    types.sort();
+    types.dedup();
+    assert!(types.len() >= 6, "{types:?}");
+}
+
 #[test]
 fn every_shipped_config_is_valid() {
     let dir = repo_root().join("config");
