@@ -16,7 +16,6 @@ use crate::verify::{self, Checker, Reject, RequestParts};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use pingora::apps::http_app::{HttpServer, ServeHttp};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
@@ -604,7 +603,9 @@ impl HttpServerApp for WebhookApp {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
-                tracing::debug!(error = ?e.to_string(), "cannot read a request header");
+                // The error's context holds the raw request bytes (tokens, signatures): only
+                // its kind is logged.
+                tracing::debug!(kind = ?e.etype(), "cannot read a request header");
                 return None;
             }
         }
@@ -848,8 +849,58 @@ impl Admin {
     }
 }
 
+/// The admin listener as a hand-written Pingora app, like the webhook listener: Pingora's
+/// generic `HttpServer` logs the raw request buffer on a malformed header, which would put
+/// the bearer token in the log. Here a bad request is dropped with a debug line that holds
+/// no request bytes.
+pub struct AdminApp {
+    admin: Admin,
+}
+
 #[async_trait]
-impl ServeHttp for Admin {
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(kind = ?e.etype(), "admin: cannot read a request header");
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            s.set_keepalive(None);
+        } else if s.get_keepalive().is_some() {
+            s.set_keepalive(Some(60));
+        }
+        let resp = self.admin.response(&mut s).await;
+        let (parts, body) = resp.into_parts();
+        let mut head =
+            pingora::http::ResponseHeader::build(parts.status, Some(parts.headers.len()))
+                .expect("valid status");
+        for (k, v) in parts.headers.iter() {
+            head.append_header(k.clone(), v.clone())
+                .expect("valid header");
+        }
+        if s.write_response_header(Box::new(head)).await.is_err() {
+            return None;
+        }
+        if !body.is_empty() && s.write_response_body(body.into(), true).await.is_err() {
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+            _ => None,
+        }
+    }
+}
+
+impl Admin {
     async fn response(&self, s: &mut ServerSession) -> HttpResponse {
         let h = s.req_header();
         let path = h.uri.path().to_string();
@@ -1199,7 +1250,7 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         }
     }
     gw.threads = Some(config.server.threads);
-    let mut admin = Service::new("vfgate admin".to_string(), HttpServer::new_app(parts.admin));
+    let mut admin = Service::new("vfgate admin".to_string(), AdminApp { admin: parts.admin });
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
     let mut bg = GenBackgroundService::new("vfgate spool".to_string(), Arc::new(parts.pipeline));

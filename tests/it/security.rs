@@ -220,3 +220,51 @@ retry = {{ budget = "300ms" }}
         "the full text is logged"
     );
 }
+
+#[tokio::test]
+async fn malformed_requests_never_put_tokens_or_signatures_in_the_log() {
+    let token = "admin-token-0123456789abcdef";
+    let gw = Gateway::start_full(
+        FILE_SINK,
+        "",
+        "token = { env = \"ADMIN_TOKEN\" }",
+        &[("ADMIN_TOKEN", token), ("RUST_LOG", "debug")],
+    )
+    .await;
+    for port in [gw.admin, gw.port] {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /admin/failed HTTP/1.1\r\nAuthorization: Bearer {token}\r\nX-VF-Signature-256: sha256=feedfacefeedface\r\nBad Header Line\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let _ = closed(&mut s).await;
+    }
+    // Well-formed requests too, at debug level.
+    let r = request(
+        gw.admin,
+        "GET",
+        "/admin/failed",
+        &[("authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let r = gw.post_event(&event("evt_log", "user.login")).await;
+    assert_eq!(r.status_field(), "accepted");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = gw.log_text();
+    assert!(
+        !log.contains(token),
+        "the admin token is in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("feedface"),
+        "a signature is in the log:\n{log}"
+    );
+    let sig = sign(SECRET, event("x", "y").as_bytes());
+    assert!(!log.contains(&sig[7..20]));
+    assert!(!log.contains(SECRET), "the webhook secret is in the log");
+}

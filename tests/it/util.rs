@@ -70,7 +70,7 @@ impl Gateway {
         Self::start_full(body, server_extra, "", env).await
     }
 
-    async fn start_full(
+    pub async fn start_full(
         body: &str,
         server_extra: &str,
         admin_extra: &str,
