@@ -26,6 +26,10 @@ pub mod defaults {
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
     /// `server.max_body_bytes`: 1 MiB.
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+    /// `server.body_timeout`.
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `server.max_inflight_body_bytes`: 256 MiB.
+    pub const MAX_INFLIGHT_BODY_BYTES: u64 = 256 << 20;
     /// `dedupe.ttl`.
     pub const DEDUPE_TTL: Duration = Duration::from_secs(24 * 3600);
     /// `dedupe.max_entries`.
@@ -242,6 +246,10 @@ pub struct RawServer {
     pub grace_period: Option<DurationStr>,
     /// Largest accepted request body.
     pub max_body_bytes: Option<ByteSize>,
+    /// Deadline for reading one request body.
+    pub body_timeout: Option<DurationStr>,
+    /// Bytes of unverified bodies held in memory at once, over all connections.
+    pub max_inflight_body_bytes: Option<ByteSize>,
     /// TLS for the webhook listener.
     pub tls: Option<RawServerTls>,
     /// Worker threads for the webhook listener (default: number of cores).
@@ -437,6 +445,10 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Largest accepted body.
     pub max_body_bytes: u64,
+    /// Deadline for reading one body (408 `body_timeout`).
+    pub body_timeout: Duration,
+    /// Unverified body bytes held at once (beyond: 503 `overloaded`).
+    pub max_inflight_body_bytes: u64,
     /// TLS cert and key paths.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Worker threads.
@@ -884,6 +896,26 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             "must be between 64 bytes and 64 MiB",
         ));
     }
+    let body_timeout = raw
+        .body_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::BODY_TIMEOUT);
+    if body_timeout < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            "server.body_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    let max_inflight_body_bytes = raw
+        .max_inflight_body_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::MAX_INFLIGHT_BODY_BYTES);
+    if max_inflight_body_bytes < max_body_bytes {
+        return Err(ConfigError::invalid(
+            "server.max_inflight_body_bytes",
+            format!("must be at least server.max_body_bytes ({max_body_bytes} bytes)"),
+        ));
+    }
     let threads = match raw.threads {
         Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
         Some(n) => n,
@@ -909,6 +941,8 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(defaults::GRACE_PERIOD),
         max_body_bytes,
+        body_timeout,
+        max_inflight_body_bytes,
         tls,
         threads,
     })

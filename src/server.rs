@@ -75,11 +75,15 @@ pub enum Outcome {
     SpoolFull,
     /// 503: the spool could not be written.
     SpoolError,
+    /// 408: the body did not arrive within `server.body_timeout`.
+    BodyTimeout,
+    /// 503: `server.max_inflight_body_bytes` of unverified bodies are already held.
+    Overloaded,
 }
 
 impl Outcome {
     /// Every outcome, in discriminant order.
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Filtered,
@@ -100,6 +104,8 @@ impl Outcome {
         Outcome::Spooled,
         Outcome::SpoolFull,
         Outcome::SpoolError,
+        Outcome::BodyTimeout,
+        Outcome::Overloaded,
     ];
 
     /// Metric label and error code.
@@ -125,6 +131,8 @@ impl Outcome {
             Outcome::Spooled => "spooled",
             Outcome::SpoolFull => "spool_full",
             Outcome::SpoolError => "spool_error",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::Overloaded => "overloaded",
         }
     }
 
@@ -144,10 +152,12 @@ impl Outcome {
             Outcome::UnsupportedMediaType => 415,
             Outcome::InFlight => 409,
             Outcome::UpstreamError => 502,
+            Outcome::BodyTimeout => 408,
             Outcome::UpstreamUnavailable
             | Outcome::DedupeUnavailable
             | Outcome::SpoolFull
-            | Outcome::SpoolError => 503,
+            | Outcome::SpoolError
+            | Outcome::Overloaded => 503,
             Outcome::UpstreamTimeout => 504,
         }
     }
@@ -248,12 +258,42 @@ pub struct Gateway {
     dedupe: Arc<Dedupe>,
     metrics: Arc<Metrics>,
     max_body: u64,
+    body_timeout: Duration,
+    /// Unverified body bytes held now, and the cap.
+    inflight_bytes: Arc<std::sync::atomic::AtomicU64>,
+    max_inflight: u64,
     spool: Option<Arc<Spool>>,
     /// The forward-mode batchers, started on the listener's runtime by the first request, so
     /// that handing an event to its sink and getting the answer back never crosses threads
     /// or runtimes.
     workers: Mutex<Vec<SinkWorker>>,
     workers_started: AtomicBool,
+}
+
+/// Unverified body bytes this request holds against `server.max_inflight_body_bytes`,
+/// given back when dropped (once the signature is checked, or the request ends).
+struct BodyPermit {
+    held: Arc<std::sync::atomic::AtomicU64>,
+    bytes: u64,
+}
+
+impl BodyPermit {
+    /// Takes `n` more bytes, unless that would pass `cap`.
+    fn take(&mut self, n: u64, cap: u64) -> bool {
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        if before + n > cap {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Marks an id in flight until committed; releases it if dropped first (a failed or
@@ -299,13 +339,28 @@ impl Gateway {
     }
 
     fn reject(&self, counters: &[IntCounter], o: Outcome, detail: &str) -> Reply {
-        let extra = (o == Outcome::MethodNotAllowed)
-            .then(|| (http::header::ALLOW, http::HeaderValue::from_static("POST")));
+        let extra = match o {
+            Outcome::MethodNotAllowed => {
+                Some((http::header::ALLOW, http::HeaderValue::from_static("POST")))
+            }
+            Outcome::Overloaded => retry_after_header(1),
+            _ => None,
+        };
         self.finish(counters, o, error_body(o.as_str(), detail).into(), extra)
     }
 
     /// Reads the body, enforcing the cap from Content-Length and while reading.
-    async fn read_body(&self, s: &mut ServerSession) -> Result<Bytes, (Outcome, String)> {
+    async fn read_body(
+        &self,
+        s: &mut ServerSession,
+        permit: &mut BodyPermit,
+    ) -> Result<Bytes, (Outcome, String)> {
+        let overloaded = || {
+            (
+                Outcome::Overloaded,
+                "too many request bodies are being received at once; retry shortly".to_string(),
+            )
+        };
         let too_large = || {
             (
                 Outcome::BodyTooLarge,
@@ -318,6 +373,13 @@ impl Gateway {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body) {
             return Err(too_large());
+        }
+        // A declared length is taken whole before reading, so that slow senders cannot hold
+        // more than the cap between them.
+        if let Some(n) = declared {
+            if !permit.take(n, self.max_inflight) {
+                return Err(overloaded());
+            }
         }
         if s.get_header("expect")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
@@ -342,6 +404,11 @@ impl Gateway {
             match s.read_request_body().await {
                 Ok(Some(chunk)) => {
                     total += chunk.len() as u64;
+                    if total > permit.bytes && !permit.take(total - permit.bytes, self.max_inflight)
+                    {
+                        s.set_keepalive(None);
+                        return Err(overloaded());
+                    }
                     if total > self.max_body {
                         Self::discard_rest(s, self.max_body.saturating_mul(4)).await;
                         return Err(too_large());
@@ -415,7 +482,21 @@ impl Gateway {
                 "webhooks are delivered with POST",
             );
         }
-        let body = match self.read_body(s).await {
+        let mut permit = BodyPermit {
+            held: self.inflight_bytes.clone(),
+            bytes: 0,
+        };
+        let read = tokio::time::timeout(self.body_timeout, self.read_body(s, &mut permit)).await;
+        let read = read.unwrap_or_else(|_| {
+            Err((
+                Outcome::BodyTimeout,
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(self.body_timeout)
+                ),
+            ))
+        });
+        let body = match read {
             Ok(b) => b,
             Err((o, detail)) => {
                 // An oversized body was drained (bounded) by read_body; anything else closes.
@@ -440,6 +521,7 @@ impl Gateway {
             Err(r) => return self.reject(counters, Outcome::from_reject(&r), &r.to_string()),
         };
         src.secret_matches[secret].inc();
+        drop(permit);
         let event = match src.checker.after_signature(parts, body, now) {
             Ok(v) => v,
             Err(r) => return self.reject(counters, Outcome::from_reject(&r), &r.to_string()),
@@ -1150,6 +1232,9 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             dedupe: dedupe.clone(),
             metrics: metrics.clone(),
             max_body: config.server.max_body_bytes,
+            body_timeout: config.server.body_timeout,
+            inflight_bytes: Arc::default(),
+            max_inflight: config.server.max_inflight_body_bytes,
             spool: spool.clone(),
             workers: Mutex::new(workers),
             workers_started: AtomicBool::new(false),

@@ -268,3 +268,55 @@ async fn malformed_requests_never_put_tokens_or_signatures_in_the_log() {
     assert!(!log.contains(&sig[7..20]));
     assert!(!log.contains(SECRET), "the webhook secret is in the log");
 }
+
+#[tokio::test]
+async fn a_slow_body_gets_408_and_held_bodies_are_capped_with_503() {
+    let gw = Gateway::start_with(
+        FILE_SINK,
+        "body_timeout = \"300ms\"\nmax_body_bytes = \"64KiB\"\nmax_inflight_body_bytes = \"128KiB\"",
+        &[],
+    )
+    .await;
+    // Slowloris: a declared body that never comes.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    slow.write_all(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let r = read_response(&mut slow).await.unwrap();
+    assert_eq!((r.status, r.error()), (408, "body_timeout".to_string()));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Two slow senders hold 120 KB of the 128 KiB: a third body is refused at once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        s.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let big = format!(
+        r#"{{"event_id":"evt_over","event_type":"x","timestamp":"{}","pad":"{}"}}"#,
+        now_rfc3339(),
+        "p".repeat(20_000)
+    );
+    let r = gw.post_event(&big).await;
+    assert_eq!((r.status, r.error()), (503, "overloaded".to_string()));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Once they time out, the room is back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = gw.post_event(&big).await;
+    assert_eq!(r.status_field(), "accepted", "{:?}", r.json());
+    assert!(
+        gw.metric("vfgate_requests_total{outcome=\"body_timeout\",source=\"syvault\"}")
+            .await
+            >= 3.0
+    );
+}
