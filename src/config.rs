@@ -303,6 +303,9 @@ pub struct RawDedupe {
     pub dir: Option<PathBuf>,
     /// Memory: `false` keeps ids in memory only (forgotten on restart).
     pub persist: Option<bool>,
+    /// Memory, at `max_entries`: `"evict"` (default: forget the oldest delivered ids) or
+    /// `"reject"` (503 `dedupe_full`: never forget an id inside its TTL).
+    pub on_full: Option<String>,
 }
 
 /// `[spool]`.
@@ -547,6 +550,8 @@ pub struct DedupeConfig {
     pub max_entries: u64,
     /// Memory backend: the journal directory (`None`: `persist = false`, or Redis).
     pub journal: Option<PathBuf>,
+    /// Memory backend, `on_full = "reject"`.
+    pub reject_when_full: bool,
 }
 
 /// One configured HMAC secret of a source.
@@ -1071,11 +1076,22 @@ fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeCon
         },
         _ => None,
     };
+    let reject_when_full = match raw.on_full.as_deref().unwrap_or("evict") {
+        "evict" => false,
+        "reject" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "dedupe.on_full",
+                format!("{other:?}: use \"evict\" or \"reject\""),
+            ))
+        }
+    };
     Ok(DedupeConfig {
         backend,
         ttl,
         max_entries,
         journal,
+        reject_when_full,
     })
 }
 

@@ -77,13 +77,15 @@ pub enum Outcome {
     SpoolError,
     /// 408: the body did not arrive within `server.body_timeout`.
     BodyTimeout,
+    /// 503: `dedupe.max_entries` reached with `on_full = "reject"`.
+    DedupeFull,
     /// 503: `server.max_inflight_body_bytes` of unverified bodies are already held.
     Overloaded,
 }
 
 impl Outcome {
     /// Every outcome, in discriminant order.
-    pub const ALL: [Outcome; 22] = [
+    pub const ALL: [Outcome; 23] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Filtered,
@@ -106,6 +108,7 @@ impl Outcome {
         Outcome::SpoolError,
         Outcome::BodyTimeout,
         Outcome::Overloaded,
+        Outcome::DedupeFull,
     ];
 
     /// Metric label and error code.
@@ -133,6 +136,7 @@ impl Outcome {
             Outcome::SpoolError => "spool_error",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::Overloaded => "overloaded",
+            Outcome::DedupeFull => "dedupe_full",
         }
     }
 
@@ -157,7 +161,8 @@ impl Outcome {
             | Outcome::DedupeUnavailable
             | Outcome::SpoolFull
             | Outcome::SpoolError
-            | Outcome::Overloaded => 503,
+            | Outcome::Overloaded
+            | Outcome::DedupeFull => 503,
             Outcome::UpstreamTimeout => 504,
         }
     }
@@ -557,6 +562,18 @@ impl Gateway {
                     )
                     .into(),
                     retry_after_header(1),
+                )
+            }
+            Ok(Begin::Full) => {
+                return self.finish(
+                    counters,
+                    Outcome::DedupeFull,
+                    error_body(
+                        "dedupe_full",
+                        "the gateway remembers as many event ids as it may (dedupe.max_entries); retry later",
+                    )
+                    .into(),
+                    retry_after_header(30),
                 )
             }
             Err(e) => {

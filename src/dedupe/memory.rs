@@ -56,7 +56,12 @@ pub struct MemoryDedupe {
     seed: u64,
     ttl: u32,
     in_flight_ttl: u32,
-    shard_cap: usize,
+    /// `dedupe.max_entries`: `count` never passes it (reserved before every insert).
+    max_entries: u64,
+    count: AtomicU64,
+    /// `dedupe.on_full = "reject"`: at the bound, a new id is refused instead of evicting
+    /// one inside its TTL.
+    reject_when_full: bool,
     evictions: AtomicU64,
     journal: Option<super::journal::Journal>,
 }
@@ -67,12 +72,9 @@ fn secs(d: Duration) -> u32 {
 
 impl MemoryDedupe {
     /// A table remembering delivered ids for `ttl`, in-flight ones for `in_flight_ttl`, at
-    /// most about `max_entries` in all.
+    /// most `max_entries` in all (exactly: the count is reserved before each insert). At the
+    /// bound, expired ids go first, then the oldest delivered ones (counted as evictions).
     pub fn new(ttl: Duration, in_flight_ttl: Duration, max_entries: u64) -> MemoryDedupe {
-        // Keys spread over the shards only on average: 2 % + 64 of slack per shard keeps a
-        // table holding exactly `max_entries` ids from evicting in its fullest shards.
-        let even = (max_entries as usize).div_ceil(SHARDS);
-        let shard_cap = (even + even / 50 + 64).max(1);
         let mut seed = [0u8; 8];
         getrandom::fill(&mut seed).expect("OS random source");
         MemoryDedupe {
@@ -82,9 +84,32 @@ impl MemoryDedupe {
             seed: u64::from_le_bytes(seed),
             ttl: secs(ttl),
             in_flight_ttl: secs(in_flight_ttl),
-            shard_cap,
+            max_entries: max_entries.max(1),
+            count: AtomicU64::new(0),
+            reject_when_full: false,
             evictions: AtomicU64::new(0),
             journal: None,
+        }
+    }
+
+    /// At the bound, refuse new ids ([`Begin::Full`]) instead of evicting delivered ones.
+    pub fn reject_when_full(mut self, reject: bool) -> MemoryDedupe {
+        self.reject_when_full = reject;
+        self
+    }
+
+    /// Takes one place under `max_entries`, if there is one.
+    fn reserve(&self) -> bool {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_entries {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn forget_n(&self, n: usize) {
+        if n > 0 {
+            self.count.fetch_sub(n as u64, Ordering::AcqRel);
         }
     }
 
@@ -100,6 +125,13 @@ impl MemoryDedupe {
         let (journal, loaded) = super::journal::open(dir, ttl, durability)?;
         let mut m = MemoryDedupe::new(ttl, in_flight_ttl, max_entries);
         m.seed = loaded.seed;
+        let mut latest = loaded.marks;
+        // The newest marks first, should the bound be smaller than what was saved.
+        latest.sort_by_key(|m| std::cmp::Reverse(m.1));
+        let loaded = super::journal::Loaded {
+            seed: loaded.seed,
+            marks: latest,
+        };
         for (k, expires) in loaded.marks {
             self::insert_loaded(&m, k, expires);
         }
@@ -124,36 +156,49 @@ impl MemoryDedupe {
             expires: now32.saturating_add(self.in_flight_ttl),
             delivered: false,
         };
-        if t.len() >= self.shard_cap && !t.contains_key(&key.0) {
-            self.make_room(&mut t, now32);
-        }
-        // One probe: look up and insert in the same step.
+        // One probe in the common case: look up and insert in the same step.
         match t.entry(key.0) {
             std::collections::hash_map::Entry::Occupied(mut o) => {
                 if let Some(live) = live(o.get(), now32) {
                     return live;
                 }
                 *o.get_mut() = fresh;
+                return Begin::New;
             }
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(fresh);
+                if self.reserve() {
+                    v.insert(fresh);
+                    return Begin::New;
+                }
             }
         }
+        // At the bound.
+        if !self.make_room(&mut t, now32, self.reject_when_full) {
+            return Begin::Full;
+        }
+        t.insert(key.0, fresh);
         Begin::New
     }
 
-    /// Marks `key` delivered until `now + ttl`.
-    pub fn commit(&self, key: DedupeKey, now: u64) {
-        let now32 = now.min(u32::MAX as u64) as u32;
+    /// Marks `key` delivered until `from + ttl` (unix seconds; see
+    /// [`super::mark_from_s`]).
+    pub fn commit(&self, key: DedupeKey, from: u64) {
+        let from32 = from.min(u32::MAX as u64) as u32;
         let mut t = self.shard(&key).lock();
         let e = Entry {
-            expires: now32.saturating_add(self.ttl),
+            expires: from32.saturating_add(self.ttl),
             delivered: true,
         };
-        if t.len() >= self.shard_cap && !t.contains_key(&key.0) {
-            self.make_room(&mut t, now32);
+        if let Some(old) = t.get_mut(&key.0) {
+            *old = e;
+        } else if self.reserve() || self.make_room(&mut t, from32.saturating_sub(self.ttl), false) {
+            t.insert(key.0, e);
+        } else {
+            // Delivered, and nothing could be evicted (every id in flight): remember it
+            // anyway, one over the bound for as long as the in-flight ones last.
+            self.count.fetch_add(1, Ordering::AcqRel);
+            t.insert(key.0, e);
         }
-        t.insert(key.0, e);
         drop(t);
         if let Some(j) = &self.journal {
             j.record(key.0, e.expires);
@@ -165,29 +210,53 @@ impl MemoryDedupe {
         let mut t = self.shard(&key).lock();
         if t.get(&key.0).is_some_and(|e| !e.delivered) {
             t.remove(&key.0);
+            self.forget_n(1);
         }
     }
 
-    fn make_room(&self, t: &mut Table, now: u32) {
+    /// Finds one place under the bound for an insert into `t` (the caller's locked shard):
+    /// expired ids of `t` are purged; then, unless `reject`, the oldest eighth of `t`'s
+    /// delivered ids is evicted, or, if `t` has none, of the first other shard that has
+    /// some. `false`: no place (reject, or nothing evictable).
+    fn make_room(&self, t: &mut Table, now: u32, reject: bool) -> bool {
+        let before = t.len();
         t.retain(|_, e| e.expires > now);
-        if t.len() < self.shard_cap {
-            return;
+        self.forget_n(before - t.len());
+        if self.reserve() {
+            return true;
         }
-        // Evict the oldest eighth of delivered entries (in-flight ones are short-lived).
+        if reject {
+            return false;
+        }
+        if self.evict_oldest(t) == 0 {
+            // Other shards, without waiting on one another's locks (no lock order to break).
+            for s in self.shards.iter() {
+                if let Some(mut other) = s.try_lock() {
+                    if self.evict_oldest(&mut other) > 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        self.reserve()
+    }
+
+    /// Evicts the oldest eighth (at least one) of `t`'s delivered ids; returns how many.
+    fn evict_oldest(&self, t: &mut Table) -> usize {
         let mut exp: Vec<u32> = t
             .values()
             .filter(|e| e.delivered)
             .map(|e| e.expires)
             .collect();
         if exp.is_empty() {
-            return;
+            return 0;
         }
-        let n = (exp.len() / 8).max(1).min(exp.len() - 1);
-        let (_, cut, _) = exp.select_nth_unstable(n);
+        let n = (exp.len() / 8).max(1);
+        let (_, cut, _) = exp.select_nth_unstable(n - 1);
         let cut = *cut;
         // Exactly n go: everything expiring before the cut, then as many expiring at it as
         // are needed (many ids share one expiry second).
-        let mut at_cut = n - exp[..n].iter().filter(|&&x| x < cut).count();
+        let mut at_cut = n - exp.iter().filter(|&&x| x < cut).count();
         let before = t.len();
         t.retain(|_, e| {
             if !e.delivered || e.expires > cut {
@@ -201,13 +270,15 @@ impl MemoryDedupe {
                 true
             }
         });
-        self.evictions
-            .fetch_add((before - t.len()) as u64, Ordering::Relaxed);
+        let gone = before - t.len();
+        self.forget_n(gone);
+        self.evictions.fetch_add(gone as u64, Ordering::Relaxed);
+        gone
     }
 
     /// Ids currently remembered (live or not yet purged).
     pub fn len(&self) -> u64 {
-        self.shards.iter().map(|s| s.lock().len() as u64).sum()
+        self.count.load(Ordering::Acquire)
     }
 
     /// Whether nothing is remembered.
@@ -232,7 +303,7 @@ fn live(e: &Entry, now: u32) -> Option<Begin> {
 
 fn insert_loaded(m: &MemoryDedupe, key: [u64; 2], expires: u32) {
     let mut t = m.shard(&DedupeKey(key)).lock();
-    if t.len() < m.shard_cap {
+    if !t.contains_key(&key) && m.reserve() {
         t.insert(
             key,
             Entry {
@@ -294,43 +365,52 @@ mod tests {
     #[test]
     fn eviction_takes_an_eighth_even_when_every_id_expires_in_the_same_second() {
         let d = table(64 * 100);
-        let cap = d.shard_cap;
-        // Fill one shard past its cap with ids committed in the same second.
-        let mut n = 0;
-        let mut i = 0u64;
-        while n <= cap {
+        for i in 0..=64 * 100u64 {
             let k = d.key("s", &format!("same-{i}"));
-            i += 1;
-            if !(k.0[1] as usize).is_multiple_of(SHARDS) {
-                continue;
-            }
-            d.begin(k, 5);
+            assert_eq!(d.begin(k, 5), Begin::New);
             d.commit(k, 5);
-            n += 1;
         }
-        let left = d.shards[0].lock().len();
+        let left = d.len();
+        assert!(left <= 64 * 100, "{left}");
         assert!(
-            left >= cap - cap / 8 - 1,
-            "{left} of {cap}: an eviction drops an eighth, not the whole shard"
+            left >= 64 * 100 - 100,
+            "{left}: an eviction drops an eighth of one shard, not the whole shard"
         );
-        assert_eq!(d.evictions(), (cap + 1 - left) as u64);
+        assert_eq!(d.evictions(), 64 * 100 + 1 - left);
     }
 
     #[test]
-    fn bounded_by_max_entries_and_evictions_counted() {
-        let d = table(64 * 16);
+    fn bounded_exactly_by_max_entries_and_evictions_counted() {
+        let d = table(100);
         for i in 0..10_000u64 {
             let k = d.key("s", &format!("e{i}"));
             assert_eq!(d.begin(k, i / 100), Begin::New);
             d.commit(k, i / 100);
+            assert!(d.len() <= 100, "{} ids held at {i}", d.len());
         }
-        let bound = (64 * d.shard_cap) as u64;
-        assert_eq!(d.shard_cap, 16 + 64, "max_entries / shards plus slack");
-        assert!(d.len() <= bound, "{}", d.len());
-        assert!(d.evictions() >= 10_000 - bound);
+        let held: usize = d.shards.iter().map(|s| s.lock().len()).sum();
+        assert_eq!(held as u64, d.len(), "the count is the tables' size");
         assert_eq!(d.len() + d.evictions(), 10_000);
         // The newest ids are still known.
         let k = d.key("s", "e9999");
         assert_eq!(d.begin(k, 99), Begin::Duplicate);
+    }
+
+    #[test]
+    fn on_full_reject_refuses_new_ids_instead_of_forgetting_live_ones() {
+        let d = table(100).reject_when_full(true);
+        for i in 0..100u64 {
+            let k = d.key("s", &format!("e{i}"));
+            assert_eq!(d.begin(k, 1), Begin::New);
+            d.commit(k, 1);
+        }
+        let k = d.key("s", "one-more");
+        assert_eq!(d.begin(k, 2), Begin::Full);
+        assert_eq!(d.evictions(), 0);
+        for i in 0..100u64 {
+            assert_eq!(d.begin(d.key("s", &format!("e{i}")), 2), Begin::Duplicate);
+        }
+        // Once the marks expire there is room again.
+        assert_eq!(d.begin(k, 1 + 100 + 1), Begin::New);
     }
 }

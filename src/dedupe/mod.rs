@@ -48,6 +48,8 @@ pub enum Begin {
     Duplicate,
     /// Another request is forwarding it right now.
     InFlight,
+    /// `max_entries` reached with `on_full = "reject"`: not marked, nothing to commit.
+    Full,
 }
 
 /// A backend failure (Redis unreachable, timed out). Never carries credentials.
@@ -81,7 +83,8 @@ impl Dedupe {
     ) -> Result<Dedupe, DedupeError> {
         Ok(match &cfg.backend {
             DedupeBackend::Memory => Dedupe::Memory(match &cfg.journal {
-                None => memory::MemoryDedupe::new(cfg.ttl, in_flight_ttl, cfg.max_entries),
+                None => memory::MemoryDedupe::new(cfg.ttl, in_flight_ttl, cfg.max_entries)
+                    .reject_when_full(cfg.reject_when_full),
                 Some(dir) => memory::MemoryDedupe::with_journal(
                     cfg.ttl,
                     in_flight_ttl,
@@ -89,7 +92,8 @@ impl Dedupe {
                     dir,
                     durability,
                 )
-                .map_err(|e| DedupeError(e.to_string()))?,
+                .map_err(|e| DedupeError(e.to_string()))?
+                .reject_when_full(cfg.reject_when_full),
             }),
             DedupeBackend::Redis(r) => Dedupe::Redis(Box::new(redis::RedisDedupe::new(
                 r,

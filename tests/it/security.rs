@@ -320,3 +320,41 @@ async fn a_slow_body_gets_408_and_held_bodies_are_capped_with_503() {
             >= 3.0
     );
 }
+
+#[tokio::test]
+async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
+    let gw = Gateway::start(&format!(
+        "[dedupe]\nmax_entries = 100\npersist = false\n{FILE_SINK}"
+    ))
+    .await;
+    for i in 0..150 {
+        let r = gw
+            .post_event(&event(&format!("evt_cap_{i}"), "user.login"))
+            .await;
+        assert_eq!(r.status_field(), "accepted");
+    }
+    assert_eq!(gw.metric("vfgate_dedupe_entries").await, 100.0);
+    assert!(gw.metric("vfgate_dedupe_evictions_total").await >= 50.0);
+
+    let gw = Gateway::start(&format!(
+        "[dedupe]\nmax_entries = 3\non_full = \"reject\"\npersist = false\n{FILE_SINK}"
+    ))
+    .await;
+    let bodies: Vec<String> = (0..4)
+        .map(|i| event(&format!("evt_rej_{i}"), "user.login"))
+        .collect();
+    for b in &bodies[..3] {
+        assert_eq!(gw.post_event(b).await.status_field(), "accepted");
+    }
+    let r = gw.post_event(&bodies[3]).await;
+    assert_eq!((r.status, r.error()), (503, "dedupe_full".to_string()));
+    assert_eq!(r.header("retry-after"), Some("30"));
+    for b in &bodies[..3] {
+        assert_eq!(
+            gw.post_event(b).await.status_field(),
+            "duplicate",
+            "no live id forgotten"
+        );
+    }
+    assert_eq!(gw.metric("vfgate_dedupe_evictions_total").await, 0.0);
+}
