@@ -28,6 +28,8 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
     /// `server.body_timeout`.
     pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `server.max_connections`.
+    pub const MAX_CONNECTIONS: usize = 10_000;
     /// `server.max_inflight_body_bytes`: 256 MiB.
     pub const MAX_INFLIGHT_BODY_BYTES: u64 = 256 << 20;
     /// `dedupe.ttl`.
@@ -250,6 +252,8 @@ pub struct RawServer {
     pub body_timeout: Option<DurationStr>,
     /// Bytes of unverified bodies held in memory at once, over all connections.
     pub max_inflight_body_bytes: Option<ByteSize>,
+    /// Open webhook connections at most; more are closed at once.
+    pub max_connections: Option<usize>,
     /// TLS for the webhook listener.
     pub tls: Option<RawServerTls>,
     /// Worker threads for the webhook listener (default: number of cores).
@@ -452,6 +456,8 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Unverified body bytes held at once (beyond: 503 `overloaded`).
     pub max_inflight_body_bytes: u64,
+    /// Open webhook connections at most.
+    pub max_connections: usize,
     /// TLS cert and key paths.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Worker threads.
@@ -921,6 +927,13 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             format!("must be at least server.max_body_bytes ({max_body_bytes} bytes)"),
         ));
     }
+    let max_connections = raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::invalid(
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
     let threads = match raw.threads {
         Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
         Some(n) => n,
@@ -948,6 +961,7 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         max_body_bytes,
         body_timeout,
         max_inflight_body_bytes,
+        max_connections,
         tls,
         threads,
     })

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub build_info: IntGauge,
     /// `vfgate_in_flight_requests`.
     pub in_flight: IntGauge,
+    /// `vfgate_connections_refused_total`.
+    pub connections_refused: prometheus::IntCounter,
     /// `vfgate_spool_bytes`.
     pub spool_bytes: IntGauge,
     /// `vfgate_spool_events{sink}`.
@@ -191,6 +193,14 @@ impl Metrics {
                 IntGauge::with_opts(
                     Opts::new("vfgate_build_info", "Build information")
                         .const_label("version", env!("CARGO_PKG_VERSION")),
+                )
+                .unwrap(),
+            ),
+            connections_refused: reg(
+                &r,
+                prometheus::IntCounter::new(
+                    "vfgate_connections_refused_total",
+                    "Webhook connections closed at once because server.max_connections were open",
                 )
                 .unwrap(),
             ),

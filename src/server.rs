@@ -948,6 +948,33 @@ impl Admin {
     }
 }
 
+/// The webhook app behind a cap on open connections (`server.max_connections`): a
+/// connection beyond it is closed at once, before anything is read, and counted.
+pub struct Limited {
+    app: Arc<WebhookApp>,
+    slots: tokio::sync::Semaphore,
+    refused: IntCounter,
+}
+
+#[async_trait]
+impl pingora::apps::ServerApp for Limited {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            self.refused.inc();
+            return None;
+        };
+        pingora::apps::ServerApp::process_new(&self.app, stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        pingora::apps::ServerApp::cleanup(&*self.app).await;
+    }
+}
+
 /// The admin listener as a hand-written Pingora app, like the webhook listener: Pingora's
 /// generic `HttpServer` logs the raw request buffer on a malformed header, which would put
 /// the bearer token in the log. Here a bad request is dropped with a debug line that holds
@@ -1335,6 +1362,12 @@ pub fn run(config: Config) -> Result<(), ServeError> {
     let app = WebhookApp {
         gateway: parts.gateway,
         options,
+    };
+    let refused = app.gateway.metrics.connections_refused.clone();
+    let app = Limited {
+        app: Arc::new(app),
+        slots: tokio::sync::Semaphore::new(config.server.max_connections),
+        refused,
     };
     let mut gw = Service::new("vfgate webhooks".to_string(), app);
     for addr in &config.server.listen {

@@ -358,3 +358,26 @@ async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
     }
     assert_eq!(gw.metric("vfgate_dedupe_evictions_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let gw = Gateway::start_with(FILE_SINK, "max_connections = 2", &[]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    assert!(closed(&mut third).await, "the third connection is closed");
+    assert_eq!(gw.metric("vfgate_connections_refused_total").await, 1.0);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = gw.post_event(&event("evt_after_cap", "user.login")).await;
+    assert_eq!(r.status_field(), "accepted", "a slot freed is usable again");
+}
