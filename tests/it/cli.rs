@@ -251,3 +251,34 @@ fn help_on_every_subcommand_and_usage_errors() {
     let (code, _, _) = run_cli(&["frobnicate"], &[], None);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn failed_list_escapes_control_characters_of_outside_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = serde_json::json!({
+        "id": "20260101T000000000Z-0000abcd",
+        "target": "http://127.0.0.1:1/x",
+        "version": "1",
+        "secret_ref": "env VF_SECRET",
+        "event_id": "evt\n\u{1b}[31mFORGED",
+        "event_type": "user.login",
+        "reason": "test",
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "attempts": [],
+        "event": "{}"
+    });
+    std::fs::write(
+        dir.path().join("20260101T000000000Z-0000abcd.json"),
+        entry.to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["failed", "list", "--dir", dir.path().to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\u{1b}'), "raw ESC printed: {out:?}");
+    assert_eq!(out.lines().count(), 2, "no forged line: {out:?}");
+    assert!(out.contains(r"evt\n\u{1b}[31mFORGED"), "{out}");
+}
