@@ -683,6 +683,56 @@ impl Gateway {
     }
 }
 
+/// Reads a request header; `false` ends the connection. The error's context holds the raw
+/// request bytes (tokens, signatures): only its kind is logged. Then keep-alive is only
+/// ever shortened from what Pingora decided from the request (HTTP/1.0 without keep-alive,
+/// `Connection: close`, both Transfer-Encoding and Content-Length: close after the
+/// response, RFC 9112 §6.1), never re-enabled.
+async fn read_request(s: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
+    match s.read_request().await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::debug!(kind = ?e.etype(), "cannot read a request header");
+            return false;
+        }
+    }
+    if *shutdown.borrow() {
+        s.set_keepalive(None);
+    } else if s.get_keepalive().is_some() {
+        s.set_keepalive(Some(60));
+    }
+    true
+}
+
+/// Writes the response and finishes the session, handing the stream back for reuse when
+/// keep-alive allows.
+async fn respond_and_finish(
+    mut s: ServerSession,
+    head: pingora::http::ResponseHeader,
+    body: Bytes,
+) -> Option<ReusedHttpStream> {
+    if let Err(e) = s.write_response_header(Box::new(head)).await {
+        tracing::debug!(error = %e, "cannot write a response header");
+        return None;
+    }
+    if !body.is_empty() {
+        if let Err(e) = s.write_response_body(body, true).await {
+            tracing::debug!(error = %e, "cannot write a response body");
+            return None;
+        }
+    }
+    let persistent = HttpPersistentSettings::for_session(&s);
+    match s.finish().await {
+        Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot finish a response");
+            None
+        }
+    }
+}
+
 /// The webhook listener as a Pingora HTTP app. It is `HttpServerApp` rather than `ServeHttp`
 /// so that a request counts as in flight until its response is written and the connection
 /// finished: graceful shutdown waits for exactly that.
@@ -698,15 +748,8 @@ impl HttpServerApp for WebhookApp {
         mut s: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match s.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                // The error's context holds the raw request bytes (tokens, signatures): only
-                // its kind is logged.
-                tracing::debug!(kind = ?e.etype(), "cannot read a request header");
-                return None;
-            }
+        if !read_request(&mut s, shutdown).await {
+            return None;
         }
         let metrics = &self.gateway.metrics;
         if !self.gateway.workers_started.load(Ordering::Acquire) {
@@ -720,34 +763,8 @@ impl HttpServerApp for WebhookApp {
             }
         }
         let _dec = Dec(&metrics.in_flight);
-        // Only ever shorten what Pingora decided from the request (HTTP/1.0 without
-        // keep-alive, `Connection: close`, both Transfer-Encoding and Content-Length: close
-        // after the response, RFC 9112 §6.1), never re-enable it.
-        if *shutdown.borrow() {
-            s.set_keepalive(None);
-        } else if s.get_keepalive().is_some() {
-            s.set_keepalive(Some(60));
-        }
         let (head, body) = self.gateway.handle(&mut s).await.into_parts();
-        if let Err(e) = s.write_response_header(Box::new(head)).await {
-            tracing::debug!(error = %e, "cannot write a response header");
-            return None;
-        }
-        if !body.is_empty() {
-            if let Err(e) = s.write_response_body(body, true).await {
-                tracing::debug!(error = %e, "cannot write a response body");
-                return None;
-            }
-        }
-        let persistent = HttpPersistentSettings::for_session(&s);
-        match s.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot finish a response");
-                None
-            }
-        }
+        respond_and_finish(s, head, body).await
     }
 
     fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
@@ -990,18 +1007,8 @@ impl HttpServerApp for AdminApp {
         mut s: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match s.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                tracing::debug!(kind = ?e.etype(), "admin: cannot read a request header");
-                return None;
-            }
-        }
-        if *shutdown.borrow() {
-            s.set_keepalive(None);
-        } else if s.get_keepalive().is_some() {
-            s.set_keepalive(Some(60));
+        if !read_request(&mut s, shutdown).await {
+            return None;
         }
         let resp = self.admin.response(&mut s).await;
         let (parts, body) = resp.into_parts();
@@ -1012,17 +1019,7 @@ impl HttpServerApp for AdminApp {
             head.append_header(k.clone(), v.clone())
                 .expect("valid header");
         }
-        if s.write_response_header(Box::new(head)).await.is_err() {
-            return None;
-        }
-        if !body.is_empty() && s.write_response_body(body.into(), true).await.is_err() {
-            return None;
-        }
-        let persistent = HttpPersistentSettings::for_session(&s);
-        match s.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
-            _ => None,
-        }
+        respond_and_finish(s, head, body.into()).await
     }
 }
 
