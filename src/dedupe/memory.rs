@@ -225,6 +225,18 @@ impl MemoryDedupe {
         if self.reserve() {
             return true;
         }
+        // Expired ids elsewhere (other shards, without waiting on their locks) make room
+        // before anything live is evicted or refused.
+        for sh in self.shards.iter() {
+            if let Some(mut other) = sh.try_lock() {
+                let before = other.len();
+                other.retain(|_, e| e.expires > now);
+                self.forget_n(before - other.len());
+            }
+        }
+        if self.reserve() {
+            return true;
+        }
         if reject {
             return false;
         }
