@@ -923,8 +923,8 @@ impl Admin {
             }
             Err(_) => return respond(500, error_body("store_error", "cancelled"), &[]),
         };
-        if let Some((_, sink)) = entry.sink_route() {
-            let Some(built) = self.sinks.get(sink) else {
+        if let Some(sink) = entry.sink_route().map(|(_, s)| s.to_string()) {
+            let Some(built) = self.sinks.get(&sink) else {
                 return respond(
                     409,
                     error_body(
@@ -934,7 +934,7 @@ impl Admin {
                     &[],
                 );
             };
-            return match crate::spool::drain::replay_to_sink(&self.failed, id, sink, &**built, &self.metrics).await {
+            return match crate::spool::drain::replay_to_sink(&self.failed, entry, &**built, &self.metrics).await {
                 Ok(r) if r.delivered => respond(
                     200,
                     serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "sink": sink, "upstream_status": r.status})).expect("json"),

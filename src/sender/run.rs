@@ -536,11 +536,13 @@ struct SinkCache(std::collections::HashMap<String, std::sync::Arc<dyn crate::sin
 /// to print, as `Err` when it was not delivered.
 async fn replay_sink_entry(
     store: &FailedStore,
-    id: &str,
-    sink: &str,
+    entry: crate::deadletter::FailedEntry,
     config: Option<&crate::config::Config>,
     cache: &mut SinkCache,
 ) -> Result<String, String> {
+    let id = entry.id.clone();
+    let sink = entry.sink.clone().unwrap_or_default();
+    let sink = sink.as_str();
     let Some(config) = config else {
         return Err(format!(
             "{id}: a dead letter of sink {sink:?}: give --config FILE (the gateway's config) to deliver it to that sink"
@@ -560,7 +562,7 @@ async fn replay_sink_entry(
         }
     };
     let metrics = crate::metrics::Metrics::new();
-    match crate::spool::drain::replay_to_sink(store, id, sink, &*built, &metrics).await {
+    match crate::spool::drain::replay_to_sink(store, entry, &*built, &metrics).await {
         Ok(r) if r.delivered => Ok(format!("{id}: delivered to sink {sink} ({})", r.status)),
         Ok(r) => Err(format!(
             "{id}: sink {sink} did not take it ({}: {}), kept",
@@ -661,12 +663,19 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                     return EXIT_USAGE;
                 }
             };
-            let ids: Vec<String> = match (id, all) {
-                (Some(id), false) => vec![id],
+            // Each entry read once: its route decides how it is replayed.
+            let entries: Vec<(String, Option<crate::deadletter::FailedEntry>)> = match (id, all) {
+                (Some(id), false) => {
+                    let e = store.get(&id).ok();
+                    vec![(id, e)]
+                }
                 (None, true) => match store.list() {
                     Ok(v) => {
                         report_skipped(&v.skipped);
-                        v.entries.into_iter().map(|e| e.id).collect()
+                        v.entries
+                            .into_iter()
+                            .map(|e| (e.id.clone(), Some(e)))
+                            .collect()
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -680,16 +689,10 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
             };
             let mut sinks = SinkCache::default();
             let mut failures = 0;
-            for id in ids {
-                let route = store
-                    .get(&id)
-                    .ok()
-                    .and_then(|e| e.sink_route().map(|(_, s)| s.to_string()));
-                let line = match route {
-                    Some(sink) => {
-                        match replay_sink_entry(&store, &id, &sink, config.as_ref(), &mut sinks)
-                            .await
-                        {
+            for (id, entry) in entries {
+                let line = match entry.filter(|e| e.sink_route().is_some()) {
+                    Some(entry) => {
+                        match replay_sink_entry(&store, entry, config.as_ref(), &mut sinks).await {
                             Ok(line) => line,
                             Err(line) => {
                                 failures += 1;

@@ -337,16 +337,6 @@ pub enum ReplayError {
         /// Why.
         reason: String,
     },
-    /// The entry is not a dead letter of this sink.
-    #[error("entry {id} is a dead letter of sink {entry_sink:?}, not of {sink:?}")]
-    OtherSink {
-        /// Entry id.
-        id: String,
-        /// Its sink.
-        entry_sink: String,
-        /// The sink asked for.
-        sink: String,
-    },
 }
 
 /// A replay's result: whether the sink took the event, and the last attempt's status
@@ -372,34 +362,25 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Delivers the dead letter `id` of sink `name` to that sink again, straight through it
-/// (not back through the receive path, so no other sink gets it twice and no age window
+/// Delivers `entry`, a dead letter of `sink`, to that sink again, straight through it (not
+/// back through the receive path, so no other sink gets it twice and no age window
 /// applies): one attempt. Delivered: the entry is removed; otherwise the attempt is added
-/// to it and it stays.
+/// to it and it stays. The caller has read the entry (and picked `sink` by its name).
 pub async fn replay_to_sink(
     store: &FailedStore,
-    id: &str,
-    name: &str,
+    mut entry: FailedEntry,
     sink: &dyn Sink,
     metrics: &Metrics,
 ) -> Result<Replayed, ReplayError> {
-    let (st, key) = (store.clone(), id.to_string());
-    let mut entry = blocking(move || st.get(&key)).await?;
-    if entry.sink.as_deref() != Some(name) {
-        return Err(ReplayError::OtherSink {
-            id: id.to_string(),
-            entry_sink: entry.sink.clone().unwrap_or_default(),
-            sink: name.to_string(),
-        });
-    }
+    let name = entry.sink.clone().unwrap_or_default();
     let event = Event::parse(Bytes::from(entry.event.clone().into_bytes())).map_err(|e| {
         ReplayError::NotAnEvent {
-            id: id.to_string(),
+            id: entry.id.clone(),
             reason: e.to_string(),
         }
     })?;
     let at = now_rfc3339();
-    let (verdicts, status) = deliver::attempt(sink, name, metrics, &[Arc::new(event)]).await;
+    let (verdicts, status) = deliver::attempt(sink, &name, metrics, &[Arc::new(event)]).await;
     let (delivered, detail) = match verdicts.into_iter().next() {
         Some(Verdict::Ok) => (true, None),
         Some(Verdict::Permanent { detail, .. }) | Some(Verdict::Retry { detail, .. }) => {
@@ -409,8 +390,7 @@ pub async fn replay_to_sink(
     };
     let st = store.clone();
     if delivered {
-        let key = id.to_string();
-        blocking(move || st.remove(&key)).await?;
+        blocking(move || st.remove(&entry.id)).await?;
     } else {
         entry.attempts.push(attempt_log(
             &at,
