@@ -41,6 +41,21 @@ pub fn append(path: &Path) -> std::io::Result<File> {
     options().create(true).append(true).open(path)
 }
 
+/// Takes the advisory lock `dir/lock` for as long as the returned file lives; `Ok(None)`
+/// when another process holds it (one process per spool or dedupe directory).
+pub fn lock_dir(dir: &Path) -> std::io::Result<Option<File>> {
+    let f = options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("lock"))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Makes a rename or file creation in `dir` durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
@@ -96,5 +111,14 @@ mod tests {
         append(&f).unwrap();
         assert_eq!(mode(&d), 0o750);
         assert_eq!(mode(&f), 0o640);
+    }
+
+    #[test]
+    fn a_dir_is_locked_by_one_holder_at_a_time() {
+        let t = tempfile::tempdir().unwrap();
+        let held = lock_dir(t.path()).unwrap().expect("free");
+        assert!(lock_dir(t.path()).unwrap().is_none(), "held");
+        drop(held);
+        assert!(lock_dir(t.path()).unwrap().is_some(), "free again");
     }
 }

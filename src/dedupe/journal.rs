@@ -81,7 +81,7 @@ fn now_secs() -> u64 {
 
 /// An open journal: marks are written as they are recorded.
 pub struct Journal {
-    inner: Mutex<Writer>,
+    inner: Arc<Mutex<Writer>>,
     durability: Durability,
     dirty: Arc<AtomicBool>,
     _lock: File,
@@ -122,18 +122,9 @@ pub fn open(
     durability: Durability,
 ) -> Result<(Journal, Loaded), JournalError> {
     fsutil::create_dir_all(dir).map_err(err(dir))?;
-    let lock_path = dir.join("lock");
-    let lock = fsutil::options()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&lock_path)
-        .map_err(err(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(locked(dir)),
-        Err(std::fs::TryLockError::Error(e)) => return Err(err(&lock_path)(e)),
-    }
+    let lock = fsutil::lock_dir(dir)
+        .map_err(err(&dir.join("lock")))?
+        .ok_or_else(|| locked(dir))?;
     let seed_path = dir.join("seed");
     let seed = match std::fs::read_to_string(&seed_path) {
         Ok(s) => u64::from_str_radix(s.trim(), 16).map_err(|_| JournalError {
@@ -185,33 +176,32 @@ pub fn open(
     let dirty = Arc::new(AtomicBool::new(false));
     let (stop, rx) = mpsc::channel::<()>();
     let journal = Journal {
-        inner: Mutex::new(writer),
+        inner: Arc::new(Mutex::new(writer)),
         durability,
         dirty: dirty.clone(),
         _lock: lock,
         _stop: stop,
     };
     if durability == Durability::Batch {
-        let file = journal.inner.lock().out.clone();
-        let shared = Arc::new(Mutex::new(file));
-        journal.inner.lock().synced_by = Some(shared.clone());
+        let writer = journal.inner.clone();
         std::thread::Builder::new()
             .name("vfgate-dedupe-sync".into())
-            .spawn(move || sync_loop(&shared, &dirty, &rx))
+            .spawn(move || sync_loop(&writer, &dirty, &rx))
             .expect("spawn thread");
     }
     Ok((journal, Loaded { seed, marks }))
 }
 
 /// `Batch`: fsyncs the current file whenever something was written since the last round.
-fn sync_loop(file: &Mutex<Arc<File>>, dirty: &AtomicBool, stop: &mpsc::Receiver<()>) {
+fn sync_loop(writer: &Mutex<Writer>, dirty: &AtomicBool, stop: &mpsc::Receiver<()>) {
     loop {
         let last = matches!(
             stop.recv_timeout(SYNC_EVERY),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
         if dirty.swap(false, Ordering::AcqRel) {
-            let f = file.lock().clone();
+            // The current file, synced outside the lock (writers are not held up).
+            let f = writer.lock().out.clone();
             if let Err(e) = f.sync_data() {
                 tracing::error!(error = %e, "cannot fsync the dedupe journal; a power loss may forget recent ids");
             }
@@ -266,8 +256,6 @@ struct Writer {
     ttl: u64,
     started: u64,
     out: Arc<File>,
-    /// The `Batch` fsync thread's handle on the current file, moved on rotation.
-    synced_by: Option<Arc<Mutex<Arc<File>>>>,
     last_error: u64,
 }
 
@@ -287,7 +275,6 @@ impl Writer {
             ttl,
             started,
             out: Arc::new(f),
-            synced_by: None,
             last_error: 0,
         };
         w.prune();
@@ -317,13 +304,9 @@ impl Writer {
         if now.saturating_sub(self.started) < (self.ttl / 4).max(1) {
             return;
         }
-        if let Ok(mut w) = Writer::new(&self.dir, self.ttl) {
+        if let Ok(w) = Writer::new(&self.dir, self.ttl) {
             // What the old file holds must be durable before marks go to the new one.
             let _ = self.out.sync_data();
-            w.synced_by = self.synced_by.take();
-            if let Some(s) = &w.synced_by {
-                *s.lock() = w.out.clone();
-            }
             *self = w;
         }
     }

@@ -125,14 +125,10 @@ impl MemoryDedupe {
         let (journal, loaded) = super::journal::open(dir, ttl, durability)?;
         let mut m = MemoryDedupe::new(ttl, in_flight_ttl, max_entries);
         m.seed = loaded.seed;
-        let mut latest = loaded.marks;
+        let mut marks = loaded.marks;
         // The newest marks first, should the bound be smaller than what was saved.
-        latest.sort_by_key(|m| std::cmp::Reverse(m.1));
-        let loaded = super::journal::Loaded {
-            seed: loaded.seed,
-            marks: latest,
-        };
-        for (k, expires) in loaded.marks {
+        marks.sort_by_key(|m| std::cmp::Reverse(m.1));
+        for (k, expires) in marks {
             self::insert_loaded(&m, k, expires);
         }
         m.journal = Some(journal);

@@ -289,21 +289,14 @@ impl Spool {
             path: cfg.dir.display().to_string(),
             source: e,
         })?;
-        let lock_path = cfg.dir.join("lock");
-        let lock = crate::fsutil::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
+        let lock = crate::fsutil::lock_dir(&cfg.dir)
             .map_err(|e| log::LogError::Io {
-                path: lock_path.display().to_string(),
+                path: cfg.dir.join("lock").display().to_string(),
                 source: e,
-            })?;
-        if lock.try_lock().is_err() {
-            return Err(OpenError::Locked {
+            })?
+            .ok_or_else(|| OpenError::Locked {
                 dir: cfg.dir.display().to_string(),
-            });
-        }
+            })?;
         let mut logs = Vec::new();
         for (name, sinks) in sources {
             let dir = cfg.dir.join(name);
