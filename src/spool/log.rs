@@ -74,6 +74,8 @@ struct Tip {
 pub struct Corruption {
     /// Segment file name.
     pub segment: String,
+    /// First sequence number of that segment.
+    pub segment_first: u64,
     /// First damaged byte.
     pub start: u64,
     /// First byte after the damage (where the next valid record starts, or the end).
@@ -86,23 +88,27 @@ pub struct Corruption {
     pub quarantined: Option<PathBuf>,
 }
 
+impl Corruption {
+    /// Records this range counts as lost: the sequence numbers it swallowed, at least one.
+    pub fn lost(&self) -> u64 {
+        self.resume_seq.saturating_sub(self.lost_from).max(1)
+    }
+}
+
 /// The part of a log that readers and the reclaimer share with the writer: the segment list,
 /// the committed position, the byte count, and the damaged ranges found so far.
 pub struct Shared {
     dir: PathBuf,
     quarantine: PathBuf,
     segments: parking_lot::Mutex<Vec<Segment>>,
-    committed: AtomicU64,
     tip: parking_lot::Mutex<Tip>,
     bytes: AtomicU64,
     /// Where recent reads ended: next seq -> (segment first seq, byte offset), so that a
     /// sink draining in order seeks straight to its position instead of scanning.
     positions: parking_lot::Mutex<std::collections::HashMap<u64, (u64, u64)>>,
-    /// Damaged ranges: (segment first seq, offset) -> (resume offset, resume seq). Held
-    /// while a range is examined, so that two readers quarantine and count it once.
-    skips: parking_lot::Mutex<std::collections::HashMap<(u64, u64), (u64, u64)>>,
-    corrupt_records: AtomicU64,
-    corruptions: parking_lot::Mutex<Vec<Corruption>>,
+    /// Damaged ranges found so far. Held while a range is examined, so that two readers
+    /// quarantine and count it once.
+    damage: parking_lot::Mutex<Vec<Corruption>>,
 }
 
 /// What one read returned.
@@ -282,7 +288,6 @@ impl Log {
                 dir: dir.to_path_buf(),
                 quarantine,
                 segments: parking_lot::Mutex::new(segments),
-                committed: AtomicU64::new(next_seq),
                 tip: parking_lot::Mutex::new(Tip {
                     seq: next_seq,
                     segment: active.first,
@@ -290,9 +295,7 @@ impl Log {
                 }),
                 bytes: AtomicU64::new(bytes),
                 positions: Default::default(),
-                skips: Default::default(),
-                corrupt_records: AtomicU64::new(0),
-                corruptions: Default::default(),
+                damage: Default::default(),
             }),
             writer: BufWriter::with_capacity(256 * 1024, file),
             written,
@@ -342,9 +345,6 @@ impl Log {
             segment,
             len: self.written,
         };
-        self.shared
-            .committed
-            .store(self.next_seq, Ordering::Release);
     }
 
     /// The reader side, for drainers and the reclaimer.
@@ -446,7 +446,7 @@ impl Log {
 impl Shared {
     /// The sequence number after the last complete, committed record.
     pub fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Acquire)
+        self.tip.lock().seq
     }
 
     /// Bytes of the segment files.
@@ -472,12 +472,12 @@ impl Shared {
     /// Records lost to damage so far (each damaged range counts the sequence numbers it
     /// swallowed, at least one).
     pub fn corrupt_records(&self) -> u64 {
-        self.corrupt_records.load(Ordering::Acquire)
+        self.damage.lock().iter().map(Corruption::lost).sum()
     }
 
     /// Damaged ranges found so far, oldest first.
     pub fn corruptions(&self) -> Vec<Corruption> {
-        self.corruptions.lock().clone()
+        self.damage.lock().clone()
     }
 
     /// Reads up to `max` committed records from sequence `from` on, in order, skipping (and
@@ -564,9 +564,12 @@ impl Shared {
         limit_seq: u64,
         limit_len: u64,
     ) -> Result<(u64, u64), LogError> {
-        let mut skips = self.skips.lock();
-        if let Some(r) = skips.get(&(seg.first, offset)) {
-            return Ok(*r);
+        let mut damage = self.damage.lock();
+        if let Some(c) = damage
+            .iter()
+            .find(|c| c.segment_first == seg.first && c.start == offset)
+        {
+            return Ok((c.end, c.resume_seq));
         }
         let mut f = File::open(&seg.path).map_err(io(&seg.path))?;
         f.seek(SeekFrom::Start(offset)).map_err(io(&seg.path))?;
@@ -596,8 +599,6 @@ impl Shared {
                 tracing::error!(path = %qpath.display(), error = %e, "spool: cannot copy a damaged range to the quarantine");
             })
             .ok();
-        let lost = resume_seq.saturating_sub(expect).max(1);
-        self.corrupt_records.fetch_add(lost, Ordering::AcqRel);
         tracing::error!(
             segment = %self.dir.join(&name).display(),
             start = offset,
@@ -606,15 +607,15 @@ impl Shared {
             quarantine = %quarantined.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "spool: damaged records skipped (checksum or length does not hold); delivery goes on after them"
         );
-        self.corruptions.lock().push(Corruption {
+        damage.push(Corruption {
             segment: name,
+            segment_first: seg.first,
             start: offset,
             end,
             lost_from: expect,
             resume_seq,
             quarantined,
         });
-        skips.insert((seg.first, offset), (end, resume_seq));
         Ok((end, resume_seq))
     }
 
