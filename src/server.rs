@@ -265,7 +265,7 @@ pub struct Gateway {
     max_body: u64,
     body_timeout: Duration,
     /// Unverified body bytes held now, and the cap.
-    inflight_bytes: Arc<std::sync::atomic::AtomicU64>,
+    inflight_bytes: std::sync::atomic::AtomicU64,
     max_inflight: u64,
     spool: Option<Arc<Spool>>,
     /// The forward-mode batchers, started on the listener's runtime by the first request, so
@@ -277,12 +277,12 @@ pub struct Gateway {
 
 /// Unverified body bytes this request holds against `server.max_inflight_body_bytes`,
 /// given back when dropped (once the signature is checked, or the request ends).
-struct BodyPermit {
-    held: Arc<std::sync::atomic::AtomicU64>,
+struct BodyPermit<'a> {
+    held: &'a std::sync::atomic::AtomicU64,
     bytes: u64,
 }
 
-impl BodyPermit {
+impl BodyPermit<'_> {
     /// Takes `n` more bytes, unless that would pass `cap`.
     fn take(&mut self, n: u64, cap: u64) -> bool {
         let before = self.held.fetch_add(n, Ordering::AcqRel);
@@ -295,7 +295,7 @@ impl BodyPermit {
     }
 }
 
-impl Drop for BodyPermit {
+impl Drop for BodyPermit<'_> {
     fn drop(&mut self) {
         self.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
@@ -358,7 +358,7 @@ impl Gateway {
     async fn read_body(
         &self,
         s: &mut ServerSession,
-        permit: &mut BodyPermit,
+        permit: &mut BodyPermit<'_>,
     ) -> Result<Bytes, (Outcome, String)> {
         let overloaded = || {
             (
@@ -488,7 +488,7 @@ impl Gateway {
             );
         }
         let mut permit = BodyPermit {
-            held: self.inflight_bytes.clone(),
+            held: &self.inflight_bytes,
             bytes: 0,
         };
         let read = tokio::time::timeout(self.body_timeout, self.read_body(s, &mut permit)).await;
@@ -1274,7 +1274,7 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             metrics: metrics.clone(),
             max_body: config.server.max_body_bytes,
             body_timeout: config.server.body_timeout,
-            inflight_bytes: Arc::default(),
+            inflight_bytes: Default::default(),
             max_inflight: config.server.max_inflight_body_bytes,
             spool: spool.clone(),
             workers: Mutex::new(workers),

@@ -258,6 +258,16 @@ pub fn reclaim_passed(
 impl SourceLog {
     /// Deletes the segments every sink of this source has passed (see [`reclaim_passed`]).
     pub fn reclaim(&self) {
+        // After every drained batch: decide before collecting anything.
+        let min = self
+            .drains
+            .iter()
+            .map(|d| d.next.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        if !self.shared.reclaimable(min) {
+            return;
+        }
         let cursors: Vec<(&str, u64)> = self
             .drains
             .iter()
