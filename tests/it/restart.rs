@@ -229,3 +229,52 @@ async fn sigterm_then_a_flipped_byte_in_a_sealed_segment() {
 async fn kill_9_then_a_flipped_byte_in_a_sealed_segment() {
     run(Stop::Kill, Case::FlippedByte).await;
 }
+
+#[tokio::test]
+async fn a_renamed_sink_with_a_backlog_refuses_to_start_and_keeps_the_events() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let mut gw = Gateway::start(&config(&mock, "")).await;
+    for i in 0..3 {
+        assert_eq!(gw.post_event(&body(i, 10)).await.status, 202);
+    }
+    assert_eq!(gw.terminate().code(), Some(0));
+    let cfg = gw.dir.path().join("vfgate.toml");
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        original
+            .replace("sinks = [\"up\"]", "sinks = [\"up2\"]")
+            .replace("[sink.up]", "[sink.up2]"),
+    )
+    .unwrap();
+    let dir = gw.dir.path().to_path_buf();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+            .current_dir(&dir)
+            .env("VF_SECRET", SECRET);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, Some(0), "{err}");
+    assert!(
+        err.contains("3 undelivered events for sink \"up\""),
+        "names the orphaned backlog: {err}"
+    );
+    // Back under its old name, the backlog is delivered.
+    std::fs::write(gw.dir.path().join("vfgate.toml"), original).unwrap();
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    gw.restart().await;
+    assert!(
+        wait_until(Duration::from_secs(10), || delivered(&mock).len() == 3).await,
+        "{}",
+        gw.log_text()
+    );
+}
