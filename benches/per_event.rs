@@ -37,6 +37,7 @@ fn ns(n: u64, buf: &mut String) -> &str {
 }
 
 fn checker() -> Checker {
+    #[allow(clippy::disallowed_methods)] // the bench's own variable
     std::env::set_var("VFGATE_BENCH_SECRET", SECRET);
     let c = Config::parse(
         "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ env = \"VFGATE_BENCH_SECRET\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",

@@ -1172,7 +1172,7 @@ fn validate_source(
         let not_after = match s.not_after {
             None => None,
             Some(t) => Some(
-                parse_rfc3339(&t)
+                crate::time::parse_rfc3339_s(&t)
                     .map_err(|e| ConfigError::invalid(format!("{skey}.not_after"), e))?,
             ),
         };
@@ -1182,7 +1182,7 @@ fn validate_source(
             not_after,
         });
     }
-    let now_s = crate::event::now_ms() / 1000;
+    let now_s = crate::time::now_ms() / 1000;
     if secrets
         .iter()
         .all(|s| s.not_after.is_some_and(|t| t <= now_s))
@@ -1427,13 +1427,6 @@ fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError
     Ok(spec)
 }
 
-/// Parses an RFC 3339 timestamp into unix seconds.
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp())
-        .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp ({e})"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1469,6 +1462,7 @@ path = "/dev/null"
             err(&with(r#"secrets = [{ value = "" }]"#)),
             "source[0].secrets[0]: the inline value is empty"
         );
+        #[allow(clippy::disallowed_methods)] // a test's own variable
         std::env::set_var("VFGATE_TEST_EMPTY_SECRET", "");
         assert!(
             err(&with(r#"secrets = [{ env = "VFGATE_TEST_EMPTY_SECRET" }]"#)).starts_with(

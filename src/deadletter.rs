@@ -126,25 +126,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
-/// Now as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    crate::sinks::rfc3339_ms(crate::event::now_ms())
-}
-
 /// A new entry id: creation time (sortable) and 32 random bits.
 pub fn new_id() -> String {
     let mut r = [0u8; 4];
     getrandom::fill(&mut r).expect("OS random source");
-    let t = time::OffsetDateTime::now_utc();
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}{:03}Z-{}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond(),
+        "{}-{}",
+        crate::time::compact_ms(crate::time::now_ms()),
         hex::encode(r)
     )
 }
@@ -264,7 +252,7 @@ impl FailedStore {
         let mut n = 0;
         let listing = self.list()?;
         for e in listing.entries {
-            let created = crate::event::parse_timestamp_ms(&e.created_at).unwrap_or(i64::MAX);
+            let created = crate::time::parse_rfc3339_ms(&e.created_at).unwrap_or(i64::MAX);
             if created < cutoff_ms {
                 self.remove(&e.id)?;
                 n += 1;
@@ -316,7 +304,7 @@ mod tests {
         let s = FailedStore::new(dir.path().join("failed"));
         assert!(s.list().unwrap().entries.is_empty());
         let a = entry("20260101T000000000Z-aaaaaaaa", "2026-01-01T00:00:00.000Z");
-        let b = entry(&new_id(), &now_rfc3339());
+        let b = entry(&new_id(), &crate::time::now_rfc3339());
         s.put(&b).unwrap();
         s.put(&a).unwrap();
         assert_eq!(s.get(&a.id).unwrap(), a);
@@ -333,7 +321,7 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
         assert_eq!(
-            s.purge_before(crate::event::parse_timestamp_ms("2026-06-01T00:00:00Z").unwrap())
+            s.purge_before(crate::time::parse_rfc3339_ms("2026-06-01T00:00:00Z").unwrap())
                 .unwrap()
                 .0,
             1

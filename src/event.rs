@@ -86,7 +86,7 @@ impl Event {
             Some(s) if s.is_empty() => return Err(InvalidEvent("timestamp is empty".into())),
             Some(s) => s.into_owned(),
         };
-        let timestamp_ms = parse_timestamp_ms(&timestamp).ok_or_else(|| {
+        let timestamp_ms = crate::time::parse_rfc3339_ms(&timestamp).ok_or_else(|| {
             InvalidEvent(format!(
                 "timestamp {:?} is not an RFC 3339 date-time",
                 truncate(&timestamp, 64)
@@ -150,14 +150,6 @@ fn too_deep(body: &[u8]) -> bool {
     false
 }
 
-/// The wall clock in unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// An event whose signature matched one of the source's secrets. Only [`crate::verify`] can
 /// build one, so nothing unverified reaches a sink.
 #[derive(Debug, Clone)]
@@ -213,12 +205,6 @@ fn truncate(s: &str, n: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
-}
-
-/// Unix milliseconds of an RFC 3339 date-time (any offset, any fraction digits).
-pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
 /// The slow path: say precisely what is wrong with a body the fast parse refused.
@@ -322,18 +308,18 @@ mod tests {
     #[test]
     fn timestamps_from_the_targets_sheet() {
         assert_eq!(
-            parse_timestamp_ms("2024-05-14T09:21:33.417Z"),
+            crate::time::parse_rfc3339_ms("2024-05-14T09:21:33.417Z"),
             Some(1715678493417)
         );
         assert_eq!(
-            parse_timestamp_ms("2024-05-14T09:21:41.002Z"),
+            crate::time::parse_rfc3339_ms("2024-05-14T09:21:41.002Z"),
             Some(1715678501002)
         );
         assert_eq!(
-            parse_timestamp_ms("2024-05-14T11:21:41.002+02:00"),
+            crate::time::parse_rfc3339_ms("2024-05-14T11:21:41.002+02:00"),
             Some(1715678501002)
         );
-        assert_eq!(parse_timestamp_ms("2024-05-14 09:21:41"), None);
+        assert_eq!(crate::time::parse_rfc3339_ms("2024-05-14 09:21:41"), None);
     }
 
     #[test]

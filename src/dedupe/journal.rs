@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// When journal writes reach the disk (the spool's `fsync` policy, `batch` without a spool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +73,7 @@ fn err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::time::now_s()
 }
 
 /// An open journal: marks are written as they are recorded.
@@ -283,7 +280,7 @@ impl Writer {
 
     /// Deletes files last written more than a TTL ago (every mark in them has expired).
     fn prune(&mut self) {
-        let now = SystemTime::now();
+        let now = crate::time::now();
         for (t, path) in journal_files(&self.dir).unwrap_or_default() {
             if t == self.started {
                 continue;

@@ -250,7 +250,7 @@ mod tests {
             let ts = t0 + offset_ms;
             let body = bytes::Bytes::from(format!(
                 "{{\"event_id\":\"e1\",\"timestamp\":\"{}\"}}",
-                crate::sinks::rfc3339_ms(ts)
+                crate::time::rfc3339_ms(ts)
             ));
             let parts = RequestParts {
                 signature: None,

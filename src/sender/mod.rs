@@ -175,7 +175,7 @@ impl WebhookSender {
             headers,
             body: body.clone(),
         };
-        let at = failed::now_rfc3339();
+        let at = crate::time::now_rfc3339();
         let t0 = Instant::now();
         let r = self.client.send(&req).await;
         let rtt = t0.elapsed();
@@ -271,7 +271,7 @@ impl WebhookSender {
             sink: sink.map(str::to_string),
             source: None,
             reason: format!("no 2xx after {} attempts", logs.len()),
-            created_at: failed::now_rfc3339(),
+            created_at: crate::time::now_rfc3339(),
             attempts: logs.to_vec(),
             event: String::from_utf8_lossy(body).to_string(),
         };

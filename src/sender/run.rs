@@ -242,7 +242,7 @@ pub async fn send_ordered(
 pub fn generated_event(event_type: &str, org: usize, size: usize) -> Bytes {
     let mut r = [0u8; 14];
     getrandom::fill(&mut r).expect("OS random source");
-    let ts = crate::deadletter::now_rfc3339();
+    let ts = crate::time::now_rfc3339();
     let head = format!(
         r#"{{"event_id":"evt_{}","event_type":"{event_type}","timestamp":"{ts}","actor":{{"user_id":"usr_{}","email":"user{}@example.com"}},"target":{{"type":"session","id":"sess_{}"}},"context":{{"ip_address":"203.0.113.{}","org_id":"org_{org:06}","user_agent":"vfgate-send"#,
         hex::encode(&r[..8]),
@@ -736,10 +736,7 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
             }
         }
         FailedCmd::Purge { older_than, dir } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now = crate::time::now_ms();
             match FailedStore::new(&dir).purge_before(now - older_than.as_millis() as i64) {
                 Ok((n, skipped)) => {
                     report_skipped(&skipped);

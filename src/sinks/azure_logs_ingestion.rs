@@ -16,8 +16,8 @@
 //! configuration errors (kept); 413 split; 429/5xx retried honouring `Retry-After`.
 
 use super::{
-    audit_columns, body_snippet, client_error_attempt, compress, rfc3339_ms, Attempt, Compression,
-    RetryKind, SendResult, Sink, SinkType, Verdict,
+    audit_columns, body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind,
+    SendResult, Sink, SinkType, Verdict,
 };
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
@@ -302,7 +302,7 @@ pub fn record(
     let mut m = Map::new();
     m.insert(
         time_field.to_string(),
-        Value::String(rfc3339_ms(ev.timestamp_ms)),
+        Value::String(crate::time::rfc3339_ms(ev.timestamp_ms)),
     );
     for (k, val) in audit_columns(ev, &v) {
         if let Some(val) = val {

@@ -140,15 +140,8 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         ddsource: c.ddsource,
         tags: c.tags.join(","),
         compression: c.compression,
-        now_ms: wall_ms,
+        now_ms: crate::time::now_ms,
     }))
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The sink.

@@ -334,22 +334,6 @@ pub fn audit_columns(ev: &Event, v: &serde_json::Value) -> Vec<(&'static str, Op
     ]
 }
 
-/// RFC 3339 UTC with milliseconds of unix milliseconds (`2024-05-14T09:21:33.417Z`).
-pub fn rfc3339_ms(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// The body of a request that failed, for a short detail (never includes request data).
 pub fn body_snippet(resp: &crate::client::Response) -> String {
     String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)])
@@ -386,12 +370,6 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formatting_from_integer_millis() {
-        assert_eq!(rfc3339_ms(1715678493417), "2024-05-14T09:21:33.417Z");
-        assert_eq!(rfc3339_ms(1715678501002), "2024-05-14T09:21:41.002Z");
-    }
 
     #[test]
     fn uuid_shape() {

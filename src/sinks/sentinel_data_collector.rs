@@ -192,7 +192,7 @@ impl Sink for DataCollector {
             Ok(b) => b,
             Err(r) => return Attempt::not_sent(r),
         };
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let date = crate::time::http_date_now();
         let sig = signature(self.key.expose(), body.len(), &date);
         let headers = vec![
             ("content-type".to_string(), b"application/json".to_vec()),

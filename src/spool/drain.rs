@@ -6,11 +6,12 @@
 
 use super::{decode_record, DrainState, SourceLog};
 use crate::config::SinkCommon;
-use crate::deadletter::{new_id, now_rfc3339, AttemptLog, FailedEntry, FailedStore, StoreError};
-use crate::event::{now_ms, Event};
+use crate::deadletter::{new_id, AttemptLog, FailedEntry, FailedStore, StoreError};
+use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
 use crate::sinks::{Sink, Verdict};
+use crate::time::{now_ms, now_rfc3339};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

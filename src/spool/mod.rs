@@ -394,7 +394,7 @@ impl Spool {
     /// Updates the spool gauges (called at scrape time).
     pub fn observe(&self, metrics: &Metrics) {
         metrics.spool_bytes.set(self.bytes() as i64);
-        let now = crate::event::now_ms();
+        let now = crate::time::now_ms();
         let mut per_sink: std::collections::BTreeMap<&str, (u64, f64)> = Default::default();
         for src in &self.sources {
             let corrupt = metrics

@@ -46,17 +46,14 @@ fn is_guid(s: &str) -> bool {
 
 /// An event with a given timestamp (unix ms) and org.
 fn event_at(id: &str, ms: i64, org: &str) -> String {
-    let ts = vfgate::sinks::rfc3339_ms(ms);
+    let ts = vfgate::time::rfc3339_ms(ms);
     format!(
         r#"{{"event_id":"{id}","event_type":"user.login.failed","timestamp":"{ts}","actor":{{"user_id":"usr_{id}","email":"{id}@example.com"}},"target":{{"type":"session","id":"sess_{id}"}},"context":{{"ip_address":"203.0.113.7","user_agent":"Mozilla/5.0","org_id":"{org}"}},"custom":{{"n":1}}}}"#
     )
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    vfgate::time::now_ms()
 }
 
 async fn post_all(gw: &Gateway, bodies: &[String]) -> Vec<Resp> {
@@ -328,7 +325,7 @@ retry = {{ budget = "1s" }}
             "message is the original event JSON string"
         );
         let ev: Value = serde_json::from_str(msg).unwrap();
-        let ms = vfgate::event::parse_timestamp_ms(ev["timestamp"].as_str().unwrap()).unwrap();
+        let ms = vfgate::time::parse_rfc3339_ms(ev["timestamp"].as_str().unwrap()).unwrap();
         assert_eq!(log["timestamp"].as_i64(), Some(ms));
         assert_eq!(log["status"], "info");
         assert_eq!(log["hostname"], "gw-01");

@@ -472,8 +472,11 @@ retry_schedule = ["200ms", "300ms"]
     let line = out.lines().find(|l| l.contains("wh-1")).unwrap();
     assert!(line.contains(" 500 "), "the far side's last status: {out}");
     assert_eq!(
-        gw.metric("vfgate_dead_letter_events_total{reason=\"retries_exhausted\",sink=\"relay\"}")
-            .await,
+        gw.metric_reaches(
+            "vfgate_dead_letter_events_total{reason=\"retries_exhausted\",sink=\"relay\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 }

@@ -192,6 +192,19 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// Waits up to 10 s for a sample to reach `want` (counters move after the effect they
+    /// count is visible, e.g. a dead-letter file before its counter), returning the last value.
+    pub async fn metric_reaches(&self, series: &str, want: f64) -> f64 {
+        let t0 = Instant::now();
+        loop {
+            let v = self.metric(series).await;
+            if v == want || t0.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

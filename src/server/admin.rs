@@ -1,0 +1,308 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and, with `admin.token`, the
+//! failed-deliveries API (`GET /admin/failed`, `POST /admin/failed/{id}/replay`). It reads
+//! the dedupe store, the spool and the dead-letter store and replays through the sinks
+//! `assemble.rs` built; it never touches the webhook path. Hand-written on Pingora's
+//! session (see [`AdminApp`]) so that no request bytes are ever logged.
+
+use super::outcome::{error_body, respond, status_body, HttpResponse};
+use super::webhook::{read_request, respond_and_finish};
+use crate::dedupe::Dedupe;
+use crate::metrics::Metrics;
+use crate::spool::Spool;
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
+use pingora::http::Method;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, and, with `admin.token`, the
+/// failed-deliveries routes `GET /admin/failed` and `POST /admin/failed/{id}/replay`.
+pub struct Admin {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// For the dedupe gauges.
+    pub dedupe: Arc<Dedupe>,
+    /// Set once every listener accepts connections.
+    pub ready: Arc<AtomicBool>,
+    /// `admin.token`: the failed-deliveries API is off without one.
+    pub token: Option<crate::secret::Secret>,
+    /// The dead-letter store.
+    pub failed: crate::deadletter::FailedStore,
+    /// For `/readyz` and the spool gauges.
+    pub spool: Option<Arc<Spool>>,
+    /// Every configured sink, for replays of spool dead letters.
+    pub sinks: HashMap<String, Arc<dyn crate::sinks::Sink>>,
+}
+
+impl Admin {
+    /// Whether the request carries the admin bearer token (compared in constant time).
+    fn authorized(&self, s: &ServerSession) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.token else {
+            return false;
+        };
+        let given = s
+            .get_header("authorization")
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_at_checked(7)?;
+                scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+            })
+            .unwrap_or(b"");
+        // Fixed-size digests: the compare takes the same time whatever the lengths.
+        use sha2::Digest;
+        let (a, b) = (
+            sha2::Sha256::digest(given),
+            sha2::Sha256::digest(token.expose()),
+        );
+        bool::from(a.as_slice().ct_eq(b.as_slice()))
+    }
+
+    async fn failed_routes(&self, s: &ServerSession, method: &Method, path: &str) -> HttpResponse {
+        if self.token.is_none() {
+            return respond(
+                404,
+                error_body("not_found", "the admin API is off (set admin.token)"),
+                &[],
+            );
+        }
+        if !self.authorized(s) {
+            return respond(
+                401,
+                error_body("unauthorized", "a valid bearer token is required"),
+                &[("www-authenticate", "Bearer".into())],
+            );
+        }
+        let rest = path.strip_prefix("/admin/failed").unwrap_or_default();
+        let segments: Vec<&str> = rest.split('/').skip(1).collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, [] | [""]) => self.list_failed(s).await,
+            (&Method::POST, ["", "replay"]) => respond(
+                400,
+                error_body("invalid_id", "the entry id is empty"),
+                &[],
+            ),
+            (&Method::POST, [id, "replay"]) => self.replay_failed(id).await,
+            _ => respond(
+                404,
+                error_body(
+                    "not_found",
+                    "admin routes: GET /admin/failed[?limit=N&after=ID], POST /admin/failed/{id}/replay",
+                ),
+                &[],
+            ),
+        }
+    }
+
+    /// `GET /admin/failed?limit=&after=`: one page of entries, oldest first (file I/O on a
+    /// blocking thread, not the admin runtime).
+    async fn list_failed(&self, s: &ServerSession) -> HttpResponse {
+        let mut limit = 100usize;
+        let mut after: Option<String> = None;
+        for pair in s.req_header().uri.query().unwrap_or_default().split('&') {
+            match pair.split_once('=') {
+                Some(("limit", v)) => match v.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => limit = n,
+                    _ => {
+                        return respond(
+                            400,
+                            error_body("invalid_query", "limit must be a number from 1 to 1000"),
+                            &[],
+                        )
+                    }
+                },
+                Some(("after", v)) => after = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        let store = self.failed.clone();
+        let listing =
+            tokio::task::spawn_blocking(move || store.list_page(after.as_deref(), limit)).await;
+        match listing {
+            Ok(Ok(l)) => {
+                let next = if l.more {
+                    l.entries.last().map(|e| e.id.clone())
+                } else {
+                    None
+                };
+                respond(
+                    200,
+                    serde_json::to_vec(&serde_json::json!({
+                        "entries": l.entries,
+                        "skipped": l.skipped,
+                        "next": next,
+                    }))
+                    .expect("json"),
+                    &[],
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin: cannot list the failed-deliveries store");
+                respond(
+                    500,
+                    error_body("store_error", "the store cannot be read (see the log)"),
+                    &[],
+                )
+            }
+            Err(_) => respond(500, error_body("store_error", "listing was cancelled"), &[]),
+        }
+    }
+
+    /// `POST /admin/failed/{id}/replay`: a spool dead letter goes to its sink only, straight
+    /// through it; any other entry to its recorded target.
+    async fn replay_failed(&self, id: &str) -> HttpResponse {
+        use crate::deadletter::StoreError;
+        let (store, key) = (self.failed.clone(), id.to_string());
+        let entry = match tokio::task::spawn_blocking(move || store.get(&key)).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(StoreError::NotFound(_))) => {
+                return respond(
+                    404,
+                    error_body("not_found", "no failed delivery with that id"),
+                    &[],
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "admin: cannot read a failed delivery");
+                return respond(
+                    500,
+                    error_body("store_error", "the entry cannot be read (see the log)"),
+                    &[],
+                );
+            }
+            Err(_) => return respond(500, error_body("store_error", "cancelled"), &[]),
+        };
+        if let Some(sink) = entry.sink_route().map(|(_, s)| s.to_string()) {
+            let Some(built) = self.sinks.get(&sink) else {
+                return respond(
+                    409,
+                    error_body(
+                        "unknown_sink",
+                        "the entry's sink is not in the running config; entry kept",
+                    ),
+                    &[],
+                );
+            };
+            return match crate::spool::drain::replay_to_sink(&self.failed, entry, &**built, &self.metrics).await {
+                Ok(r) if r.delivered => respond(
+                    200,
+                    serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "sink": sink, "upstream_status": r.status})).expect("json"),
+                    &[],
+                ),
+                Ok(r) => respond(
+                    502,
+                    error_body("upstream_error", &format!("sink {sink} did not take it (status {}); entry kept", r.status)),
+                    &[],
+                ),
+                Err(crate::spool::drain::ReplayError::Store(StoreError::NotFound(_))) => {
+                    respond(404, error_body("not_found", "no failed delivery with that id"), &[])
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "admin: replay failed");
+                    respond(500, error_body("replay_error", "the entry cannot be replayed (see the log)"), &[])
+                }
+            };
+        }
+        match crate::sender::run::replay_entry(&self.failed, id, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
+            Ok(a) if a.ok() => respond(200, serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "upstream_status": a.status})).expect("json"), &[]),
+            Ok(a) => respond(502, error_body("upstream_error", &format!("replay failed: {}; entry kept", a.status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".into()))), &[]),
+            Err(e) => {
+                tracing::error!(error = %e, "admin: replay failed");
+                respond(500, error_body("replay_error", "the entry cannot be replayed (see the log)"), &[])
+            }
+        }
+    }
+}
+
+/// the bearer token in the log. Here a bad request is dropped with a debug line that holds
+/// no request bytes.
+pub struct AdminApp {
+    /// The routes.
+    pub admin: Admin,
+}
+
+#[async_trait]
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !read_request(&mut s, shutdown).await {
+            return None;
+        }
+        let resp = self.admin.response(&mut s).await;
+        let (parts, body) = resp.into_parts();
+        let mut head =
+            pingora::http::ResponseHeader::build(parts.status, Some(parts.headers.len()))
+                .expect("valid status");
+        for (k, v) in parts.headers.iter() {
+            head.append_header(k.clone(), v.clone())
+                .expect("valid header");
+        }
+        respond_and_finish(s, head, body.into()).await
+    }
+}
+
+impl Admin {
+    async fn response(&self, s: &mut ServerSession) -> HttpResponse {
+        let h = s.req_header();
+        let path = h.uri.path().to_string();
+        if path == "/admin/failed" || path.starts_with("/admin/failed/") {
+            let method = h.method.clone();
+            return self.failed_routes(s, &method, &path).await;
+        }
+        if h.method != Method::GET && h.method != Method::HEAD {
+            return respond(
+                405,
+                error_body("method_not_allowed", "use GET"),
+                &[("allow", "GET, HEAD".into())],
+            );
+        }
+        match h.uri.path() {
+            "/metrics" => {
+                self.metrics
+                    .dedupe_entries
+                    .set(self.dedupe.entries() as i64);
+                let ev = self.dedupe.evictions();
+                let seen = self.metrics.dedupe_evictions.get();
+                if ev > seen {
+                    self.metrics.dedupe_evictions.inc_by(ev - seen);
+                }
+                let errs = self.dedupe.errors();
+                let seen = self.metrics.dedupe_errors.get();
+                if errs > seen {
+                    self.metrics.dedupe_errors.inc_by(errs - seen);
+                }
+                if let Some(spool) = &self.spool {
+                    spool.observe(&self.metrics);
+                }
+                let body = self.metrics.render();
+                http::Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len().to_string())
+                    .body(body)
+                    .expect("valid response")
+            }
+            "/healthz" => respond(200, status_body("ok"), &[]),
+            "/readyz" => {
+                if !self.ready.load(Ordering::Acquire) {
+                    respond(503, status_body("starting"), &[])
+                } else if self.spool.as_ref().is_some_and(|s| s.is_full()) {
+                    respond(503, status_body("spool_full"), &[])
+                } else {
+                    respond(200, status_body("ready"), &[])
+                }
+            }
+            _ => respond(
+                404,
+                error_body("not_found", "admin paths: /metrics, /healthz, /readyz"),
+                &[],
+            ),
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The webhook listener: HTTP framing, routing, limits and the reply. A request is routed
+//! by path, refused early for its method, its declared or actual body size, a slow body or
+//! too many bodies held at once, and otherwise read whole and handed to the ingest core
+//! ([`crate::ingest`]); whatever comes back becomes a reply through `outcome.rs`, and is
+//! counted there. This file owns bytes on the wire and the connection's keep-alive; it does
+//! not verify, dedupe or deliver anything itself.
+
+use super::outcome::{Outcome, Reply};
+use crate::ingest::{Ingest, Source};
+use crate::metrics::Metrics;
+use crate::pipeline::SinkWorker;
+use crate::verify::{self, RequestParts};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::Method;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use prometheus::{Histogram, IntCounter};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A webhook path: its source and its pre-resolved metric handles.
+pub struct Route {
+    /// The source the ingest core runs.
+    pub source: Source,
+    /// `vfgate_requests_total{source, outcome}`, indexed by [`Outcome`].
+    pub outcomes: Vec<IntCounter>,
+    /// `vfgate_request_duration_seconds{source}`.
+    pub timer: Histogram,
+}
+
+/// Body limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `server.max_body_bytes`.
+    pub max_body: u64,
+    /// `server.body_timeout`.
+    pub body_timeout: Duration,
+    /// `server.max_inflight_body_bytes`.
+    pub max_inflight: u64,
+}
+
+/// Shared state of the webhook listener.
+pub struct Gateway {
+    /// Sources by path.
+    pub routes: HashMap<String, Route>,
+    /// The request counters of paths no source serves (`source="none"`).
+    pub unknown: Vec<IntCounter>,
+    /// The transport-free core.
+    pub ingest: Ingest,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Body limits.
+    pub limits: Limits,
+    /// Unverified body bytes held now (against `limits.max_inflight`).
+    pub inflight_bytes: AtomicU64,
+    /// The forward-mode batchers, started on the listener's runtime by the first request, so
+    /// that handing an event to its sink and getting the answer back never crosses threads
+    /// or runtimes.
+    pub workers: Mutex<Vec<SinkWorker>>,
+    /// Whether `workers` were started.
+    pub workers_started: AtomicBool,
+}
+
+/// Unverified body bytes this request holds against `server.max_inflight_body_bytes`,
+/// given back when dropped (once the signature is checked, or the request ends).
+struct BodyPermit<'a> {
+    held: &'a std::sync::atomic::AtomicU64,
+    bytes: u64,
+}
+
+impl BodyPermit<'_> {
+    /// Takes `n` more bytes, unless that would pass `cap`.
+    fn take(&mut self, n: u64, cap: u64) -> bool {
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        if before + n > cap {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Gateway {
+    fn start_workers(&self) {
+        let mut w = self.workers.lock();
+        for worker in w.drain(..) {
+            tokio::spawn(worker.run(self.metrics.clone()));
+        }
+        self.workers_started.store(true, Ordering::Release);
+    }
+
+    /// Reads the body, enforcing the cap from Content-Length and while reading.
+    async fn read_body(
+        &self,
+        s: &mut ServerSession,
+        permit: &mut BodyPermit<'_>,
+    ) -> Result<Bytes, (Outcome, String)> {
+        let overloaded = || {
+            (
+                Outcome::Overloaded,
+                "too many request bodies are being received at once; retry shortly".to_string(),
+            )
+        };
+        let too_large = || {
+            (
+                Outcome::BodyTooLarge,
+                format!("body exceeds {} bytes", self.limits.max_body),
+            )
+        };
+        let declared = s
+            .get_header("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limits.max_body) {
+            return Err(too_large());
+        }
+        // A declared length is taken whole before reading, so that slow senders cannot hold
+        // more than the cap between them.
+        if let Some(n) = declared {
+            if !permit.take(n, self.limits.max_inflight) {
+                return Err(overloaded());
+            }
+        }
+        if s.get_header("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            // Pingora would mark the connection close because the body is not read yet when
+            // the interim response goes out; that rule is for final responses only.
+            s.set_close_on_response_before_downstream_finish(false);
+            let sent = s.write_continue_response().await;
+            s.set_close_on_response_before_downstream_finish(true);
+            sent.map_err(|e| {
+                (
+                    Outcome::BadRequest,
+                    format!("cannot answer 100-continue: {e}"),
+                )
+            })?;
+        }
+        // Keep the first chunk as-is: most bodies arrive in one, and then nothing is copied.
+        let mut first: Option<Bytes> = None;
+        let mut more: Option<BytesMut> = None;
+        let mut total: u64 = 0;
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    total += chunk.len() as u64;
+                    if total > permit.bytes
+                        && !permit.take(total - permit.bytes, self.limits.max_inflight)
+                    {
+                        s.set_keepalive(None);
+                        return Err(overloaded());
+                    }
+                    if total > self.limits.max_body {
+                        Self::discard_rest(s, self.limits.max_body.saturating_mul(4)).await;
+                        return Err(too_large());
+                    }
+                    match (&mut first, &mut more) {
+                        (None, None) => first = Some(chunk),
+                        (Some(f), None) => {
+                            let mut m = BytesMut::with_capacity(
+                                declared.unwrap_or(total * 2).min(self.limits.max_body) as usize,
+                            );
+                            m.extend_from_slice(f);
+                            m.extend_from_slice(&chunk);
+                            more = Some(m);
+                        }
+                        (_, Some(m)) => m.extend_from_slice(&chunk),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err((
+                        Outcome::BadRequest,
+                        format!("cannot read the request body: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(match (first, more) {
+            (_, Some(m)) => m.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        })
+    }
+
+    /// Reads and drops what is left of an oversized body, for at most one second and `cap`
+    /// bytes, so that the client reads our 413 instead of a connection reset. Keep-alive
+    /// stays on only if the body was fully read.
+    async fn discard_rest(s: &mut ServerSession, cap: u64) {
+        let mut seen = 0u64;
+        let drained = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(Some(chunk)) = s.read_request_body().await {
+                seen += chunk.len() as u64;
+                if seen > cap {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if drained != Ok(true) || !s.is_body_done() {
+            s.set_keepalive(None);
+        }
+    }
+
+    /// One request: route, method, body, then the ingest core; the reply is counted.
+    async fn handle(&self, s: &mut ServerSession) -> Reply {
+        let path = s.req_header().uri.path();
+        let Some(route) = self.routes.get(path) else {
+            s.set_keepalive(None);
+            return count(
+                &self.unknown,
+                Reply::refused(
+                    Outcome::NotFound,
+                    "no webhook source is configured at this path",
+                ),
+            );
+        };
+        let _timer = route.timer.start_timer();
+        let reply = self.handle_route(s, route).await;
+        count(&route.outcomes, reply)
+    }
+
+    async fn handle_route(&self, s: &mut ServerSession, route: &Route) -> Reply {
+        if s.req_header().method != Method::POST {
+            s.set_keepalive(None);
+            return Reply::refused(
+                Outcome::MethodNotAllowed,
+                "webhooks are delivered with POST",
+            );
+        }
+        let mut permit = BodyPermit {
+            held: &self.inflight_bytes,
+            bytes: 0,
+        };
+        let timeout = self.limits.body_timeout;
+        let read = tokio::time::timeout(timeout, self.read_body(s, &mut permit)).await;
+        let read = read.unwrap_or_else(|_| {
+            Err((
+                Outcome::BodyTimeout,
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(timeout)
+                ),
+            ))
+        });
+        let body = match read {
+            Ok(b) => b,
+            Err((o, detail)) => {
+                // An oversized body was drained (bounded) by read_body; anything else closes.
+                if o != Outcome::BodyTooLarge || !s.is_body_done() {
+                    s.set_keepalive(None);
+                }
+                return Reply::refused(o, &detail);
+            }
+        };
+        let h = s.req_header();
+        let parts = RequestParts {
+            signature: h
+                .headers
+                .get(verify::SIGNATURE_HEADER)
+                .map(|v| v.as_bytes()),
+            version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
+            content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
+        };
+        let now = crate::time::now_ms();
+        self.ingest
+            .handle(&route.source, parts, body, now, permit)
+            .await
+            .into()
+    }
+}
+
+/// Counts `reply` under its outcome and passes it on.
+fn count(counters: &[IntCounter], reply: Reply) -> Reply {
+    counters[reply.outcome as usize].inc();
+    reply
+}
+
+/// Reads a request header; `false` ends the connection. The error's context holds the raw
+/// request bytes (tokens, signatures): only its kind is logged. Then keep-alive is only
+/// ever shortened from what Pingora decided from the request (HTTP/1.0 without keep-alive,
+/// `Connection: close`, both Transfer-Encoding and Content-Length: close after the
+/// response, RFC 9112 §6.1), never re-enabled.
+pub(super) async fn read_request(s: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
+    match s.read_request().await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::debug!(kind = ?e.etype(), "cannot read a request header");
+            return false;
+        }
+    }
+    if *shutdown.borrow() {
+        s.set_keepalive(None);
+    } else if s.get_keepalive().is_some() {
+        s.set_keepalive(Some(60));
+    }
+    true
+}
+
+/// Writes the response and finishes the session, handing the stream back for reuse when
+/// keep-alive allows.
+pub(super) async fn respond_and_finish(
+    mut s: ServerSession,
+    head: pingora::http::ResponseHeader,
+    body: Bytes,
+) -> Option<ReusedHttpStream> {
+    if let Err(e) = s.write_response_header(Box::new(head)).await {
+        tracing::debug!(error = %e, "cannot write a response header");
+        return None;
+    }
+    if !body.is_empty() {
+        if let Err(e) = s.write_response_body(body, true).await {
+            tracing::debug!(error = %e, "cannot write a response body");
+            return None;
+        }
+    }
+    let persistent = HttpPersistentSettings::for_session(&s);
+    match s.finish().await {
+        Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot finish a response");
+            None
+        }
+    }
+}
+
+/// The webhook listener as a Pingora HTTP app. It is `HttpServerApp` rather than `ServeHttp`
+/// so that a request counts as in flight until its response is written and the connection
+/// finished: graceful shutdown waits for exactly that.
+pub struct WebhookApp {
+    /// Shared state.
+    pub gateway: Gateway,
+    /// Pingora's HTTP options (keep-alive request limit).
+    pub options: pingora::apps::HttpServerOptions,
+}
+
+#[async_trait]
+impl HttpServerApp for WebhookApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if !read_request(&mut s, shutdown).await {
+            return None;
+        }
+        let metrics = &self.gateway.metrics;
+        if !self.gateway.workers_started.load(Ordering::Acquire) {
+            self.gateway.start_workers();
+        }
+        metrics.in_flight.inc();
+        struct Dec<'a>(&'a prometheus::IntGauge);
+        impl Drop for Dec<'_> {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let _dec = Dec(&metrics.in_flight);
+        let (head, body) = self.gateway.handle(&mut s).await.into_parts();
+        respond_and_finish(s, head, body).await
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+/// The webhook app behind a cap on open connections (`server.max_connections`): a
+/// connection beyond it is closed at once, before anything is read, and counted.
+pub struct Limited {
+    /// The app.
+    pub app: Arc<WebhookApp>,
+    /// Free connection slots.
+    pub slots: tokio::sync::Semaphore,
+    /// `vfgate_connections_refused_total`.
+    pub refused: IntCounter,
+}
+
+#[async_trait]
+impl pingora::apps::ServerApp for Limited {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let Ok(_slot) = self.slots.try_acquire() else {
+            self.refused.inc();
+            return None;
+        };
+        pingora::apps::ServerApp::process_new(&self.app, stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        pingora::apps::ServerApp::cleanup(&*self.app).await;
+    }
+}
