@@ -5,8 +5,13 @@
 //! the middle of the log (a flipped bit in a sealed segment, a bad sector) is skipped by
 //! scanning forward for the next record whose header and checksum hold (or to the next
 //! segment); the damaged byte range is copied to `<spool.dir>/quarantine/` once and counted,
-//! and delivery of everything else goes on. Only damage at the very end of the last segment,
-//! with no valid record after it, is a torn write, cut at open.
+//! and delivery of everything else goes on. At the very end of the last segment a torn write
+//! (a record shorter than its own length field, or zero-filled blocks) is cut at open and its
+//! number given out again: it was never acknowledged. A whole record whose checksum fails
+//! there was written completely and damaged at rest: it is quarantined and counted like any
+//! other damage, and its number is never given out again. Nor is any number below the highest
+//! cursor (a sink took it, whatever is left of the file): a log found shorter than a cursor
+//! goes on at that cursor, the gap counted for the sinks behind it.
 //!
 //! Owns: the segment files, the cursor files, the quarantine copies. Knows nothing of sinks,
 //! events or HTTP.
@@ -203,13 +208,36 @@ fn read_record(f: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<Option<(
     Ok(Some((seq, HEADER + len)))
 }
 
-/// Scans the last segment: returns the next sequence number, the length up to the end of
-/// the last valid record, and how many bytes after it were cut (a torn write). Damage with
-/// a valid record after it is not a torn write: it is kept for readers to skip.
-fn scan_tail(seg: &Segment) -> Result<(u64, u64, u64), LogError> {
+/// What [`scan_tail`] found at the end of the last segment.
+struct Tail {
+    /// The sequence number after the last valid record.
+    next: u64,
+    /// Where the last valid record ends (the file is cut there).
+    valid_end: u64,
+    /// The bytes after it, cut from the file.
+    cut: Vec<u8>,
+}
+
+impl Tail {
+    /// Whether the cut bytes are a whole record by their own length field, and not zeros: a
+    /// record that was written completely and damaged afterwards (at rest), not a write
+    /// torn by a crash (which ends short of its length, or as zero-filled blocks after a
+    /// power loss). Its sequence number was used, so it is never given out again.
+    fn damaged_whole_record(&self) -> bool {
+        let c = &self.cut;
+        if c.len() < HEADER || c.iter().all(|b| *b == 0) {
+            return false;
+        }
+        let len = u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")) as usize;
+        len <= MAX_RECORD && HEADER + len <= c.len()
+    }
+}
+
+/// Scans the last segment and cuts it after its last valid record. Damage with a valid
+/// record after it is not at the tail: it is kept for readers to skip.
+fn scan_tail(seg: &Segment) -> Result<Tail, LogError> {
     let path = &seg.path;
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let total = bytes.len() as u64;
+    let mut bytes = std::fs::read(path).map_err(io(path))?;
     let mut offset = 0usize;
     let mut valid_end = 0usize;
     let mut next = seg.first;
@@ -226,13 +254,53 @@ fn scan_tail(seg: &Segment) -> Result<(u64, u64, u64), LogError> {
             },
         }
     }
-    let valid_end = valid_end as u64;
-    if valid_end < total {
+    let cut = bytes.split_off(valid_end);
+    if !cut.is_empty() {
         let f = fsutil::options().write(true).open(path).map_err(io(path))?;
-        f.set_len(valid_end).map_err(io(path))?;
+        f.set_len(valid_end as u64).map_err(io(path))?;
         f.sync_all().map_err(io(path))?;
     }
-    Ok((next, valid_end, total - valid_end))
+    Ok(Tail {
+        next,
+        valid_end: valid_end as u64,
+        cut,
+    })
+}
+
+/// The highest cursor of the log in `dir`: every sequence number below it was handed out
+/// (a sink took it), whatever is left of the segments.
+fn cursor_floor(dir: &Path) -> Result<u64, LogError> {
+    let mut floor = 0;
+    for name in cursor_names(dir)? {
+        if let Stored::At(n) = Cursor::load(dir, &name)? {
+            floor = floor.max(n);
+        }
+    }
+    Ok(floor)
+}
+
+/// Copies a damaged byte range to `quarantine/<source>-<segment>-<start>-<end>.bin`
+/// (private, fsynced); `None`, logged, when it cannot.
+fn quarantine_copy(
+    quarantine: &Path,
+    log_dir: &Path,
+    segment: &str,
+    (start, end): (u64, u64),
+    bytes: &[u8],
+) -> Option<PathBuf> {
+    let source = log_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let qpath = quarantine.join(format!("{source}-{segment}-{start}-{end}.bin"));
+    fsutil::create_dir_all(quarantine)
+        .and_then(|()| fsutil::create(&qpath))
+        .and_then(|mut q| q.write_all(bytes).and_then(|()| q.sync_all()))
+        .map(|()| qpath.clone())
+        .map_err(|e| {
+            tracing::error!(path = %qpath.display(), error = %e, "spool: cannot copy a damaged range to the quarantine");
+        })
+        .ok()
 }
 
 impl Log {
@@ -257,10 +325,52 @@ impl Log {
             })
             .collect();
         segments.sort_by_key(|s| s.first);
-        let (next_seq, written, truncated_bytes) = match segments.last() {
-            None => (0, 0, 0),
+        let quarantine = dir
+            .parent()
+            .map(|p| p.join("quarantine"))
+            .unwrap_or_else(|| dir.join("quarantine"));
+        let tail = match segments.last() {
+            None => Tail {
+                next: 0,
+                valid_end: 0,
+                cut: Vec::new(),
+            },
             Some(last) => scan_tail(last)?,
         };
+        // Sequence numbers are never given out twice: not those a cursor has passed (even
+        // if their records are gone), not that of a whole record damaged at rest.
+        let floor = cursor_floor(dir)?;
+        let damaged = tail.damaged_whole_record();
+        let resume = (tail.next + u64::from(damaged)).max(floor);
+        let mut damage = Vec::new();
+        let mut truncated_bytes = tail.cut.len() as u64;
+        if resume > tail.next {
+            let last = segments.last().expect("a cursor implies a segment");
+            let name = seg_name(last.first);
+            let end = tail.valid_end + tail.cut.len() as u64;
+            let quarantined = (!tail.cut.is_empty()).then(|| {
+                quarantine_copy(&quarantine, dir, &name, (tail.valid_end, end), &tail.cut)
+            });
+            tracing::error!(
+                segment = %dir.join(&name).display(),
+                start = tail.valid_end,
+                end,
+                lost_seqs = %format!("{}..{resume}", tail.next),
+                highest_cursor = floor,
+                "spool: acknowledged records at the end of the log are damaged or gone; sinks that had not taken them skip them, new records start at {resume}"
+            );
+            damage.push(Corruption {
+                segment: name,
+                segment_first: last.first,
+                start: tail.valid_end,
+                end,
+                lost_from: tail.next,
+                resume_seq: resume,
+                quarantined: quarantined.flatten(),
+            });
+            truncated_bytes = 0;
+        }
+        let (next_seq, written) = (tail.next, tail.valid_end);
         let created = segments.is_empty();
         if created {
             segments.push(Segment {
@@ -279,11 +389,7 @@ impl Log {
             .filter_map(|s| std::fs::metadata(&s.path).ok())
             .map(|m| m.len())
             .sum();
-        let quarantine = dir
-            .parent()
-            .map(|p| p.join("quarantine"))
-            .unwrap_or_else(|| dir.join("quarantine"));
-        Ok(Log {
+        let mut log = Log {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
                 quarantine,
@@ -295,7 +401,7 @@ impl Log {
                 }),
                 bytes: AtomicU64::new(bytes),
                 positions: Default::default(),
-                damage: Default::default(),
+                damage: parking_lot::Mutex::new(damage),
             }),
             writer: BufWriter::with_capacity(256 * 1024, file),
             written,
@@ -303,7 +409,15 @@ impl Log {
             segment_bytes,
             fsync,
             truncated_bytes,
-        })
+        };
+        if resume > next_seq {
+            // The numbers skipped end the current segment; a new one starts at `resume`, so
+            // readers see the gap as the end of a sealed segment.
+            log.next_seq = resume;
+            log.rotate()?;
+            log.publish(resume);
+        }
+        Ok(log)
     }
 
     /// After a failed append (disk full, I/O error): drops what was buffered, cuts the active
@@ -321,7 +435,11 @@ impl Log {
         let placeholder = BufWriter::new(File::open(&seg.path).map_err(io(&seg.path))?);
         let old = std::mem::replace(&mut self.writer, placeholder);
         let _ = old.into_parts(); // discard the buffer without writing it
-        let (next, written, _) = scan_tail(&seg)?;
+        let Tail {
+            next,
+            valid_end: written,
+            ..
+        } = scan_tail(&seg)?;
         let file = fsutil::append(&seg.path).map_err(io(&seg.path))?;
         self.writer = BufWriter::with_capacity(256 * 1024, file);
         self.written = written;
@@ -582,24 +700,10 @@ impl Shared {
             None => (limit_len, limit_seq),
         };
         let name = seg_name(seg.first);
-        let source = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let qpath = self
-            .quarantine
-            .join(format!("{source}-{name}-{offset}-{end}.bin"));
         // The file may be shorter than the committed length (cut by hand while running).
         let damaged = &bytes[..((end - offset) as usize).min(bytes.len())];
-        let quarantined = fsutil::create_dir_all(&self.quarantine)
-            .and_then(|()| fsutil::create(&qpath))
-            .and_then(|mut q| q.write_all(damaged).and_then(|()| q.sync_all()))
-            .map(|()| qpath.clone())
-            .map_err(|e| {
-                tracing::error!(path = %qpath.display(), error = %e, "spool: cannot copy a damaged range to the quarantine");
-            })
-            .ok();
+        let quarantined =
+            quarantine_copy(&self.quarantine, &self.dir, &name, (offset, end), damaged);
         tracing::error!(
             segment = %self.dir.join(&name).display(),
             start = offset,
@@ -845,14 +949,17 @@ mod tests {
         assert_eq!(log.truncated_bytes, (HEADER + 3) as u64);
         assert_eq!(log.next_seq(), 5);
         assert_eq!(log.read(0, 10).unwrap().records.len(), 5);
-        // A flipped byte in the last record: that record is dropped, the others kept.
+        // A flipped byte in the last record: that record is damage, not a torn write (its
+        // number is not given out again), the others kept.
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
         let n = bytes.len();
         bytes[n - 2] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let log = Log::open(dir.path(), 1 << 20, Fsync::Always).unwrap();
-        assert_eq!(log.next_seq(), 4);
+        assert_eq!(log.next_seq(), 5);
+        assert_eq!(log.read(0, 10).unwrap().records.len(), 4);
+        assert_eq!(log.shared.corrupt_records(), 1);
     }
 
     #[test]
@@ -979,6 +1086,76 @@ mod tests {
         assert_eq!(seqs(&b), vec![3, 4]);
         assert_eq!(seqs(&log.read(0, 100).unwrap()), vec![0, 1, 3, 4]);
         assert_eq!(log.shared.corrupt_records(), 1);
+    }
+
+    #[test]
+    fn a_damaged_last_record_a_cursor_passed_never_gives_its_sequence_number_again() {
+        // The probe: three records delivered (cursor 3), the last one damaged at rest, a
+        // restart, three more appended: the sink must get all three new ones.
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        log.append(&payloads(0..3)).unwrap();
+        Cursor::create(&dir, "file", 3, true).unwrap();
+        let path = seg_paths(&log)[0].clone();
+        drop(log);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        flip(&path, len - 2); // the payload of the last record
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!(log.next_seq(), 3, "sequence numbers are never reused");
+        assert_eq!(log.append(&payloads(3..6)).unwrap(), 3);
+        assert_eq!(seqs(&log.read(3, 100).unwrap()), vec![3, 4, 5]);
+        // A sink that had not taken it skips it, counted once, its bytes quarantined.
+        assert_eq!(seqs(&log.read(0, 100).unwrap()), vec![0, 1, 3, 4, 5]);
+        assert_eq!(log.shared.corrupt_records(), 1);
+        let c = &log.shared.corruptions()[0];
+        assert_eq!((c.lost_from, c.resume_seq), (2, 3));
+        assert!(c.quarantined.as_ref().is_some_and(|q| q.exists()));
+        // And across another restart nothing moves back.
+        drop(log);
+        let log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!(log.next_seq(), 6);
+        assert_eq!(seqs(&log.read(3, 100).unwrap()), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_damaged_complete_last_record_is_not_a_torn_write_even_with_no_cursor_past_it() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("src");
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        log.append(&payloads(0..3)).unwrap();
+        let path = seg_paths(&log)[0].clone();
+        drop(log);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        flip(&path, len - 2);
+        let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+        assert_eq!(
+            log.next_seq(),
+            3,
+            "an acknowledged record's number is not reused"
+        );
+        assert_eq!(log.truncated_bytes, 0, "not counted as a torn write");
+        log.append(&payloads(3..4)).unwrap();
+        assert_eq!(seqs(&log.read(0, 100).unwrap()), vec![0, 1, 3]);
+        assert_eq!(log.shared.corrupt_records(), 1);
+    }
+
+    #[test]
+    fn a_torn_or_zero_filled_tail_is_cut_and_its_number_reused() {
+        for tail in [&b"\x07\x00\x00"[..], &[0u8; 40][..]] {
+            let t = tempfile::tempdir().unwrap();
+            let dir = t.path().join("src");
+            let mut log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+            log.append(&payloads(0..2)).unwrap();
+            let path = seg_paths(&log)[0].clone();
+            drop(log);
+            let mut f = fsutil::options().append(true).open(&path).unwrap();
+            f.write_all(tail).unwrap();
+            let log = Log::open(&dir, 1 << 20, Fsync::Never).unwrap();
+            assert_eq!(log.next_seq(), 2);
+            assert_eq!(log.truncated_bytes, tail.len() as u64);
+            assert_eq!(log.shared.corrupt_records(), 0);
+        }
     }
 
     proptest! {

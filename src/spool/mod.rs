@@ -3,8 +3,9 @@
 //! Storage ([`log`]): per source, a segmented append-only log in `<spool.dir>/<source>/`,
 //! records `[len u32][crc32 u32][seq u64][payload]` (little endian; the CRC covers seq and
 //! payload; the payload is the receive time in unix ms, 8 bytes, then the event's exact bytes).
-//! Recovery truncates the last segment at the first record whose length or checksum does not
-//! hold (a write torn by a crash); everything before it is kept. Why a hand-written log and
+//! Recovery cuts a write torn by a crash off the last segment; damage anywhere else (a whole
+//! record that fails its checksum, even the last one) is skipped, quarantined and counted, and
+//! sequence numbers are never reused (see [`log`]). Why a hand-written log and
 //! not redb: the README's design section has the measurements.
 //!
 //! Writing: one writer thread per source takes every append queued while it was busy as one
