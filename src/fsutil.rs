@@ -4,12 +4,172 @@
 //! directory keeps the mode it has (vfgate never loosens, and never silently tightens, what an
 //! operator set).
 //!
-//! Owns: creating directories and opening files for writing with private modes, and syncing a
-//! directory after a rename. Touches nothing else.
+//! Every append and data sync of vfgate's own files (spool segments, the dedupe journal, the
+//! file sink) goes through [`write_all`] / [`sync_data`] / [`SeamFile`]: in unit tests
+//! [`fault`] makes them fail (ENOSPC or EIO, after a short write) at a chosen call, so that
+//! what each writer does after a disk-full is tested without a full disk.
+//!
+//! Owns: creating directories and opening files for writing with private modes, syncing a
+//! directory after a rename, and the storage failure seam. Touches nothing else.
 
 use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Writes all of `buf` to `f` (opened for appending) at its end.
+pub fn write_all(mut f: &File, path: &Path, buf: &[u8]) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(inj) = fault::take(path, fault::Op::Write) {
+        f.write_all(&buf[..inj.short.min(buf.len())])?;
+        return Err(inj.error());
+    }
+    let _ = path;
+    f.write_all(buf)
+}
+
+/// `fdatasync` of `f`.
+pub fn sync_data(f: &File, path: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if let Some(inj) = fault::take(path, fault::Op::Sync) {
+        return Err(inj.error());
+    }
+    let _ = path;
+    f.sync_data()
+}
+
+/// A file opened for appending whose writes go through the failure seam (for a
+/// `BufWriter`).
+#[derive(Debug)]
+pub struct SeamFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl SeamFile {
+    /// Wraps `file`, which lives at `path`.
+    pub fn new(file: File, path: &Path) -> SeamFile {
+        SeamFile {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// [`sync_data`] of the file.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        sync_data(&self.file, &self.path)
+    }
+}
+
+impl Write for SeamFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        #[cfg(test)]
+        if let Some(inj) = fault::take(&self.path, fault::Op::Write) {
+            (&self.file).write_all(&buf[..inj.short.min(buf.len())])?;
+            return Err(inj.error());
+        }
+        (&self.file).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&self.file).flush()
+    }
+}
+
+/// The storage failure seam (unit tests only): rules that make the next writes or syncs of
+/// files under a directory fail.
+#[cfg(test)]
+pub mod fault {
+    use std::path::{Path, PathBuf};
+
+    /// Which call fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Op {
+        /// A write (after `short` bytes of it reached the file).
+        Write,
+        /// An fsync.
+        Sync,
+    }
+
+    /// The error it fails with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Kind {
+        /// ENOSPC.
+        NoSpace,
+        /// EIO.
+        Io,
+    }
+
+    /// One injected failure.
+    #[derive(Debug, Clone)]
+    pub struct Rule {
+        /// Files under this directory.
+        pub under: PathBuf,
+        /// Which call.
+        pub op: Op,
+        /// Calls let through before the first failure.
+        pub after: u32,
+        /// How many calls fail after that.
+        pub times: u32,
+        /// Bytes of a failing write that reach the file first.
+        pub short: usize,
+        /// The error.
+        pub kind: Kind,
+    }
+
+    impl Rule {
+        /// Fails the calls `op` under `dir` with `kind` from the first on, forever.
+        pub fn new(dir: &Path, op: Op, kind: Kind) -> Rule {
+            Rule {
+                under: dir.to_path_buf(),
+                op,
+                after: 0,
+                times: u32::MAX,
+                short: 0,
+                kind,
+            }
+        }
+
+        /// Installs the rule (tests use their own temp dirs, so rules never meet).
+        pub fn install(self) {
+            RULES.lock().push(self);
+        }
+
+        /// The error of this rule.
+        pub fn error(&self) -> std::io::Error {
+            match self.kind {
+                Kind::NoSpace => std::io::Error::from_raw_os_error(28),
+                Kind::Io => std::io::Error::from_raw_os_error(5),
+            }
+        }
+    }
+
+    static RULES: parking_lot::Mutex<Vec<Rule>> = parking_lot::Mutex::new(Vec::new());
+
+    /// Removes every rule for files under `dir` (the disk has room again).
+    pub fn clear(dir: &Path) {
+        RULES.lock().retain(|r| !r.under.starts_with(dir));
+    }
+
+    /// The failure for this call, if a rule says so.
+    pub(super) fn take(path: &Path, op: Op) -> Option<Rule> {
+        let mut rules = RULES.lock();
+        let r = rules
+            .iter_mut()
+            .find(|r| r.op == op && path.starts_with(&r.under) && r.times > 0)?;
+        if r.after > 0 {
+            r.after -= 1;
+            return None;
+        }
+        r.times -= 1;
+        Some(r.clone())
+    }
+}
 
 /// Mode of directories vfgate creates.
 pub const DIR_MODE: u32 = 0o700;

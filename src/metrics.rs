@@ -33,6 +33,8 @@ pub struct Metrics {
     pub dedupe_evictions: IntCounter,
     /// `vfgate_dedupe_errors_total`.
     pub dedupe_errors: IntCounter,
+    /// `vfgate_dedupe_journal_corrupt_records_total`.
+    pub dedupe_journal_corrupt: IntCounter,
     /// `vfgate_secret_matches_total{source,secret}`.
     pub secret_matches: IntCounterVec,
     /// `vfgate_build_info{version}`.
@@ -174,6 +176,14 @@ impl Metrics {
                 IntCounter::new(
                     "vfgate_dedupe_errors_total",
                     "Dedupe backend calls that failed (Redis unreachable or slow)",
+                )
+                .unwrap(),
+            ),
+            dedupe_journal_corrupt: reg(
+                &r,
+                IntCounter::new(
+                    "vfgate_dedupe_journal_corrupt_records_total",
+                    "Dedupe journal records found damaged at start-up (their ids can be accepted again)",
                 )
                 .unwrap(),
             ),

@@ -64,6 +64,8 @@ pub struct MemoryDedupe {
     reject_when_full: bool,
     evictions: AtomicU64,
     journal: Option<super::journal::Journal>,
+    /// Damaged journal records found when it was loaded.
+    journal_corrupt: u64,
 }
 
 fn secs(d: Duration) -> u32 {
@@ -89,6 +91,7 @@ impl MemoryDedupe {
             reject_when_full: false,
             evictions: AtomicU64::new(0),
             journal: None,
+            journal_corrupt: 0,
         }
     }
 
@@ -125,6 +128,7 @@ impl MemoryDedupe {
         let (journal, loaded) = super::journal::open(dir, ttl, durability)?;
         let mut m = MemoryDedupe::new(ttl, in_flight_ttl, max_entries);
         m.seed = loaded.seed;
+        m.journal_corrupt = loaded.corrupt;
         let mut marks = loaded.marks;
         // The newest marks first, should the bound be smaller than what was saved.
         marks.sort_by_key(|m| std::cmp::Reverse(m.1));
@@ -133,6 +137,11 @@ impl MemoryDedupe {
         }
         m.journal = Some(journal);
         Ok(m)
+    }
+
+    /// Damaged journal records found at start-up.
+    pub fn journal_corrupt(&self) -> u64 {
+        self.journal_corrupt
     }
 
     /// The key of `(source, event_id)`.

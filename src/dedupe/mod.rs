@@ -186,6 +186,14 @@ impl Dedupe {
         }
     }
 
+    /// Damaged journal records found at start-up (memory backend).
+    pub fn journal_corrupt(&self) -> u64 {
+        match self {
+            Dedupe::Memory(m) => m.journal_corrupt(),
+            Dedupe::Redis(_) => 0,
+        }
+    }
+
     /// Failed backend calls (Redis).
     pub fn errors(&self) -> u64 {
         match self {

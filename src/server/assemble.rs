@@ -102,6 +102,9 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
         )
         .map_err(|e| ServeError::Dedupe(e.to_string()))?,
     );
+    metrics
+        .dedupe_journal_corrupt
+        .inc_by(dedupe.journal_corrupt());
     if let (Dedupe::Memory(m), Some(dir)) = (&*dedupe, &config.dedupe.journal) {
         if !m.is_empty() {
             tracing::info!(

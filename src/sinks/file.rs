@@ -5,6 +5,11 @@
 //! are acknowledged (written and fsynced on a blocking thread); `"never"` leaves it to the OS
 //! (written from the event loop, a copy into the page cache; a power loss can lose the tail).
 //!
+//! The file only ever holds whole lines: a write or fsync that fails (disk full, I/O error)
+//! is cut back to the end of the last complete line before the batch is retried, and a half
+//! line left by a crash is cut at start-up, so the next event never lands glued to a
+//! fragment. The sender hears a fixed sentence; the path and the OS error go to the log.
+//!
 //! ```toml
 //! [sink.archive]
 //! type = "file"
@@ -18,8 +23,7 @@ use crate::event::Event;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::fs::File;
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The `file` sink type.
@@ -83,20 +87,95 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
             format!("cannot open {}: {e}", c.path.display()),
         )
     })?;
-    // fsync of a character device (/dev/null) is meaningless and may fail.
-    let is_regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
-    Ok(Arc::new(FileSink {
-        file: Arc::new(parking_lot::Mutex::new(file)),
-        fsync: c.fsync == Fsync::Batch && is_regular,
-        path: c.path,
-    }))
+    FileSink::open(file, c.path, c.fsync == Fsync::Batch)
+        .map_err(|e| ConfigError::invalid(format!("{}.path", spec.key()), e.to_string()))
+}
+
+/// The output file and the length of its complete lines.
+struct Out {
+    file: File,
+    /// End of the last complete line: what a failed write is cut back to.
+    len: u64,
+    /// Whether the file can be cut (a regular file, not /dev/null).
+    regular: bool,
+}
+
+impl Out {
+    /// Appends `buf` (whole lines), synced when `sync`; on failure cuts the file back to its
+    /// last complete line, so the retry starts on a fresh line.
+    fn append(&mut self, path: &Path, buf: &[u8], sync: bool) -> std::io::Result<()> {
+        let r = crate::fsutil::write_all(&self.file, path, buf).and_then(|()| {
+            if sync {
+                crate::fsutil::sync_data(&self.file, path)
+            } else {
+                Ok(())
+            }
+        });
+        match r {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if self.regular {
+                    if let Err(cut) = self.file.set_len(self.len) {
+                        tracing::error!(path = %path.display(), error = %cut, "file sink: cannot cut a failed write back to the last whole line");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The end of the last complete line of the file at `path` (`len` bytes long): 0 when it
+/// has no newline.
+fn last_line_end(path: &Path, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.read_exact_at(chunk, start)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// An open NDJSON file.
 pub struct FileSink {
-    file: Arc<parking_lot::Mutex<File>>,
+    out: Arc<parking_lot::Mutex<Out>>,
     fsync: bool,
     path: PathBuf,
+}
+
+impl FileSink {
+    /// The sink on `file` (opened for appending at `path`); a half line at its end, left by a
+    /// crash, is cut first.
+    pub fn open(file: File, path: PathBuf, fsync: bool) -> std::io::Result<Arc<dyn Sink>> {
+        let meta = file.metadata()?;
+        // fsync of a character device (/dev/null) is meaningless and may fail.
+        let regular = meta.is_file();
+        let mut len = meta.len();
+        if regular && len > 0 {
+            let whole = last_line_end(&path, len)?;
+            if whole < len {
+                tracing::warn!(path = %path.display(), bytes = len - whole, "file sink: a half line at the end of the file (an earlier crash or disk-full) is cut");
+                file.set_len(whole)?;
+                len = whole;
+            }
+        }
+        Ok(Arc::new(FileSink {
+            out: Arc::new(parking_lot::Mutex::new(Out { file, len, regular })),
+            fsync: fsync && regular,
+            path,
+        }))
+    }
 }
 
 #[async_trait]
@@ -116,17 +195,12 @@ impl Sink for FileSink {
             Err(r) => return Attempt::not_sent(r),
         };
         let res = if self.fsync {
-            let file = self.file.clone();
-            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                let mut f = file.lock();
-                f.write_all(&buf)?;
-                f.sync_data()
-            })
-            .await
+            let (out, path) = (self.out.clone(), self.path.clone());
+            tokio::task::spawn_blocking(move || out.lock().append(&path, &buf, true)).await
         } else {
             // Without fsync the write only copies into the page cache: do it here rather
             // than pay a hand-off to a blocking thread per batch.
-            Ok(self.file.lock().write_all(&buf))
+            Ok(self.out.lock().append(&self.path, &buf, false))
         };
         match res {
             Ok(Ok(())) => Attempt {
@@ -134,28 +208,98 @@ impl Sink for FileSink {
                 result: SendResult::All(Verdict::Ok),
             },
             Ok(Err(e)) => {
-                tracing::error!(path = %self.path.display(), error = %e, "file sink write failed");
+                tracing::error!(path = %self.path.display(), error = %e, "file sink write failed; cut back to the last whole line, the batch is retried");
                 Attempt {
                     status: "io_error".into(),
                     result: SendResult::All(Verdict::retry(
                         super::RetryKind::Unavailable,
-                        format!("cannot write {}: {e}", self.path.display()),
+                        "cannot write the output file".to_string(),
                         None,
                     )),
                 }
             }
-            Err(e) => Attempt {
-                status: "io_error".into(),
-                result: SendResult::All(Verdict::retry(
-                    super::RetryKind::Unavailable,
-                    format!("file writer failed: {e}"),
-                    None,
-                )),
-            },
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "file sink writer thread failed");
+                Attempt {
+                    status: "io_error".into(),
+                    result: SendResult::All(Verdict::retry(
+                        super::RetryKind::Unavailable,
+                        "cannot write the output file".to_string(),
+                        None,
+                    )),
+                }
+            }
         }
     }
 
     fn ordered(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::fault::{Kind, Op, Rule};
+
+    fn ev(id: &str) -> Arc<Event> {
+        let body = bytes::Bytes::from(format!(
+            r#"{{"event_id":"{id}","event_type":"t","timestamp":"2026-01-01T00:00:00Z"}}"#
+        ));
+        Arc::new(Event::parse(body).unwrap())
+    }
+
+    fn ok(a: &Attempt) -> bool {
+        matches!(a.result, SendResult::All(Verdict::Ok))
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_or_fsync_leaves_only_whole_lines() {
+        for (op, short) in [(Op::Write, 9), (Op::Sync, 0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("out.ndjson");
+            let sink =
+                FileSink::open(crate::fsutil::append(&path).unwrap(), path.clone(), true).unwrap();
+            assert!(ok(&sink.send(&[ev("a")]).await));
+            Rule {
+                short,
+                times: 1,
+                ..Rule::new(dir.path(), op, Kind::NoSpace)
+            }
+            .install();
+            let failed = sink.send(&[ev("b"), ev("c")]).await;
+            assert!(!ok(&failed), "{op:?}");
+            match &failed.result {
+                SendResult::All(Verdict::Retry { detail, .. }) => {
+                    assert!(
+                        !detail.contains(path.to_str().unwrap()),
+                        "no path to the sender: {detail}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(ok(&sink.send(&[ev("b"), ev("c")]).await), "the retry");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let ids: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(ids, ["a", "b", "c"], "{op:?}: {text:?}");
+        }
+    }
+
+    #[test]
+    fn a_half_line_left_by_a_crash_is_cut_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.ndjson");
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        let _sink =
+            FileSink::open(crate::fsutil::append(&path).unwrap(), path.clone(), true).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
     }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod crash;
+mod edges;
 mod forward;
 mod lifecycle;
 mod receive;

@@ -250,7 +250,7 @@ async fn a_renamed_sink_with_a_backlog_refuses_to_start_and_keeps_the_events() {
     .unwrap();
     let dir = gw.dir.path().to_path_buf();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
-        let mut cmd = std::process::Command::new(BIN);
+        let mut cmd = std::process::Command::new(bin());
         cmd.args(["serve", "--config", cfg.to_str().unwrap()])
             .current_dir(&dir)
             .env("VF_SECRET", SECRET);

@@ -12,7 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const SECRET: &str = "whsec_test_0123456789abcdef";
-pub const BIN: &str = env!("CARGO_BIN_EXE_vfgate");
+/// The binary under test: this build's, or `VFGATE_TEST_BIN` (to show that a new test fails
+/// on an older build: `VFGATE_TEST_BIN=/tmp/vfgate-old cargo test --test it NAME`).
+pub fn bin() -> String {
+    std::env::var("VFGATE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vfgate").to_string())
+}
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -115,7 +119,7 @@ impl Gateway {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         // Relative paths (the default dedupe.dir, data/...) land in the test's own dir.
         cmd.args(["serve", "--config", cfg.to_str().unwrap()])
             .current_dir(self.dir.path())
@@ -629,7 +633,7 @@ impl Mock {
 
 /// Runs `vfgate` with arguments; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -695,11 +699,73 @@ pub fn send_load(gw: &Gateway, events: usize, rate: u32, results: &Path, extra: 
         results.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .env("VF_SECRET", SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// A small tmpfs mounted at a fresh directory for a disk-full test, unmounted on drop. Needs
+/// root (CI runs as root); elsewhere the test says so and fails.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::create_dir(&path).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs for a disk-full test needs root"
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// Fills what is left with a file `fill` (until ENOSPC).
+    pub fn fill(&self) {
+        let mut f = std::fs::File::create(self.path.join("fill")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let one = [0u8; 1];
+        while f.write_all(&one).is_ok() {}
+    }
+
+    /// Frees what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("fill")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A valid event dated `offset_s` seconds from now.
+pub fn event_dated(id: &str, offset_s: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_s);
+    let ts = t
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    format!(
+        r#"{{"event_id":"{id}","event_type":"user.login","timestamp":"{ts}","context":{{"org_id":"org_1"}}}}"#
+    )
 }
