@@ -294,6 +294,12 @@ impl Admin {
                     respond(503, status_body("starting"), &[])
                 } else if self.spool.as_ref().is_some_and(|s| s.is_full()) {
                     respond(503, status_body("spool_full"), &[])
+                } else if self
+                    .spool
+                    .as_ref()
+                    .is_some_and(|s| !s.unwritable().is_empty())
+                {
+                    respond(503, status_body("spool_unwritable"), &[])
                 } else {
                     respond(200, status_body("ready"), &[])
                 }

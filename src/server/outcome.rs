@@ -291,9 +291,11 @@ impl From<Ingested> for Reply {
             Ingested::SpoolFailed(e) => {
                 let (o, wait) = match e {
                     SpoolError::Full { .. } => (Outcome::SpoolFull, 30),
-                    SpoolError::Io(_) | SpoolError::Closed => (Outcome::SpoolError, 5),
+                    SpoolError::Io(_) | SpoolError::Gone(_) | SpoolError::Closed => {
+                        (Outcome::SpoolError, 5)
+                    }
                 };
-                Reply::with_retry_after(o, &e.to_string(), wait)
+                Reply::with_retry_after(o, e.public_detail(), wait)
             }
             Ingested::NotDelivered {
                 kind: FailKind::Permanent,

@@ -129,7 +129,7 @@ pub struct Batch {
 /// An open spool log: the writer, plus [`Shared`] for readers.
 pub struct Log {
     shared: Arc<Shared>,
-    writer: BufWriter<File>,
+    writer: BufWriter<fsutil::SeamFile>,
     written: u64,
     next_seq: u64,
     segment_bytes: u64,
@@ -381,6 +381,7 @@ impl Log {
         let active = segments.last().expect("one segment").clone();
         let mut file = fsutil::append(&active.path).map_err(io(&active.path))?;
         file.seek(SeekFrom::End(0)).map_err(io(&active.path))?;
+        let file = fsutil::SeamFile::new(file, &active.path);
         if created && fsync == Fsync::Always {
             fsutil::sync_dir(dir).map_err(io(dir))?;
         }
@@ -432,7 +433,10 @@ impl Log {
             .last()
             .expect("one segment")
             .clone();
-        let placeholder = BufWriter::new(File::open(&seg.path).map_err(io(&seg.path))?);
+        let placeholder = BufWriter::new(fsutil::SeamFile::new(
+            File::open(&seg.path).map_err(io(&seg.path))?,
+            &seg.path,
+        ));
         let old = std::mem::replace(&mut self.writer, placeholder);
         let _ = old.into_parts(); // discard the buffer without writing it
         let Tail {
@@ -441,7 +445,7 @@ impl Log {
             ..
         } = scan_tail(&seg)?;
         let file = fsutil::append(&seg.path).map_err(io(&seg.path))?;
-        self.writer = BufWriter::with_capacity(256 * 1024, file);
+        self.writer = BufWriter::with_capacity(256 * 1024, fsutil::SeamFile::new(file, &seg.path));
         self.written = written;
         self.next_seq = next;
         let bytes = self
@@ -528,7 +532,7 @@ impl Log {
         let path = self.active().path;
         self.flush(&path)?;
         if self.fsync == Fsync::Always {
-            self.writer.get_ref().sync_all().map_err(io(&path))?;
+            self.writer.get_ref().file().sync_all().map_err(io(&path))?;
         }
         let dir = &self.shared.dir;
         let seg = Segment {
@@ -539,10 +543,32 @@ impl Log {
         if self.fsync == Fsync::Always {
             fsutil::sync_dir(dir).map_err(io(dir))?;
         }
-        self.writer = BufWriter::with_capacity(256 * 1024, f);
+        self.writer = BufWriter::with_capacity(256 * 1024, fsutil::SeamFile::new(f, &seg.path));
         self.shared.segments.lock().push(seg);
         self.written = 0;
         Ok(())
+    }
+
+    /// Whether the active segment is still the file at its path: false once the source
+    /// directory was removed (the file unlinked) or replaced (another file there), when
+    /// appends would reach a file nobody will ever read again.
+    pub fn still_linked(&self) -> Result<bool, LogError> {
+        use std::os::unix::fs::MetadataExt;
+        let seg = self.active();
+        let open = self
+            .writer
+            .get_ref()
+            .file()
+            .metadata()
+            .map_err(io(&seg.path))?;
+        if open.nlink() == 0 {
+            return Ok(false);
+        }
+        Ok(match std::fs::metadata(&seg.path) {
+            Ok(m) => m.ino() == open.ino() && m.dev() == open.dev(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io(&seg.path)(e)),
+        })
     }
 
     /// See [`Shared::read`].

@@ -38,12 +38,27 @@ pub enum SpoolError {
         /// The configured budget.
         max_bytes: u64,
     },
-    /// The write failed (disk full, I/O error).
+    /// The write failed (disk full, I/O error); the text (path, OS error) is for the log.
     #[error("cannot write the spool: {0}")]
     Io(String),
+    /// The source's spool directory was removed or replaced under the running process.
+    #[error("the spool directory of source {0} was removed or replaced while running")]
+    Gone(String),
     /// The writer is gone (shutting down).
     #[error("the spool is shutting down")]
     Closed,
+}
+
+impl SpoolError {
+    /// What the sender is told: a fixed sentence per kind, never a path or an OS error.
+    pub fn public_detail(&self) -> &'static str {
+        match self {
+            SpoolError::Full { .. } => "the spool is full; retry later",
+            SpoolError::Io(_) => "the spool cannot be written right now; retry later",
+            SpoolError::Gone(_) => "the spool is not writable (its directory is gone); retry later",
+            SpoolError::Closed => "the spool is shutting down; retry later",
+        }
+    }
 }
 
 struct Append {
@@ -71,6 +86,8 @@ pub struct SourceLog {
     drains: Vec<Arc<DrainState>>,
     /// Whether cursors are fsynced before the segments they pass are deleted.
     durable: bool,
+    /// Set while the source's directory is removed or replaced (appends refused).
+    gone: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The whole `[spool]`: every spooled source's log, the dead-letter store, the budget.
@@ -109,10 +126,19 @@ fn writer(
     policy: FsyncPolicy,
     committed: watch::Sender<u64>,
     source: String,
+    gone: Arc<std::sync::atomic::AtomicBool>,
 ) {
     const GROUP: usize = 4096;
     let mut group: Vec<Append> = Vec::with_capacity(64);
     let mut payloads: Vec<Bytes> = Vec::with_capacity(64);
+    // Whether the active segment is still the file at its path; an error of the check
+    // itself counts as gone (nothing is acknowledged into a file we cannot vouch for).
+    let linked = |log: &log::Log| {
+        log.still_linked().unwrap_or_else(|e| {
+            tracing::error!(source = %source, error = %e, "spool: cannot check the segment file");
+            false
+        })
+    };
     while let Ok(first) = rx.recv() {
         group.push(first);
         if policy != FsyncPolicy::Always {
@@ -123,14 +149,31 @@ fn writer(
                 }
             }
         }
-        payloads.extend(group.iter().map(|a| a.payload.clone()));
-        let result = log.append(&payloads).map(drop).map_err(|e| {
-            tracing::error!(source = %source, error = %e, "spool append failed");
-            if let Err(e) = log.recover() {
-                tracing::error!(source = %source, error = %e, "spool recovery after a failed append failed");
+        let result = if gone.load(Ordering::Acquire) && !linked(&log) {
+            Err(SpoolError::Gone(source.clone()))
+        } else {
+            if gone.swap(false, Ordering::AcqRel) {
+                tracing::info!(source = %source, "spool: the segment file is back at its path; accepting again");
             }
-            SpoolError::Io(e.to_string())
-        });
+            payloads.extend(group.iter().map(|a| a.payload.clone()));
+            let written = log.append(&payloads).map(drop).map_err(|e| {
+                tracing::error!(source = %source, error = %e, "spool append failed");
+                if let Err(e) = log.recover() {
+                    tracing::error!(source = %source, error = %e, "spool recovery after a failed append failed");
+                }
+                SpoolError::Io(e.to_string())
+            });
+            // Written and synced: acknowledged only if the file is still the spool's (a
+            // removed directory would take these events with it).
+            match written {
+                Ok(()) if !linked(&log) => {
+                    gone.store(true, Ordering::Release);
+                    tracing::error!(source = %source, dir = %log.shared().dir().display(), "spool: the source's directory was removed or replaced while running; appends are refused (503) and /readyz is 503 until its segment file is back; restart vfgate to start a new spool there");
+                    Err(SpoolError::Gone(source.clone()))
+                }
+                other => other,
+            }
+        };
         committed.send_replace(log.next_seq());
         for a in group.drain(..) {
             let _ = a.reply.send(result.clone());
@@ -332,9 +375,11 @@ impl Spool {
             let (ctx, crx) = watch::channel(log.next_seq());
             let (tx, rx) = std::sync::mpsc::channel();
             let (policy, source) = (cfg.fsync, name.clone());
+            let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let g = gone.clone();
             std::thread::Builder::new()
                 .name(format!("vfgate-spool-{name}"))
-                .spawn(move || writer(log, rx, policy, ctx, source))
+                .spawn(move || writer(log, rx, policy, ctx, source, g))
                 .expect("spawn thread");
             tracing::info!(source = %name, dir = %dir.display(), next_seq = backlog, "spool open");
             logs.push(Arc::new(SourceLog {
@@ -344,6 +389,7 @@ impl Spool {
                 committed: crx,
                 drains,
                 durable,
+                gone,
             }));
         }
         Ok(Arc::new(Spool {
@@ -358,6 +404,15 @@ impl Spool {
     /// Bytes of every source's log.
     pub fn bytes(&self) -> u64 {
         self.sources.iter().map(|s| s.shared.bytes()).sum()
+    }
+
+    /// Sources whose spool directory was removed or replaced (for `/readyz`).
+    pub fn unwritable(&self) -> Vec<&str> {
+        self.sources
+            .iter()
+            .filter(|s| s.gone.load(Ordering::Acquire))
+            .map(|s| s.name.as_str())
+            .collect()
     }
 
     /// Whether an event of the largest accepted size would not fit (for `/readyz`).

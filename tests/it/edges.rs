@@ -192,3 +192,91 @@ async fn a_file_sink_after_a_disk_full_holds_only_whole_lines_and_never_names_it
         .collect();
     assert_eq!(ids, ["first", "after", "big"]);
 }
+
+fn spool_config(spool_dir: &str) -> String {
+    format!(
+        r#"
+[spool]
+dir = "{spool_dir}"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = ["archive"]
+
+[sink.archive]
+type = "file"
+path = "{{dir}}/events.ndjson"
+"#
+    )
+}
+
+async fn readyz(gw: &Gateway) -> (u16, String) {
+    let r = request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).to_string())
+}
+
+#[tokio::test]
+async fn a_spool_directory_removed_while_running_is_refused_not_acknowledged() {
+    let gw = Gateway::start(&spool_config("{dir}/spool")).await;
+    assert_eq!(
+        gw.post_event(&event("before", "user.login")).await.status,
+        202
+    );
+    std::fs::remove_dir_all(gw.dir.path().join("spool/syvault")).unwrap();
+    for i in 0..3 {
+        let r = gw
+            .post_event(&event(&format!("after-{i}"), "user.login"))
+            .await;
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert_eq!(r.json()["error"], "spool_error");
+        assert!(r.header("retry-after").is_some());
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert!(!text.contains("/spool"), "no path to the sender: {text}");
+    }
+    let (status, body) = readyz(&gw).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("spool_unwritable"), "{body}");
+    assert!(gw.log_text().contains("removed or replaced while running"));
+}
+
+#[tokio::test]
+async fn a_full_spool_disk_tells_the_sender_a_fixed_sentence_and_recovers() {
+    let disk = Tmpfs::mount("256k");
+    let gw = Gateway::start(&spool_config(
+        &disk.path.join("spool").display().to_string(),
+    ))
+    .await;
+    assert_eq!(
+        gw.post_event(&event("before", "user.login")).await.status,
+        202
+    );
+    disk.fill();
+    let big = event("big", "user.login").replace(
+        "\"extra_field\"",
+        &format!("\"pad\":\"{}\",\"extra_field\"", "p".repeat(6000)),
+    );
+    let r = gw.post_event(&big).await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(r.json()["error"], "spool_error");
+    assert!(r.header("retry-after").is_some());
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        !text.contains("seg-") && !text.contains("os error") && !text.contains("No space"),
+        "{text}"
+    );
+    assert!(
+        gw.log_text().contains("No space left on device"),
+        "the log has the rest"
+    );
+    disk.free();
+    assert_eq!(gw.post_event(&big).await.status, 202, "the sender's retry");
+    let out = gw.dir.path().join("events.ndjson");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&out)
+            .is_ok_and(|t| t.lines().count() == 2))
+        .await
+    );
+}
