@@ -73,6 +73,9 @@ pub struct Ingest {
     pub dedupe: Arc<Dedupe>,
     /// The spool, when any source spools.
     pub spool: Option<Arc<Spool>>,
+    /// `vfgate_dedupe_commit_failures_total`: delivered ids whose delivered mark could not
+    /// be stored within the in-flight lifetime (a replay after it would be handed on again).
+    pub commit_failures: IntCounter,
 }
 
 /// Marks an id in flight until disarmed; releases it if dropped first (a failed or
@@ -81,19 +84,51 @@ struct InFlightGuard<'a> {
     dedupe: &'a Arc<Dedupe>,
     key: DedupeKey,
     armed: bool,
+    commit_failures: &'a IntCounter,
 }
 
 impl InFlightGuard<'_> {
     /// The event is handed on: commit the mark, or release it when `delivered` is false.
+    /// A commit that fails (Redis lost after the in-flight mark) does not hold up the answer:
+    /// it is retried in the background for as long as the in-flight mark protects the id
+    /// (a replay meanwhile is answered `in_flight`); if it still cannot be made, the id is
+    /// counted and logged at ERROR, since a replay after that would be handed on again.
     async fn settle(mut self, delivered: bool, now_ms: i64, event_ms: i64) {
         self.armed = false;
-        if delivered {
-            if let Err(e) = self.dedupe.commit(self.key, now_ms, event_ms).await {
-                tracing::error!(error = %e, "dedupe commit failed; a retry of this event may be handed on again");
-            }
-        } else {
+        if !delivered {
             let _ = self.dedupe.release(self.key).await;
+            return;
         }
+        let Err(e) = self.dedupe.commit(self.key, now_ms, event_ms).await else {
+            return;
+        };
+        tracing::warn!(error = %e, "dedupe commit failed; retrying it in the background");
+        let (dedupe, key, failures) = (self.dedupe.clone(), self.key, self.commit_failures.clone());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            failures.inc();
+            return;
+        };
+        rt.spawn(async move {
+            let deadline = tokio::time::Instant::now() + dedupe.in_flight_ttl();
+            let mut wait = Duration::from_millis(200);
+            let mut tries = 1u32;
+            loop {
+                tokio::time::sleep(wait).await;
+                tries += 1;
+                match dedupe.commit(key, crate::time::now_ms(), event_ms).await {
+                    Ok(()) => {
+                        tracing::info!(tries, "dedupe commit made after a failure");
+                        return;
+                    }
+                    Err(e) if tokio::time::Instant::now() + wait >= deadline => {
+                        failures.inc();
+                        tracing::error!(error = %e, tries, "dedupe commit could not be made within the in-flight lifetime: a replay of this delivered event would be handed on again");
+                        return;
+                    }
+                    Err(_) => wait = (wait * 2).min(Duration::from_secs(5)),
+                }
+            }
+        });
     }
 }
 
@@ -116,6 +151,24 @@ fn rank(k: FailKind) -> u8 {
 }
 
 impl Ingest {
+    /// Awaits `fut` (the event's deliveries), renewing the in-flight mark of `key` every
+    /// third of its lifetime: however long the request waits for a delivery slot behind a
+    /// slow sink, a resend is answered `in_flight` instead of being handed on again.
+    async fn renewing<T>(&self, key: DedupeKey, fut: impl std::future::Future<Output = T>) -> T {
+        let every = (self.dedupe.in_flight_ttl() / 3).max(Duration::from_millis(100));
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                v = &mut fut => return v,
+                () = tokio::time::sleep(every) => {
+                    if let Err(e) = self.dedupe.renew(key, crate::time::now_s()).await {
+                        tracing::warn!(error = %e, "cannot renew an in-flight dedupe mark");
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs one request of `src` received at unix milliseconds `now`. `permit` (the body's
     /// share of the in-flight byte cap) is dropped as soon as the signature is checked.
     pub async fn handle<P>(
@@ -155,6 +208,7 @@ impl Ingest {
             dedupe: &self.dedupe,
             key,
             armed: true,
+            commit_failures: &self.commit_failures,
         };
         if let (Some(log), Some(spool)) = (&src.spool, &self.spool) {
             let written = spool.append(log, &event.body, now).await;
@@ -165,28 +219,32 @@ impl Ingest {
             };
         }
         let event = Arc::new(event);
-        let mut waits = Vec::with_capacity(src.sinks.len());
-        for sink in &src.sinks {
-            waits.push(sink.submit(event.clone()).await);
-        }
-        let mut worst: Option<(FailKind, String, Option<Duration>)> = None;
-        for w in waits {
-            let d = w.await.unwrap_or(Delivery::Failed {
-                kind: FailKind::Unavailable,
-                detail: "delivery was abandoned".into(),
-                retry_after: None,
-            });
-            if let Delivery::Failed {
-                kind,
-                detail,
-                retry_after,
-            } = d
-            {
-                if worst.as_ref().is_none_or(|(k, _, _)| rank(kind) > rank(*k)) {
-                    worst = Some((kind, detail, retry_after));
+        let deliveries = async {
+            let mut waits = Vec::with_capacity(src.sinks.len());
+            for sink in &src.sinks {
+                waits.push(sink.submit(event.clone()).await);
+            }
+            let mut worst: Option<(FailKind, String, Option<Duration>)> = None;
+            for w in waits {
+                let d = w.await.unwrap_or(Delivery::Failed {
+                    kind: FailKind::Unavailable,
+                    detail: "delivery was abandoned".into(),
+                    retry_after: None,
+                });
+                if let Delivery::Failed {
+                    kind,
+                    detail,
+                    retry_after,
+                } = d
+                {
+                    if worst.as_ref().is_none_or(|(k, _, _)| rank(kind) > rank(*k)) {
+                        worst = Some((kind, detail, retry_after));
+                    }
                 }
             }
-        }
+            worst
+        };
+        let worst = self.renewing(key, deliveries).await;
         guard
             .settle(worst.is_none(), crate::time::now_ms(), event.timestamp_ms)
             .await;
@@ -215,11 +273,15 @@ mod tests {
     struct Recording {
         got: Mutex<Vec<String>>,
         verdict: Mutex<Verdict>,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
     }
 
     #[async_trait]
     impl Sink for Recording {
         async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
+            if let Some(g) = &self.gate {
+                g.acquire().await.unwrap().forget();
+            }
             self.got
                 .lock()
                 .extend(batch.iter().map(|e| e.event_id.clone()));
@@ -263,17 +325,29 @@ retry = {{ budget = "0s" }}
     }
 
     fn rig(verdict: Verdict, filter: TypeFilter) -> Rig {
+        rig_with(verdict, filter, Duration::from_secs(60), None)
+    }
+
+    /// A rig whose in-flight marks live `in_flight`, and whose sink first waits for `gate`
+    /// (a slow SIEM with one delivery slot).
+    fn rig_with(
+        verdict: Verdict,
+        filter: TypeFilter,
+        in_flight: Duration,
+        gate: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> Rig {
         let mut cfg = config();
         let sink = Arc::new(Recording {
             got: Mutex::new(vec![]),
             verdict: Mutex::new(verdict),
+            gate,
         });
         let common = cfg.sinks.remove(0).common;
         let (handle, worker) = pipeline::channel(common, sink.clone());
         tokio::spawn(worker.run(Arc::new(Metrics::new())));
         let dedupe = Dedupe::new(
             &cfg.dedupe,
-            Duration::from_secs(60),
+            in_flight,
             crate::dedupe::journal::Durability::Never,
         )
         .unwrap();
@@ -282,6 +356,7 @@ retry = {{ budget = "0s" }}
             ingest: Ingest {
                 dedupe: Arc::new(dedupe),
                 spool: None,
+                commit_failures: m.dedupe_commit_failures.clone(),
             },
             src: Source {
                 name: "s".into(),
@@ -397,5 +472,38 @@ retry = {{ budget = "0s" }}
             let _ = futures::poll!(&mut fut);
         }
         assert!(matches!(send(&r, body, &sig).await, Ingested::Accepted));
+    }
+
+    #[tokio::test]
+    async fn a_request_queued_past_the_in_flight_lifetime_keeps_its_claim() {
+        // A slow SIEM: the first delivery waits for the gate; the in-flight mark would
+        // expire after 2 s. A resend 3 s later must not be handed on a second time.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let r = Arc::new(rig_with(
+            Verdict::Ok,
+            TypeFilter::All,
+            Duration::from_secs(2),
+            Some(gate.clone()),
+        ));
+        let (body, sig) = event("slow", "user.login");
+        let first = {
+            let (r, body, sig) = (r.clone(), body.clone(), sig.clone());
+            tokio::spawn(async move { send(&r, body, &sig).await })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let resend =
+            tokio::time::timeout(Duration::from_secs(1), send(&r, body.clone(), &sig)).await;
+        gate.add_permits(10);
+        assert!(
+            matches!(resend, Ok(Ingested::InFlight)),
+            "the resend while the first waits: {resend:?}"
+        );
+        assert!(matches!(first.await.unwrap(), Ingested::Accepted));
+        assert!(matches!(send(&r, body, &sig).await, Ingested::Duplicate));
+        assert_eq!(
+            *r.sink.got.lock(),
+            vec!["slow".to_string()],
+            "handed on once"
+        );
     }
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub dedupe_evictions: IntCounter,
     /// `vfgate_dedupe_errors_total`.
     pub dedupe_errors: IntCounter,
+    /// `vfgate_dedupe_commit_failures_total`.
+    pub dedupe_commit_failures: IntCounter,
     /// `vfgate_dedupe_journal_corrupt_records_total`.
     pub dedupe_journal_corrupt: IntCounter,
     /// `vfgate_secret_matches_total{source,secret}`.
@@ -176,6 +178,14 @@ impl Metrics {
                 IntCounter::new(
                     "vfgate_dedupe_errors_total",
                     "Dedupe backend calls that failed (Redis unreachable or slow)",
+                )
+                .unwrap(),
+            ),
+            dedupe_commit_failures: reg(
+                &r,
+                IntCounter::new(
+                    "vfgate_dedupe_commit_failures_total",
+                    "Delivered ids whose delivered mark could not be stored within the in-flight lifetime (a replay would be handed on again)",
                 )
                 .unwrap(),
             ),

@@ -210,6 +210,21 @@ impl MemoryDedupe {
         }
     }
 
+    /// Extends an in-flight `key` to `now` + the in-flight lifetime (a delivered mark
+    /// stays as it is).
+    pub fn renew(&self, key: DedupeKey, now: u64) {
+        let now32 = now.min(u32::MAX as u64) as u32;
+        let mut t = self.shard(&key).lock();
+        if let Some(e) = t.get_mut(&key.0).filter(|e| !e.delivered) {
+            e.expires = e.expires.max(now32.saturating_add(self.in_flight_ttl));
+        }
+    }
+
+    /// The in-flight lifetime.
+    pub fn in_flight_ttl(&self) -> Duration {
+        Duration::from_secs(self.in_flight_ttl.into())
+    }
+
     /// Forgets `key` if it is in flight (a delivered mark stays).
     pub fn release(&self, key: DedupeKey) {
         let mut t = self.shard(&key).lock();

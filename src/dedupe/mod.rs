@@ -143,6 +143,27 @@ impl Dedupe {
         }
     }
 
+    /// Extends an in-flight `key` by the in-flight lifetime from unix time `now`: a request
+    /// still waiting for its sinks (queued behind a slow one) keeps its claim, so a resend
+    /// is answered `in_flight` rather than handed on a second time.
+    pub async fn renew(&self, key: DedupeKey, now: u64) -> Result<(), DedupeError> {
+        match self {
+            Dedupe::Memory(m) => {
+                m.renew(key, now);
+                Ok(())
+            }
+            Dedupe::Redis(r) => r.renew(key).await,
+        }
+    }
+
+    /// How long an in-flight mark lives unless renewed.
+    pub fn in_flight_ttl(&self) -> Duration {
+        match self {
+            Dedupe::Memory(m) => m.in_flight_ttl(),
+            Dedupe::Redis(r) => r.in_flight_ttl(),
+        }
+    }
+
     /// Forgets an in-flight `key`.
     pub async fn release(&self, key: DedupeKey) -> Result<(), DedupeError> {
         match self {

@@ -5,7 +5,8 @@
 //! Redis): it returns the current value (`d` delivered, `f` in flight) or sets `f` with the
 //! in-flight expiry. Commit is `SET key d PX ttl`; release deletes the key only if it is still
 //! in flight (a script, so a concurrent commit is never undone). One multiplexed connection
-//! (`ConnectionManager`, reconnecting by itself), every call bounded by `timeout`.
+//! (`ConnectionManager`, reconnecting by itself), every call bounded by `timeout`. A request
+//! still waiting for its sinks renews its in-flight mark (only while it is `f`).
 //! On a Redis failure, `on_error = "reject"` makes the request a 503 (the sender retries: no
 //! silent duplicate, no loss); `"allow"` forwards without dedupe and counts the error.
 
@@ -26,6 +27,11 @@ if redis.call('GET', KEYS[1]) == 'f' then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == 'f' then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"#;
+
 /// The Redis backend.
 pub struct RedisDedupe {
     client: redis::Client,
@@ -38,6 +44,7 @@ pub struct RedisDedupe {
     in_flight_ms: u64,
     begin: redis::Script,
     release: redis::Script,
+    renew: redis::Script,
     errors: AtomicU64,
 }
 
@@ -73,6 +80,7 @@ impl RedisDedupe {
             in_flight_ms: in_flight_ttl.as_millis().max(1) as u64,
             begin: redis::Script::new(BEGIN),
             release: redis::Script::new(RELEASE),
+            renew: redis::Script::new(RENEW),
             errors: AtomicU64::new(0),
         })
     }
@@ -174,6 +182,23 @@ impl RedisDedupe {
         }
         .await;
         r.map(drop).map_err(|e| self.failed(e))
+    }
+
+    /// Extends an in-flight `key` by the in-flight lifetime (a delivered mark is left alone).
+    pub async fn renew(&self, key: DedupeKey) -> Result<(), DedupeError> {
+        let r: Result<i64, DedupeError> = async {
+            let mut c = self.conn().await?;
+            let mut inv = self.renew.key(self.redis_key(key));
+            inv.arg(self.in_flight_ms);
+            self.call(inv.invoke_async(&mut c)).await
+        }
+        .await;
+        r.map(drop).map_err(|e| self.failed(e))
+    }
+
+    /// How long an in-flight mark lives unless renewed.
+    pub fn in_flight_ttl(&self) -> Duration {
+        Duration::from_millis(self.in_flight_ms)
     }
 
     /// Failed calls so far.

@@ -204,6 +204,7 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
             ingest: Ingest {
                 dedupe: dedupe.clone(),
                 spool: spool.clone(),
+                commit_failures: metrics.dedupe_commit_failures.clone(),
             },
             metrics: metrics.clone(),
             limits: Limits {
