@@ -5,10 +5,35 @@
 //! the values) of the custom headers, the secret's reference (`env NAME` or `file PATH`, never
 //! the secret), every attempt's time and status or error, and, for dead letters of a sink, the
 //! sink and reason. The same format serves `vfgate send`, `vfgate failed ...` and the admin API.
+//!
+//! # Replays claim their entry
+//!
+//! A replay (the admin API's `POST /admin/failed/{id}/replay`, `vfgate failed replay`) first
+//! [claims](FailedStore::claim) the entry: it opens `<id>.json`, takes an exclusive advisory
+//! lock (`flock`) on it and, holding the lock, renames it to `<id>.json.replaying`. Only one
+//! process or request can win that, so one replay at a time per entry; any other gets
+//! [`StoreError::InProgress`] (the admin API's 409 `replay_in_progress`), or
+//! [`StoreError::NotFound`] once the entry is gone. The winner then
+//! [delivers](Claim::delivered) it (the claimed file is deleted: nothing can write it back),
+//! or [keeps](Claim::keep) it with the attempt added (written to a new locked file that
+//! replaces the claimed one and is renamed back to `<id>.json`), or
+//! [releases](Claim::release) it untouched. A claim dropped unfinished (a cancelled request)
+//! is released too.
+//!
+//! A claim left by a crash is not lost: the lock dies with the process, so the file sits
+//! unlocked. Liveness is the lock, not a clock, so a slow replay is never taken for a dead
+//! one. A later claim of that id takes the orphaned claim over (verifying the lock is free),
+//! and every listing (`vfgate failed list`, `failed replay --all`, `failed purge`,
+//! `GET /admin/failed`) renames orphaned claims back to `<id>.json` first, so they show
+//! again. A claim whose lock is held is a replay in progress and is not listed.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+
+/// What a claimed entry's file name ends with (`<id>.json.replaying`).
+const CLAIM_SUFFIX: &str = ".json.replaying";
 
 /// One attempt of a delivery.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,6 +108,9 @@ pub enum StoreError {
     /// No such id.
     #[error("no failed delivery with id {0}")]
     NotFound(String),
+    /// Another replay holds the entry's claim.
+    #[error("a replay of failed delivery {0} is in progress")]
+    InProgress(String),
 }
 
 /// A file in the store that is not an entry.
@@ -159,20 +187,104 @@ impl FailedStore {
         Ok(self.dir.join(format!("{id}.json")))
     }
 
-    /// Writes `e` durably.
-    pub fn put(&self, e: &FailedEntry) -> Result<(), StoreError> {
+    fn claim_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}{CLAIM_SUFFIX}"))
+    }
+
+    /// Writes `e` to a new temp file, synced; returns its path and the open file.
+    fn write_tmp(&self, e: &FailedEntry) -> Result<(PathBuf, File), StoreError> {
         crate::fsutil::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.path(&e.id)?;
         let tmp = self.dir.join(format!(".{}.tmp", e.id));
         let mut f = crate::fsutil::create(&tmp).map_err(io(&tmp))?;
         serde_json::to_writer_pretty(&mut f, e).map_err(|e| io(&tmp)(e.into()))?;
         f.write_all(b"\n").map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
+        Ok((tmp, f))
+    }
+
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        crate::fsutil::sync_dir(&self.dir).map_err(io(&self.dir))
+    }
+
+    /// Writes `e` durably.
+    pub fn put(&self, e: &FailedEntry) -> Result<(), StoreError> {
+        let path = self.path(&e.id)?;
+        let (tmp, _) = self.write_tmp(e)?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        self.sync_dir()
+    }
+
+    /// Claims entry `id` for one replay (see the module doc): the entry is read from the
+    /// claimed file, and no other claim of it succeeds until this one is finished or dropped.
+    /// [`StoreError::InProgress`] when another replay holds it, [`StoreError::NotFound`] when
+    /// there is no such entry (any more). An entry that is not valid JSON is released again
+    /// and reported as [`StoreError::Corrupt`].
+    pub fn claim(&self, id: &str) -> Result<Claim, StoreError> {
+        let path = self.path(id)?;
+        let claimed = self.claim_path(id);
+        // A lost race with a finishing replay (the file we locked was replaced meanwhile)
+        // is tried again; more than a few in a row means a replay keeps winning.
+        for _ in 0..8 {
+            let (file, taken_over) = match locked(&path)? {
+                Lock::Held(f) => {
+                    // Holding the lock on the file that is at `path`: no one else can move it.
+                    std::fs::rename(&path, &claimed).map_err(io(&path))?;
+                    (f, false)
+                }
+                Lock::Busy => return Err(StoreError::InProgress(id.to_string())),
+                Lock::Replaced => continue,
+                // Not in the store: claimed by a replay in progress, orphaned by one that
+                // died (its lock is free: take it over), or gone.
+                Lock::Missing => match locked(&claimed)? {
+                    Lock::Held(f) => (f, true),
+                    Lock::Busy => return Err(StoreError::InProgress(id.to_string())),
+                    Lock::Replaced => continue,
+                    // Handed back between the two looks.
+                    Lock::Missing if path.exists() => continue,
+                    Lock::Missing => return Err(StoreError::NotFound(id.to_string())),
+                },
+            };
+            let mut claim = Claim {
+                store: self.clone(),
+                id: id.to_string(),
+                entry: None,
+                lock: Some(file),
+            };
+            if !taken_over {
+                self.sync_dir()?;
+            }
+            claim.entry = Some(claim.read()?);
+            return Ok(claim);
+        }
+        Err(StoreError::InProgress(id.to_string()))
+    }
+
+    /// Renames every orphaned claim among `names` (its lock free: the replay that took it
+    /// died) back to `<id>.json`; one that cannot be is reported, and stays for next time.
+    fn recover_orphaned_claims(&self, names: &[String]) -> Vec<Skipped> {
+        let mut failed = Vec::new();
+        for name in names {
+            let Some(id) = name.strip_suffix(CLAIM_SUFFIX).filter(|id| valid_id(id)) else {
+                continue;
+            };
+            let claimed = self.claim_path(id);
+            let back = locked(&claimed).and_then(|lock| match lock {
+                Lock::Held(_lock) => {
+                    let path = self.dir.join(format!("{id}.json"));
+                    std::fs::rename(&claimed, &path).map_err(io(&claimed))?;
+                    self.sync_dir()
+                }
+                // In progress, or finished meanwhile.
+                Lock::Busy | Lock::Replaced | Lock::Missing => Ok(()),
+            });
+            if let Err(e) = back {
+                failed.push(Skipped {
+                    file: name.clone(),
+                    reason: format!("an orphaned replay claim that cannot be handed back: {e}"),
+                });
+            }
+        }
+        failed
     }
 
     /// Reads one entry.
@@ -204,18 +316,25 @@ impl FailedStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Listing::default()),
             Err(e) => return Err(io(&self.dir)(e)),
         };
-        let mut ids: Vec<String> = rd
+        let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .map(str::to_string)
-            })
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        let mut out = Listing::default();
+        if names.iter().any(|n| n.ends_with(CLAIM_SUFFIX)) {
+            out.skipped = self.recover_orphaned_claims(&names);
+            names = std::fs::read_dir(&self.dir)
+                .map_err(io(&self.dir))?
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect();
+        }
+        let mut ids: Vec<String> = names
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
             .filter(|id| valid_id(id) && after.is_none_or(|a| id.as_str() > a))
             .collect();
         ids.sort();
-        let mut out = Listing::default();
         for id in ids {
             if out.entries.len() >= limit {
                 out.more = true;
@@ -259,6 +378,136 @@ impl FailedStore {
             }
         }
         Ok((n, listing.skipped))
+    }
+}
+
+/// The outcome of locking an entry's file.
+enum Lock {
+    /// Locked, and still the file at that path.
+    Held(File),
+    /// Another holder has the lock.
+    Busy,
+    /// Moved or replaced between the open and the lock: look again.
+    Replaced,
+    /// No such file.
+    Missing,
+}
+
+/// Opens `path` and takes its exclusive advisory lock without waiting; checks that the
+/// locked file is still the one at `path` (a holder may have renamed another over it).
+fn locked(path: &Path) -> Result<Lock, StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::Missing),
+        Err(e) => return Err(io(path)(e)),
+    };
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(Lock::Busy),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
+    }
+    let held = f.metadata().map_err(io(path))?;
+    match std::fs::metadata(path) {
+        Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(Lock::Held(f)),
+        Ok(_) => Ok(Lock::Replaced),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lock::Replaced),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+/// An entry claimed for one replay by [`FailedStore::claim`]: its file is
+/// `<id>.json.replaying`, locked for as long as this lives. Finish it with
+/// [`Claim::delivered`], [`Claim::keep`] or [`Claim::release`]; dropped unfinished, it is
+/// released (the entry goes back as it was).
+#[derive(Debug)]
+pub struct Claim {
+    store: FailedStore,
+    id: String,
+    /// Set once read (always, for a claim handed out).
+    entry: Option<FailedEntry>,
+    /// The locked claimed file; `None` once finished.
+    lock: Option<File>,
+}
+
+impl Claim {
+    /// The claimed entry.
+    pub fn entry(&self) -> &FailedEntry {
+        self.entry
+            .as_ref()
+            .expect("a claim handed out has its entry")
+    }
+
+    fn read(&mut self) -> Result<FailedEntry, StoreError> {
+        let claimed = self.store.claim_path(&self.id);
+        let f = self
+            .lock
+            .as_mut()
+            .expect("an unfinished claim holds its lock");
+        let mut text = Vec::new();
+        f.rewind()
+            .and_then(|_| f.read_to_end(&mut text))
+            .map_err(io(&claimed))?;
+        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+            path: self
+                .store
+                .path(&self.id)
+                .unwrap_or(claimed)
+                .display()
+                .to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The replay delivered it: the entry is removed for good.
+    pub fn delivered(mut self) -> Result<(), StoreError> {
+        // Taken out first: whatever happens now, the entry is not handed back (it was
+        // delivered; handing it back would deliver it again).
+        let _lock = self.lock.take();
+        let claimed = self.store.claim_path(&self.id);
+        std::fs::remove_file(&claimed).map_err(io(&claimed))?;
+        self.store.sync_dir()
+    }
+
+    /// The replay failed: the entry goes back to the store with `attempt` added.
+    pub fn keep(mut self, attempt: AttemptLog) -> Result<(), StoreError> {
+        let mut entry = self.entry().clone();
+        entry.attempts.push(attempt);
+        let (tmp, f) = self.store.write_tmp(&entry)?;
+        // The new file is locked before it takes the claim's name, so the claim is never
+        // seen unlocked (and taken for an orphan) while it is handed back.
+        f.lock().map_err(io(&tmp))?;
+        let claimed = self.store.claim_path(&self.id);
+        std::fs::rename(&tmp, &claimed).map_err(io(&claimed))?;
+        self.lock = Some(f);
+        self.release()
+    }
+
+    /// Not replayed: the entry goes back to the store as it is.
+    pub fn release(mut self) -> Result<(), StoreError> {
+        self.give_back()
+    }
+
+    fn give_back(&mut self) -> Result<(), StoreError> {
+        if self.lock.is_none() {
+            return Ok(());
+        }
+        let claimed = self.store.claim_path(&self.id);
+        let path = self.store.path(&self.id)?;
+        let renamed = std::fs::rename(&claimed, &path).map_err(io(&claimed));
+        // Unlocked only once back under its own name.
+        self.lock = None;
+        renamed?;
+        self.store.sync_dir()
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Err(e) = self.give_back() {
+            // The lock is gone with the file handle: the next listing brings it back.
+            tracing::warn!(id = %self.id, error = %e, "cannot hand a claimed dead letter back; the next listing will");
+        }
     }
 }
 
@@ -361,5 +610,135 @@ mod tests {
             vec![ids[2]]
         );
         assert!(!p2.more && p2.skipped.is_empty());
+    }
+    #[test]
+    fn one_claim_at_a_time_among_racing_threads_and_a_delivered_entry_stays_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FailedStore::new(dir.path());
+        let id = "20260101T000000000Z-0000c1a1";
+        s.put(&entry(id, "2026-01-01T00:00:00.000Z")).unwrap();
+        let barrier = std::sync::Barrier::new(8);
+        let claims: Vec<Result<Claim, StoreError>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| {
+                    sc.spawn(|| {
+                        barrier.wait();
+                        s.claim(id)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (won, lost): (Vec<_>, Vec<_>) = claims.into_iter().partition(Result::is_ok);
+        assert_eq!(won.len(), 1, "{lost:?}");
+        assert!(lost
+            .iter()
+            .all(|r| matches!(r, Err(StoreError::InProgress(_)))));
+        let claim = won.into_iter().next().unwrap().unwrap();
+        assert_eq!(claim.entry().id, id);
+        assert!(
+            s.list().unwrap().entries.is_empty(),
+            "a claimed entry is not listed"
+        );
+        assert!(matches!(s.claim(id), Err(StoreError::InProgress(_))));
+        claim.delivered().unwrap();
+        assert!(matches!(s.claim(id), Err(StoreError::NotFound(_))));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_kept_claim_goes_back_with_its_attempt_and_a_dropped_one_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FailedStore::new(dir.path());
+        let id = "20260101T000000000Z-0000c1a2";
+        let e = entry(id, "2026-01-01T00:00:00.000Z");
+        s.put(&e).unwrap();
+        let attempt = AttemptLog {
+            at: "2026-01-02T00:00:00.000Z".into(),
+            status: Some(502),
+            error: None,
+        };
+        s.claim(id).unwrap().keep(attempt.clone()).unwrap();
+        let back = s.get(id).unwrap();
+        assert_eq!(back.attempts.len(), 2);
+        assert_eq!(back.attempts[1], attempt);
+        drop(s.claim(id).unwrap());
+        assert_eq!(s.get(id).unwrap(), back, "dropped: handed back untouched");
+        s.claim(id).unwrap().release().unwrap();
+        assert_eq!(s.get(id).unwrap(), back);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec![format!("{id}.json")],
+            "no claim or temp file left"
+        );
+    }
+
+    #[test]
+    fn a_claim_orphaned_by_a_crash_is_listed_again_and_can_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FailedStore::new(dir.path());
+        let (a, b) = (
+            "20260101T000000000Z-0000c1a3",
+            "20260101T000000000Z-0000c1a4",
+        );
+        for id in [a, b] {
+            s.put(&entry(id, "2026-01-01T00:00:00.000Z")).unwrap();
+            // What a replay that died mid-way leaves: the claimed file, its lock gone.
+            std::fs::rename(
+                dir.path().join(format!("{id}.json")),
+                dir.path().join(format!("{id}{CLAIM_SUFFIX}")),
+            )
+            .unwrap();
+        }
+        // Held by a live replay: not an orphan, not listed, not taken.
+        let live = s.claim(b).unwrap();
+        let ids: Vec<String> = s
+            .list()
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec![a.to_string()],
+            "the orphan is back, the live claim is not"
+        );
+        assert!(dir.path().join(format!("{a}.json")).exists());
+        assert!(matches!(s.claim(b), Err(StoreError::InProgress(_))));
+        live.release().unwrap();
+        // A claim of an orphaned id takes it over.
+        std::fs::rename(
+            dir.path().join(format!("{a}.json")),
+            dir.path().join(format!("{a}{CLAIM_SUFFIX}")),
+        )
+        .unwrap();
+        let c = s.claim(a).unwrap();
+        assert_eq!(c.entry().id, a);
+        assert!(matches!(s.claim(a), Err(StoreError::InProgress(_))));
+        c.delivered().unwrap();
+        let ids: Vec<String> = s
+            .list()
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, vec![b.to_string()]);
+    }
+
+    #[test]
+    fn a_claimed_file_that_is_not_an_entry_is_reported_and_handed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FailedStore::new(dir.path());
+        let id = "20260101T000000000Z-0000c1a5";
+        std::fs::write(dir.path().join(format!("{id}.json")), b"{not json").unwrap();
+        assert!(matches!(s.claim(id), Err(StoreError::Corrupt { .. })));
+        assert!(dir.path().join(format!("{id}.json")).exists());
+        assert!(matches!(s.claim("../x"), Err(StoreError::NotFound(_))));
     }
 }

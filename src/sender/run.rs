@@ -6,7 +6,7 @@ use super::{
 };
 use crate::cli::{FailedCmd, SendArgs};
 use crate::config::RawClientTls;
-use crate::deadletter::{printable, FailedStore};
+use crate::deadletter::{printable, Claim, FailedStore, StoreError};
 use crate::secret::SecretRef;
 use bytes::Bytes;
 use std::io::{BufRead, IsTerminal, Write};
@@ -479,28 +479,33 @@ fn print_test(ans: &Answer) {
     println!("reply: {}", String::from_utf8_lossy(&ans.body));
 }
 
-/// Re-sends one stored entry once; on success the entry is removed.
+/// Re-sends one claimed entry to its recorded target once; on success the entry is
+/// removed, otherwise it goes back to the store with the attempt added. Either way the claim
+/// is finished here (an entry that cannot be sent goes back untouched).
 pub async fn replay_entry(
-    store: &FailedStore,
-    id: &str,
+    claim: Claim,
     secret_override: Option<&str>,
     headers: &[(String, Vec<u8>)],
     timeout: Duration,
     tls: &RawClientTls,
 ) -> Result<Answer, String> {
-    let mut entry = store.get(id).map_err(|e| e.to_string())?;
+    let entry = claim.entry();
+    let id = entry.id.clone();
     let secret = match secret_override {
-        Some(env) => SecretRef::Env {
+        Some(env) => Some(SecretRef::Env {
             env: env.to_string(),
-        },
-        None => parse_secret_ref(&entry.secret_ref).ok_or_else(|| {
-            format!(
-                "entry {id} records no usable secret reference ({:?}); give --secret-env",
-                entry.secret_ref
-            )
-        })?,
+        }),
+        None => parse_secret_ref(&entry.secret_ref),
     };
-    let sender = WebhookSender::new(SenderSettings {
+    let Some(secret) = secret else {
+        let why = format!(
+            "entry {id} records no usable secret reference ({:?}); give --secret-env",
+            entry.secret_ref
+        );
+        claim.release().map_err(|e| e.to_string())?;
+        return Err(why);
+    };
+    let sender = match WebhookSender::new(SenderSettings {
         url: entry.target.clone(),
         secret,
         version: entry.version.clone(),
@@ -509,15 +514,19 @@ pub async fn replay_entry(
         schedule: vec![],
         failed: None,
         tls: tls.clone(),
-    })
-    .map_err(|e| e.to_string())?;
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            claim.release().map_err(|e| e.to_string())?;
+            return Err(e.to_string());
+        }
+    };
     let body = Bytes::from(entry.event.clone().into_bytes());
     let (log, ans) = sender.attempt(&body).await;
     if ans.ok() {
-        store.remove(id).map_err(|e| e.to_string())?;
+        claim.delivered().map_err(|e| e.to_string())?;
     } else {
-        entry.attempts.push(log);
-        store.put(&entry).map_err(|e| e.to_string())?;
+        claim.keep(log).map_err(|e| e.to_string())?;
     }
     Ok(ans)
 }
@@ -532,37 +541,25 @@ fn report_skipped(skipped: &[crate::deadletter::Skipped]) {
 #[derive(Default)]
 struct SinkCache(std::collections::HashMap<String, std::sync::Arc<dyn crate::sinks::Sink>>);
 
-/// Replays a dead letter of a spooled sink to that sink (built from `config`). The line
-/// to print, as `Err` when it was not delivered.
+/// Replays a claimed dead letter of a spooled sink to that sink (built from `config`). The
+/// line to print, as `Err` when it was not delivered (the entry is then back in the store).
 async fn replay_sink_entry(
-    store: &FailedStore,
-    entry: crate::deadletter::FailedEntry,
+    claim: Claim,
     config: Option<&crate::config::Config>,
     cache: &mut SinkCache,
 ) -> Result<String, String> {
-    let id = entry.id.clone();
-    let sink = entry.sink.clone().unwrap_or_default();
+    let id = claim.entry().id.clone();
+    let sink = claim.entry().sink.clone().unwrap_or_default();
     let sink = sink.as_str();
-    let Some(config) = config else {
-        return Err(format!(
-            "{id}: a dead letter of sink {sink:?}: give --config FILE (the gateway's config) to deliver it to that sink"
-        ));
-    };
-    let built = match cache.0.get(sink) {
-        Some(s) => s.clone(),
-        None => {
-            let spec = config
-                .sinks
-                .iter()
-                .find(|s| s.common.name == sink)
-                .ok_or_else(|| format!("{id}: sink {sink:?} is not in the config; entry kept"))?;
-            let s = crate::sinks::build(spec).map_err(|e| format!("{id}: {e}"))?;
-            cache.0.insert(sink.to_string(), s.clone());
-            s
+    let built = match built_sink(&id, sink, config, cache) {
+        Ok(s) => s,
+        Err(why) => {
+            claim.release().map_err(|e| format!("{id}: {e}"))?;
+            return Err(why);
         }
     };
     let metrics = crate::metrics::Metrics::new();
-    match crate::spool::drain::replay_to_sink(store, entry, &*built, &metrics).await {
+    match crate::spool::drain::replay_to_sink(claim, &*built, &metrics).await {
         Ok(r) if r.delivered => Ok(format!("{id}: delivered to sink {sink} ({})", r.status)),
         Ok(r) => Err(format!(
             "{id}: sink {sink} did not take it ({}: {}), kept",
@@ -571,6 +568,31 @@ async fn replay_sink_entry(
         )),
         Err(e) => Err(format!("{id}: {e}")),
     }
+}
+
+/// Sink `sink` of `config` (built once per run), for replaying entry `id`.
+fn built_sink(
+    id: &str,
+    sink: &str,
+    config: Option<&crate::config::Config>,
+    cache: &mut SinkCache,
+) -> Result<std::sync::Arc<dyn crate::sinks::Sink>, String> {
+    let Some(config) = config else {
+        return Err(format!(
+            "{id}: a dead letter of sink {sink:?}: give --config FILE (the gateway's config) to deliver it to that sink"
+        ));
+    };
+    if let Some(s) = cache.0.get(sink) {
+        return Ok(s.clone());
+    }
+    let spec = config
+        .sinks
+        .iter()
+        .find(|s| s.common.name == sink)
+        .ok_or_else(|| format!("{id}: sink {sink:?} is not in the config; entry kept"))?;
+    let s = crate::sinks::build(spec).map_err(|e| format!("{id}: {e}"))?;
+    cache.0.insert(sink.to_string(), s.clone());
+    Ok(s)
 }
 
 /// `vfgate failed ...`.
@@ -663,19 +685,14 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                     return EXIT_USAGE;
                 }
             };
-            // Each entry read once: its route decides how it is replayed.
-            let entries: Vec<(String, Option<crate::deadletter::FailedEntry>)> = match (id, all) {
-                (Some(id), false) => {
-                    let e = store.get(&id).ok();
-                    vec![(id, e)]
-                }
+            // Each entry is claimed before it is replayed (another replay of it may be
+            // running); its route decides how it is replayed.
+            let ids: Vec<String> = match (id, all) {
+                (Some(id), false) => vec![id],
                 (None, true) => match store.list() {
                     Ok(v) => {
                         report_skipped(&v.skipped);
-                        v.entries
-                            .into_iter()
-                            .map(|e| (e.id.clone(), Some(e)))
-                            .collect()
+                        v.entries.into_iter().map(|e| e.id).collect()
                     }
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -689,20 +706,31 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
             };
             let mut sinks = SinkCache::default();
             let mut failures = 0;
-            for (id, entry) in entries {
-                let line = match entry.filter(|e| e.sink_route().is_some()) {
-                    Some(entry) => {
-                        match replay_sink_entry(&store, entry, config.as_ref(), &mut sinks).await {
-                            Ok(line) => line,
-                            Err(line) => {
-                                failures += 1;
-                                line
-                            }
+            for id in ids {
+                let claim = match store.claim(&id) {
+                    Ok(c) => c,
+                    Err(StoreError::InProgress(_)) => {
+                        failures += 1;
+                        println!("{id}: another replay of it is in progress; skipped");
+                        continue;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        println!("{id}: {e}");
+                        continue;
+                    }
+                };
+                let line = if claim.entry().sink_route().is_some() {
+                    match replay_sink_entry(claim, config.as_ref(), &mut sinks).await {
+                        Ok(line) => line,
+                        Err(line) => {
+                            failures += 1;
+                            line
                         }
                     }
-                    None => match replay_entry(
-                        &store,
-                        &id,
+                } else {
+                    match replay_entry(
+                        claim,
                         secret_env.as_deref(),
                         &headers,
                         timeout,
@@ -725,7 +753,7 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                             failures += 1;
                             format!("{id}: {e}")
                         }
-                    },
+                    }
                 };
                 println!("{line}");
             }

@@ -152,16 +152,28 @@ impl Admin {
     }
 
     /// `POST /admin/failed/{id}/replay`: a spool dead letter goes to its sink only, straight
-    /// through it; any other entry to its recorded target.
+    /// through it; any other entry to its recorded target. The entry is claimed first (see
+    /// [`crate::deadletter`]): a replay of it already in progress answers 409
+    /// `replay_in_progress`, so only one caller is ever told `delivered`.
     async fn replay_failed(&self, id: &str) -> HttpResponse {
         use crate::deadletter::StoreError;
         let (store, key) = (self.failed.clone(), id.to_string());
-        let entry = match tokio::task::spawn_blocking(move || store.get(&key)).await {
-            Ok(Ok(e)) => e,
+        let claim = match tokio::task::spawn_blocking(move || store.claim(&key)).await {
+            Ok(Ok(c)) => c,
             Ok(Err(StoreError::NotFound(_))) => {
                 return respond(
                     404,
                     error_body("not_found", "no failed delivery with that id"),
+                    &[],
+                )
+            }
+            Ok(Err(StoreError::InProgress(_))) => {
+                return respond(
+                    409,
+                    error_body(
+                        "replay_in_progress",
+                        "another replay of this entry is in progress",
+                    ),
                     &[],
                 )
             }
@@ -175,8 +187,11 @@ impl Admin {
             }
             Err(_) => return respond(500, error_body("store_error", "cancelled"), &[]),
         };
-        if let Some(sink) = entry.sink_route().map(|(_, s)| s.to_string()) {
+        if let Some(sink) = claim.entry().sink_route().map(|(_, s)| s.to_string()) {
             let Some(built) = self.sinks.get(&sink) else {
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || claim.release()).await {
+                    tracing::error!(error = %e, "admin: cannot hand a claimed entry back");
+                }
                 return respond(
                     409,
                     error_body(
@@ -186,7 +201,7 @@ impl Admin {
                     &[],
                 );
             };
-            return match crate::spool::drain::replay_to_sink(&self.failed, entry, &**built, &self.metrics).await {
+            return match crate::spool::drain::replay_to_sink(claim, &**built, &self.metrics).await {
                 Ok(r) if r.delivered => respond(
                     200,
                     serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "sink": sink, "upstream_status": r.status})).expect("json"),
@@ -197,16 +212,13 @@ impl Admin {
                     error_body("upstream_error", &format!("sink {sink} did not take it (status {}); entry kept", r.status)),
                     &[],
                 ),
-                Err(crate::spool::drain::ReplayError::Store(StoreError::NotFound(_))) => {
-                    respond(404, error_body("not_found", "no failed delivery with that id"), &[])
-                }
                 Err(e) => {
                     tracing::error!(error = %e, "admin: replay failed");
                     respond(500, error_body("replay_error", "the entry cannot be replayed (see the log)"), &[])
                 }
             };
         }
-        match crate::sender::run::replay_entry(&self.failed, id, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
+        match crate::sender::run::replay_entry(claim, None, &[], crate::sender::DEFAULT_TIMEOUT, &crate::config::RawClientTls::default()).await {
             Ok(a) if a.ok() => respond(200, serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "upstream_status": a.status})).expect("json"), &[]),
             Ok(a) => respond(502, error_body("upstream_error", &format!("replay failed: {}; entry kept", a.status.map(|s| s.to_string()).unwrap_or_else(|| "no answer".into()))), &[]),
             Err(e) => {

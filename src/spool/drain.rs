@@ -6,7 +6,7 @@
 
 use super::{decode_record, DrainState, SourceLog};
 use crate::config::SinkCommon;
-use crate::deadletter::{new_id, AttemptLog, FailedEntry, FailedStore, StoreError};
+use crate::deadletter::{new_id, AttemptLog, Claim, FailedEntry, FailedStore, StoreError};
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
@@ -327,7 +327,7 @@ impl Drainer {
 /// Why a dead letter could not be replayed to its sink.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// The store failed (or has no such entry: [`StoreError::NotFound`]).
+    /// The store failed to finish the claim.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The stored bytes are not an event any more (edited by hand).
@@ -363,23 +363,28 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Delivers `entry`, a dead letter of `sink`, to that sink again, straight through it (not
-/// back through the receive path, so no other sink gets it twice and no age window
-/// applies): one attempt. Delivered: the entry is removed; otherwise the attempt is added
-/// to it and it stays. The caller has read the entry (and picked `sink` by its name).
+/// Delivers the claimed dead letter to `sink` (the one it names) again, straight through it
+/// (not back through the receive path, so no other sink gets it twice and no age window
+/// applies): one attempt. Delivered: the entry is removed; otherwise the attempt is added to
+/// it and it goes back to the store. Either way the claim is finished here.
 pub async fn replay_to_sink(
-    store: &FailedStore,
-    mut entry: FailedEntry,
+    claim: Claim,
     sink: &dyn Sink,
     metrics: &Metrics,
 ) -> Result<Replayed, ReplayError> {
+    let entry = claim.entry();
     let name = entry.sink.clone().unwrap_or_default();
-    let event = Event::parse(Bytes::from(entry.event.clone().into_bytes())).map_err(|e| {
-        ReplayError::NotAnEvent {
-            id: entry.id.clone(),
-            reason: e.to_string(),
+    let event = match Event::parse(Bytes::from(entry.event.clone().into_bytes())) {
+        Ok(e) => e,
+        Err(e) => {
+            let id = entry.id.clone();
+            blocking(move || claim.release()).await?;
+            return Err(ReplayError::NotAnEvent {
+                id,
+                reason: e.to_string(),
+            });
         }
-    })?;
+    };
     let at = now_rfc3339();
     let (verdicts, status) = deliver::attempt(sink, &name, metrics, &[Arc::new(event)]).await;
     let (delivered, detail) = match verdicts.into_iter().next() {
@@ -389,16 +394,11 @@ pub async fn replay_to_sink(
         }
         None => (false, Some("no verdict".into())),
     };
-    let st = store.clone();
     if delivered {
-        blocking(move || st.remove(&entry.id)).await?;
+        blocking(move || claim.delivered()).await?;
     } else {
-        entry.attempts.push(attempt_log(
-            &at,
-            &status,
-            detail.as_deref().unwrap_or_default(),
-        ));
-        blocking(move || st.put(&entry)).await?;
+        let attempt = attempt_log(&at, &status, detail.as_deref().unwrap_or_default());
+        blocking(move || claim.keep(attempt)).await?;
     }
     Ok(Replayed {
         delivered,
@@ -432,5 +432,119 @@ mod tests {
             let ceiling = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
             assert!(b <= ceiling && b >= ceiling / 2, "{n}: {b:?}");
         }
+    }
+
+    /// A sink that answers after `delay`, taking the event or not.
+    struct Slow {
+        ok: bool,
+        delay: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Sink for Slow {
+        async fn send(&self, _batch: &[Arc<Event>]) -> crate::sinks::Attempt {
+            tokio::time::sleep(self.delay).await;
+            let (status, verdict) = if self.ok {
+                ("200", Verdict::Ok)
+            } else {
+                (
+                    "503",
+                    Verdict::retry(crate::sinks::RetryKind::Unavailable, "down", None),
+                )
+            };
+            crate::sinks::Attempt {
+                status: status.into(),
+                result: crate::sinks::SendResult::All(verdict),
+            }
+        }
+
+        fn encode(&self, _batch: &[Arc<Event>]) -> Result<Vec<u8>, crate::sinks::SendResult> {
+            Ok(vec![])
+        }
+    }
+
+    fn dead_letter(id: &str) -> FailedEntry {
+        FailedEntry {
+            id: id.into(),
+            target: "sink up".into(),
+            version: String::new(),
+            header_names: vec![],
+            secret_ref: String::new(),
+            event_id: "evt_race".into(),
+            event_type: "user.login".into(),
+            sink: Some("up".into()),
+            source: Some("syvault".into()),
+            reason: "rejected".into(),
+            created_at: now_rfc3339(),
+            attempts: vec![],
+            event: format!(
+                r#"{{"event_id":"evt_race","event_type":"user.login","timestamp":"{}"}}"#,
+                now_rfc3339()
+            ),
+        }
+    }
+
+    /// Waits `after` ms, claims `id` and replays it to `sink`; `None` when refused because
+    /// another replay holds it.
+    async fn claim_and_replay(
+        store: &FailedStore,
+        id: &str,
+        sink: &Slow,
+        metrics: &Metrics,
+        after: u64,
+    ) -> Option<Replayed> {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        match store.claim(id) {
+            Ok(c) => Some(replay_to_sink(c, sink, metrics).await.unwrap()),
+            Err(StoreError::InProgress(_)) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// One replay at a time per entry: a failing replay racing a successful one is refused
+    /// while the other holds the entry, so it can never write back an entry that the
+    /// successful one delivered (a later replay would deliver it again).
+    #[tokio::test]
+    async fn a_failing_replay_racing_a_successful_one_does_not_bring_the_entry_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FailedStore::new(dir.path());
+        let id = "20260101T000000000Z-0000race";
+        store.put(&dead_letter(id)).unwrap();
+        let metrics = Metrics::new();
+        let slow = Duration::from_millis(300);
+        let failing = Slow {
+            ok: false,
+            delay: slow,
+        };
+        let succeeding = Slow {
+            ok: true,
+            delay: slow,
+        };
+        // The failing replay first: the successful one is refused meanwhile, and the entry
+        // goes back with the failed attempt.
+        let (fail, ok) = tokio::join!(
+            claim_and_replay(&store, id, &failing, &metrics, 0),
+            claim_and_replay(&store, id, &succeeding, &metrics, 50)
+        );
+        assert!(!fail.expect("claimed").delivered);
+        assert_eq!(ok, None, "refused while the other replay holds the entry");
+        assert_eq!(store.get(id).unwrap().attempts.len(), 1);
+
+        // The successful one first: the failing one is refused, and the delivered entry is
+        // gone for good.
+        let (ok, fail) = tokio::join!(
+            claim_and_replay(&store, id, &succeeding, &metrics, 0),
+            claim_and_replay(&store, id, &failing, &metrics, 50)
+        );
+        assert!(ok.expect("claimed").delivered);
+        assert_eq!(fail, None, "refused while the other replay holds the entry");
+        assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.claim(id), Err(StoreError::NotFound(_))));
+        assert!(store.list().unwrap().entries.is_empty());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no claim left"
+        );
     }
 }

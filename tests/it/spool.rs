@@ -560,3 +560,88 @@ async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
         assert_eq!(r.status, want, "{path}");
     }
 }
+
+/// Concurrent `POST /admin/failed/{id}/replay` of one dead letter: one replay claims it, the
+/// sink gets the event once, exactly one caller is told `delivered`, the others are told the
+/// replay is in progress (409) or the entry is gone (404), and nothing is left behind.
+#[tokio::test]
+async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
+    let cfg = spool_config(&mock, "", r#""up""#).replace("max_events = 100", "max_events = 1");
+    let token = "admin-token-0123456789abcdef";
+    let gw = Gateway::start_admin(
+        &cfg,
+        "token = { env = \"ADMIN_TOKEN\" }",
+        &[("ADMIN_TOKEN", token)],
+    )
+    .await;
+    assert_eq!(
+        gw.post_event(&event("race-1", "user.login")).await.status,
+        202
+    );
+    let dir = gw.dir.path().join("spool/dead-letter");
+    assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 1).await);
+    let id = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .map(str::to_string)
+        })
+        .next()
+        .unwrap();
+    // The sink now takes events, slowly: every replay that starts overlaps the first.
+    mock.set_default(Reply::Sleep(Duration::from_millis(400)));
+    let before = mock.requests().len();
+    let auth = format!("Bearer {token}");
+    let path = format!("/admin/failed/{id}/replay");
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let (auth, path, port) = (auth.clone(), path.clone(), gw.admin);
+            tokio::spawn(async move {
+                request(port, "POST", &path, &[("authorization", &auth)], b"")
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "exactly one success answer: {statuses:?}"
+    );
+    assert!(
+        statuses.contains(&409),
+        "replays that overlap the first are refused: {statuses:?}"
+    );
+    for r in answers.iter().filter(|r| r.status != 200) {
+        match r.status {
+            409 => assert_eq!(r.error(), "replay_in_progress"),
+            404 => assert_eq!(r.error(), "not_found"),
+            s => panic!("unexpected {s}: {:?}", r.json()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent: Vec<String> = mock.requests()[before..]
+        .iter()
+        .flat_map(|c| ids_in(&c.body))
+        .collect();
+    assert_eq!(sent, vec!["race-1".to_string()], "delivered once");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the entry and its claim are gone"
+    );
+    let again = request(gw.admin, "POST", &path, &[("authorization", &auth)], b"")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 404);
+}
