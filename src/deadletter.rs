@@ -511,16 +511,6 @@ impl Drop for Claim {
     }
 }
 
-/// `text` with control characters escaped, for a terminal or a log line (outside text
-/// must not move the cursor or forge a line).
-pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        std::borrow::Cow::Owned(text.chars().flat_map(char::escape_debug).collect())
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod deadletter;
 pub mod dedupe;
+pub mod escape;
 pub mod event;
 pub mod fsutil;
 pub mod ingest;

@@ -3,6 +3,7 @@
 
 use super::{Delivery, FailKind, Job};
 use crate::config::SinkCommon;
+use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::sinks::{RetryKind, SendResult, Sink, Verdict};
@@ -84,7 +85,7 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
                 .sink_events_failed
                 .with_label_values(&[name, reason])
                 .inc_by(retry.len() as u64);
-            tracing::warn!(sink = name, events = retry.len(), status = %status, detail = ?detail, "retry budget spent; the sender is answered 5xx and will retry");
+            tracing::warn!(sink = name, events = retry.len(), status = %status, detail = ?Printable(&detail), "retry budget spent; the sender is answered 5xx and will retry");
             for job in retry {
                 let _ = job.reply.send(Delivery::Failed {
                     kind: fail,
@@ -137,7 +138,7 @@ pub async fn attempt(
                     .sink_events_failed
                     .with_label_values(&[name, reason])
                     .inc();
-                tracing::warn!(sink = name, event_id = ?ev.event_id, reason, detail = ?detail, "event refused permanently");
+                tracing::warn!(sink = name, event_id = ?Printable(&ev.event_id), reason, detail = ?Printable(detail), "event refused permanently");
             }
             Verdict::Retry {
                 kind: RetryKind::Config,
@@ -222,7 +223,7 @@ fn log_config_error(sink: &str, detail: &str) {
         .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60))
     {
         map.insert(sink.to_string(), now);
-        tracing::error!(sink, detail = ?detail, "sink refuses our credentials (configuration error); events are kept for retry");
+        tracing::error!(sink, detail = ?Printable(detail), "sink refuses our credentials (configuration error); events are kept for retry");
     }
 }
 

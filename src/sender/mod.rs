@@ -12,6 +12,7 @@ pub mod run;
 use crate::client::{HttpClient, Request, Target};
 use crate::config::RawClientTls;
 use crate::deadletter::{self as failed, AttemptLog, FailedEntry, FailedStore};
+use crate::escape::Printable;
 use crate::secret::{Secret, SecretRef};
 use bytes::Bytes;
 use std::time::{Duration, Instant};
@@ -278,7 +279,7 @@ impl WebhookSender {
         match store.put(&entry) {
             Ok(()) => Some(entry.id),
             Err(e) => {
-                tracing::error!(error = %e, event_id = ?entry.event_id, "cannot store a failed delivery");
+                tracing::error!(error = %e, event_id = ?Printable(&entry.event_id), "cannot store a failed delivery");
                 None
             }
         }

@@ -6,7 +6,8 @@ use super::{
 };
 use crate::cli::{FailedCmd, SendArgs};
 use crate::config::RawClientTls;
-use crate::deadletter::{printable, Claim, FailedStore, StoreError};
+use crate::deadletter::{Claim, FailedStore, StoreError};
+use crate::escape::{printable, printable_json, Printable};
 use crate::secret::SecretRef;
 use bytes::Bytes;
 use std::io::{BufRead, IsTerminal, Write};
@@ -453,7 +454,8 @@ pub async fn send(args: SendArgs) -> u8 {
     }
     for (id, entry, last) in &summary.failed {
         println!(
-            "failed: event_id {id} (last: {last}){}",
+            "failed: event_id {} (last: {last}){}",
+            printable(id),
             entry
                 .as_ref()
                 .map(|e| format!(", stored as {e} in {}", args.failed_dir.display()))
@@ -476,7 +478,7 @@ fn print_test(ans: &Answer) {
     println!("outcome: {outcome}");
     println!("status: {status}");
     println!("rtt: {:.2}ms", ans.rtt.as_secs_f64() * 1000.0);
-    println!("reply: {}", String::from_utf8_lossy(&ans.body));
+    println!("reply: {}", printable(&String::from_utf8_lossy(&ans.body)));
 }
 
 /// Re-sends one claimed entry to its recorded target once; on success the entry is
@@ -560,11 +562,16 @@ async fn replay_sink_entry(
     };
     let metrics = crate::metrics::Metrics::new();
     match crate::spool::drain::replay_to_sink(claim, &*built, &metrics).await {
-        Ok(r) if r.delivered => Ok(format!("{id}: delivered to sink {sink} ({})", r.status)),
+        Ok(r) if r.delivered => Ok(format!(
+            "{id}: delivered to sink {} ({})",
+            printable(sink),
+            r.status
+        )),
         Ok(r) => Err(format!(
-            "{id}: sink {sink} did not take it ({}: {}), kept",
+            "{id}: sink {} did not take it ({}: {}), kept",
+            printable(sink),
             r.status,
-            r.detail.unwrap_or_default()
+            printable(&r.detail.unwrap_or_default())
         )),
         Err(e) => Err(format!("{id}: {e}")),
     }
@@ -579,7 +586,8 @@ fn built_sink(
 ) -> Result<std::sync::Arc<dyn crate::sinks::Sink>, String> {
     let Some(config) = config else {
         return Err(format!(
-            "{id}: a dead letter of sink {sink:?}: give --config FILE (the gateway's config) to deliver it to that sink"
+            "{id}: a dead letter of sink {:?}: give --config FILE (the gateway's config) to deliver it to that sink",
+            Printable(sink)
         ));
     };
     if let Some(s) = cache.0.get(sink) {
@@ -589,7 +597,12 @@ fn built_sink(
         .sinks
         .iter()
         .find(|s| s.common.name == sink)
-        .ok_or_else(|| format!("{id}: sink {sink:?} is not in the config; entry kept"))?;
+        .ok_or_else(|| {
+            format!(
+                "{id}: sink {:?} is not in the config; entry kept",
+                Printable(sink)
+            )
+        })?;
     let s = crate::sinks::build(spec).map_err(|e| format!("{id}: {e}"))?;
     cache.0.insert(sink.to_string(), s.clone());
     Ok(s)
@@ -629,13 +642,13 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
                         out,
                         "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {:<28} {}",
                         e.id,
-                        target,
+                        printable(&target),
                         printable(&e.event_id),
                         printable(&e.event_type),
                         e.attempts.len(),
                         status,
-                        reason,
-                        when
+                        printable(&reason),
+                        printable(&when)
                     );
                 }
                 EXIT_OK
@@ -647,7 +660,8 @@ pub async fn failed(cmd: FailedCmd) -> u8 {
         },
         FailedCmd::Show { id, dir } => match FailedStore::new(&dir).get(&id) {
             Ok(e) => {
-                println!("{}", serde_json::to_string_pretty(&e).expect("json"));
+                let json = serde_json::to_string_pretty(&e).expect("json");
+                println!("{}", printable_json(&json));
                 EXIT_OK
             }
             Err(e) => {

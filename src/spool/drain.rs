@@ -7,6 +7,7 @@
 use super::{decode_record, DrainState, SourceLog};
 use crate::config::SinkCommon;
 use crate::deadletter::{new_id, AttemptLog, Claim, FailedEntry, FailedStore, StoreError};
+use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
@@ -236,7 +237,7 @@ impl Drainer {
                 return;
             }
             if round == 0 {
-                tracing::warn!(sink = name, source = %self.source.name, events = keep.len(), detail = ?last_detail, "spooled events not delivered yet; retrying");
+                tracing::warn!(sink = name, source = %self.source.name, events = keep.len(), detail = ?Printable(&last_detail), "spooled events not delivered yet; retrying");
             }
             tokio::time::sleep(wait).await;
             round += 1;
@@ -281,7 +282,7 @@ impl Drainer {
             attempts,
             &p.event.body,
         );
-        tracing::warn!(sink = %self.common.name, event_id = ?p.event.event_id, seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        tracing::warn!(sink = %self.common.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
         self.store(entry, reason).await;
     }
 
@@ -297,7 +298,7 @@ impl Drainer {
             vec![attempt_log(&now_rfc3339(), "not_sent", why)],
             &body,
         );
-        tracing::error!(sink = %self.common.name, why = ?why, id = %entry.id, "spool: unreadable record dead-lettered");
+        tracing::error!(sink = %self.common.name, why = ?Printable(why), id = %entry.id, "spool: unreadable record dead-lettered");
         self.store(entry, "corrupt").await;
     }
 

@@ -282,3 +282,65 @@ fn failed_list_escapes_control_characters_of_outside_text() {
     assert_eq!(out.lines().count(), 2, "no forged line: {out:?}");
     assert!(out.contains(r"evt\n\u{1b}[31mFORGED"), "{out}");
 }
+
+/// Bidirectional controls and other invisible code points in a stored event id are listed
+/// escaped: a displayed id cannot be visually reordered.
+#[test]
+fn failed_list_escapes_bidi_controls_of_outside_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = serde_json::json!({
+        "id": "20260101T000000000Z-0000abce",
+        "target": "http://127.0.0.1:1/x",
+        "version": "1",
+        "secret_ref": "env VF_SECRET",
+        "event_id": "evt_\u{202E}gpj.exe\u{2066}\u{2069}",
+        "event_type": "user\u{2028}login\u{200F}\u{85}",
+        "reason": "test",
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "attempts": [],
+        "event": "{}"
+    });
+    std::fs::write(
+        dir.path().join("20260101T000000000Z-0000abce.json"),
+        entry.to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["failed", "list", "--dir", dir.path().to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    for c in [
+        '\u{202E}', '\u{2066}', '\u{2069}', '\u{85}', '\u{2028}', '\u{200F}',
+    ] {
+        assert!(!out.contains(c), "raw U+{:04X} printed: {out:?}", c as u32);
+    }
+    assert!(
+        out.contains(r"evt_\u{202e}gpj.exe\u{2066}\u{2069}"),
+        "{out}"
+    );
+    assert!(out.contains(r"user\u{2028}login\u{200f}\u{85}"), "{out}");
+    // `failed show` prints the entry as JSON with the same code points as `\uXXXX` escapes:
+    // nothing raw, and the same JSON value.
+    let (code, out, err) = run_cli(
+        &[
+            "failed",
+            "show",
+            "20260101T000000000Z-0000abce",
+            "--dir",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains('\u{202E}') && !out.contains('\u{85}'),
+        "{out:?}"
+    );
+    assert!(out.contains(r"evt_\u202egpj.exe\u2066\u2069"), "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["event_id"], entry["event_id"]);
+    assert_eq!(shown["event_type"], entry["event_type"]);
+}
