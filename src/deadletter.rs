@@ -53,9 +53,11 @@ pub struct AttemptLog {
 pub struct FailedEntry {
     /// Entry id (sortable by creation time).
     pub id: String,
-    /// Target URL.
+    /// Target URL; for a dead letter of a spooled sink, the sink's type and destination
+    /// (`webhook https://gw.example/v1/events`, `file /var/log/vf.ndjson`; never a credential
+    /// or a query string).
     pub target: String,
-    /// `X-VF-Webhook-Version` sent.
+    /// `X-VF-Webhook-Version` sent (empty for a sink that sends none).
     pub version: String,
     /// Names of the custom headers that were sent (values are not stored: they may be secrets).
     #[serde(default)]

@@ -293,6 +293,10 @@ mod tests {
         fn encode(&self, _batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
             Ok(Vec::new())
         }
+
+        fn destination(&self) -> String {
+            "test recording".into()
+        }
     }
 
     const SECRET: &str = "an-ingest-test-secret-0123456789";

@@ -262,6 +262,10 @@ mod tests {
                 result: (self.f)(&ids, n),
             }
         }
+
+        fn destination(&self) -> String {
+            "test scripted".into()
+        }
     }
 
     fn common(budget: Duration) -> SinkCommon {

@@ -156,6 +156,11 @@ impl WebhookSender {
         &self.settings
     }
 
+    /// The target (its `path` holds the URL's path and query).
+    pub fn target(&self) -> &Target {
+        self.client.target()
+    }
+
     /// Sends `body` once.
     pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
         let mut headers = vec![

@@ -413,6 +413,10 @@ impl Sink for LogsIngestion {
             }
         }
     }
+
+    fn destination(&self) -> String {
+        super::http_destination(TYPE.name, self.client.target(), &self.path)
+    }
 }
 
 #[cfg(test)]

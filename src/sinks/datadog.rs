@@ -286,6 +286,10 @@ impl Sink for Datadog {
         };
         super::exchange(&self.client, &req, classify).await
     }
+
+    fn destination(&self) -> String {
+        super::http_destination(TYPE.name, self.client.target(), &self.path)
+    }
 }
 
 #[cfg(test)]

@@ -235,6 +235,10 @@ impl Sink for FileSink {
     fn ordered(&self) -> bool {
         true
     }
+
+    fn destination(&self) -> String {
+        format!("{} {}", TYPE.name, self.path.display())
+    }
 }
 
 #[cfg(test)]

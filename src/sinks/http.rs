@@ -185,4 +185,8 @@ impl Sink for HttpSink {
         };
         super::exchange(&self.client, &req, classify_status).await
     }
+
+    fn destination(&self) -> String {
+        super::http_destination(TYPE.name, self.client.target(), &self.path)
+    }
 }

@@ -124,6 +124,18 @@ pub trait Sink: Send + Sync + 'static {
         false
     }
 
+    /// Where this sink delivers, for a dead letter's `target` and messages: its type and
+    /// destination, as [`http_destination`] writes it for a sink that sends over HTTP
+    /// (`webhook https://gw.example/v1/events`) and `file PATH` for the file sink. Never a
+    /// credential or a query string.
+    fn destination(&self) -> String;
+
+    /// The `X-VF-Webhook-Version` this sink sends, for a sink that speaks the VF webhook
+    /// protocol (recorded in its dead letters, as sender mode records it).
+    fn webhook_version(&self) -> Option<&str> {
+        None
+    }
+
     /// For spooled events: the fixed waits before each retry (after the last, the event is
     /// dead-lettered), when the target wants one; `None` means capped exponential backoff
     /// with jitter for as long as `spool.max_age` allows.
@@ -201,6 +213,14 @@ pub fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
 /// the failing key as `sink.NAME.key`.
 pub fn parse_keys<T: serde::de::DeserializeOwned>(spec: &SinkSpec) -> Result<T, ConfigError> {
     crate::config::from_value(&spec.key(), toml::Value::Table(spec.rest.clone()))
+}
+
+/// `KIND scheme://host[:port]/path` of a sink of type `kind` that sends to `path` on `target`:
+/// the query string is left out (it may carry a key or a token), and a URL never holds
+/// credentials ([`crate::client::Target::parse`] refuses them).
+pub fn http_destination(kind: &str, target: &crate::client::Target, path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    format!("{kind} {}{path}", target.origin())
 }
 
 /// Classifies an HTTP status the way every target here documents it: 2xx ok; the
@@ -370,6 +390,98 @@ pub fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_sink_type_names_its_destination_without_query_or_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.ndjson");
+        let sinks = format!(
+            r#"
+[sink.file]
+type = "file"
+path = "{}"
+[sink.http]
+type = "http"
+url = "https://siem.example.com/ingest?key=QUERYSECRET"
+headers = {{ "Authorization" = {{ value = "HEADERSECRET" }} }}
+[sink.webhook]
+type = "webhook"
+url = "https://gateway.example.com:8443/v1/events?token=QUERYSECRET"
+secret = {{ value = "SIGNINGSECRET" }}
+[sink.splunk_hec]
+type = "splunk_hec"
+url = "https://splunk.example.com:8088"
+token = {{ value = "12345678-1234-1234-1234-1234567890AB" }}
+[sink.datadog]
+type = "datadog"
+site = "datadoghq.eu"
+api_key = {{ value = "0123456789abcdef0123456789abcdef" }}
+[sink.elastic]
+type = "elastic"
+url = "https://es.example.com:9200"
+index = "logs-a-b"
+auth = {{ api_key = {{ value = "APIKEYSECRET" }} }}
+[sink.azure_logs_ingestion]
+type = "azure_logs_ingestion"
+endpoint = "https://dce.eastus-1.ingest.monitor.azure.com"
+dcr_immutable_id = "dcr-000a00a000a00000a000000aa000a0aa"
+stream = "Custom-VF"
+tenant_id = "00000000-0000-0000-0000-000000000000"
+client_id = "11111111-1111-1111-1111-111111111111"
+client_secret = {{ value = "CLIENTSECRET" }}
+[sink.sentinel_data_collector]
+type = "sentinel_data_collector"
+workspace_id = "11111111-2222-3333-4444-555555555555"
+shared_key = {{ value = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" }}
+log_type = "VF"
+"#,
+            file.display()
+        );
+        let names = TYPES.iter().map(|t| format!("\"{}\"", t.name));
+        let text = format!(
+            "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [{}]\n{sinks}",
+            names.collect::<Vec<_>>().join(", ")
+        );
+        let config = crate::config::Config::parse(&text).unwrap();
+        let want = [
+            ("file", format!("file {}", file.display())),
+            ("http", "http https://siem.example.com/ingest".into()),
+            (
+                "webhook",
+                "webhook https://gateway.example.com:8443/v1/events".into(),
+            ),
+            (
+                "splunk_hec",
+                "splunk_hec https://splunk.example.com:8088/services/collector/event".into(),
+            ),
+            (
+                "datadog",
+                "datadog https://http-intake.logs.datadoghq.eu/api/v2/logs".into(),
+            ),
+            ("elastic", "elastic https://es.example.com:9200/_bulk".into()),
+            (
+                "azure_logs_ingestion",
+                "azure_logs_ingestion https://dce.eastus-1.ingest.monitor.azure.com/dataCollectionRules/dcr-000a00a000a00000a000000aa000a0aa/streams/Custom-VF".into(),
+            ),
+            (
+                "sentinel_data_collector",
+                "sentinel_data_collector https://11111111-2222-3333-4444-555555555555.ods.opinsights.azure.com/api/logs".into(),
+            ),
+        ];
+        assert_eq!(want.len(), TYPES.len(), "a case for every sink type");
+        for (name, dest) in want {
+            let spec = config.sinks.iter().find(|s| s.common.name == name).unwrap();
+            let sink = build(spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = sink.destination();
+            assert_eq!(got, dest, "{name}");
+            assert!(!got.contains("SECRET") && !got.contains('?'), "{got}");
+            assert_eq!(
+                sink.webhook_version(),
+                (name == "webhook").then_some("1"),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn uuid_shape() {

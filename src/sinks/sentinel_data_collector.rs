@@ -215,6 +215,10 @@ impl Sink for DataCollector {
         };
         super::exchange(&self.client, &req, |r| classify(r, batch.len())).await
     }
+
+    fn destination(&self) -> String {
+        super::http_destination(TYPE.name, self.client.target(), &self.path)
+    }
 }
 
 #[cfg(test)]

@@ -426,6 +426,10 @@ impl Sink for SplunkHec {
             result,
         }
     }
+
+    fn destination(&self) -> String {
+        super::http_destination(TYPE.name, self.client.target(), &self.event_path)
+    }
 }
 
 #[cfg(test)]

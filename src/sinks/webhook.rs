@@ -159,4 +159,13 @@ impl Sink for WebhookSink {
     fn retry_schedule(&self) -> Option<&[std::time::Duration]> {
         Some(&self.sender.settings().schedule)
     }
+
+    fn destination(&self) -> String {
+        let target = self.sender.target();
+        super::http_destination(TYPE.name, target, &target.path)
+    }
+
+    fn webhook_version(&self) -> Option<&str> {
+        Some(&self.sender.settings().version)
+    }
 }

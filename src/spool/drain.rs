@@ -250,7 +250,9 @@ impl Drainer {
     }
 
     /// A dead letter of this sink: `vfgate failed replay` (or the admin API) delivers it
-    /// to this sink again, straight through the sink.
+    /// to this sink again, straight through the sink (found by its name). Like a sender-mode
+    /// entry it records where the event was going (the sink's type and destination) and the
+    /// webhook version it was sent with (empty for a sink that sends none).
     fn entry(
         &self,
         (event_id, event_type): (&str, &str),
@@ -260,8 +262,8 @@ impl Drainer {
     ) -> FailedEntry {
         FailedEntry {
             id: new_id(),
-            target: format!("sink {}", self.common.name),
-            version: String::new(),
+            target: self.sink.destination(),
+            version: self.sink.webhook_version().unwrap_or_default().to_string(),
             header_names: vec![],
             secret_ref: String::new(),
             event_id: event_id.to_string(),
@@ -462,12 +464,16 @@ mod tests {
         fn encode(&self, _batch: &[Arc<Event>]) -> Result<Vec<u8>, crate::sinks::SendResult> {
             Ok(vec![])
         }
+
+        fn destination(&self) -> String {
+            "test slow".into()
+        }
     }
 
     fn dead_letter(id: &str) -> FailedEntry {
         FailedEntry {
             id: id.into(),
-            target: "sink up".into(),
+            target: "test slow".into(),
             version: String::new(),
             header_names: vec![],
             secret_ref: String::new(),

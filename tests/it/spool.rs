@@ -447,9 +447,10 @@ sinks = ["relay"]
 type = "webhook"
 url = "{}"
 secret = {{ env = "VF_SECRET" }}
+version = "2"
 retry_schedule = ["200ms", "300ms"]
 "#,
-        far.url("/v1/events")
+        far.url("/v1/events?token=s3cr3t-in-query")
     );
     let gw = Gateway::start(&cfg).await;
     let t0 = Instant::now();
@@ -471,6 +472,28 @@ retry_schedule = ["200ms", "300ms"]
     assert!(out.contains("relay: retries_exhausted"), "{out}");
     let line = out.lines().find(|l| l.contains("wh-1")).unwrap();
     assert!(line.contains(" 500 "), "the far side's last status: {out}");
+    // The entry says where it was going, as a sender-mode entry does: the sink's type and
+    // URL (never its query string, which may carry a key), and the webhook version it sent.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        entry["target"],
+        format!("webhook http://127.0.0.1:{}/v1/events", far.port),
+        "{entry}"
+    );
+    assert_eq!(entry["version"], "2", "{entry}");
+    assert_eq!(entry["sink"], "relay");
+    assert!(!entry.to_string().contains("s3cr3t-in-query"), "{entry}");
+    assert!(
+        out.contains(&format!("webhook http://127.0.0.1:{}/v1/events", far.port)),
+        "{out}"
+    );
+    assert_eq!(far.requests()[0].header("x-vf-webhook-version"), Some("2"));
     assert_eq!(
         gw.metric_reaches(
             "vfgate_dead_letter_events_total{reason=\"retries_exhausted\",sink=\"relay\"}",
