@@ -30,6 +30,10 @@ pub mod defaults {
     pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
     /// `server.max_connections`.
     pub const MAX_CONNECTIONS: usize = 10_000;
+    /// `server.header_timeout`.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `server.keepalive_timeout`.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
     /// `server.max_inflight_body_bytes`: 256 MiB.
     pub const MAX_INFLIGHT_BODY_BYTES: u64 = 256 << 20;
     /// `dedupe.ttl`.
@@ -254,6 +258,10 @@ pub struct RawServer {
     pub max_inflight_body_bytes: Option<ByteSize>,
     /// Open webhook connections at most; more are closed at once.
     pub max_connections: Option<usize>,
+    /// Deadline for a new connection's whole request head.
+    pub header_timeout: Option<DurationStr>,
+    /// How long a kept-alive connection may wait for its next whole request head.
+    pub keepalive_timeout: Option<DurationStr>,
     /// TLS for the webhook listener.
     pub tls: Option<RawServerTls>,
     /// Worker threads for the webhook listener (default: number of cores).
@@ -458,6 +466,10 @@ pub struct ServerConfig {
     pub max_inflight_body_bytes: u64,
     /// Open webhook connections at most.
     pub max_connections: usize,
+    /// Deadline for a new connection's whole request head (then the connection is closed).
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next whole request head.
+    pub keepalive_timeout: Duration,
     /// TLS cert and key paths.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Worker threads.
@@ -934,6 +946,29 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
             "must be between 1 and 1000000",
         ));
     }
+    let header_timeout = raw
+        .header_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::HEADER_TIMEOUT);
+    if header_timeout < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            "server.header_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    let keepalive_timeout = raw
+        .keepalive_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::KEEPALIVE_TIMEOUT);
+    if keepalive_timeout < header_timeout {
+        return Err(ConfigError::invalid(
+            "server.keepalive_timeout",
+            format!(
+                "must be at least server.header_timeout ({}): it covers the wait for the next request and its head",
+                humantime::format_duration(header_timeout)
+            ),
+        ));
+    }
     let threads = match raw.threads {
         Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
         Some(n) => n,
@@ -962,6 +997,8 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         body_timeout,
         max_inflight_body_bytes,
         max_connections,
+        header_timeout,
+        keepalive_timeout,
         tls,
         threads,
     })

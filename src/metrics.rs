@@ -45,6 +45,9 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// `vfgate_connections_refused_total`.
     pub connections_refused: prometheus::IntCounter,
+    /// `vfgate_connections_closed_total{reason}`: `header_timeout`, `idle_timeout`,
+    /// `evicted_idle`.
+    pub connections_closed: IntCounterVec,
     /// `vfgate_spool_bytes`.
     pub spool_bytes: IntGauge,
     /// `vfgate_spool_events{sink}`.
@@ -224,6 +227,23 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            connections_closed: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "vfgate_connections_closed_total",
+                            "Webhook connections closed by vfgate while waiting for a request head: its deadline passed (header_timeout, idle_timeout) or its slot went to a new connection at server.max_connections (evicted_idle)",
+                        ),
+                        &["reason"],
+                    )
+                    .unwrap(),
+                );
+                for reason in ["header_timeout", "idle_timeout", "evicted_idle"] {
+                    v.with_label_values(&[reason]);
+                }
+                v
+            },
             in_flight: reg(
                 &r,
                 IntGauge::new(

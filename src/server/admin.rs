@@ -234,6 +234,8 @@ impl Admin {
 pub struct AdminApp {
     /// The routes.
     pub admin: Admin,
+    /// Deadlines for request heads (the webhook listener's).
+    pub head: super::connections::HeadDeadlines,
 }
 
 #[async_trait]
@@ -243,7 +245,7 @@ impl HttpServerApp for AdminApp {
         mut s: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !read_request(&mut s, shutdown).await {
+        if !read_request(&mut s, shutdown, &self.head).await {
             return None;
         }
         let resp = self.admin.response(&mut s).await;

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod assemble;
+pub mod connections;
 pub mod outcome;
 pub mod shutdown;
 pub mod webhook;
@@ -18,6 +19,7 @@ pub use outcome::Outcome;
 
 use crate::config::Config;
 use admin::AdminApp;
+use connections::{HeadDeadlines, Limited};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::GenBackgroundService;
@@ -25,7 +27,7 @@ use pingora::services::listening::Service;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
-use webhook::{Limited, WebhookApp};
+use webhook::WebhookApp;
 
 /// Runs the gateway in the foreground until SIGTERM/SIGINT and the grace period.
 pub fn run(config: Config) -> Result<(), ServeError> {
@@ -76,16 +78,18 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 
     let mut options = pingora::apps::HttpServerOptions::default();
     options.keepalive_request_limit = Some(100_000);
+    let head = HeadDeadlines {
+        header: config.server.header_timeout,
+        keepalive: config.server.keepalive_timeout,
+        closed: parts.gateway.metrics.connections_closed.clone(),
+    };
     let app = WebhookApp {
         gateway: parts.gateway,
         options,
+        head: head.clone(),
     };
     let refused = app.gateway.metrics.connections_refused.clone();
-    let app = Limited {
-        app: Arc::new(app),
-        slots: tokio::sync::Semaphore::new(config.server.max_connections),
-        refused,
-    };
+    let app = Limited::new(Arc::new(app), config.server.max_connections, refused);
     let mut gw = Service::new("vfgate webhooks".to_string(), app);
     for addr in &config.server.listen {
         let a = addr.to_string();
@@ -102,7 +106,13 @@ pub fn run(config: Config) -> Result<(), ServeError> {
         }
     }
     gw.threads = Some(config.server.threads);
-    let mut admin = Service::new("vfgate admin".to_string(), AdminApp { admin: parts.admin });
+    let mut admin = Service::new(
+        "vfgate admin".to_string(),
+        AdminApp {
+            admin: parts.admin,
+            head,
+        },
+    );
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
     let mut bg = GenBackgroundService::new("vfgate spool".to_string(), Arc::new(parts.pipeline));

@@ -5,6 +5,7 @@
 //! counted there. This file owns bytes on the wire and the connection's keep-alive; it does
 //! not verify, dedupe or deliver anything itself.
 
+use super::connections::HeadDeadlines;
 use super::outcome::{Outcome, Reply};
 use crate::ingest::{Ingest, Source};
 use crate::metrics::Metrics;
@@ -294,12 +295,23 @@ fn count(counters: &[IntCounter], reply: Reply) -> Reply {
 /// ever shortened from what Pingora decided from the request (HTTP/1.0 without keep-alive,
 /// `Connection: close`, both Transfer-Encoding and Content-Length: close after the
 /// response, RFC 9112 §6.1), never re-enabled.
-pub(super) async fn read_request(s: &mut ServerSession, shutdown: &ShutdownWatch) -> bool {
-    match s.read_request().await {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => {
+pub(super) async fn read_request(
+    s: &mut ServerSession,
+    shutdown: &ShutdownWatch,
+    head: &HeadDeadlines,
+) -> bool {
+    match head.read_head(s).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return false,
+        Ok(Err(e)) => {
             tracing::debug!(kind = ?e.etype(), "cannot read a request header");
+            return false;
+        }
+        Err(why) => {
+            tracing::debug!(
+                ?why,
+                "closing a connection that sent no whole request head in time"
+            );
             return false;
         }
     }
@@ -347,6 +359,8 @@ pub struct WebhookApp {
     pub gateway: Gateway,
     /// Pingora's HTTP options (keep-alive request limit).
     pub options: pingora::apps::HttpServerOptions,
+    /// Deadlines for request heads.
+    pub head: HeadDeadlines,
 }
 
 #[async_trait]
@@ -356,7 +370,7 @@ impl HttpServerApp for WebhookApp {
         mut s: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if !read_request(&mut s, shutdown).await {
+        if !read_request(&mut s, shutdown, &self.head).await {
             return None;
         }
         let metrics = &self.gateway.metrics;
@@ -377,35 +391,5 @@ impl HttpServerApp for WebhookApp {
 
     fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
         Some(&self.options)
-    }
-}
-
-/// The webhook app behind a cap on open connections (`server.max_connections`): a
-/// connection beyond it is closed at once, before anything is read, and counted.
-pub struct Limited {
-    /// The app.
-    pub app: Arc<WebhookApp>,
-    /// Free connection slots.
-    pub slots: tokio::sync::Semaphore,
-    /// `vfgate_connections_refused_total`.
-    pub refused: IntCounter,
-}
-
-#[async_trait]
-impl pingora::apps::ServerApp for Limited {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: pingora::protocols::Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        let Ok(_slot) = self.slots.try_acquire() else {
-            self.refused.inc();
-            return None;
-        };
-        pingora::apps::ServerApp::process_new(&self.app, stream, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        pingora::apps::ServerApp::cleanup(&*self.app).await;
     }
 }

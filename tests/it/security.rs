@@ -366,16 +366,19 @@ async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
+    // Two connections busy with a request (a head read, its body still coming): a third is
+    // refused, since no connection is merely waiting.
     let gw = Gateway::start_with(FILE_SINK, "max_connections = 2", &[]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
-                .await
-                .unwrap(),
-        );
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        let head = signed_head("HTTP/1.1", "{}", "Content-Length: 100\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut third = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
         .unwrap();
@@ -385,4 +388,66 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = gw.post_event(&event("evt_after_cap", "user.login")).await;
     assert_eq!(r.status_field(), "accepted", "a slot freed is usable again");
+}
+
+#[tokio::test]
+async fn idle_or_trickling_connections_never_lock_senders_out() {
+    // The probe: every slot held by a connection sending one header byte now and then
+    // (Pingora's read timeout restarts with every byte). A real sender still gets in: at the
+    // limit the connection waiting longest for a head is closed, and none outlives
+    // server.header_timeout without a whole head.
+    let gw = Gateway::start_with(
+        FILE_SINK,
+        "max_connections = 10\nheader_timeout = \"2s\"",
+        &[],
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let mut tricklers = Vec::new();
+    for _ in 0..10 {
+        let port = gw.port;
+        tricklers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            // One byte of a never-ending header every 300 ms, for up to 6 s.
+            for i in 0..20u8 {
+                if s.write_all(&[b'A' + i % 26]).await.is_err() {
+                    return start.elapsed();
+                }
+                let mut b = [0u8; 16];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await
+                {
+                    return start.elapsed();
+                }
+            }
+            start.elapsed()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let r = gw
+            .post_event(&event(&format!("evt_through_{i}"), "user.login"))
+            .await;
+        assert_eq!(r.status_field(), "accepted", "a sender gets a slot");
+    }
+    for t in tricklers {
+        let lasted = t.await.unwrap();
+        assert!(
+            lasted < Duration::from_millis(3500),
+            "a trickling connection is closed by its head deadline, lasted {lasted:?}"
+        );
+    }
+    assert!(
+        gw.metric("vfgate_connections_closed_total{reason=\"evicted_idle\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        gw.metric("vfgate_connections_closed_total{reason=\"header_timeout\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(gw.metric("vfgate_connections_refused_total").await, 0.0);
 }

@@ -1,0 +1,211 @@
+//! The webhook listener's connections: the `server.max_connections` slots, the deadline for a
+//! request head, and the eviction of connections that hold a slot while only waiting.
+//!
+//! A connection that is waiting for a request head (a new one before its first request, a
+//! kept-alive one between requests) holds a slot without doing any work. Two rules keep such
+//! connections from locking real senders out:
+//! - a deadline for the *whole* head, not per read (Pingora's read timeout restarts with every
+//!   byte, so one byte every few seconds held a connection forever): `server.header_timeout`
+//!   for a new connection, `server.keepalive_timeout` for the wait plus the head on a
+//!   kept-alive one;
+//! - at the limit, a new connection takes the slot of the connection that has been waiting
+//!   longest for a head (it is closed), and is refused only when every connection is busy
+//!   with a request.
+//!
+//! Each connection's state lives in a task-local, since Pingora runs one connection, all its
+//! keep-alive requests included, in one task. Owns: slots, deadlines, eviction. Knows nothing
+//! of requests beyond "waiting for a head".
+
+use super::webhook::WebhookApp;
+use parking_lot::Mutex;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use prometheus::{IntCounter, IntCounterVec};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// One open connection.
+#[derive(Default)]
+pub struct Conn {
+    /// Since when it waits for a request head; `None` while it serves a request.
+    waiting_since: Mutex<Option<Instant>>,
+    /// Told to close (its slot is taken over).
+    kick: Notify,
+    /// Requests started on it.
+    requests: AtomicU32,
+}
+
+tokio::task_local! {
+    static CONN: Arc<Conn>;
+}
+
+/// How long a request head may take, and the counters of connections closed for it.
+#[derive(Clone)]
+pub struct HeadDeadlines {
+    /// A new connection's first head.
+    pub header: Duration,
+    /// A kept-alive connection's wait for its next request plus that head.
+    pub keepalive: Duration,
+    /// `vfgate_connections_closed_total{reason}`.
+    pub closed: IntCounterVec,
+}
+
+/// Why waiting for a head ended without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoHead {
+    /// The deadline passed.
+    Timeout,
+    /// The slot went to a new connection.
+    Evicted,
+}
+
+impl HeadDeadlines {
+    /// Reads a request head within its deadline, closing early when this connection's slot
+    /// is taken over; counts the closes.
+    pub async fn read_head(&self, s: &mut ServerSession) -> Result<pingora::Result<bool>, NoHead> {
+        let conn = CONN.try_with(Arc::clone).ok();
+        let first = conn
+            .as_ref()
+            .is_none_or(|c| c.requests.fetch_add(1, Ordering::AcqRel) == 0);
+        let (deadline, reason) = if first {
+            (self.header, "header_timeout")
+        } else {
+            (self.keepalive, "idle_timeout")
+        };
+        if let Some(c) = &conn {
+            *c.waiting_since.lock() = Some(Instant::now());
+        }
+        let kicked = async {
+            match &conn {
+                Some(c) => c.kick.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let r = tokio::select! {
+            r = tokio::time::timeout(deadline, s.read_request()) => r.map_err(|_| NoHead::Timeout),
+            () = kicked => Err(NoHead::Evicted),
+        };
+        if let Some(c) = &conn {
+            *c.waiting_since.lock() = None;
+        }
+        match r {
+            Err(NoHead::Timeout) => self.closed.with_label_values(&[reason]).inc(),
+            Err(NoHead::Evicted) => self.closed.with_label_values(&["evicted_idle"]).inc(),
+            Ok(_) => {}
+        }
+        r
+    }
+}
+
+/// The webhook app behind `server.max_connections` slots.
+pub struct Limited {
+    /// The app.
+    pub app: Arc<WebhookApp>,
+    /// Free connection slots.
+    pub slots: tokio::sync::Semaphore,
+    /// Open connections, for eviction.
+    open: Mutex<HashMap<u64, Weak<Conn>>>,
+    next_id: AtomicU64,
+    /// `vfgate_connections_refused_total`.
+    pub refused: IntCounter,
+}
+
+/// How long a new connection waits for an evicted one's slot.
+const TAKE_OVER_WAIT: Duration = Duration::from_millis(250);
+
+impl Limited {
+    /// `app` with `max` connection slots.
+    pub fn new(app: Arc<WebhookApp>, max: usize, refused: IntCounter) -> Limited {
+        Limited {
+            app,
+            slots: tokio::sync::Semaphore::new(max),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            refused,
+        }
+    }
+
+    /// Tells the connection waiting longest for a request head to close; false when every
+    /// open connection is serving a request.
+    fn evict_longest_waiting(&self) -> bool {
+        let open = self.open.lock();
+        let oldest = open
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|c| {
+                let since = (*c.waiting_since.lock())?;
+                Some((since, c))
+            })
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, c)) => {
+                c.kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Registered<'a> {
+    open: &'a Mutex<HashMap<u64, Weak<Conn>>>,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.open.lock().remove(&self.id);
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::apps::ServerApp for Limited {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let slot = match self.slots.try_acquire() {
+            Ok(s) => s,
+            Err(_) => {
+                let got = if self.evict_longest_waiting() {
+                    tokio::time::timeout(TAKE_OVER_WAIT, self.slots.acquire())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    None
+                };
+                match got {
+                    Some(s) => s,
+                    None => {
+                        self.refused.inc();
+                        return None;
+                    }
+                }
+            }
+        };
+        let conn = Arc::new(Conn::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().insert(id, Arc::downgrade(&conn));
+        let _registered = Registered {
+            open: &self.open,
+            id,
+        };
+        let out = CONN
+            .scope(
+                conn,
+                pingora::apps::ServerApp::process_new(&self.app, stream, shutdown),
+            )
+            .await;
+        drop(slot);
+        out
+    }
+
+    async fn cleanup(&self) {
+        pingora::apps::ServerApp::cleanup(&*self.app).await;
+    }
+}
