@@ -310,6 +310,9 @@ pub struct RawDedupe {
     pub ttl: Option<DurationStr>,
     /// Upper bound on remembered ids; the oldest are evicted beyond it.
     pub max_entries: Option<u64>,
+    /// How long an in-flight mark outlives a request that neither commits nor releases it
+    /// (a crashed replica); a request still waiting renews its own.
+    pub in_flight_ttl: Option<DurationStr>,
     /// Memory: where delivered ids are journalled (default `<spool.dir>/dedupe` with a
     /// spool, else `data/dedupe`).
     pub dir: Option<PathBuf>,
@@ -566,6 +569,8 @@ pub struct DedupeConfig {
     pub ttl: Duration,
     /// Capacity bound.
     pub max_entries: u64,
+    /// In-flight lifetime; `None`: the longest sink retry budget + 2 timeouts + 60 s.
+    pub in_flight_ttl: Option<Duration>,
     /// Memory backend: the journal directory (`None`: `persist = false`, or Redis).
     pub journal: Option<PathBuf>,
     /// Memory backend, `on_full = "reject"`.
@@ -1108,6 +1113,13 @@ fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeCon
     if ttl < Duration::from_secs(1) {
         return Err(ConfigError::invalid("dedupe.ttl", "must be at least 1s"));
     }
+    let in_flight_ttl = raw.in_flight_ttl.map(|d| d.0);
+    if in_flight_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(ConfigError::invalid(
+            "dedupe.in_flight_ttl",
+            "must be at least 1s (a request renews its mark every third of it)",
+        ));
+    }
     let max_entries = raw.max_entries.unwrap_or(defaults::DEDUPE_MAX_ENTRIES);
     if !(1..=1_000_000_000).contains(&max_entries) {
         return Err(ConfigError::invalid(
@@ -1143,6 +1155,7 @@ fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeCon
         max_entries,
         journal,
         reject_when_full,
+        in_flight_ttl,
     })
 }
 

@@ -97,7 +97,10 @@ pub fn assemble(config: &Config) -> Result<Assembled, ServeError> {
     let dedupe = Arc::new(
         Dedupe::new(
             &config.dedupe,
-            max_budget + Duration::from_secs(60),
+            config
+                .dedupe
+                .in_flight_ttl
+                .unwrap_or(max_budget + Duration::from_secs(60)),
             durability,
         )
         .map_err(|e| ServeError::Dedupe(e.to_string()))?,

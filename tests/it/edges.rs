@@ -280,3 +280,37 @@ async fn a_full_spool_disk_tells_the_sender_a_fixed_sentence_and_recovers() {
         .await
     );
 }
+
+#[tokio::test]
+async fn a_resend_while_the_first_request_waits_past_its_in_flight_lifetime_is_in_flight() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Sleep(Duration::from_secs(4)));
+    let cfg = format!(
+        r#"
+[dedupe]
+dir = "{{dir}}/dedupe"
+in_flight_ttl = "2s"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["slow"]
+
+[sink.slow]
+type = "http"
+url = "{}"
+timeout = "10s"
+"#,
+        mock.url("/in")
+    );
+    let gw = Gateway::start(&cfg).await;
+    let body = event("evt_slow", "user.login");
+    let (first, second) = tokio::join!(gw.post_event(&body), async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        gw.post_event(&body).await
+    });
+    assert_eq!(first.status_field(), "accepted");
+    assert_eq!((second.status, second.error()), (409, "in_flight".into()));
+    assert_eq!(mock.requests().len(), 1, "handed on once");
+}
