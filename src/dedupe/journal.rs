@@ -501,22 +501,37 @@ impl Writer {
     /// Appends `rec` after any pending marks, in one write; on failure cuts the file back
     /// to its last whole record and keeps `rec` pending.
     fn write(&mut self, rec: [u8; RECORD]) -> std::io::Result<()> {
-        self.pending.push(rec);
-        if self.pending.len() > MAX_PENDING {
-            let n = self.pending.len() - MAX_PENDING;
-            self.pending.drain(..n);
-            tracing::error!(dropped = n, "dedupe journal: marks dropped from memory while the disk refuses them; a restart forgets those ids");
-        }
-        let bytes = self.pending.concat();
-        match fsutil::write_all(&self.out, &self.path, &bytes) {
+        // The common case, nothing pending: one record from the stack, no allocation.
+        let result = if self.pending.is_empty() {
+            fsutil::write_all(&self.out, &self.path, &rec)
+        } else {
+            self.pending.push(rec);
+            if self.pending.len() > MAX_PENDING {
+                let n = self.pending.len() - MAX_PENDING;
+                self.pending.drain(..n);
+                tracing::error!(dropped = n, "dedupe journal: marks dropped from memory while the disk refuses them; a restart forgets those ids");
+            }
+            fsutil::write_all(&self.out, &self.path, &self.pending.concat())
+        };
+        match result {
             Ok(()) => {
-                self.len += bytes.len() as u64;
-                let max = self.pending.iter().map(|r| decode(r).1).max().unwrap_or(0);
+                let written = self.pending.len().max(1);
+                self.len += (written * RECORD) as u64;
+                let max = self
+                    .pending
+                    .iter()
+                    .chain(std::iter::once(&rec))
+                    .map(|r| decode(r).1)
+                    .max()
+                    .unwrap_or(0);
                 self.max = self.max.max(max);
                 self.pending.clear();
                 Ok(())
             }
             Err(e) => {
+                if self.pending.is_empty() {
+                    self.pending.push(rec);
+                }
                 if let Err(cut) = self.out.set_len(self.len) {
                     tracing::error!(path = %self.path.display(), error = %cut, "dedupe journal: cannot cut a failed write back; the damaged record will be skipped at load");
                 }
