@@ -360,6 +360,14 @@ impl Spool {
             }
             let shared = log.shared();
             let starts = attach(name, &shared, sinks, durable)?;
+            // Segments every cursor has passed go now, not only after the next delivered
+            // batch (a log that skipped past damage at open starts a new segment).
+            let cursors: Vec<(&str, u64)> = sinks
+                .iter()
+                .map(String::as_str)
+                .zip(starts.iter().copied())
+                .collect();
+            reclaim_passed(name, &shared, &cursors, durable);
             let drains = sinks
                 .iter()
                 .zip(starts)

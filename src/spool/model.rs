@@ -165,6 +165,8 @@ impl World {
                     .insert(s.clone(), std::fs::read_to_string(self.cursor_file(s)).ok());
             }
         }
+        // As Spool::open does: segments every cursor passed are reclaimed at start.
+        self.reclaim_passed_cursors(&shared);
         self.log = Some(log);
         let (j, loaded) = journal::open(
             &self.dedupe_dir,
@@ -287,21 +289,8 @@ impl World {
                         .advance(batch.next)
                         .unwrap();
                 }
-                let cursors: Vec<(&str, u64)> = self
-                    .cursors
-                    .iter()
-                    .map(|(k, c)| (k.as_str(), c.next))
-                    .collect();
                 let shared = self.log().shared();
-                if shared.reclaimable(cursors.iter().map(|c| c.1).min().unwrap_or(0)) {
-                    for (k, _) in &cursors {
-                        self.durable.insert(
-                            k.to_string(),
-                            std::fs::read_to_string(self.cursor_file(k)).ok(),
-                        );
-                    }
-                }
-                reclaim_passed("src", &shared, &cursors, true);
+                self.reclaim_passed_cursors(&shared);
             }
             Op::SiemDown { sink } => {
                 // The batch is read and refused: the cursor stays.
@@ -404,6 +393,26 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Reclaims what every cursor passed, as the drainer does (the cursors it fsyncs first
+    /// become the durable values a crash goes back to).
+    fn reclaim_passed_cursors(&mut self, shared: &log::Shared) {
+        let cursors: Vec<(String, u64)> = self
+            .cursors
+            .iter()
+            .map(|(k, c)| (k.clone(), c.next))
+            .collect();
+        if shared.reclaimable(cursors.iter().map(|c| c.1).min().unwrap_or(0)) {
+            for (k, _) in &cursors {
+                self.durable.insert(
+                    k.to_string(),
+                    std::fs::read_to_string(self.cursor_file(k)).ok(),
+                );
+            }
+        }
+        let cursors: Vec<(&str, u64)> = cursors.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        reclaim_passed("src", shared, &cursors, true);
     }
 
     fn segments(&self) -> Vec<PathBuf> {
