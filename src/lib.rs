@@ -1,12 +1,13 @@
 //! vfgate: a receiver-side gateway for VF audit-event webhooks.
 //!
-//! Request path: [`server`] (Pingora `ServeHttp`) → [`verify`] (signature, version, shape,
-//! age) → [`dedupe`] → [`pipeline`] (batching, retries) → [`sinks`]. Configuration in
-//! [`config`], secrets in [`secret`], metrics in [`metrics`], outbound HTTP in [`client`].
+//! Request path: [`server`] (Pingora listeners) → [`ingest`] ([`verify`] → filter →
+//! [`dedupe`] → [`spool`] or [`pipeline`] → [`sinks`]). The command line is [`cmd`] (nothing
+//! imports it). Configuration in [`config`], secrets in [`secret`], metrics in [`metrics`],
+//! outbound HTTP in [`client`], the wall clock in [`time`].
 #![warn(missing_docs)]
 
-pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod deadletter;
 pub mod dedupe;

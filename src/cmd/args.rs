@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `keygen`, `sign`.
+//! The shape of the command line (clap): every subcommand and its arguments. Parsing only:
+//! what each does is in its own file beside this one.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -7,7 +7,8 @@
 //! store. Ordering: events of one `context.org_id` get their first attempt in arrival order; a
 //! retried event does not hold back later ones (as the reference sender documents).
 
-pub mod run;
+pub mod load;
+pub mod replay;
 
 use crate::client::{HttpClient, Request, Target};
 use crate::config::RawClientTls;

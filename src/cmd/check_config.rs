@@ -1,0 +1,23 @@
+//! `vfgate check-config`: validation only (nothing is opened, created or contacted): the
+//! warnings and a summary, exit 0; or the key path and reason, exit 2.
+
+use super::{EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
+use std::path::Path;
+
+/// Runs `check-config --config FILE`.
+pub fn run(config: &Path) -> u8 {
+    match Config::load(config) {
+        Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}", c.summary());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            EXIT_USAGE
+        }
+    }
+}

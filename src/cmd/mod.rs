@@ -1,0 +1,49 @@
+//! The command line's edge: one file per subcommand (`serve`, `check-config`, `keygen`,
+//! `sign`, `send`, `failed`), each turning the library's results into printed lines and an
+//! exit code: 0 ok, 1 a runtime failure (or events not delivered), 2 usage or config.
+//!
+//! Only this module prints to stdout/stderr for a person, exits, or uses `anyhow`; nothing
+//! below it imports it (`main.rs` parses the arguments and calls [`run`]).
+
+pub mod args;
+mod check_config;
+mod failed;
+mod keygen;
+mod send;
+mod serve;
+mod sign;
+
+use args::{Cli, Command};
+use std::process::ExitCode;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// A runtime failure, or some events were not delivered.
+pub const EXIT_FAILED: u8 = 1;
+/// Usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs the parsed command line; errors that reach here are printed as `error: ...`, exit 1.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::CheckConfig { config } => Ok(check_config::run(&config)),
+        Command::Send(args) => runtime().map(|rt| rt.block_on(send::run(args))),
+        Command::Failed { cmd } => runtime().map(|rt| rt.block_on(failed::run(cmd))),
+        Command::Keygen => keygen::run(),
+        Command::Sign { secret_env, file } => sign::run(&secret_env, file.as_deref()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! `vfgate serve`: load the config (exit 2 naming the key on an error), then run the gateway
+//! in the foreground until SIGTERM/SIGINT.
+
+use super::{EXIT_OK, EXIT_USAGE};
+use crate::config::Config;
+use std::path::Path;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pingora_core=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs `serve --config FILE`.
+pub fn run(config: &Path) -> anyhow::Result<u8> {
+    init_logging();
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return Ok(EXIT_USAGE);
+        }
+    };
+    crate::server::run(cfg)?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,61 @@
+//! Replaying a sender-mode failed delivery to the target it recorded (used by
+//! `vfgate failed replay` and the admin API). Library only.
+
+use super::{parse_secret_ref, Answer, SenderSettings, WebhookSender};
+use crate::config::RawClientTls;
+use crate::deadletter::Claim;
+use crate::secret::SecretRef;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Re-sends one claimed entry to its recorded target once; on success the entry is
+/// removed, otherwise it goes back to the store with the attempt added. Either way the claim
+/// is finished here (an entry that cannot be sent goes back untouched).
+pub async fn replay_entry(
+    claim: Claim,
+    secret_override: Option<&str>,
+    headers: &[(String, Vec<u8>)],
+    timeout: Duration,
+    tls: &RawClientTls,
+) -> Result<Answer, String> {
+    let entry = claim.entry();
+    let id = entry.id.clone();
+    let secret = match secret_override {
+        Some(env) => Some(SecretRef::Env {
+            env: env.to_string(),
+        }),
+        None => parse_secret_ref(&entry.secret_ref),
+    };
+    let Some(secret) = secret else {
+        let why = format!(
+            "entry {id} records no usable secret reference ({:?}); give --secret-env",
+            entry.secret_ref
+        );
+        claim.release().map_err(|e| e.to_string())?;
+        return Err(why);
+    };
+    let sender = match WebhookSender::new(SenderSettings {
+        url: entry.target.clone(),
+        secret,
+        version: entry.version.clone(),
+        headers: headers.to_vec(),
+        timeout,
+        schedule: vec![],
+        failed: None,
+        tls: tls.clone(),
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            claim.release().map_err(|e| e.to_string())?;
+            return Err(e.to_string());
+        }
+    };
+    let body = Bytes::from(entry.event.clone().into_bytes());
+    let (log, ans) = sender.attempt(&body).await;
+    if ans.ok() {
+        claim.delivered().map_err(|e| e.to_string())?;
+    } else {
+        claim.keep(log).map_err(|e| e.to_string())?;
+    }
+    Ok(ans)
+}
