@@ -42,31 +42,78 @@ pub struct Target {
     pub path: String,
 }
 
+/// Why a URL is not a target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Not a URL at all.
+    #[error("{url:?} is not a valid URL ({reason})")]
+    Invalid {
+        /// The text.
+        url: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// Neither http nor https.
+    #[error("{0:?}: the URL must start with http:// or https://")]
+    Scheme(String),
+    /// No host.
+    #[error("{0:?}: the URL has no host")]
+    NoHost(String),
+    /// `user:password@` in the URL.
+    #[error("{0:?}: credentials in the URL are not supported; use headers")]
+    Credentials(String),
+}
+
+impl From<TargetError> for String {
+    fn from(e: TargetError) -> String {
+        e.to_string()
+    }
+}
+
+/// Why a client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The CA file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The CA file holds no certificate.
+    #[error("{0} holds no PEM certificate")]
+    NoCertificate(String),
+}
+
+impl From<SetupError> for String {
+    fn from(e: SetupError) -> String {
+        e.to_string()
+    }
+}
+
 impl Target {
     /// Parses an absolute `http://` or `https://` URL.
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("{url:?} is not a valid URL ({e})"))?;
+    pub fn parse(url: &str) -> Result<Target, TargetError> {
+        let uri: http::Uri =
+            url.parse()
+                .map_err(|e: http::uri::InvalidUri| TargetError::Invalid {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "{url:?}: the URL must start with http:// or https://"
-                ))
-            }
+            _ => return Err(TargetError::Scheme(url.to_string())),
         };
         let host = uri
             .host()
-            .ok_or_else(|| format!("{url:?}: the URL has no host"))?
+            .ok_or_else(|| TargetError::NoHost(url.to_string()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(format!(
-                "{url:?}: credentials in the URL are not supported; use headers"
-            ));
+            return Err(TargetError::Credentials(url.to_string()));
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri
@@ -191,13 +238,15 @@ impl HttpClient {
         target: Target,
         tls: &RawClientTls,
         timeout: Duration,
-    ) -> Result<HttpClient, String> {
+    ) -> Result<HttpClient, SetupError> {
         let mut opts = ConnectorOptions::new(128);
         if let Some(ca) = &tls.ca_file {
-            let text =
-                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+            let text = std::fs::read(ca).map_err(|source| SetupError::CaFile {
+                path: ca.display().to_string(),
+                source,
+            })?;
             if !text.windows(11).any(|w| w == b"-----BEGIN ") {
-                return Err(format!("{} holds no PEM certificate", ca.display()));
+                return Err(SetupError::NoCertificate(ca.display().to_string()));
             }
             opts.ca_file = Some(ca.display().to_string());
         }

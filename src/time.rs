@@ -34,11 +34,30 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Unix seconds of an RFC 3339 date-time, or a sentence saying why it is not one.
-pub fn parse_rfc3339_s(s: &str) -> Result<i64, String> {
+/// Text that is not an RFC 3339 date-time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an RFC 3339 timestamp ({reason})")]
+pub struct NotRfc3339 {
+    /// The text.
+    pub text: String,
+    /// The parser's reason.
+    pub reason: String,
+}
+
+impl From<NotRfc3339> for String {
+    fn from(e: NotRfc3339) -> String {
+        e.to_string()
+    }
+}
+
+/// Unix seconds of an RFC 3339 date-time.
+pub fn parse_rfc3339_s(s: &str) -> Result<i64, NotRfc3339> {
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp ({e})"))
+        .map_err(|e| NotRfc3339 {
+            text: s.to_string(),
+            reason: e.to_string(),
+        })
 }
 
 fn utc(ms: i64) -> time::OffsetDateTime {
@@ -111,6 +130,7 @@ mod tests {
         assert_eq!(parse_rfc3339_s("2024-05-14T09:21:41Z"), Ok(1715678501));
         assert!(parse_rfc3339_s("yesterday")
             .unwrap_err()
+            .to_string()
             .contains("not an RFC 3339"));
     }
 

@@ -237,7 +237,7 @@ pub async fn run(cmd: FailedCmd) -> u8 {
                                 "{id}: failed ({}), kept",
                                 a.status
                                     .map(|s| s.to_string())
-                                    .or(a.error)
+                                    .or(a.error.map(|e| e.to_string()))
                                     .unwrap_or_default()
                             )
                         }

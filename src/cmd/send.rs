@@ -284,10 +284,12 @@ pub async fn run(args: SendArgs) -> u8 {
 
 fn print_test(ans: &Answer) {
     let outcome = if ans.ok() { "delivered" } else { "failed" };
-    let status = ans
-        .status
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| ans.error.clone().unwrap_or_default());
+    let status = ans.status.map(|s| s.to_string()).unwrap_or_else(|| {
+        ans.error
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    });
     println!("outcome: {outcome}");
     println!("status: {status}");
     println!("rtt: {:.2}ms", ans.rtt.as_secs_f64() * 1000.0);

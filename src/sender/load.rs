@@ -58,7 +58,7 @@ impl Summary {
             let what = last
                 .status
                 .map(|s| s.to_string())
-                .or_else(|| last.error.clone())
+                .or_else(|| last.error.as_ref().map(|e| e.to_string()))
                 .unwrap_or_default();
             self.failed.push((id, entry.clone(), what));
         }

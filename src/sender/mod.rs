@@ -34,8 +34,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Answer {
     /// HTTP status, if any.
     pub status: Option<u16>,
-    /// Error when there was no answer.
-    pub error: Option<String>,
+    /// Why there was no answer.
+    pub error: Option<crate::client::ClientError>,
     /// Round-trip time.
     pub rtt: Duration,
     /// Reply body.
@@ -103,9 +103,12 @@ pub struct WebhookSender {
 /// Why a sender could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
-    /// Bad URL or TLS settings.
-    #[error("{0}")]
-    Target(String),
+    /// Bad URL.
+    #[error(transparent)]
+    Target(#[from] crate::client::TargetError),
+    /// Bad TLS settings.
+    #[error(transparent)]
+    Setup(#[from] crate::client::SetupError),
     /// The secret could not be loaded.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
@@ -138,11 +141,10 @@ pub fn org_of(body: &[u8]) -> Option<String> {
 impl WebhookSender {
     /// Builds a sender; loads the secret now.
     pub fn new(settings: SenderSettings) -> Result<WebhookSender, SenderError> {
-        let target = Target::parse(&settings.url).map_err(SenderError::Target)?;
+        let target = Target::parse(&settings.url)?;
         let path = target.path.clone();
         let secret = settings.secret.load()?;
-        let client = HttpClient::new(target, &settings.tls, settings.timeout)
-            .map_err(SenderError::Target)?;
+        let client = HttpClient::new(target, &settings.tls, settings.timeout)?;
         Ok(WebhookSender {
             client,
             url: settings.url.clone(),
@@ -208,7 +210,7 @@ impl WebhookSender {
                 },
                 Answer {
                     status: None,
-                    error: Some(e.to_string()),
+                    error: Some(e.clone()),
                     rtt,
                     body: Bytes::new(),
                 },

@@ -1,12 +1,31 @@
 //! Replaying a sender-mode failed delivery to the target it recorded (used by
 //! `vfgate failed replay` and the admin API). Library only.
 
-use super::{parse_secret_ref, Answer, SenderSettings, WebhookSender};
+use super::{parse_secret_ref, Answer, SenderError, SenderSettings, WebhookSender};
 use crate::config::RawClientTls;
-use crate::deadletter::Claim;
+use crate::deadletter::{Claim, StoreError};
 use crate::secret::SecretRef;
 use bytes::Bytes;
 use std::time::Duration;
+
+/// Why a failed delivery could not be replayed (the entry is back in the store, or stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The entry names no secret reference that can be loaded.
+    #[error("entry {id} records no usable secret reference ({recorded:?}); give --secret-env")]
+    NoSecret {
+        /// Entry id.
+        id: String,
+        /// What it records.
+        recorded: String,
+    },
+    /// The sender could not be set up (URL, TLS, secret).
+    #[error(transparent)]
+    Sender(#[from] SenderError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// Re-sends one claimed entry to its recorded target once; on success the entry is
 /// removed, otherwise it goes back to the store with the attempt added. Either way the claim
@@ -17,7 +36,7 @@ pub async fn replay_entry(
     headers: &[(String, Vec<u8>)],
     timeout: Duration,
     tls: &RawClientTls,
-) -> Result<Answer, String> {
+) -> Result<Answer, ReplayError> {
     let entry = claim.entry();
     let id = entry.id.clone();
     let secret = match secret_override {
@@ -27,11 +46,11 @@ pub async fn replay_entry(
         None => parse_secret_ref(&entry.secret_ref),
     };
     let Some(secret) = secret else {
-        let why = format!(
-            "entry {id} records no usable secret reference ({:?}); give --secret-env",
-            entry.secret_ref
-        );
-        claim.release().map_err(|e| e.to_string())?;
+        let why = ReplayError::NoSecret {
+            id,
+            recorded: entry.secret_ref.clone(),
+        };
+        claim.release()?;
         return Err(why);
     };
     let sender = match WebhookSender::new(SenderSettings {
@@ -46,16 +65,16 @@ pub async fn replay_entry(
     }) {
         Ok(s) => s,
         Err(e) => {
-            claim.release().map_err(|e| e.to_string())?;
-            return Err(e.to_string());
+            claim.release()?;
+            return Err(e.into());
         }
     };
     let body = Bytes::from(entry.event.clone().into_bytes());
     let (log, ans) = sender.attempt(&body).await;
     if ans.ok() {
-        claim.delivered().map_err(|e| e.to_string())?;
+        claim.delivered()?;
     } else {
-        claim.keep(log).map_err(|e| e.to_string())?;
+        claim.keep(log)?;
     }
     Ok(ans)
 }

@@ -135,12 +135,12 @@ impl Sink for WebhookSink {
                     ),
                     None,
                 ),
-                (None, Some(err)) if err.starts_with("no answer within") => {
-                    Verdict::retry(RetryKind::Timeout, err.clone(), None)
+                (None, Some(err @ crate::client::ClientError::Timeout(_))) => {
+                    Verdict::retry(RetryKind::Timeout, err.to_string(), None)
                 }
                 (None, err) => Verdict::retry(
                     RetryKind::Unavailable,
-                    err.clone().unwrap_or_default(),
+                    err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                     None,
                 ),
             });
