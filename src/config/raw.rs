@@ -1,0 +1,238 @@
+//! The serde shape of the TOML file, exactly as written: `RawConfig` and its sections, every
+//! field optional where the file may leave it out, every struct `deny_unknown_fields` so a
+//! typo is an error naming its key. Nothing here checks values, fills in defaults or loads
+//! secrets (that is `validate.rs`); a sink's own keys stay a raw `toml::Table` in
+//! `sink` / `RawSinkCommon::rest` for the sink type to parse. It may use `units` and
+//! `crate::secret`'s reference types, nothing else from the crate.
+
+use super::units::{ByteSize, DurationStr};
+use crate::secret::SecretRef;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "an address string like \"127.0.0.1:8080\" or a list of them"
+)]
+pub enum OneOrMany {
+    /// `listen = "127.0.0.1:8080"`
+    One(String),
+    /// `listen = ["127.0.0.1:8080", "[::1]:8080"]`
+    Many(Vec<String>),
+}
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`: the webhook listener.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[admin]`: metrics and health listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[dedupe]`: duplicate detection.
+    #[serde(default)]
+    pub dedupe: RawDedupe,
+    /// `[spool]`: durable acceptance for sources with `ack = "spool"`.
+    pub spool: Option<RawSpool>,
+    /// `[[source]]`: one per webhook path.
+    #[serde(default)]
+    pub source: Vec<RawSource>,
+    /// `[sink.NAME]`: destinations; the keys depend on `type`.
+    #[serde(default)]
+    pub sink: BTreeMap<String, toml::Table>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address(es) to listen on for webhooks.
+    pub listen: Option<OneOrMany>,
+    /// How long SIGTERM waits for in-flight requests.
+    pub grace_period: Option<DurationStr>,
+    /// Largest accepted request body.
+    pub max_body_bytes: Option<ByteSize>,
+    /// Deadline for reading one request body.
+    pub body_timeout: Option<DurationStr>,
+    /// Bytes of unverified bodies held in memory at once, over all connections.
+    pub max_inflight_body_bytes: Option<ByteSize>,
+    /// Open webhook connections at most; more are closed at once.
+    pub max_connections: Option<usize>,
+    /// Deadline for a new connection's whole request head.
+    pub header_timeout: Option<DurationStr>,
+    /// How long a kept-alive connection may wait for its next whole request head.
+    pub keepalive_timeout: Option<DurationStr>,
+    /// TLS for the webhook listener.
+    pub tls: Option<RawServerTls>,
+    /// Worker threads for the webhook listener (default: number of cores).
+    pub threads: Option<usize>,
+}
+
+/// `server.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address for `/metrics`, `/healthz`, `/readyz`.
+    pub listen: Option<String>,
+    /// Bearer token for the `/admin/...` routes (off without one).
+    pub token: Option<SecretRef>,
+    /// Failed-deliveries store served by `/admin/failed`.
+    pub failed_dir: Option<PathBuf>,
+}
+
+/// `[dedupe]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    /// `"memory"` (default) or `"redis"`.
+    pub backend: Option<String>,
+    /// Redis: `redis://host:port/db` or `rediss://...` (TLS).
+    pub url: Option<String>,
+    /// Redis: password (overrides one in the URL).
+    pub password: Option<SecretRef>,
+    /// Redis: key prefix.
+    pub key_prefix: Option<String>,
+    /// Redis: `"reject"` (503, default) or `"allow"` (forward, count the error).
+    pub on_error: Option<String>,
+    /// Redis: timeout of one call.
+    pub timeout: Option<DurationStr>,
+    /// How long a delivered event_id is remembered.
+    pub ttl: Option<DurationStr>,
+    /// Upper bound on remembered ids; the oldest are evicted beyond it.
+    pub max_entries: Option<u64>,
+    /// How long an in-flight mark outlives a request that neither commits nor releases it
+    /// (a crashed replica); a request still waiting renews its own.
+    pub in_flight_ttl: Option<DurationStr>,
+    /// Memory: where delivered ids are journalled (default `<spool.dir>/dedupe` with a
+    /// spool, else `data/dedupe`).
+    pub dir: Option<PathBuf>,
+    /// Memory: `false` keeps ids in memory only (forgotten on restart).
+    pub persist: Option<bool>,
+    /// Memory, at `max_entries`: `"evict"` (default: forget the oldest delivered ids) or
+    /// `"reject"` (503 `dedupe_full`: never forget an id inside its TTL).
+    pub on_full: Option<String>,
+}
+
+/// `[spool]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    /// Directory of the spool (segments, cursors, dead letters, dedupe ids).
+    pub dir: PathBuf,
+    /// Disk budget; when reached, spooled sources answer 503 + Retry-After.
+    pub max_bytes: Option<ByteSize>,
+    /// `"batch"` (group commit, default), `"always"` (one fsync per event) or `"never"`.
+    pub fsync: Option<String>,
+    /// Undelivered events older than this move to the dead-letter store.
+    pub max_age: Option<DurationStr>,
+    /// Size of one log segment file.
+    pub segment_bytes: Option<ByteSize>,
+}
+
+/// One entry of `source.secrets`: a secret reference plus an optional expiry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceSecret {
+    /// Environment variable holding the secret.
+    pub env: Option<String>,
+    /// File holding the secret.
+    pub file: Option<PathBuf>,
+    /// Inline secret (warned about at start-up).
+    pub value: Option<crate::secret::InlineSecret>,
+    /// After this RFC 3339 instant the secret no longer matches.
+    pub not_after: Option<String>,
+}
+
+/// `[[source]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Name used in metrics and the dedupe key.
+    pub name: String,
+    /// URL path senders POST to.
+    pub path: String,
+    /// HMAC secrets; any may match (rotation).
+    pub secrets: Vec<RawSourceSecret>,
+    /// Accepted `X-VF-Webhook-Version` values.
+    pub versions: Option<Vec<String>>,
+    /// Whether a request without a version header is refused.
+    pub require_version: Option<bool>,
+    /// Oldest accepted event timestamp (default = dedupe.ttl).
+    pub max_event_age: Option<DurationStr>,
+    /// How far in the future an event timestamp may be.
+    pub max_future_skew: Option<DurationStr>,
+    /// Streamed event types: `"*"`, exact types, or prefixes `"user.*"`.
+    pub event_types: Option<Vec<String>>,
+    /// Sink names this source delivers to.
+    pub sinks: Vec<String>,
+    /// `"forward"` (default: answer after the sinks took the event) or `"spool"` (answer
+    /// 202 once the event is on disk).
+    pub ack: Option<String>,
+}
+
+/// `sink.NAME.batch`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// Most events per upstream request.
+    pub max_events: Option<usize>,
+    /// Most body bytes (events' bytes) per upstream request.
+    pub max_bytes: Option<ByteSize>,
+    /// How long the first event of a batch waits for others.
+    pub linger: Option<DurationStr>,
+}
+
+/// `sink.NAME.retry`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total time one event may spend on retries before the sender gets a 5xx.
+    pub budget: Option<DurationStr>,
+}
+
+/// `sink.NAME.tls` (outbound).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientTls {
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the upstream certificate (test setups only; warned at start-up).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// The keys every sink has, whatever its type.
+#[derive(Debug, Deserialize)]
+pub struct RawSinkCommon {
+    /// The sink type, e.g. `file`, `http`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Batching limits.
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// Timeout of one upstream attempt.
+    pub timeout: Option<DurationStr>,
+    /// Retry budget.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Batches in flight at once.
+    pub concurrency: Option<usize>,
+    /// The type's own keys.
+    #[serde(flatten)]
+    pub rest: toml::Table,
+}

@@ -1,0 +1,764 @@
+//! Raw shape -> validated [`Config`]: `Config::validate` and one `validate_*` function per
+//! section. Every check lives here, secrets are loaded here (a missing env var or file is a
+//! config error), defaults are filled in here (from `defaults`), and every error names its
+//! key path (`sink.splunk.batch.max_events`), never a secret's value. It builds the types of
+//! `mod.rs` and must not reach into the runtime (server, ingest, spool, pipeline, sender, the
+//! CLI). One known exception: `validate_sink` calls `crate::sinks::type_names` and
+//! `crate::sinks::check_spec` so that a sink type's own keys are checked at load time; that
+//! upward edge (config -> sinks -> config) is left for a later step of the redesign.
+
+use super::raw::{OneOrMany, RawConfig, RawDedupe, RawServer, RawSinkCommon, RawSource, RawSpool};
+use super::{
+    defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
+    DedupeConfig, FsyncPolicy, OnError, RedisConfig, ServerConfig, SinkCommon, SinkSpec,
+    SourceConfig, SourceSecret, SpoolConfig, TypeFilter, MIN_SECRET_BYTES,
+};
+use crate::secret::{Secret, SecretRef};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+impl Config {
+    /// Turns the raw shape into the validated config.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let server = validate_server(raw.server)?;
+        let admin_listen = raw
+            .admin
+            .listen
+            .unwrap_or_else(|| defaults::ADMIN_LISTEN.to_string());
+        let token = match &raw.admin.token {
+            None => None,
+            Some(r) => {
+                if r.is_inline() {
+                    warnings.push("admin.token: token given inline in the config file; prefer { env = \"NAME\" } or { file = \"PATH\" }".into());
+                }
+                let t = r
+                    .load()
+                    .map_err(|e| ConfigError::invalid("admin.token", e.to_string()))?;
+                if t.expose().len() < 16 {
+                    return Err(ConfigError::invalid(
+                        "admin.token",
+                        "must be at least 16 bytes (vfgate keygen makes one)",
+                    ));
+                }
+                Some(t)
+            }
+        };
+        let spool = raw.spool.map(validate_spool).transpose()?;
+        let persist_off = raw.dedupe.persist == Some(false);
+        let dedupe = validate_dedupe(raw.dedupe, spool.as_ref().map(|s| s.dir.as_path()))?;
+        if persist_off {
+            warnings.push("dedupe.persist = false: delivered event ids are kept in memory only, so after a restart a replay of an event inside max_event_age is accepted (and delivered) again".into());
+        }
+        if let Some(sp) = &spool {
+            if sp.max_bytes < 2 * server.max_body_bytes {
+                return Err(ConfigError::invalid(
+                    "spool.max_bytes",
+                    format!(
+                        "must be at least twice server.max_body_bytes ({} bytes)",
+                        server.max_body_bytes
+                    ),
+                ));
+            }
+        }
+        let admin = AdminConfig {
+            listen: parse_addr("admin.listen", &admin_listen)?,
+            token,
+            failed_dir: raw
+                .admin
+                .failed_dir
+                .clone()
+                .or_else(|| spool.as_ref().map(|s| s.dir.join("dead-letter")))
+                .unwrap_or_else(|| PathBuf::from(defaults::FAILED_DIR)),
+        };
+        if server.listen.contains(&admin.listen) {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from server.listen (the admin listener never serves webhooks)",
+            ));
+        }
+
+        let mut sinks = Vec::new();
+        for (name, table) in raw.sink {
+            let skip_verify = table
+                .get("tls")
+                .and_then(|t| t.get("insecure_skip_verify"))
+                .and_then(toml::Value::as_bool)
+                == Some(true);
+            let kind = table
+                .get("type")
+                .and_then(toml::Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            sinks.push(validate_sink(&name, table)?);
+            if skip_verify {
+                let also = if kind == "azure_logs_ingestion" {
+                    " (nor the Azure token endpoint's: the client secret could go to an impostor)"
+                } else {
+                    ""
+                };
+                warnings.push(format!("sink.{name}.tls.insecure_skip_verify: the upstream certificate is NOT verified{also}; anyone on the path can read and alter what this sink sends"));
+            }
+        }
+        let sink_names: HashSet<&str> = sinks.iter().map(|s| s.common.name.as_str()).collect();
+
+        if raw.source.is_empty() {
+            return Err(ConfigError::invalid(
+                "source",
+                "at least one [[source]] is required",
+            ));
+        }
+        let mut sources = Vec::new();
+        let mut names = HashSet::new();
+        let mut paths = HashSet::new();
+        for (i, s) in raw.source.into_iter().enumerate() {
+            let src = validate_source(i, s, &dedupe, &sink_names, &mut warnings)?;
+            if src.ack == Ack::Spool && spool.is_none() {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].ack"),
+                    "\"spool\" needs a [spool] section with a dir",
+                ));
+            }
+            if !names.insert(src.name.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].name"),
+                    format!("duplicate source name {:?}", src.name),
+                ));
+            }
+            if !paths.insert(src.path.clone()) {
+                return Err(ConfigError::invalid(
+                    format!("source[{i}].path"),
+                    format!("path {:?} is used by another source", src.path),
+                ));
+            }
+            sources.push(src);
+        }
+        Ok(Config {
+            server,
+            admin,
+            dedupe,
+            spool,
+            sources,
+            sinks,
+            warnings,
+        })
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("{s:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+        )
+    })
+}
+
+fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let listen_raw = match raw.listen {
+        None => vec![defaults::LISTEN.to_string()],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    if listen_raw.is_empty() {
+        return Err(ConfigError::invalid(
+            "server.listen",
+            "at least one address is required",
+        ));
+    }
+    let mut listen = Vec::new();
+    for (i, a) in listen_raw.iter().enumerate() {
+        let key = if listen_raw.len() == 1 {
+            "server.listen".to_string()
+        } else {
+            format!("server.listen[{i}]")
+        };
+        let addr = parse_addr(&key, a)?;
+        if listen.contains(&addr) {
+            return Err(ConfigError::invalid(key, "listed twice"));
+        }
+        listen.push(addr);
+    }
+    let max_body_bytes = raw
+        .max_body_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::MAX_BODY_BYTES);
+    if !(64..=64 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(ConfigError::invalid(
+            "server.max_body_bytes",
+            "must be between 64 bytes and 64 MiB",
+        ));
+    }
+    let body_timeout = raw
+        .body_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::BODY_TIMEOUT);
+    if body_timeout < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            "server.body_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    let max_inflight_body_bytes = raw
+        .max_inflight_body_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::MAX_INFLIGHT_BODY_BYTES);
+    if max_inflight_body_bytes < max_body_bytes {
+        return Err(ConfigError::invalid(
+            "server.max_inflight_body_bytes",
+            format!("must be at least server.max_body_bytes ({max_body_bytes} bytes)"),
+        ));
+    }
+    let max_connections = raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::invalid(
+            "server.max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let header_timeout = raw
+        .header_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::HEADER_TIMEOUT);
+    if header_timeout < Duration::from_millis(100) {
+        return Err(ConfigError::invalid(
+            "server.header_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    let keepalive_timeout = raw
+        .keepalive_timeout
+        .map(|d| d.0)
+        .unwrap_or(defaults::KEEPALIVE_TIMEOUT);
+    if keepalive_timeout < header_timeout {
+        return Err(ConfigError::invalid(
+            "server.keepalive_timeout",
+            format!(
+                "must be at least server.header_timeout ({}): it covers the wait for the next request and its head",
+                humantime::format_duration(header_timeout)
+            ),
+        ));
+    }
+    let threads = match raw.threads {
+        Some(0) => return Err(ConfigError::invalid("server.threads", "must be at least 1")),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(t) => {
+            for (k, p) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
+                std::fs::metadata(p).map_err(|e| {
+                    ConfigError::invalid(k, format!("cannot read {}: {e}", p.display()))
+                })?;
+            }
+            Some((t.cert, t.key))
+        }
+    };
+    Ok(ServerConfig {
+        listen,
+        grace_period: raw
+            .grace_period
+            .map(|d| d.0)
+            .unwrap_or(defaults::GRACE_PERIOD),
+        max_body_bytes,
+        body_timeout,
+        max_inflight_body_bytes,
+        max_connections,
+        header_timeout,
+        keepalive_timeout,
+        tls,
+        threads,
+    })
+}
+
+fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeConfig, ConfigError> {
+    let backend = match raw.backend.as_deref().unwrap_or("memory") {
+        "memory" => {
+            for (k, set) in [
+                ("url", raw.url.is_some()),
+                ("password", raw.password.is_some()),
+                ("key_prefix", raw.key_prefix.is_some()),
+                ("on_error", raw.on_error.is_some()),
+                ("timeout", raw.timeout.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("dedupe.{k}"),
+                        "only used with backend = \"redis\"",
+                    ));
+                }
+            }
+            DedupeBackend::Memory
+        }
+        "redis" => {
+            for (k, set) in [
+                ("dir", raw.dir.is_some()),
+                ("persist", raw.persist.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        format!("dedupe.{k}"),
+                        "only used with backend = \"memory\" (Redis keeps the ids itself)",
+                    ));
+                }
+            }
+            let url = raw.url.clone().ok_or_else(|| {
+                ConfigError::invalid(
+                    "dedupe.url",
+                    "required with backend = \"redis\" (redis://host:6379/0)",
+                )
+            })?;
+            let parsed: http::Uri = url
+                .replacen("redis://", "http://", 1)
+                .replacen("rediss://", "https://", 1)
+                .parse()
+                .map_err(|_| {
+                    ConfigError::invalid("dedupe.url", "not a redis:// or rediss:// URL")
+                })?;
+            if !(url.starts_with("redis://") || url.starts_with("rediss://"))
+                || parsed.host().is_none()
+            {
+                return Err(ConfigError::invalid(
+                    "dedupe.url",
+                    "must be redis://host:port/db or rediss://host:port/db",
+                ));
+            }
+            let display = format!(
+                "{}:{}",
+                parsed.host().unwrap_or(""),
+                parsed.port_u16().unwrap_or(6379)
+            );
+            let password = match &raw.password {
+                None => None,
+                Some(r) => Some(
+                    r.load()
+                        .map_err(|e| ConfigError::invalid("dedupe.password", e.to_string()))?,
+                ),
+            };
+            let on_error = match raw.on_error.as_deref().unwrap_or("reject") {
+                "reject" => OnError::Reject,
+                "allow" => OnError::Allow,
+                other => {
+                    return Err(ConfigError::invalid(
+                        "dedupe.on_error",
+                        format!("{other:?}: use \"reject\" or \"allow\""),
+                    ))
+                }
+            };
+            let timeout = raw
+                .timeout
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_millis(500));
+            if timeout.is_zero() {
+                return Err(ConfigError::invalid("dedupe.timeout", "must be above 0"));
+            }
+            DedupeBackend::Redis(RedisConfig {
+                url: Secret::new(url.into_bytes()),
+                display,
+                password,
+                key_prefix: raw
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "vfgate:dedupe:".to_string()),
+                on_error,
+                timeout,
+            })
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                "dedupe.backend",
+                format!("unknown backend {other:?} (available: \"memory\", \"redis\")"),
+            ))
+        }
+    };
+    let ttl = raw.ttl.map(|d| d.0).unwrap_or(defaults::DEDUPE_TTL);
+    if ttl < Duration::from_secs(1) {
+        return Err(ConfigError::invalid("dedupe.ttl", "must be at least 1s"));
+    }
+    let in_flight_ttl = raw.in_flight_ttl.map(|d| d.0);
+    if in_flight_ttl.is_some_and(|d| d < Duration::from_secs(1)) {
+        return Err(ConfigError::invalid(
+            "dedupe.in_flight_ttl",
+            "must be at least 1s (a request renews its mark every third of it)",
+        ));
+    }
+    let max_entries = raw.max_entries.unwrap_or(defaults::DEDUPE_MAX_ENTRIES);
+    if !(1..=1_000_000_000).contains(&max_entries) {
+        return Err(ConfigError::invalid(
+            "dedupe.max_entries",
+            "must be between 1 and 1000000000",
+        ));
+    }
+    let journal = match backend {
+        DedupeBackend::Memory if raw.persist.unwrap_or(defaults::DEDUPE_PERSIST) => match raw.dir {
+            Some(d) if d.as_os_str().is_empty() => {
+                return Err(ConfigError::invalid("dedupe.dir", "must not be empty"))
+            }
+            Some(d) => Some(d),
+            None => spool_dir
+                .map(|s| s.join("dedupe"))
+                .or_else(|| Some(PathBuf::from(defaults::DEDUPE_DIR))),
+        },
+        _ => None,
+    };
+    let reject_when_full = match raw.on_full.as_deref().unwrap_or("evict") {
+        "evict" => false,
+        "reject" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "dedupe.on_full",
+                format!("{other:?}: use \"evict\" or \"reject\""),
+            ))
+        }
+    };
+    Ok(DedupeConfig {
+        backend,
+        ttl,
+        max_entries,
+        journal,
+        reject_when_full,
+        in_flight_ttl,
+    })
+}
+
+fn validate_source(
+    i: usize,
+    raw: RawSource,
+    dedupe: &DedupeConfig,
+    sinks: &HashSet<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<SourceConfig, ConfigError> {
+    let key = |k: &str| format!("source[{i}].{k}");
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::invalid(
+            key("name"),
+            "must be non-empty and use only letters, digits, '_' and '-'",
+        ));
+    }
+    if !raw.path.starts_with('/') || raw.path.contains('?') || raw.path.contains('#') {
+        return Err(ConfigError::invalid(
+            key("path"),
+            "must start with '/' and contain no query or fragment",
+        ));
+    }
+    if raw.secrets.is_empty() {
+        return Err(ConfigError::invalid(
+            key("secrets"),
+            "at least one secret is required",
+        ));
+    }
+    let mut secrets = Vec::new();
+    for (j, s) in raw.secrets.into_iter().enumerate() {
+        let skey = key(&format!("secrets[{j}]"));
+        let reference = match (s.env, s.file, s.value) {
+            (Some(env), None, None) if !env.is_empty() => SecretRef::Env { env },
+            (None, Some(file), None) => SecretRef::File { file },
+            (None, None, Some(value)) => SecretRef::Value { value },
+            _ => {
+                return Err(ConfigError::invalid(
+                    skey,
+                    "exactly one of env, file or value is required",
+                ))
+            }
+        };
+        let secret = reference
+            .load()
+            .map_err(|e| ConfigError::invalid(skey.clone(), e.to_string()))?;
+        if reference.is_inline() {
+            warnings.push(format!(
+                "{skey}: secret given inline in the config file; prefer {{ env = \"NAME\" }} or {{ file = \"PATH\" }}"
+            ));
+        }
+        if secret.expose().len() < MIN_SECRET_BYTES {
+            warnings.push(format!(
+                "{skey}: the secret ({}) is only {} bytes; use at least {MIN_SECRET_BYTES} random bytes (vfgate keygen makes 32)",
+                reference.describe(),
+                secret.expose().len()
+            ));
+        }
+        let not_after = match s.not_after {
+            None => None,
+            Some(t) => Some(
+                crate::time::parse_rfc3339_s(&t)
+                    .map_err(|e| ConfigError::invalid(format!("{skey}.not_after"), e))?,
+            ),
+        };
+        secrets.push(SourceSecret {
+            reference,
+            secret,
+            not_after,
+        });
+    }
+    let now_s = crate::time::now_ms() / 1000;
+    if secrets
+        .iter()
+        .all(|s| s.not_after.is_some_and(|t| t <= now_s))
+    {
+        warnings.push(format!(
+            "{}: every secret is past its not_after: this source refuses every request (401) until a current secret is added",
+            key("secrets")
+        ));
+    }
+    let versions = raw.versions.unwrap_or_else(|| vec!["1".to_string()]);
+    if versions.is_empty() || versions.iter().any(|v| v.is_empty()) {
+        return Err(ConfigError::invalid(
+            key("versions"),
+            "must list at least one non-empty version",
+        ));
+    }
+    let max_event_age = raw.max_event_age.map(|d| d.0).unwrap_or(dedupe.ttl);
+    if max_event_age > dedupe.ttl {
+        return Err(ConfigError::invalid(
+            key("max_event_age"),
+            format!(
+                "must not exceed dedupe.ttl ({}): an older event could be a forgotten duplicate",
+                humantime::format_duration(dedupe.ttl)
+            ),
+        ));
+    }
+    let event_types = validate_event_types(&key("event_types"), raw.event_types)?;
+    if raw.sinks.is_empty() {
+        return Err(ConfigError::invalid(
+            key("sinks"),
+            "at least one sink is required",
+        ));
+    }
+    for (j, s) in raw.sinks.iter().enumerate() {
+        if !sinks.contains(s.as_str()) {
+            return Err(ConfigError::invalid(
+                key(&format!("sinks[{j}]")),
+                format!("no [sink.{s}] is defined"),
+            ));
+        }
+        if raw.sinks[..j].contains(s) {
+            return Err(ConfigError::invalid(
+                key(&format!("sinks[{j}]")),
+                "listed twice",
+            ));
+        }
+    }
+    Ok(SourceConfig {
+        name: raw.name,
+        path: raw.path,
+        secrets,
+        versions,
+        require_version: raw.require_version.unwrap_or(defaults::REQUIRE_VERSION),
+        max_event_age,
+        max_future_skew: raw
+            .max_future_skew
+            .map(|d| d.0)
+            .unwrap_or(defaults::MAX_FUTURE_SKEW),
+        event_types,
+        sinks: raw.sinks,
+        ack: match raw.ack.as_deref().unwrap_or("forward") {
+            "forward" => Ack::Forward,
+            "spool" => Ack::Spool,
+            other => {
+                return Err(ConfigError::invalid(
+                    key("ack"),
+                    format!("must be \"forward\" or \"spool\", got {other:?}"),
+                ))
+            }
+        },
+    })
+}
+
+fn validate_spool(raw: RawSpool) -> Result<SpoolConfig, ConfigError> {
+    if raw.dir.as_os_str().is_empty() {
+        return Err(ConfigError::invalid("spool.dir", "must not be empty"));
+    }
+    let max_bytes = raw
+        .max_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::SPOOL_MAX_BYTES);
+    if max_bytes < 64 * 1024 {
+        return Err(ConfigError::invalid(
+            "spool.max_bytes",
+            "must be at least 64KiB",
+        ));
+    }
+    let fsync = match raw.fsync.as_deref().unwrap_or("batch") {
+        "batch" => FsyncPolicy::Batch,
+        "always" => FsyncPolicy::Always,
+        "never" => FsyncPolicy::Never,
+        other => {
+            return Err(ConfigError::invalid(
+                "spool.fsync",
+                format!("must be \"batch\", \"always\" or \"never\", got {other:?}"),
+            ))
+        }
+    };
+    let max_age = raw.max_age.map(|d| d.0).unwrap_or(defaults::SPOOL_MAX_AGE);
+    if max_age < Duration::from_secs(1) {
+        return Err(ConfigError::invalid("spool.max_age", "must be at least 1s"));
+    }
+    let segment_bytes = match raw.segment_bytes {
+        Some(b) if b.0 < 4096 => {
+            return Err(ConfigError::invalid(
+                "spool.segment_bytes",
+                "must be at least 4KiB",
+            ))
+        }
+        Some(b) => b.0,
+        None => defaults::SPOOL_SEGMENT_BYTES.min(max_bytes / 8),
+    };
+    Ok(SpoolConfig {
+        dir: raw.dir,
+        max_bytes,
+        fsync,
+        max_age,
+        segment_bytes,
+    })
+}
+
+fn validate_event_types(key: &str, raw: Option<Vec<String>>) -> Result<TypeFilter, ConfigError> {
+    let list = raw.unwrap_or_else(|| vec!["*".to_string()]);
+    if list.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            "must list at least one type (\"*\" for all)",
+        ));
+    }
+    if list.iter().any(|t| t == "*") {
+        return Ok(TypeFilter::All);
+    }
+    let mut exact = Vec::new();
+    let mut prefixes = Vec::new();
+    for (j, t) in list.into_iter().enumerate() {
+        if let Some(p) = t.strip_suffix(".*") {
+            if p.is_empty() || p.contains('*') {
+                return Err(ConfigError::invalid(
+                    format!("{key}[{j}]"),
+                    format!("{t:?}: a prefix is written \"word.*\""),
+                ));
+            }
+            prefixes.push(format!("{p}."));
+        } else if t.is_empty() || t.contains('*') {
+            return Err(ConfigError::invalid(
+                format!("{key}[{j}]"),
+                format!("{t:?}: use \"*\", an exact type or a prefix \"word.*\""),
+            ));
+        } else {
+            exact.push(t);
+        }
+    }
+    Ok(TypeFilter::Some { exact, prefixes })
+}
+
+fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError> {
+    let key = format!("sink.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "a sink name uses only letters, digits, '_' and '-'",
+        ));
+    }
+    if !table.contains_key("type") {
+        return Err(ConfigError::invalid(
+            format!("{key}.type"),
+            format!(
+                "missing (one of: {})",
+                crate::sinks::type_names().join(", ")
+            ),
+        ));
+    }
+    let raw: RawSinkCommon = from_value(&key, toml::Value::Table(table))?;
+    let max_events = raw.batch.max_events.unwrap_or(defaults::BATCH_MAX_EVENTS);
+    if !(1..=defaults::MAX_BATCH_EVENTS).contains(&max_events) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.max_events"),
+            format!("must be between 1 and {}", defaults::MAX_BATCH_EVENTS),
+        ));
+    }
+    let max_bytes = raw
+        .batch
+        .max_bytes
+        .map(|b| b.0)
+        .unwrap_or(defaults::BATCH_MAX_BYTES);
+    if !(1..=1024 * 1024 * 1024).contains(&max_bytes) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.max_bytes"),
+            "must be between 1 byte and 1 GiB",
+        ));
+    }
+    let linger = raw
+        .batch
+        .linger
+        .map(|d| d.0)
+        .unwrap_or(defaults::BATCH_LINGER);
+    if linger > Duration::from_secs(60) {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.linger"),
+            "must be at most 60s",
+        ));
+    }
+    let timeout = raw.timeout.map(|d| d.0).unwrap_or(defaults::SINK_TIMEOUT);
+    if timeout < Duration::from_millis(1) {
+        return Err(ConfigError::invalid(
+            format!("{key}.timeout"),
+            "must be at least 1ms",
+        ));
+    }
+    let retry_budget = raw
+        .retry
+        .budget
+        .map(|d| d.0)
+        .unwrap_or(defaults::RETRY_BUDGET);
+    let concurrency = raw.concurrency.unwrap_or(defaults::SINK_CONCURRENCY);
+    if !(1..=1024).contains(&concurrency) {
+        return Err(ConfigError::invalid(
+            format!("{key}.concurrency"),
+            "must be between 1 and 1024",
+        ));
+    }
+    let spec = SinkSpec {
+        common: SinkCommon {
+            name: name.to_string(),
+            kind: raw.kind,
+            batch: BatchLimits {
+                max_events,
+                max_bytes,
+                linger,
+            },
+            timeout,
+            retry_budget,
+            concurrency,
+        },
+        rest: raw.rest,
+    };
+    crate::sinks::check_spec(&spec)?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_filter_prefixes() {
+        let f = validate_event_types("k", Some(vec!["user.*".into(), "vault.item.read".into()]))
+            .unwrap();
+        assert!(f.matches("user.x"));
+        assert!(f.matches("user.login.failed"));
+        assert!(!f.matches("user"));
+        assert!(!f.matches("user."));
+        assert!(!f.matches("users.x"));
+        assert!(f.matches("vault.item.read"));
+        assert!(!f.matches("vault.item.readx"));
+        assert!(validate_event_types("k", Some(vec!["u*".into()])).is_err());
+    }
+}
