@@ -8,7 +8,7 @@
 //! a missing env var or file is a config error, never a runtime surprise, and messages name
 //! the reference (`env VF_SECRET`), never the value. Config is the bottom layer: from the
 //! crate it uses only `secret` and `time`, and must not import sinks, server, ingest, spool,
-//! pipeline, sender or the CLI, with one exception left for a later step: `validate_sink`
+//! pipeline, sender or cmd, with one exception left for a later step: `validate_sink`
 //! asks `crate::sinks` for the type names and each type's own key check.
 
 use crate::secret::{Secret, SecretRef};
