@@ -65,11 +65,17 @@ fn utc(ms: i64) -> time::OffsetDateTime {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// RFC 3339 UTC with milliseconds of unix milliseconds (`2024-05-14T09:21:33.417Z`).
-pub fn rfc3339_ms(ms: i64) -> String {
+/// UTC date and time of unix milliseconds with millisecond precision, the parts separated
+/// by `-`, `:` and `.` (RFC 3339) or by nothing (compact).
+fn stamp(ms: i64, compact: bool) -> String {
     let t = utc(ms);
+    let (d, c, f) = if compact {
+        ("", "", "")
+    } else {
+        ("-", ":", ".")
+    };
     format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{:04}{d}{:02}{d}{:02}T{:02}{c}{:02}{c}{:02}{f}{:03}Z",
         t.year(),
         u8::from(t.month()),
         t.day(),
@@ -78,6 +84,11 @@ pub fn rfc3339_ms(ms: i64) -> String {
         t.second(),
         t.millisecond()
     )
+}
+
+/// RFC 3339 UTC with milliseconds of unix milliseconds (`2024-05-14T09:21:33.417Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    stamp(ms, false)
 }
 
 /// Now as RFC 3339 UTC with milliseconds.
@@ -87,17 +98,7 @@ pub fn now_rfc3339() -> String {
 
 /// Unix milliseconds as a compact sortable stamp (`20240514T092133417Z`), for file names.
 pub fn compact_ms(ms: i64) -> String {
-    let t = utc(ms);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
+    stamp(ms, true)
 }
 
 /// An RFC 9110 HTTP-date of the wall clock now (`Tue, 14 May 2024 09:21:33 GMT`).
