@@ -203,11 +203,11 @@ impl Response {
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
-    /// `Retry-After` in seconds (the HTTP-date form is not used by the SIEMs; ignored).
+    /// `Retry-After`: delay seconds or an HTTP-date
+    /// ([`crate::pipeline::retry::parse_retry_after`]).
     pub fn retry_after(&self) -> Option<Duration> {
         self.header("retry-after")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .and_then(|v| crate::pipeline::retry::parse_retry_after(v, crate::time::now()))
     }
 }
 

@@ -1,6 +1,7 @@
 //! Delivers one batch: send, classify per event, retry the retryable ones within the budget,
 //! bisect batches the target refuses whole, and answer every event's waiting request.
 
+use super::retry::{Next, Policy};
 use super::{Delivery, FailKind, Job};
 use crate::config::SinkCommon;
 use crate::escape::Printable;
@@ -13,27 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// First backoff step.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Largest backoff step (before `Retry-After`).
-pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// Full-jitter exponential backoff for retry number `n` (0-based).
-pub fn backoff(n: u32) -> Duration {
-    jittered(BACKOFF_BASE, BACKOFF_CAP, n)
-}
-
-/// A wait between half and all of `base * 2^n`, capped at `cap`.
-pub fn jittered(base: Duration, cap: Duration, n: u32) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << n.min(16)).min(cap);
-    let ms = ceiling.as_millis() as u64;
-    Duration::from_millis(rand::random_range(ms / 2..=ms.max(1)))
-}
-
 /// Delivers `jobs` to `sink`, answering each job's reply exactly once.
 pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jobs: Vec<Job>) {
     let name = common.name.as_str();
-    let deadline = Instant::now() + common.retry_budget;
+    let policy = Policy::Budget {
+        deadline: Instant::now() + common.retry_budget,
+    };
     let mut pending = jobs;
     let mut round = 0u32;
     loop {
@@ -73,8 +59,11 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
         if retry.is_empty() {
             return;
         }
-        let wait = backoff(round).max(wait_hint.unwrap_or_default());
-        if Instant::now() + wait >= deadline {
+        let wait = match policy.next(round, wait_hint) {
+            Next::Wait(d) => Some(d),
+            Next::Stop { .. } => None,
+        };
+        let Some(wait) = wait else {
             let (kind, detail) = last.expect("a retry has a reason");
             let (fail, reason) = match kind {
                 RetryKind::Timeout => (FailKind::Timeout, "timeout"),
@@ -97,7 +86,7 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
                 });
             }
             return;
-        }
+        };
         tokio::time::sleep(wait).await;
         round += 1;
         metrics
@@ -428,14 +417,5 @@ mod tests {
         assert!(
             matches!(o, Delivery::Failed { kind: FailKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30))
         );
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        for n in 0..20 {
-            let b = backoff(n);
-            let ceiling = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
-            assert!(b <= ceiling && b >= ceiling / 2, "{n}: {b:?}");
-        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod deliver;
+pub mod retry;
 
 use crate::config::SinkCommon;
 use crate::event::Event;

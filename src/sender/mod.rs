@@ -221,10 +221,14 @@ impl WebhookSender {
     /// Retries after a failed first attempt, on the schedule; stores the event when the
     /// schedule is exhausted.
     pub async fn retry(&self, body: Bytes, first: (AttemptLog, Answer)) -> Outcome {
+        use crate::pipeline::retry::{Next, Policy};
         let mut logs = vec![first.0];
         let mut last = first.1;
-        for wait in &self.settings.schedule {
-            tokio::time::sleep(*wait).await;
+        let policy = Policy::Schedule(&self.settings.schedule);
+        let mut round = 0;
+        while let Next::Wait(wait) = policy.next(round, None) {
+            round += 1;
+            tokio::time::sleep(wait).await;
             let (log, ans) = self.attempt(&body).await;
             logs.push(log);
             last = ans;

@@ -11,6 +11,7 @@ use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
+use crate::pipeline::retry::{Next, Policy};
 use crate::sinks::{Sink, Verdict};
 use crate::time::{now_ms, now_rfc3339};
 use bytes::Bytes;
@@ -18,19 +19,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// First backoff step of a spooled retry.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(200);
-/// Largest backoff step of a spooled retry (before `Retry-After`).
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// How long a drainer waits for a partial batch to fill (at least; `batch.linger` if longer).
 pub const DRAIN_GATHER: Duration = Duration::from_millis(5);
 /// Attempts kept in a dead letter's log.
 const MAX_ATTEMPT_LOGS: usize = 20;
-
-/// Full-jitter exponential backoff for spooled retry number `n` (0-based).
-pub fn backoff(n: u32) -> Duration {
-    deliver::jittered(BACKOFF_BASE, BACKOFF_CAP, n)
-}
 
 /// Shared by every drainer.
 pub struct Context {
@@ -178,7 +170,10 @@ impl Drainer {
     async fn deliver(&self, mut pending: Vec<Pending>) {
         let name = self.common.name.as_str();
         let metrics = &self.ctx.metrics;
-        let schedule = self.sink.retry_schedule();
+        let policy = match self.sink.retry_schedule() {
+            Some(steps) => Policy::Schedule(steps),
+            None => Policy::Backoff,
+        };
         let max_age_ms = self.ctx.max_age.as_millis() as i64;
         let mut logs: Vec<AttemptLog> = Vec::new();
         let mut round = 0u32;
@@ -214,17 +209,14 @@ impl Drainer {
             if logs.len() < MAX_ATTEMPT_LOGS {
                 logs.push(attempt_log(&at, &status, &last_detail));
             }
-            let wait = match schedule {
-                Some(s) => match s.get(round as usize) {
-                    Some(d) => (*d).max(hint.unwrap_or_default()),
-                    None => {
-                        for p in &retry {
-                            self.dead_letter(p, "retries_exhausted", logs.clone()).await;
-                        }
-                        return;
+            let wait = match policy.next(round, hint) {
+                Next::Wait(d) => d,
+                Next::Stop { .. } => {
+                    for p in &retry {
+                        self.dead_letter(p, "retries_exhausted", logs.clone()).await;
                     }
-                },
-                None => backoff(round).max(hint.unwrap_or_default()),
+                    return;
+                }
             };
             let at_next = now_ms() + wait.as_millis() as i64;
             let (expired, keep): (Vec<Pending>, Vec<Pending>) = retry
@@ -427,15 +419,6 @@ fn attempt_log(at: &str, status: &str, detail: &str) -> AttemptLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spool_backoff_grows_with_jitter_and_caps() {
-        for n in 0..24 {
-            let b = backoff(n);
-            let ceiling = BACKOFF_BASE.saturating_mul(1 << n.min(16)).min(BACKOFF_CAP);
-            assert!(b <= ceiling && b >= ceiling / 2, "{n}: {b:?}");
-        }
-    }
 
     /// A sink that answers after `delay`, taking the event or not.
     struct Slow {
