@@ -72,6 +72,14 @@ fn secs(d: Duration) -> u32 {
     d.as_secs().clamp(1, u32::MAX as u64) as u32
 }
 
+/// The delivered-mark lifetime in whole seconds, a fraction counting as one more: the config
+/// compares `max_event_age <= ttl` to the millisecond, so a mark cut to fewer seconds would
+/// expire while its event is still inside the accept window.
+fn ttl_secs(d: Duration) -> u32 {
+    let up = u64::from(d.subsec_nanos() > 0);
+    d.as_secs().saturating_add(up).clamp(1, u32::MAX as u64) as u32
+}
+
 impl MemoryDedupe {
     /// A table remembering delivered ids for `ttl`, in-flight ones for `in_flight_ttl`, at
     /// most `max_entries` in all (exactly: the count is reserved before each insert). At the
@@ -84,7 +92,7 @@ impl MemoryDedupe {
                 .map(|_| Mutex::new(Table::with_hasher(PassThrough)))
                 .collect(),
             seed: u64::from_le_bytes(seed),
-            ttl: secs(ttl),
+            ttl: ttl_secs(ttl),
             in_flight_ttl: secs(in_flight_ttl),
             max_entries: max_entries.max(1),
             count: AtomicU64::new(0),
@@ -374,6 +382,23 @@ mod tests {
             d.begin(k, 102),
             Begin::New,
             "expired delivered mark counts as absent"
+        );
+    }
+
+    #[test]
+    fn a_ttl_with_a_fraction_of_a_second_covers_the_whole_accept_window() {
+        // ttl = max_event_age = 1.5 s (a valid config); an event dated now, at .900 s.
+        let d = MemoryDedupe::new(Duration::from_millis(1500), Duration::from_secs(10), 100);
+        let k = d.key("s", "e1");
+        let ts: i64 = 1_700_000_000_900;
+        assert_eq!(d.begin(k, (ts / 1000) as u64), Begin::New);
+        d.commit(k, super::super::mark_from_s(ts, ts));
+        // A resend 1.5 s later is still inside max_event_age.
+        let resend = ts + 1500;
+        assert_eq!(
+            d.begin(k, (resend / 1000) as u64),
+            Begin::Duplicate,
+            "the mark must outlive the window"
         );
     }
 
