@@ -10,7 +10,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The wall clock now.
 #[allow(clippy::disallowed_methods)] // the one place the wall clock is read
 pub fn now() -> SystemTime {
+    #[cfg(test)]
+    if let Some(ms) = test_clock::pinned() {
+        return UNIX_EPOCH + Duration::from_millis(ms);
+    }
     SystemTime::now()
+}
+
+/// Unit tests only: this thread's wall clock held at a chosen instant, so that a model can
+/// drive what reads the clock itself (the dedupe journal's rotation and pruning).
+#[cfg(test)]
+pub mod test_clock {
+    use std::cell::Cell;
+
+    thread_local! {
+        static PINNED: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    /// Holds this thread's clock at `ms` unix milliseconds (`None`: the real clock again).
+    pub fn pin(ms: Option<u64>) {
+        PINNED.with(|p| p.set(ms));
+    }
+
+    pub(super) fn pinned() -> Option<u64> {
+        PINNED.with(Cell::get)
+    }
 }
 
 /// The wall clock since the unix epoch (zero for a clock before 1970).
@@ -139,5 +163,18 @@ mod tests {
     fn the_clock_reads_after_2024() {
         assert!(now_ms() > 1_700_000_000_000);
         assert!(now_s().abs_diff((now_ms() / 1000) as u64) <= 1);
+    }
+
+    #[test]
+    fn a_pinned_test_clock_holds_this_thread_only() {
+        test_clock::pin(Some(1_000_500));
+        assert_eq!((now_ms(), now_s()), (1_000_500, 1_000));
+        let other = std::thread::spawn(now_ms).join().unwrap();
+        assert!(
+            other > 1_700_000_000_000,
+            "another thread reads the real clock"
+        );
+        test_clock::pin(None);
+        assert!(now_ms() > 1_700_000_000_000);
     }
 }

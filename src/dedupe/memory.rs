@@ -147,6 +147,12 @@ impl MemoryDedupe {
         Ok(m)
     }
 
+    /// Marks the journal holds in memory because the disk refused them (for the model).
+    #[cfg(test)]
+    pub(crate) fn journal_pending(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.pending())
+    }
+
     /// Damaged journal records found at start-up.
     pub fn journal_corrupt(&self) -> u64 {
         self.journal_corrupt

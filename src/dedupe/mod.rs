@@ -10,6 +10,8 @@
 
 pub mod journal;
 pub mod memory;
+#[cfg(test)]
+mod model;
 pub mod redis;
 
 use crate::config::{DedupeBackend, DedupeConfig};
