@@ -3,7 +3,10 @@
 //! plain in-memory model, under random sequences of appends, deliveries, SIEM failures,
 //! restarts, crashes (a torn in-flight append, cursor files set back or cut short), bit flips
 //! in sealed segments and in the last record of the log (delivered or not), missing and
-//! extra cursor files, and sinks added and removed.
+//! extra cursor files, sinks added and removed, and a full disk: an append whose write
+//! (after a short write) or fsync fails with ENOSPC, followed by [`Log::recover`], as the
+//! spool's writer thread does; that group is not acknowledged (the sender hears 503 and
+//! retries).
 //!
 //! Invariants checked after every step:
 //! 1. every acknowledged event that was not damaged is delivered or pending (readable from
@@ -13,11 +16,17 @@
 //! 4. every damaged range is counted and quarantined;
 //! 5. every acknowledged event's dedupe mark survives restarts and crashes;
 //! 6. after everything is delivered, each source keeps at most one segment;
-//! 7. a sequence number is never given to two acknowledged events.
+//! 7. a sequence number is never given to two acknowledged events, nor to an event of a
+//!    failed group that reached the disk whole;
+//! 8. after a failed append and its recovery, the records of that group that reached the
+//!    disk whole (exactly those: a prefix of the group, as the model computes from the bytes
+//!    that landed) are kept and may be delivered (at least once), in order with the rest;
+//!    the next append goes on after them.
 
 use super::log::{self, Fsync, Log, Stored};
 use super::{attach, reclaim_passed, OpenError};
 use crate::dedupe::journal::{self, Durability};
+use crate::fsutil::fault::{self, Kind, Rule};
 use bytes::Bytes;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,6 +49,14 @@ enum Op {
     /// kill -9 mid-append (`torn` bytes of an unacknowledged record at the end), each cursor
     /// file either back at its last durable value or cut to a prefix (`cut`).
     Crash { torn: u8, cut: Vec<u8> },
+    /// A group of `n` events of `org` whose append fails with ENOSPC: its first write after
+    /// `short` bytes landed, or (`on_sync`) its first fsync; then recovery. Not acknowledged.
+    DiskFull {
+        org: u8,
+        n: u8,
+        short: u16,
+        on_sync: bool,
+    },
     /// One flipped byte in a sealed segment.
     Flip { segment: u8, at: u16 },
     /// One flipped byte in the last record of the log (past its length field), at rest, then
@@ -60,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..3, 1u8..5).prop_map(|(org, n)| Op::Append { org, n }),
         6 => (0u8..4, 1u8..8).prop_map(|(sink, max)| Op::Deliver { sink, max }),
         1 => (0u8..4).prop_map(|sink| Op::SiemDown { sink }),
+        2 => (0u8..3, 1u8..5, 0u16..250, proptest::bool::weighted(0.3))
+            .prop_map(|(org, n, short, on_sync)| Op::DiskFull { org, n, short, on_sync }),
         1 => Just(Op::Restart),
         2 => (0u8..40, proptest::collection::vec(any::<u8>(), 4))
             .prop_map(|(torn, cut)| Op::Crash { torn, cut }),
@@ -93,6 +112,8 @@ struct World {
     /// The last value of each cursor file known to be durable.
     durable: HashMap<String, Option<String>>,
     acked: Vec<Acked>,
+    /// Events of failed groups that reached the disk whole (never acknowledged).
+    unacked: Vec<Acked>,
     delivered: HashMap<String, Vec<u64>>,
     damaged: HashSet<u64>,
     counter: u64,
@@ -125,6 +146,7 @@ impl World {
             cursors: BTreeMap::new(),
             durable: HashMap::new(),
             acked: Vec::new(),
+            unacked: Vec::new(),
             delivered: HashMap::new(),
             damaged: HashSet::new(),
             counter: 0,
@@ -250,7 +272,7 @@ impl World {
                 }
                 let first = self.log.as_mut().unwrap().append(&ps).unwrap();
                 assert!(
-                    self.acked.iter().all(|a| a.seq < first),
+                    self.appended().all(|a| a.seq < first),
                     "sequence number {first} given out again"
                 );
                 for (i, id) in ids.into_iter().enumerate() {
@@ -278,7 +300,7 @@ impl World {
                 let got = self.delivered.entry(name.clone()).or_default();
                 got.extend(batch.records.iter().map(|r| r.0));
                 for (seq, p) in &batch.records {
-                    let a = self.acked.iter().find(|a| a.seq == *seq);
+                    let a = self.appended().find(|a| a.seq == *seq);
                     let a = a.unwrap_or_else(|| panic!("{name} got seq {seq}, never appended"));
                     assert_eq!(parse(p), (a.id.clone(), a.org), "the bytes appended");
                 }
@@ -329,6 +351,71 @@ impl World {
                     }
                 }
                 self.restart_with(self.sinks.clone());
+            }
+            Op::DiskFull {
+                org,
+                n,
+                short,
+                on_sync,
+            } => {
+                let mut ps = Vec::new();
+                let mut ids = Vec::new();
+                for _ in 0..*n {
+                    self.counter += 1;
+                    let id = format!("e{}", self.counter);
+                    ps.push(payload(&id, *org));
+                    ids.push(id);
+                }
+                let first = self.log().next_seq();
+                let written = std::fs::metadata(self.active_segment()).unwrap().len();
+                let sizes: Vec<u64> = ps.iter().map(|p| 16 + p.len() as u64).collect();
+                let whole = landed(written, &sizes, *on_sync, u64::from(*short));
+                let (op, short) = if *on_sync {
+                    (fault::Op::Sync, 0)
+                } else {
+                    (fault::Op::Write, usize::from(*short))
+                };
+                Rule {
+                    times: 1,
+                    short,
+                    ..Rule::new(&self.dir, op, Kind::NoSpace)
+                }
+                .install();
+                // What the spool's writer thread does: append, and on failure recover.
+                let log = self.log.as_mut().unwrap();
+                assert!(log.append(&ps).is_err(), "the append fails");
+                log.recover().expect("recovery after a failed append");
+                fault::clear(&self.dir);
+                assert_eq!(
+                    log.next_seq(),
+                    first + whole as u64,
+                    "recovery keeps exactly the {whole} records that reached the disk whole"
+                );
+                let b = std::fs::read(self.active_segment()).unwrap();
+                assert_eq!(
+                    records_end(&b),
+                    b.len(),
+                    "the active segment cut back to whole records"
+                );
+                let kept = self.log().read(first, usize::MAX).unwrap().records;
+                assert_eq!(kept.len(), whole, "readable: the records kept");
+                for (i, (seq, p)) in kept.iter().enumerate() {
+                    assert_eq!(*seq, first + i as u64);
+                    assert_eq!(p, &ps[i], "the bytes appended");
+                }
+                assert!(
+                    self.appended().all(|a| a.seq < first),
+                    "sequence number {first} given out again"
+                );
+                for (i, id) in ids.into_iter().take(whole).enumerate() {
+                    self.unacked.push(Acked {
+                        seq: first + i as u64,
+                        id,
+                        org: *org,
+                        sinks: self.sinks.clone(),
+                        key: [0, 0],
+                    });
+                }
             }
             Op::Flip { segment, at } => {
                 let segs = self.segments();
@@ -415,6 +502,11 @@ impl World {
         reclaim_passed("src", shared, &cursors, true);
     }
 
+    /// Every event whose record was written whole: acknowledged, or of a failed group.
+    fn appended(&self) -> impl Iterator<Item = &Acked> {
+        self.acked.iter().chain(&self.unacked)
+    }
+
     fn segments(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .unwrap()
@@ -471,7 +563,7 @@ impl World {
                 if !seen.insert(*seq) {
                     continue;
                 }
-                let org = self.acked.iter().find(|a| a.seq == *seq).unwrap().org;
+                let org = self.appended().find(|a| a.seq == *seq).unwrap().org;
                 if let Some(prev) = last.insert(org, *seq) {
                     assert!(prev < *seq, "sink {sink}: org {org} out of order");
                 }
@@ -498,6 +590,60 @@ impl World {
         let n = self.segments().len();
         assert!(n <= 1, "{n} segments left after full delivery");
     }
+}
+
+/// Where the records of a segment end, walking their length fields.
+fn records_end(b: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos + 16 <= b.len() {
+        let len = u32::from_le_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        if pos + 16 + len > b.len() {
+            break;
+        }
+        pos += 16 + len;
+    }
+    pos
+}
+
+/// How many records of a group (record sizes `sizes`) reach the disk whole when the first
+/// write of its append fails after `short` bytes (or, `on_sync`, its first fsync), the active
+/// segment holding `written` bytes. As [`Log::append`] writes: records are buffered; one that
+/// would start at or past [`SEGMENT`] first rotates (the buffer written, then fsynced); the
+/// rest is written and fsynced at the end.
+fn landed(mut written: u64, sizes: &[u64], on_sync: bool, short: u64) -> usize {
+    let mut whole = 0;
+    let mut buffered: Vec<u64> = Vec::new();
+    // One flush; true when it fails.
+    let mut flush = |buffered: &mut Vec<u64>| {
+        if !buffered.is_empty() {
+            if !on_sync {
+                let mut end = 0;
+                whole += buffered
+                    .iter()
+                    .take_while(|r| {
+                        end += **r;
+                        end <= short
+                    })
+                    .count();
+                return true;
+            }
+            whole += buffered.len();
+            buffered.clear();
+        }
+        on_sync
+    };
+    for &r in sizes {
+        if written >= SEGMENT {
+            if flush(&mut buffered) {
+                return whole;
+            }
+            written = 0;
+        }
+        buffered.push(r);
+        written += r;
+    }
+    flush(&mut buffered);
+    whole
 }
 
 proptest! {
