@@ -204,10 +204,10 @@ impl Response {
     }
 
     /// `Retry-After`: delay seconds or an HTTP-date
-    /// ([`crate::pipeline::retry::parse_retry_after`]).
+    /// ([`crate::retry::parse_retry_after`]).
     pub fn retry_after(&self) -> Option<Duration> {
         self.header("retry-after")
-            .and_then(|v| crate::pipeline::retry::parse_retry_after(v, crate::time::now()))
+            .and_then(|v| crate::retry::parse_retry_after(v, crate::time::now()))
     }
 }
 

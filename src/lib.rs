@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
+pub mod retry;
 pub mod secret;
 pub mod sender;
 pub mod server;

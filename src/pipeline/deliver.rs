@@ -1,12 +1,12 @@
 //! Delivers one batch: send, classify per event, retry the retryable ones within the budget,
 //! bisect batches the target refuses whole, and answer every event's waiting request.
 
-use super::retry::{Next, Policy};
 use super::{Delivery, FailKind, Job};
 use crate::config::SinkCommon;
 use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::retry::{Next, Policy};
 use crate::sinks::{RetryKind, SendResult, Sink, Verdict};
 use std::future::Future;
 use std::pin::Pin;

@@ -6,7 +6,6 @@
 
 pub mod batcher;
 pub mod deliver;
-pub mod retry;
 
 use crate::config::SinkCommon;
 use crate::event::Event;

@@ -221,7 +221,7 @@ impl WebhookSender {
     /// Retries after a failed first attempt, on the schedule; stores the event when the
     /// schedule is exhausted.
     pub async fn retry(&self, body: Bytes, first: (AttemptLog, Answer)) -> Outcome {
-        use crate::pipeline::retry::{Next, Policy};
+        use crate::retry::{Next, Policy};
         let mut logs = vec![first.0];
         let mut last = first.1;
         let policy = Policy::Schedule(&self.settings.schedule);

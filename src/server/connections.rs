@@ -16,7 +16,6 @@
 //! keep-alive requests included, in one task. Owns: slots, deadlines, eviction. Knows nothing
 //! of requests beyond "waiting for a head".
 
-use super::webhook::WebhookApp;
 use parking_lot::Mutex;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -100,10 +99,10 @@ impl HeadDeadlines {
     }
 }
 
-/// The webhook app behind `server.max_connections` slots.
-pub struct Limited {
+/// An app (the webhook listener's) behind `server.max_connections` slots.
+pub struct Limited<A> {
     /// The app.
-    pub app: Arc<WebhookApp>,
+    pub app: Arc<A>,
     /// Free connection slots.
     pub slots: tokio::sync::Semaphore,
     /// Open connections, for eviction.
@@ -116,9 +115,9 @@ pub struct Limited {
 /// How long a new connection waits for an evicted one's slot.
 const TAKE_OVER_WAIT: Duration = Duration::from_millis(250);
 
-impl Limited {
+impl<A> Limited<A> {
     /// `app` with `max` connection slots.
-    pub fn new(app: Arc<WebhookApp>, max: usize, refused: IntCounter) -> Limited {
+    pub fn new(app: Arc<A>, max: usize, refused: IntCounter) -> Limited<A> {
         Limited {
             app,
             slots: tokio::sync::Semaphore::new(max),
@@ -162,7 +161,7 @@ impl Drop for Registered<'_> {
 }
 
 #[async_trait::async_trait]
-impl pingora::apps::ServerApp for Limited {
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp for Limited<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: pingora::protocols::Stream,

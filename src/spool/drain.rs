@@ -11,7 +11,7 @@ use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::pipeline::deliver;
-use crate::pipeline::retry::{Next, Policy};
+use crate::retry::{Next, Policy};
 use crate::sinks::{Sink, Verdict};
 use crate::time::{now_ms, now_rfc3339};
 use bytes::Bytes;

@@ -3,7 +3,9 @@
 //! caller's `max_age`) and fixed schedules (a `webhook` sink's `retry_schedule`, sender mode);
 //! the jitter, and `Retry-After` in both of its forms (seconds and HTTP-date).
 //!
-//! Owns: waits and stopping rules. Knows nothing of sinks, events or where the wait is spent.
+//! Owns: waits and stopping rules. Knows nothing of sinks, events or where the wait is spent,
+//! and imports nothing of the crate: it sits at the bottom beside `time`, so that the client
+//! (`Retry-After`), sender mode and the pipeline all use it without an arrow running back up.
 
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
