@@ -15,7 +15,9 @@
 //!
 //! Disk full: a failed write is cut back to the last whole record at once (a short write
 //! never misaligns what follows), and the marks that could not be written are kept in memory
-//! and written first by the next `record` that finds room (up to [`MAX_PENDING`]). At load a
+//! (up to [`MAX_PENDING`]) and written as soon as there is room: first by the next `record`,
+//! or by the background thread, which tries every [`SYNC_EVERY`] (so they reach the disk
+//! even when no new id is committed). At load a
 //! record whose checksum fails is skipped by scanning for the next valid one: damage costs the
 //! damaged records only, each counted ([`Loaded::corrupt`]) and logged at ERROR; a partial
 //! record at the very end of a file (a torn write) is ignored.
@@ -354,11 +356,11 @@ pub fn open(
         _lock: lock,
         _stop: stop,
     };
-    if durability == Durability::Batch {
+    if background_thread() {
         let writer = journal.inner.clone();
         std::thread::Builder::new()
             .name("vfgate-dedupe-sync".into())
-            .spawn(move || sync_loop(&writer, &dirty, &rx))
+            .spawn(move || sync_loop(&writer, &dirty, &rx, durability))
             .expect("spawn thread");
     }
     Ok((
@@ -371,6 +373,21 @@ pub fn open(
     ))
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by the journal's fault model, which drives every write itself.
+    pub(crate) static NO_BACKGROUND_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether [`open`] starts the thread that fsyncs (`Batch`) and writes held-back marks.
+fn background_thread() -> bool {
+    #[cfg(test)]
+    if NO_BACKGROUND_THREAD.with(|c| c.get()) {
+        return false;
+    }
+    true
+}
+
 fn new_seed(path: &Path) -> Result<u64, JournalError> {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("OS random source");
@@ -379,14 +396,48 @@ fn new_seed(path: &Path) -> Result<u64, JournalError> {
     Ok(seed)
 }
 
-/// `Batch`: fsyncs the current file whenever something was written since the last round.
-fn sync_loop(writer: &Mutex<Writer>, dirty: &AtomicBool, stop: &mpsc::Receiver<()>) {
+/// Every [`SYNC_EVERY`]: writes the marks a disk-full held back, once there is room (made
+/// durable per the policy), and, for `Batch`, fsyncs the current file whenever something was
+/// written since the last round.
+fn sync_loop(
+    writer: &Mutex<Writer>,
+    dirty: &AtomicBool,
+    stop: &mpsc::Receiver<()>,
+    durability: Durability,
+) {
+    let mut last_error = 0;
     loop {
         let last = matches!(
             stop.recv_timeout(SYNC_EVERY),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
-        if dirty.swap(false, Ordering::AcqRel) {
+        let flushed = {
+            let mut w = writer.lock();
+            match w.flush_pending() {
+                Ok(true) => {
+                    tracing::info!(dir = %w.dir.display(), "dedupe journal: the marks held back by a failed write are on disk now");
+                    if durability == Durability::Always {
+                        if let Err(e) = fsutil::sync_data(&w.out, &w.path) {
+                            tracing::error!(error = %e, "cannot fsync the dedupe journal; a power loss may forget recent ids");
+                        }
+                    }
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    let now = now_secs();
+                    if now >= last_error + 10 {
+                        last_error = now;
+                        tracing::warn!(error = %e, pending = w.pending.len(), "dedupe journal: still no room for the held-back marks; retrying");
+                    }
+                    false
+                }
+            }
+        };
+        if flushed && durability == Durability::Batch {
+            dirty.store(true, Ordering::Release);
+        }
+        if durability == Durability::Batch && dirty.swap(false, Ordering::AcqRel) {
             // The current file, synced outside the lock (writers are not held up).
             let (f, path) = {
                 let w = writer.lock();
@@ -540,6 +591,31 @@ impl Writer {
         }
     }
 
+    /// Writes the marks a failed write held back, if any (the background thread, so that
+    /// they reach the disk once it has room even when no new id is committed). True when
+    /// something was written.
+    fn flush_pending(&mut self) -> std::io::Result<bool> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let bytes = self.pending.concat();
+        match fsutil::write_all(&self.out, &self.path, &bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                let max = self.pending.iter().map(|r| decode(r).1).max().unwrap_or(0);
+                self.max = self.max.max(max);
+                self.pending.clear();
+                Ok(true)
+            }
+            Err(e) => {
+                if let Err(cut) = self.out.set_len(self.len) {
+                    tracing::error!(path = %self.path.display(), error = %cut, "dedupe journal: cannot cut a failed write back; the damaged record will be skipped at load");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Deletes earlier files whose every mark has expired.
     fn prune(&mut self) {
         let now = now_secs();
@@ -679,6 +755,8 @@ mod tests {
 
     #[test]
     fn a_short_write_on_a_full_disk_never_misaligns_later_marks() {
+        // Every write is this test's own (the background thread's is tested below).
+        NO_BACKGROUND_THREAD.with(|c| c.set(true));
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = open(dir.path(), HOUR, Durability::Never).unwrap();
         let far = (now_secs() + 600) as u32;
@@ -712,6 +790,37 @@ mod tests {
             (1..=5).map(|i| ([i, i], far)).collect::<Vec<_>>(),
             "every id accepted during and after the disk-full is remembered"
         );
+    }
+
+    #[test]
+    fn held_back_marks_reach_the_disk_once_there_is_room_without_another_commit() {
+        for durability in [Durability::Always, Durability::Batch, Durability::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            let (j, _) = open(dir.path(), HOUR, durability).unwrap();
+            let far = (now_secs() + 600) as u32;
+            Rule {
+                short: 5,
+                times: 1,
+                ..Rule::new(dir.path(), Op::Write, Kind::NoSpace)
+            }
+            .install();
+            j.record([1, 1], far);
+            crate::fsutil::fault::clear(dir.path());
+            let t0 = std::time::Instant::now();
+            while j.pending() > 0 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{durability:?}: still pending"
+                );
+                std::thread::sleep(SYNC_EVERY);
+            }
+            // What a kill -9 now would leave: the mark is in the file.
+            let path = files(dir.path()).pop().unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), RECORD as u64);
+            drop(j);
+            let (_j, loaded) = open(dir.path(), HOUR, Durability::Never).unwrap();
+            assert_eq!(loaded.marks, vec![([1, 1], far)], "{durability:?}");
+        }
     }
 
     #[test]
