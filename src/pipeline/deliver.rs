@@ -125,9 +125,9 @@ pub async fn attempt(
             Verdict::Permanent { reason, detail } => {
                 metrics
                     .sink_events_failed
-                    .with_label_values(&[name, reason])
+                    .with_label_values(&[name, reason.as_str()])
                     .inc();
-                tracing::warn!(sink = name, event_id = ?Printable(&ev.event_id), reason, detail = ?Printable(detail), "event refused permanently");
+                tracing::warn!(sink = name, event_id = ?Printable(&ev.event_id), reason = reason.as_str(), detail = ?Printable(detail), "event refused permanently");
             }
             Verdict::Retry {
                 kind: RetryKind::Config,
@@ -304,7 +304,7 @@ mod tests {
             f: Box::new(|ids, _| {
                 if ids.iter().any(|i| i == "e5") {
                     SendResult::Split {
-                        reason: "rejected",
+                        reason: crate::sinks::Refusal::Rejected,
                         detail: "bad".into(),
                     }
                 } else {

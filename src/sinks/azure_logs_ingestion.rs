@@ -15,6 +15,7 @@
 //! Answers: 204 delivered; 400 bisected; 401 refresh, then configuration error; 403/404
 //! configuration errors (kept); 413 split; 429/5xx retried honouring `Retry-After`.
 
+use super::Refusal;
 use super::{
     audit_columns, body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind,
     SendResult, Sink, SinkType, Verdict,
@@ -298,7 +299,7 @@ pub fn record(
     max_field: usize,
 ) -> Result<Map<String, Value>, Verdict> {
     let v: Value = serde_json::from_slice(&ev.body)
-        .map_err(|e| Verdict::permanent("rejected", e.to_string()))?;
+        .map_err(|e| Verdict::permanent(Refusal::Rejected, e.to_string()))?;
     let mut m = Map::new();
     m.insert(
         time_field.to_string(),
@@ -310,10 +311,10 @@ pub fn record(
         }
     }
     let raw = String::from_utf8(ev.one_line().to_vec())
-        .map_err(|_| Verdict::permanent("rejected", "event is not UTF-8"))?;
+        .map_err(|_| Verdict::permanent(Refusal::Rejected, "event is not UTF-8"))?;
     if raw.len() > max_field {
         return Err(Verdict::permanent(
-            "too_large",
+            Refusal::TooLarge,
             format!(
                 "RawEvent is {} bytes; the target keeps at most {max_field} per field",
                 raw.len()
@@ -349,7 +350,7 @@ pub fn encode_records(
     out.push(b']');
     if out.len() > max_body {
         return Err(SendResult::Split {
-            reason: "too_large",
+            reason: Refusal::TooLarge,
             detail: format!(
                 "body is {} bytes; the target takes at most {max_body} per call",
                 out.len()

@@ -11,6 +11,7 @@
 //! with the reason) rather than report a delivery that lost data. A batch over the byte limit
 //! is split before sending.
 
+use super::Refusal;
 use super::{compress, Attempt, Compression, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
@@ -173,11 +174,11 @@ impl Datadog {
     pub fn log(&self, ev: &Event, now_ms: i64) -> Result<Vec<u8>, Verdict> {
         let age = now_ms - ev.timestamp_ms;
         if age > MAX_AGE_MS {
-            return Err(Verdict::permanent("too_old", format!("event timestamp {} is older than 18h: the Datadog intake would drop it while answering 202", ev.timestamp)));
+            return Err(Verdict::permanent(Refusal::TooOld, format!("event timestamp {} is older than 18h: the Datadog intake would drop it while answering 202", ev.timestamp)));
         }
         if -age > MAX_AHEAD_MS {
             return Err(Verdict::permanent(
-                "too_new",
+                Refusal::TooNew,
                 format!(
                     "event timestamp {} is more than 2h ahead: the Datadog intake would drop it",
                     ev.timestamp
@@ -185,7 +186,7 @@ impl Datadog {
             ));
         }
         let message = std::str::from_utf8(&ev.body)
-            .map_err(|_| Verdict::permanent("rejected", "event is not UTF-8"))?;
+            .map_err(|_| Verdict::permanent(Refusal::Rejected, "event is not UTF-8"))?;
         let mut ddtags = self.tags.clone();
         let mut tag = |k: &str, v: &str| {
             if !v.is_empty() {
@@ -211,7 +212,7 @@ impl Datadog {
         .expect("json of strings");
         if out.len() > MAX_LOG {
             return Err(Verdict::permanent(
-                "too_large",
+                Refusal::TooLarge,
                 format!(
                     "log is {} bytes; the Datadog intake truncates logs over {MAX_LOG}",
                     out.len()
@@ -241,7 +242,7 @@ impl Datadog {
         out.push(b']');
         if out.len() > MAX_BODY {
             return Err(SendResult::Split {
-                reason: "too_large",
+                reason: Refusal::TooLarge,
                 detail: format!(
                     "batch is {} bytes; the intake takes at most {MAX_BODY}",
                     out.len()

@@ -13,6 +13,7 @@
 //! or `{ user = "...", password = <secret> }` (Basic).
 //! Limits: `http.max_content_length` defaults to 100 MB; vfgate splits batches over 50 MB.
 
+use super::Refusal;
 use super::{compress, Attempt, Compression, RetryKind, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
@@ -210,9 +211,12 @@ impl Elastic {
     /// The action line and document of one event (each ending in `\n`).
     pub fn encode_one(&self, ev: &Event, out: &mut Vec<u8>) -> Result<(), Verdict> {
         let v: Value = serde_json::from_slice(&ev.body)
-            .map_err(|e| Verdict::permanent("rejected", e.to_string()))?;
+            .map_err(|e| Verdict::permanent(Refusal::Rejected, e.to_string()))?;
         let Value::Object(mut doc) = v else {
-            return Err(Verdict::permanent("rejected", "event is not an object"));
+            return Err(Verdict::permanent(
+                Refusal::Rejected,
+                "event is not an object",
+            ));
         };
         doc.insert("@timestamp".into(), Value::String(ev.timestamp.clone()));
         if self.ecs {
@@ -266,7 +270,7 @@ impl Elastic {
         }
         if out.len() > MAX_BODY && batch.len() > 1 {
             return Err(SendResult::Split {
-                reason: "too_large",
+                reason: Refusal::TooLarge,
                 detail: format!("bulk body is {} bytes", out.len()),
             });
         }
@@ -323,7 +327,7 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
                     200 | 201 | 409 => Verdict::Ok,
                     429 | 500..=599 => Verdict::retry(RetryKind::Unavailable, err(), None),
                     401 | 403 | 404 => Verdict::retry(RetryKind::Config, err(), None),
-                    _ => Verdict::permanent("rejected", err()),
+                    _ => Verdict::permanent(Refusal::Rejected, err()),
                 }
             })
             .collect(),

@@ -35,6 +35,38 @@ pub enum RetryKind {
     Config,
 }
 
+/// Why a target refuses an event for good: the `reason` label of the failure metrics and
+/// dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The target refused it (malformed for it, a 4xx for the event).
+    Rejected,
+    /// Over the target's size limit, alone.
+    TooLarge,
+    /// Older than the target keeps (Datadog's 18 h).
+    TooOld,
+    /// Dated further ahead than the target accepts (Datadog's 2 h).
+    TooNew,
+}
+
+impl Refusal {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Rejected => "rejected",
+            Refusal::TooLarge => "too_large",
+            Refusal::TooOld => "too_old",
+            Refusal::TooNew => "too_new",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One event's result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -51,8 +83,8 @@ pub enum Verdict {
     },
     /// Can never be accepted (malformed for the target, over its size limit).
     Permanent {
-        /// Short metric reason, e.g. `too_large`, `rejected`.
-        reason: &'static str,
+        /// Why (its metric label).
+        reason: Refusal,
         /// Human detail (never a secret).
         detail: String,
     },
@@ -72,7 +104,7 @@ impl Verdict {
         }
     }
     /// A permanent failure.
-    pub fn permanent(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn permanent(reason: Refusal, detail: impl Into<String>) -> Self {
         Verdict::Permanent {
             reason,
             detail: detail.into(),
@@ -91,8 +123,8 @@ pub enum SendResult {
     /// pipeline halves it and resends each half, until a single event is refused alone,
     /// which then fails permanently with this detail.
     Split {
-        /// Short metric reason.
-        reason: &'static str,
+        /// Why (its metric label).
+        reason: Refusal,
         /// Human detail.
         detail: String,
     },
@@ -242,11 +274,11 @@ pub fn classify_http(resp: &crate::client::Response, who: &str, config: &[u16]) 
             resp.retry_after(),
         )),
         413 => SendResult::Split {
-            reason: "too_large",
+            reason: Refusal::TooLarge,
             detail: detail(),
         },
         _ => SendResult::Split {
-            reason: "rejected",
+            reason: Refusal::Rejected,
             detail: detail(),
         },
     }

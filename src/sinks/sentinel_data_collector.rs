@@ -18,6 +18,7 @@
 //! 429/5xx retried.
 
 use super::azure_logs_ingestion::encode_records;
+use super::Refusal;
 use super::{body_snippet, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Response, Target};
 use crate::config::{ConfigError, RawClientTls, SinkSpec};
@@ -174,7 +175,7 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
         }
         // 404 means a wrong URL, or a request too large: split first, then configuration.
         404 if n > 1 => SendResult::Split {
-            reason: "too_large",
+            reason: Refusal::TooLarge,
             detail: format!("Data Collector answered 404: {}", body_snippet(resp)),
         },
         _ => super::classify_http(resp, "Data Collector", &[401, 403, 404]),

@@ -15,6 +15,7 @@
 //! acknowledged by `/services/collector/ack`; an ack that never comes is retried (a resend
 //! may duplicate, as Splunk documents).
 
+use super::Refusal;
 use super::{
     body_snippet, client_error_attempt, compress, Attempt, Compression, RetryKind, SendResult,
     Sink, SinkType, Verdict,
@@ -213,7 +214,7 @@ impl SplunkHec {
         let body = ev.one_line();
         if body.len() > MAX_EVENT_BYTES {
             return Err(Verdict::permanent(
-                "too_large",
+                Refusal::TooLarge,
                 format!(
                     "event is {} bytes; HEC accepts at most {MAX_EVENT_BYTES}",
                     body.len()
@@ -355,7 +356,9 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
                 (0..n)
                     .map(|i| match i.cmp(&k) {
                         std::cmp::Ordering::Less => Verdict::Ok,
-                        std::cmp::Ordering::Equal => Verdict::permanent("rejected", detail.clone()),
+                        std::cmp::Ordering::Equal => {
+                            Verdict::permanent(Refusal::Rejected, detail.clone())
+                        }
                         std::cmp::Ordering::Greater => Verdict::retry(
                             RetryKind::Unavailable,
                             format!("after a refused event in the same batch: {detail}"),
@@ -365,12 +368,12 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
                     .collect(),
             ),
             _ => SendResult::Split {
-                reason: "rejected",
+                reason: Refusal::Rejected,
                 detail,
             },
         },
         (413, _) => SendResult::Split {
-            reason: "too_large",
+            reason: Refusal::TooLarge,
             detail,
         },
         (408 | 429 | 500..=599, _) | (_, Some(8 | 9)) => SendResult::All(Verdict::retry(
@@ -379,7 +382,7 @@ pub fn classify(resp: &Response, n: usize) -> SendResult {
             resp.retry_after(),
         )),
         (400..=499, _) => SendResult::Split {
-            reason: "rejected",
+            reason: Refusal::Rejected,
             detail,
         },
         _ => SendResult::All(Verdict::retry(RetryKind::Unavailable, detail, None)),
@@ -513,7 +516,7 @@ mod tests {
         assert!(matches!(
             classify(&resp(413, "too big"), 4),
             SendResult::Split {
-                reason: "too_large",
+                reason: Refusal::TooLarge,
                 ..
             }
         ));

@@ -190,7 +190,7 @@ impl Drainer {
                     Verdict::Permanent { reason, detail } => {
                         let mut l = logs.clone();
                         l.push(attempt_log(&at, &status, &detail));
-                        self.dead_letter(&p, reason, l).await;
+                        self.dead_letter(&p, reason.as_str(), l).await;
                     }
                     Verdict::Retry {
                         detail,
