@@ -10,6 +10,10 @@
 //! - A request that fails on a reused pooled connection before any response byte is retried
 //!   once on a fresh one (the server may have closed it while idle).
 //! - Response bodies are read to the end (capped) so that the connection goes back to the pool.
+//!
+//! Owns: outbound connections, TLS, the DNS cache and one request's attempt. Uses only
+//! `config` (the TLS settings), `retry` (`Retry-After`) and `time`; knows nothing of sinks,
+//! events, batches or any retry but the one on a stale connection.
 
 use crate::config::RawClientTls;
 use bytes::{Bytes, BytesMut};

@@ -1,5 +1,8 @@
 //! The failed-deliveries store: one JSON file per event in a directory, written atomically
-//! (temp file, fsync, rename, fsync of the directory), so a crash never leaves half an entry.
+//! (temp file, fsync, rename, fsync of the directory), so a crash never leaves half an
+//! entry. Owns: the directory's entry files and their claims. Uses only `fsutil` and
+//! `time`; knows nothing of sinks, the spool or HTTP (its callers deliver and record the
+//! attempts).
 //!
 //! An entry keeps the exact event bytes, the target URL, the webhook version, the names (not
 //! the values) of the custom headers, the secret's reference (`env NAME` or `file PATH`, never

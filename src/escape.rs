@@ -12,6 +12,8 @@
 //! log's safety does not rest on what the standard library's `Debug` happens to escape;
 //! [`printable_json`] escapes the same code points inside serialised JSON as `\uXXXX`, which
 //! keeps it valid and equal JSON (`vfgate failed show`).
+//!
+//! Owns: the escaping rules. Imports nothing of the crate, so any layer may use it.
 
 use std::borrow::Cow;
 use std::fmt::{self, Write};

@@ -3,6 +3,9 @@
 //! The body is kept as the exact bytes received (one `Bytes` from socket to sink) so that the
 //! file and http sinks forward it byte for byte and unknown fields survive. Parsing borrows
 //! from the body and copies out only the short fields used for routing, dedupe and sinks.
+//!
+//! Owns: the event type and its parse. Uses only `time` (RFC 3339 timestamps); knows
+//! nothing of secrets, dedupe, sinks or HTTP.
 
 use bytes::Bytes;
 use serde::Deserialize;

@@ -4,6 +4,11 @@
 //! [`dedupe`] → [`spool`] or [`pipeline`] → [`sinks`]). The command line is [`cmd`] (nothing
 //! imports it). Configuration in [`config`], secrets in [`secret`], metrics in [`metrics`],
 //! outbound HTTP in [`client`], the wall clock in [`time`].
+//!
+//! Layers, arrows running downward: `cmd` → `server`, `sender` → `ingest` → `pipeline`,
+//! `spool` → `sinks` → `client`, `verify`, `dedupe`, `deadletter` → `config`, `event`,
+//! `time`, `retry`, `metrics`, `escape`, `fsutil`, `secret`. Each module's doc says what it
+//! owns and what it may not import, and names any import that runs the other way.
 #![warn(missing_docs)]
 
 pub mod client;

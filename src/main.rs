@@ -1,4 +1,5 @@
-//! The `vfgate` binary: parse the command line and hand it to [`vfgate::cmd`].
+//! The `vfgate` binary: parse the command line and hand it to [`vfgate::cmd`]. Owns nothing
+//! else; uses only `cmd`.
 
 use clap::Parser;
 

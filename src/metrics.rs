@@ -2,6 +2,9 @@
 //!
 //! Label values come only from the config (source and sink names, secret positions) and from
 //! enums' `as_str()`, never from request data, so cardinality is bounded by the config.
+//!
+//! Owns: the registry and every metric's name, help and labels. Imports nothing of the
+//! crate, so every layer may count.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -4,6 +4,9 @@
 //! A [`Secret`] has a redacting `Debug`, no `Display` and no `Serialize`; the bytes are reached
 //! only through [`Secret::expose`]. A [`SecretRef`] is the config's description of a secret and
 //! may be printed (it names an env var or a path, never the value).
+//!
+//! Owns: loading a secret from its reference and keeping it unprintable. Imports nothing of
+//! the crate.
 
 use serde::Deserialize;
 use std::fmt;

@@ -6,6 +6,10 @@
 //! (constant time). Every configured secret is tried, even after a match, so the time taken
 //! does not tell which secret matched. A malformed header, a missing one and a wrong MAC all
 //! give the same error: nothing tells an attacker which check failed.
+//!
+//! Owns: the signature, version, shape and age checks and the MAC (`sign`, which sender
+//! mode uses too). Uses `config`, `secret` and `event`; reads no clock (callers pass the
+//! time) and knows nothing of dedupe, sinks or HTTP.
 
 use crate::config::SourceSecret;
 use crate::secret::Secret;

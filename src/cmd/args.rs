@@ -1,5 +1,6 @@
 //! The shape of the command line (clap): every subcommand and its arguments. Parsing only:
-//! what each does is in its own file beside this one.
+//! what each does is in its own file beside this one. Owns: the clap types only; from the
+//! crate it reads `config::defaults` (default values), nothing else.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 //! `vfgate check-config`: validation only (nothing is opened, created or contacted): the
-//! warnings and a summary, exit 0; or the key path and reason, exit 2.
+//! warnings and a summary, exit 0; or the key path and reason, exit 2. Owns: that output
+//! and its exit code; uses `config` only (nothing is built).
 
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::config::Config;

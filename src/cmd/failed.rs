@@ -1,6 +1,9 @@
 //! `vfgate failed list|show|replay|purge`: the failed-deliveries store from the command line.
 //! Sender-mode entries replay to their recorded target, dead letters of a spooled sink to
-//! that sink (built from `--config`); one replay at a time per entry (claims).
+//! that sink (built from `--config`); one replay at a time per entry (claims). Owns: the
+//! output and exit codes; the store and its claims are `deadletter`'s, the sending
+//! `sender::replay`'s and `spool::drain::replay_to_sink`'s. As part of `cmd` it may use any
+//! layer; nothing outside `cmd` imports it.
 
 use super::args::FailedCmd;
 use super::send::parse_tls;

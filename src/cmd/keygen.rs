@@ -1,4 +1,5 @@
-//! `vfgate keygen`: a new random 32-byte secret, URL-safe base64 without padding.
+//! `vfgate keygen`: a new random 32-byte secret, URL-safe base64 without padding. Owns:
+//! that one line of output; uses nothing of the crate.
 
 use super::EXIT_OK;
 use base64::Engine;

@@ -1,5 +1,7 @@
 //! `vfgate send`: file, test and load-generation modes over [`crate::sender`], with progress
-//! output, a summary and the exit code (0 all delivered, 1 some failed, 2 usage).
+//! output, a summary and the exit code (0 all delivered, 1 some failed, 2 usage). Owns:
+//! that output and exit code; signing, ordering, retries and the failed-deliveries store
+//! are `sender`'s and `deadletter`'s, and it builds no request itself.
 
 use super::args::SendArgs;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};

@@ -1,5 +1,6 @@
 //! `vfgate serve`: load the config (exit 2 naming the key on an error), then run the gateway
-//! in the foreground until SIGTERM/SIGINT.
+//! in the foreground until SIGTERM/SIGINT. Owns: that exit code only; what runs is
+//! `crate::server`'s.
 
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::config::Config;

@@ -1,4 +1,5 @@
-//! `vfgate sign`: the `X-VF-Signature-256` value of a file's bytes (or stdin).
+//! `vfgate sign`: the `X-VF-Signature-256` value of a file's bytes (or stdin). Uses
+//! `verify::sign` (the one MAC function) and `secret`, nothing else of the crate.
 
 use super::EXIT_OK;
 use anyhow::Context;

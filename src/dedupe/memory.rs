@@ -5,6 +5,9 @@
 //! with 10 M ids the chance of any false duplicate is about 1e-25, and none can be crafted. An expired entry counts as absent in the same locked
 //! call that would insert it. When a shard is full, expired entries are purged first, then the
 //! oldest eighth of delivered entries is evicted (counted).
+//!
+//! Owns: the table, its bound and its eviction; persistence is `journal.rs`'s. Uses nothing
+//! of the crate outside `dedupe`.
 
 use super::{Begin, DedupeKey};
 use parking_lot::Mutex;

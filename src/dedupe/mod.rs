@@ -7,6 +7,10 @@
 //! must not block an id forever).
 //!
 //! Backends are one enum; the atomicity of "mark if absent" lives in each backend's `begin`.
+//!
+//! Owns: the id lifecycle and the choice of backend. Uses only `config` (the backends add
+//! `time` and `fsutil`; the tests and `model.rs` also use `verify`, beside it); knows
+//! nothing of requests, sinks, the spool or HTTP.
 
 pub mod journal;
 pub mod memory;

@@ -42,6 +42,9 @@
 //! the accept window is a duplicate (its record was written whole), and every id never
 //! forwarded is new (no event is dropped as a false duplicate). At the end, with the clock
 //! past every window: one empty journal file is left.
+//!
+//! Test code only (`cfg(test)`): beside `dedupe` it uses `verify`'s window check,
+//! `config`'s parser, `time`'s pinned clock and `fsutil`'s fault seam, nothing above.
 
 use super::journal::Durability;
 use super::{Begin, Dedupe, DedupeKey};

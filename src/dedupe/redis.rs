@@ -9,6 +9,9 @@
 //! still waiting for its sinks renews its in-flight mark (only while it is `f`).
 //! On a Redis failure, `on_error = "reject"` makes the request a 503 (the sender retries: no
 //! silent duplicate, no loss); `"allow"` forwards without dedupe and counts the error.
+//!
+//! Owns: the Redis keys, scripts and connection. Uses only `config`; knows nothing of
+//! requests, sinks, the spool or HTTP.
 
 use super::{Begin, DedupeError, DedupeKey};
 use crate::config::{OnError, RedisConfig};

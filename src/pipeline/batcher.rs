@@ -6,6 +6,10 @@
 //! batches are in flight (1 for sinks that need order); while a batch waits for a free slot
 //! it takes in what queued meanwhile, so under load batches grow without any linger, and an
 //! idle sink sends at once. Time is tokio's, so tests pause it.
+//!
+//! Owns: batch boundaries and the delivery slots; sending and retries are `deliver.rs`'s.
+//! Uses `config`, `metrics` and the `sinks::Sink` trait; knows nothing of requests, dedupe
+//! or the spool.
 
 use super::{deliver, Job};
 use crate::config::SinkCommon;

@@ -1,5 +1,8 @@
 //! Delivers one batch: send, classify per event, retry the retryable ones within the budget,
-//! bisect batches the target refuses whole, and answer every event's waiting request.
+//! bisect batches the target refuses whole, and answer every event's waiting request. Owns:
+//! one batch's attempts and each event's verdict; the waits are `crate::retry`'s, the
+//! sending the sink's. Knows nothing of requests, dedupe or the spool (the spool's drainer
+//! calls it).
 
 use super::{Delivery, FailKind, Job};
 use crate::config::SinkCommon;

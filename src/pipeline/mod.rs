@@ -3,6 +3,10 @@
 //! each batch, retries what may be retried with exponential backoff and full jitter within
 //! the retry budget (honouring `Retry-After`), halves batches the target refuses whole, and
 //! answers each waiting request with its own event's [`Delivery`].
+//!
+//! Owns: the per-sink queues and the answer to each waiting request. Uses `sinks`, `retry`,
+//! `config`, `event`, `metrics` and `escape`; must not import `ingest`, `spool`, `server`
+//! or `sender` (the spool's drainer uses `deliver`, not the other way round).
 
 pub mod batcher;
 pub mod deliver;

@@ -1,6 +1,8 @@
 //! Sending a stream of events like the reference sender: per-org ordering over a number of
 //! workers, retries in the background, and the statistics of a run ([`Summary`]). Library
-//! only: `vfgate send` (in `cmd`) drives it and prints; nothing here prints or exits.
+//! only: `vfgate send` (in `cmd`) drives it and prints; nothing here prints or exits. Uses
+//! `time` and the sender beside it; knows nothing of the gateway (`server`, `ingest`,
+//! `pipeline`, `spool`, `sinks`).
 
 use super::{org_of, Outcome, WebhookSender};
 use bytes::Bytes;

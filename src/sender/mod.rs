@@ -6,6 +6,13 @@
 //! 1 s, 5 s, 30 s, 2 min, 10 min); after the last retry the event goes to the failed-deliveries
 //! store. Ordering: events of one `context.org_id` get their first attempt in arrival order; a
 //! retried event does not hold back later ones (as the reference sender documents).
+//!
+//! Owns: signing and delivering as the reference sender does, its schedule and per-org
+//! order. Uses `client`, `verify` (the MAC), `retry`, `deadletter`, `config`, `secret`,
+//! `escape` and `time`; knows nothing of the gateway (`server`, `ingest`, `pipeline`,
+//! `spool`, `sinks`). Two modules import it from outside the command line: the `webhook`
+//! sink builds on [`WebhookSender`] (from below: that arrow runs up), and the admin API
+//! replays through [`replay`] (from beside).
 
 pub mod load;
 pub mod replay;

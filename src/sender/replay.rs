@@ -1,5 +1,8 @@
 //! Replaying a sender-mode failed delivery to the target it recorded (used by
-//! `vfgate failed replay` and the admin API). Library only.
+//! `vfgate failed replay` and the admin API). Library only. Owns: one replay of a claimed
+//! entry; the claim is `deadletter`'s, the sending [`WebhookSender`]'s. Uses `config`,
+//! `deadletter` and `secret`; knows nothing of sinks or the spool (their dead letters replay
+//! through `spool::drain`).
 
 use super::{parse_secret_ref, Answer, SenderError, SenderSettings, WebhookSender};
 use crate::config::RawClientTls;

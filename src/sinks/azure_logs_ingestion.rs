@@ -14,6 +14,9 @@
 //! value (a longer RawEvent is a permanent failure, not a silent truncation).
 //! Answers: 204 delivered; 400 bisected; 401 refresh, then configuration error; 403/404
 //! configuration errors (kept); 413 split; 429/5xx retried honouring `Retry-After`.
+//!
+//! Owns: this target's records, its OAuth2 token and answer classification; sends through
+//! `crate::client`; retries, batching and bisection are the pipeline's.
 
 use super::Refusal;
 use super::{

@@ -10,6 +10,9 @@
 //! dropped, both while answering 202. vfgate refuses such an event itself (permanent failure
 //! with the reason) rather than report a delivery that lost data. A batch over the byte limit
 //! is split before sending.
+//!
+//! Owns: this target's log encoding, its limits and answer classification; sends through
+//! `crate::client`; retries, batching and bisection are the pipeline's.
 
 use super::Refusal;
 use super::{compress, Attempt, Compression, SendResult, Sink, SinkType, Verdict};

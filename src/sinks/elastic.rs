@@ -12,6 +12,9 @@
 //! Auth: `{ api_key = <secret> }` (the encoded `id:key`, sent as `Authorization: ApiKey ...`)
 //! or `{ user = "...", password = <secret> }` (Basic).
 //! Limits: `http.max_content_length` defaults to 100 MB; vfgate splits batches over 50 MB.
+//!
+//! Owns: the `_bulk` encoding, the `_id` and per-item classification; sends through
+//! `crate::client`; retries, batching and bisection are the pipeline's.
 
 use super::Refusal;
 use super::{compress, Attempt, Compression, RetryKind, SendResult, Sink, SinkType, Verdict};

@@ -16,6 +16,9 @@
 //! path = "data/events.ndjson"
 //! fsync = "batch"
 //! ```
+//!
+//! Owns: the output file, its encoding and its cut-back to whole lines; writes through
+//! `crate::fsutil`; retries and batching are the pipeline's.
 
 use super::{Attempt, SendResult, Sink, SinkType, Verdict};
 use crate::config::{ConfigError, SinkSpec};

@@ -12,6 +12,9 @@
 //! headers = { "Authorization" = { env = "CUSTOM_AUTH" }, "X-Team" = "secops" }
 //! tls = { ca_file = "/etc/ssl/internal-ca.pem" }
 //! ```
+//!
+//! Owns: this target's encoding and answer classification; sends through `crate::client`;
+//! retries, batching and bisection are the pipeline's.
 
 use super::{classify_status, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Target};

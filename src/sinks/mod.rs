@@ -6,7 +6,15 @@
 //! the budget, splitting on 413 and bisecting whole-batch payload refusals are done once, in
 //! [`crate::pipeline`], for every sink.
 //!
-//! To add a sink type: write `sinks/<name>.rs` and add it to [`TYPES`].
+//! To add a sink type: write `sinks/<name>.rs` with its `TYPE` (a [`SinkType`]) and a
+//! [`Sink`] (`send`, `encode`, `destination`), then add its `pub mod` and its line in
+//! [`TYPES`] here; the README's Development section lists the rest (an example config, a
+//! guide).
+//!
+//! Owns: the [`Sink`] trait, the type table and what the HTTP sinks share (answer
+//! classification, `http_destination`, `exchange`). Uses `client`, `config` and `event`;
+//! knows nothing of the pipeline, the spool or requests. One sink reaches up: `webhook.rs`
+//! sends through `crate::sender`.
 
 pub mod azure_logs_ingestion;
 pub mod datadog;

@@ -16,6 +16,10 @@
 //! Answers: 200 delivered; 400 InvalidDataFormat bisected, other 400 codes and 403
 //! configuration errors (kept); 404 (wrong URL, or too large) split, then configuration error;
 //! 429/5xx retried.
+//!
+//! Owns: the SharedKey signature and answer classification; takes its records from
+//! `azure_logs_ingestion` and sends through `crate::client`; retries, batching and
+//! bisection are the pipeline's.
 
 use super::azure_logs_ingestion::encode_records;
 use super::Refusal;

@@ -14,6 +14,9 @@
 //! errors (kept). With `ack.enabled`, a batch counts as delivered only once its ackId is
 //! acknowledged by `/services/collector/ack`; an ack that never comes is retried (a resend
 //! may duplicate, as Splunk documents).
+//!
+//! Owns: the HEC envelopes, the channel, acknowledgement polling and answer classification;
+//! sends through `crate::client`; retries, batching and bisection are the pipeline's.
 
 use super::Refusal;
 use super::{

@@ -15,6 +15,11 @@
 //! url = "https://gateway.other-network.example/v1/events"
 //! secret = { env = "RELAY_SECRET" }
 //! ```
+//!
+//! Owns: this target's settings and answer classification. Signing and sending are
+//! [`crate::sender::WebhookSender`]'s, an import that runs up the layers (sender sits above
+//! sinks, though it imports no sink); batching and retries are the pipeline's (or, on
+//! `retry_schedule`, the spool drainer's).
 
 use super::{Attempt, RetryKind, SendResult, Sink, SinkType, Verdict};
 use crate::config::{ConfigError, DurationStr, RawClientTls, SinkSpec};

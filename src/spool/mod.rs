@@ -15,6 +15,11 @@
 //! Reading ([`drain`]): one drainer per (source, sink) reads batches from its cursor
 //! (`<source>/cursors/<sink>`), delivers them with retries until `max_age`, dead-letters what
 //! cannot be delivered, then moves the cursor; segments every cursor has passed are deleted.
+//!
+//! Owns: `spool.dir` (its `dedupe/` is the dedupe journal's), the writer threads and the
+//! directory lock. Uses `config`, `deadletter`, `fsutil`, `metrics` and `time` (`drain`
+//! adds `pipeline`, `sinks`, `retry`, `event` and `escape`); knows nothing of requests or
+//! HTTP and must not import `ingest` or `server`.
 
 pub mod drain;
 pub mod log;

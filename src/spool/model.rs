@@ -22,6 +22,9 @@
 //!    disk whole (exactly those: a prefix of the group, as the model computes from the bytes
 //!    that landed) are kept and may be delivered (at least once), in order with the rest;
 //!    the next append goes on after them.
+//!
+//! Test code only (`cfg(test)`): beside the spool it uses `dedupe::journal` and `fsutil`'s
+//! fault seam, nothing above the spool.
 
 use super::log::{self, Fsync, Log, Stored};
 use super::{attach, reclaim_passed, OpenError};
