@@ -5,10 +5,11 @@
 //! imports it). Configuration in [`config`], secrets in [`secret`], metrics in [`metrics`],
 //! outbound HTTP in [`client`], the wall clock in [`time`].
 //!
-//! Layers, arrows running downward: `cmd` → `server`, `sender` → `ingest` → `pipeline`,
-//! `spool` → `sinks` → `client`, `verify`, `dedupe`, `deadletter` → `config`, `event`,
-//! `time`, `retry`, `metrics`, `escape`, `fsutil`, `secret`. Each module's doc says what it
-//! owns and what it may not import, and names any import that runs the other way.
+//! Layers, arrows running downward: `cmd` → `server` → `ingest` → `spool` → `pipeline` →
+//! `sinks` → `sender` → `client`, `verify`, `dedupe`, `deadletter` → `config`, `event`,
+//! `time`, `retry`, `metrics`, `escape`, `fsutil`, `secret`. One import runs back up:
+//! `config` → `sinks` (sink key checks at load). Each module's doc says what it owns and
+//! what it may not import.
 #![warn(missing_docs)]
 
 pub mod client;

@@ -10,9 +10,8 @@
 //! Owns: signing and delivering as the reference sender does, its schedule and per-org
 //! order. Uses `client`, `verify` (the MAC), `retry`, `deadletter`, `config`, `secret`,
 //! `escape` and `time`; knows nothing of the gateway (`server`, `ingest`, `pipeline`,
-//! `spool`, `sinks`). Two modules import it from outside the command line: the `webhook`
-//! sink builds on [`WebhookSender`] (from below: that arrow runs up), and the admin API
-//! replays through [`replay`] (from beside).
+//! `spool`, `sinks`). It sits below the sinks: the `webhook` sink builds on [`WebhookSender`],
+//! the admin API replays through [`replay`], and `vfgate send` drives [`load`].
 
 pub mod load;
 pub mod replay;

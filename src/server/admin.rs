@@ -3,8 +3,8 @@
 //! the dedupe store, the spool and the dead-letter store and replays through the sinks
 //! `assemble.rs` built; it never touches the webhook path. Hand-written on Pingora's
 //! session (see [`AdminApp`]) so that no request bytes are ever logged. Owns: the admin
-//! routes and the token check. Besides the layers below, it uses `crate::sender::replay`
-//! for sender-mode entries: a sideways import within the server/sender layer.
+//! routes and the token check. It uses the layers below, `crate::sender::replay`
+//! for sender-mode entries among them.
 
 use super::outcome::{error_body, respond, status_body, HttpResponse};
 use super::webhook::{read_request, respond_and_finish};

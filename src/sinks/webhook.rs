@@ -17,9 +17,8 @@
 //! ```
 //!
 //! Owns: this target's settings and answer classification. Signing and sending are
-//! [`crate::sender::WebhookSender`]'s, an import that runs up the layers (sender sits above
-//! sinks, though it imports no sink); batching and retries are the pipeline's (or, on
-//! `retry_schedule`, the spool drainer's).
+//! [`crate::sender::WebhookSender`]'s (the layer below sinks); batching and retries are the
+//! pipeline's (or, on `retry_schedule`, the spool drainer's).
 
 use super::{Attempt, RetryKind, SendResult, Sink, SinkType, Verdict};
 use crate::config::{ConfigError, DurationStr, RawClientTls, SinkSpec};

@@ -3,9 +3,8 @@
 //! fixed `retry_schedule`) for as long as `spool.max_age` allows, dead-letters the rest, and
 //! only then moves the cursor. One batch at a time, so a sink sees each org's events in
 //! order; a sink that is down holds back only its own cursor. Owns: each drainer's cursor
-//! moves, retry waits and dead letters. Delivers through `crate::pipeline::deliver`, a
-//! sideways import (pipeline and spool share a layer; the pipeline never imports the
-//! spool); knows nothing of requests or HTTP.
+//! moves, retry waits and dead letters. Delivers through `crate::pipeline::deliver` (the
+//! layer below; the pipeline never imports the spool); knows nothing of requests or HTTP.
 
 use super::{decode_record, DrainState, SourceLog};
 use crate::config::SinkCommon;
