@@ -60,6 +60,11 @@ impl SeamFile {
         &self.file
     }
 
+    /// Where it was opened.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// [`sync_data`] of the file.
     pub fn sync_data(&self) -> std::io::Result<()> {
         sync_data(&self.file, &self.path)

@@ -154,7 +154,8 @@ fn last_line_end(path: &Path, len: u64) -> std::io::Result<u64> {
 pub struct FileSink {
     out: Arc<parking_lot::Mutex<Out>>,
     fsync: bool,
-    path: PathBuf,
+    /// Shared with the blocking writes (a reference count, not a path copy, per batch).
+    path: Arc<Path>,
 }
 
 impl FileSink {
@@ -176,7 +177,7 @@ impl FileSink {
         Ok(Arc::new(FileSink {
             out: Arc::new(parking_lot::Mutex::new(Out { file, len, regular })),
             fsync: fsync && regular,
-            path,
+            path: path.into(),
         }))
     }
 }
@@ -205,29 +206,18 @@ impl Sink for FileSink {
             // than pay a hand-off to a blocking thread per batch.
             Ok(self.out.lock().append(&self.path, &buf, false))
         };
-        match res {
-            Ok(Ok(())) => Attempt {
+        match res.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+            Ok(()) => Attempt {
                 status: "ok".into(),
                 result: SendResult::All(Verdict::Ok),
             },
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "file sink write failed; cut back to the last whole line, the batch is retried");
                 Attempt {
                     status: "io_error".into(),
                     result: SendResult::All(Verdict::retry(
                         super::RetryKind::Unavailable,
-                        "cannot write the output file".to_string(),
-                        None,
-                    )),
-                }
-            }
-            Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "file sink writer thread failed");
-                Attempt {
-                    status: "io_error".into(),
-                    result: SendResult::All(Verdict::retry(
-                        super::RetryKind::Unavailable,
-                        "cannot write the output file".to_string(),
+                        "cannot write the output file",
                         None,
                     )),
                 }

@@ -554,20 +554,17 @@ impl Log {
     /// appends would reach a file nobody will ever read again.
     pub fn still_linked(&self) -> Result<bool, LogError> {
         use std::os::unix::fs::MetadataExt;
-        let seg = self.active();
-        let open = self
-            .writer
-            .get_ref()
-            .file()
-            .metadata()
-            .map_err(io(&seg.path))?;
+        // The writer's own file and path: no segment-list lock, no path copy per group.
+        let active = self.writer.get_ref();
+        let path = active.path();
+        let open = active.file().metadata().map_err(io(path))?;
         if open.nlink() == 0 {
             return Ok(false);
         }
-        Ok(match std::fs::metadata(&seg.path) {
+        Ok(match std::fs::metadata(path) {
             Ok(m) => m.ino() == open.ino() && m.dev() == open.dev(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(io(&seg.path)(e)),
+            Err(e) => return Err(io(path)(e)),
         })
     }
 
