@@ -262,17 +262,21 @@ impl World {
         }
     }
 
+    /// The next `n` events of `org`: their payloads and ids.
+    fn next_events(&mut self, org: u8, n: u8) -> (Vec<Bytes>, Vec<String>) {
+        (0..n)
+            .map(|_| {
+                self.counter += 1;
+                let id = format!("e{}", self.counter);
+                (payload(&id, org), id)
+            })
+            .unzip()
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Append { org, n } => {
-                let mut ps = Vec::new();
-                let mut ids = Vec::new();
-                for _ in 0..*n {
-                    self.counter += 1;
-                    let id = format!("e{}", self.counter);
-                    ps.push(payload(&id, *org));
-                    ids.push(id);
-                }
+                let (ps, ids) = self.next_events(*org, *n);
                 let first = self.log.as_mut().unwrap().append(&ps).unwrap();
                 assert!(
                     self.appended().all(|a| a.seq < first),
@@ -361,14 +365,7 @@ impl World {
                 short,
                 on_sync,
             } => {
-                let mut ps = Vec::new();
-                let mut ids = Vec::new();
-                for _ in 0..*n {
-                    self.counter += 1;
-                    let id = format!("e{}", self.counter);
-                    ps.push(payload(&id, *org));
-                    ids.push(id);
-                }
+                let (ps, ids) = self.next_events(*org, *n);
                 let first = self.log().next_seq();
                 let written = std::fs::metadata(self.active_segment()).unwrap().len();
                 let sizes: Vec<u64> = ps.iter().map(|p| 16 + p.len() as u64).collect();

@@ -5,6 +5,15 @@
 use crate::util::*;
 use std::time::Duration;
 
+/// A valid event of about 6 KiB: more than a page, so that on a nearly full disk part of
+/// its write lands before ENOSPC.
+fn big_event() -> String {
+    event("big", "user.login").replace(
+        "\"extra_field\"",
+        &format!("\"pad\":\"{}\",\"extra_field\"", "p".repeat(6000)),
+    )
+}
+
 fn forward_config(dedupe_extra: &str) -> String {
     format!(
         r#"
@@ -164,10 +173,7 @@ async fn a_file_sink_after_a_disk_full_holds_only_whole_lines_and_never_names_it
     );
     disk.fill();
     // Larger than what is left of the file's last page: part of it lands, then ENOSPC.
-    let big = event("big", "user.login").replace(
-        "\"extra_field\"",
-        &format!("\"pad\":\"{}\",\"extra_field\"", "p".repeat(6000)),
-    );
+    let big = big_event();
     let r = gw.post_event(&big).await;
     assert_eq!(r.status, 503, "{:?}", r.json());
     let text = String::from_utf8_lossy(&r.body).to_string();
@@ -262,10 +268,7 @@ async fn a_full_spool_disk_tells_the_sender_a_fixed_sentence_and_recovers() {
         202
     );
     disk.fill();
-    let big = event("big", "user.login").replace(
-        "\"extra_field\"",
-        &format!("\"pad\":\"{}\",\"extra_field\"", "p".repeat(6000)),
-    );
+    let big = big_event();
     let r = gw.post_event(&big).await;
     assert_eq!(r.status, 503, "{:?}", r.json());
     assert_eq!(r.json()["error"], "spool_error");
