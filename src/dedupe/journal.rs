@@ -552,48 +552,40 @@ impl Writer {
     /// Appends `rec` after any pending marks, in one write; on failure cuts the file back
     /// to its last whole record and keeps `rec` pending.
     fn write(&mut self, rec: [u8; RECORD]) -> std::io::Result<()> {
-        // The common case, nothing pending: one record from the stack, no allocation.
-        let result = if self.pending.is_empty() {
-            fsutil::write_all(&self.out, &self.path, &rec)
-        } else {
-            self.pending.push(rec);
-            if self.pending.len() > MAX_PENDING {
-                let n = self.pending.len() - MAX_PENDING;
-                self.pending.drain(..n);
-                tracing::error!(dropped = n, "dedupe journal: marks dropped from memory while the disk refuses them; a restart forgets those ids");
-            }
-            fsutil::write_all(&self.out, &self.path, &self.pending.concat())
-        };
-        match result {
-            Ok(()) => {
-                let written = self.pending.len().max(1);
-                self.len += (written * RECORD) as u64;
-                let max = self
-                    .pending
-                    .iter()
-                    .chain(std::iter::once(&rec))
-                    .map(|r| decode(r).1)
-                    .max()
-                    .unwrap_or(0);
-                self.max = self.max.max(max);
-                self.pending.clear();
-                Ok(())
-            }
-            Err(e) => {
-                if self.pending.is_empty() {
+        if self.pending.is_empty() {
+            // The common case: one record from the stack, no allocation.
+            return match fsutil::write_all(&self.out, &self.path, &rec) {
+                Ok(()) => {
+                    self.len += RECORD as u64;
+                    self.max = self.max.max(decode(&rec).1);
+                    Ok(())
+                }
+                Err(e) => {
                     self.pending.push(rec);
+                    self.cut_back();
+                    Err(e)
                 }
-                if let Err(cut) = self.out.set_len(self.len) {
-                    tracing::error!(path = %self.path.display(), error = %cut, "dedupe journal: cannot cut a failed write back; the damaged record will be skipped at load");
-                }
-                Err(e)
-            }
+            };
+        }
+        self.pending.push(rec);
+        if self.pending.len() > MAX_PENDING {
+            let n = self.pending.len() - MAX_PENDING;
+            self.pending.drain(..n);
+            tracing::error!(dropped = n, "dedupe journal: marks dropped from memory while the disk refuses them; a restart forgets those ids");
+        }
+        self.flush_pending().map(drop)
+    }
+
+    /// Cuts the file back to its last whole record after a failed write.
+    fn cut_back(&self) {
+        if let Err(cut) = self.out.set_len(self.len) {
+            tracing::error!(path = %self.path.display(), error = %cut, "dedupe journal: cannot cut a failed write back; the damaged record will be skipped at load");
         }
     }
 
-    /// Writes the marks a failed write held back, if any (the background thread, so that
-    /// they reach the disk once it has room even when no new id is committed). True when
-    /// something was written.
+    /// Writes the marks a failed write held back, if any, in one write (by the next
+    /// `record`, or by the background thread so that they reach the disk once it has room
+    /// even when no new id is committed). True when something was written.
     fn flush_pending(&mut self) -> std::io::Result<bool> {
         if self.pending.is_empty() {
             return Ok(false);
@@ -608,9 +600,7 @@ impl Writer {
                 Ok(true)
             }
             Err(e) => {
-                if let Err(cut) = self.out.set_len(self.len) {
-                    tracing::error!(path = %self.path.display(), error = %cut, "dedupe journal: cannot cut a failed write back; the damaged record will be skipped at load");
-                }
+                self.cut_back();
                 Err(e)
             }
         }
