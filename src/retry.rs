@@ -146,4 +146,15 @@ mod tests {
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_retry_after_text_is_a_wait_or_nothing_never_a_panic(v in ".{0,40}", secs in 0u64..4_000_000_000) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            if let Some(d) = parse_retry_after(&v, now) {
+                // A date can only be in the future of `now` by what it says; seconds as given.
+                proptest::prop_assert!(v.trim().parse::<u64>().map_or(true, |n| d == Duration::from_secs(n)));
+            }
+        }
+    }
 }
