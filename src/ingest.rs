@@ -104,11 +104,19 @@ impl InFlightGuard<'_> {
         };
         tracing::warn!(error = %e, "dedupe commit failed; retrying it in the background");
         let (dedupe, key, failures) = (self.dedupe.clone(), self.key, self.commit_failures.clone());
+        // At most MAX_COMMIT_RETRIES retry tasks at once: a long Redis outage does not grow
+        // one task per accepted event; past the bound a failed commit is counted at once.
+        let Some(slot) = CommitRetries::take() else {
+            failures.inc();
+            tracing::error!(error = %e, "dedupe commit failed and the background retries are at their bound: a replay of this delivered event would be handed on again");
+            return;
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             failures.inc();
             return;
         };
         rt.spawn(async move {
+            let _slot = slot;
             let deadline = tokio::time::Instant::now() + dedupe.in_flight_ttl();
             let mut wait = Duration::from_millis(200);
             let mut tries = 1u32;
@@ -129,6 +137,31 @@ impl InFlightGuard<'_> {
                 }
             }
         });
+    }
+}
+
+/// Background commit retries running now.
+static COMMIT_RETRIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Their bound.
+const MAX_COMMIT_RETRIES: usize = 1024;
+
+/// One of the [`MAX_COMMIT_RETRIES`] places, given back when dropped.
+struct CommitRetries;
+
+impl CommitRetries {
+    fn take() -> Option<CommitRetries> {
+        use std::sync::atomic::Ordering;
+        if COMMIT_RETRIES.fetch_add(1, Ordering::AcqRel) >= MAX_COMMIT_RETRIES {
+            COMMIT_RETRIES.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(CommitRetries)
+    }
+}
+
+impl Drop for CommitRetries {
+    fn drop(&mut self) {
+        COMMIT_RETRIES.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -226,7 +259,7 @@ impl Ingest {
             }
             let mut worst: Option<(FailKind, String, Option<Duration>)> = None;
             for w in waits {
-                let d = w.await.unwrap_or(Delivery::Failed {
+                let d = w.await.unwrap_or_else(|_| Delivery::Failed {
                     kind: FailKind::Unavailable,
                     detail: "delivery was abandoned".into(),
                     retry_after: None,

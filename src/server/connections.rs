@@ -21,20 +21,29 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// One open connection.
 #[derive(Default)]
 pub struct Conn {
-    /// Since when it waits for a request head; `None` while it serves a request.
-    waiting_since: Mutex<Option<Instant>>,
-    /// Told to close (its slot is taken over).
+    /// Since when it waits for a request head ([`stamp`]); 0 while it serves a request, or
+    /// once an evictor has claimed it (so that two new connections never claim the same one).
+    waiting_since: AtomicU64,
+    /// Set by the evictor that claimed it; `kick` wakes it.
+    kicked: AtomicBool,
+    /// Wakes a connection claimed while it waits.
     kick: Notify,
     /// Requests started on it.
     requests: AtomicU32,
+}
+
+/// Now as a non-zero number of nanoseconds since the first call (0 means "not waiting").
+fn stamp() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
 tokio::task_local! {
@@ -75,20 +84,32 @@ impl HeadDeadlines {
             (self.keepalive, "idle_timeout")
         };
         if let Some(c) = &conn {
-            *c.waiting_since.lock() = Some(Instant::now());
+            c.waiting_since.store(stamp(), Ordering::Release);
         }
         let kicked = async {
             match &conn {
-                Some(c) => c.kick.notified().await,
+                Some(c) => {
+                    // A permit left by a claim this connection outlived wakes it once: the
+                    // flag says whether this wait was claimed.
+                    while !c.kicked.load(Ordering::Acquire) {
+                        c.kick.notified().await;
+                    }
+                }
                 None => std::future::pending().await,
             }
         };
-        let r = tokio::select! {
+        let mut r = tokio::select! {
             r = tokio::time::timeout(deadline, s.read_request()) => r.map_err(|_| NoHead::Timeout),
             () = kicked => Err(NoHead::Evicted),
         };
         if let Some(c) = &conn {
-            *c.waiting_since.lock() = None;
+            c.waiting_since.store(0, Ordering::Release);
+            if c.kicked.swap(false, Ordering::AcqRel) && r.is_ok() {
+                // Claimed just as its head arrived: it serves this request and then closes,
+                // so the new connection gets the slot right after.
+                s.set_keepalive(None);
+                r = r.inspect(|_| self.closed.with_label_values(&["evicted_idle"]).inc());
+            }
         }
         match r {
             Err(NoHead::Timeout) => self.closed.with_label_values(&[reason]).inc(),
@@ -106,7 +127,7 @@ pub struct Limited<A> {
     /// Free connection slots.
     pub slots: tokio::sync::Semaphore,
     /// Open connections, for eviction.
-    open: Mutex<HashMap<u64, Weak<Conn>>>,
+    open: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     /// `vfgate_connections_refused_total`.
     pub refused: IntCounter,
@@ -131,26 +152,30 @@ impl<A> Limited<A> {
     /// open connection is serving a request.
     fn evict_longest_waiting(&self) -> bool {
         let open = self.open.lock();
-        let oldest = open
+        // Oldest first; a connection another evictor claimed, or that got its head meanwhile,
+        // reads 0 and is skipped (the claim is a compare-and-swap to 0).
+        let mut waiting: Vec<(u64, &Arc<Conn>)> = open
             .values()
-            .filter_map(Weak::upgrade)
-            .filter_map(|c| {
-                let since = (*c.waiting_since.lock())?;
-                Some((since, c))
-            })
-            .min_by_key(|(since, _)| *since);
-        match oldest {
-            Some((_, c)) => {
+            .map(|c| (c.waiting_since.load(Ordering::Acquire), c))
+            .filter(|(since, _)| *since != 0)
+            .collect();
+        waiting.sort_unstable_by_key(|(since, _)| *since);
+        for (since, c) in waiting {
+            if c.waiting_since
+                .compare_exchange(since, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                c.kicked.store(true, Ordering::Release);
                 c.kick.notify_one();
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 }
 
 struct Registered<'a> {
-    open: &'a Mutex<HashMap<u64, Weak<Conn>>>,
+    open: &'a Mutex<HashMap<u64, Arc<Conn>>>,
     id: u64,
 }
 
@@ -189,7 +214,7 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
         };
         let conn = Arc::new(Conn::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().insert(id, Arc::downgrade(&conn));
+        self.open.lock().insert(id, conn.clone());
         let _registered = Registered {
             open: &self.open,
             id,

@@ -317,8 +317,15 @@ pub(super) async fn read_request(
     }
     if *shutdown.borrow() {
         s.set_keepalive(None);
-    } else if s.get_keepalive().is_some() {
-        s.set_keepalive(Some(60));
+    } else if let Some(current) = s.get_keepalive() {
+        // Pingora's idle timeout for the next request, never longer than what it had (0 is
+        // "no limit") nor than server.keepalive_timeout, which bounds the wait in total.
+        let ours = head.keepalive.as_secs().max(1);
+        s.set_keepalive(Some(if current == 0 {
+            ours
+        } else {
+            current.min(ours)
+        }));
     }
     true
 }

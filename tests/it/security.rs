@@ -426,10 +426,12 @@ async fn idle_or_trickling_connections_never_lock_senders_out() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for i in 0..3 {
-        let r = gw
-            .post_event(&event(&format!("evt_through_{i}"), "user.login"))
-            .await;
+    // Three senders at once: each takes a different waiting connection's slot.
+    let bodies: Vec<String> = (0..3)
+        .map(|i| event(&format!("evt_through_{i}"), "user.login"))
+        .collect();
+    let answers = futures::future::join_all(bodies.iter().map(|b| gw.post_event(b))).await;
+    for r in answers {
         assert_eq!(r.status_field(), "accepted", "a sender gets a slot");
     }
     for t in tricklers {
