@@ -378,8 +378,12 @@ impl FailedStore {
         for e in listing.entries {
             let created = crate::time::parse_rfc3339_ms(&e.created_at).unwrap_or(i64::MAX);
             if created < cutoff_ms {
-                self.remove(&e.id)?;
-                n += 1;
+                match self.remove(&e.id) {
+                    Ok(()) => n += 1,
+                    // Claimed by a replay (or delivered) since the listing: not ours to purge.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok((n, listing.skipped))
@@ -466,11 +470,18 @@ impl Claim {
 
     /// The replay delivered it: the entry is removed for good.
     pub fn delivered(mut self) -> Result<(), StoreError> {
-        // Taken out first: whatever happens now, the entry is not handed back (it was
-        // delivered; handing it back would deliver it again).
+        // Taken out of the claim first: whatever happens now, the entry is not handed back
+        // (it was delivered; handing it back would deliver it again). The lock is held until
+        // the file is gone, so no listing can take it for an orphan meanwhile.
         let _lock = self.lock.take();
         let claimed = self.store.claim_path(&self.id);
-        std::fs::remove_file(&claimed).map_err(io(&claimed))?;
+        if let Err(e) = std::fs::remove_file(&claimed) {
+            // Not deletable: at least out of every listing's sight (a name neither an entry
+            // nor a claim), so a later listing never hands it back to be delivered again.
+            let gone = self.store.dir.join(format!(".{}.delivered", self.id));
+            std::fs::rename(&claimed, &gone).map_err(io(&claimed))?;
+            tracing::warn!(id = %self.id, error = %e, path = %gone.display(), "a replayed dead letter could not be deleted; it was set aside");
+        }
         self.store.sync_dir()
     }
 

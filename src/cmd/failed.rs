@@ -16,7 +16,7 @@ use std::io::Write;
 
 fn report_skipped(skipped: &[crate::deadletter::Skipped]) {
     for s in skipped {
-        eprintln!("skipped {}: {}", s.file, s.reason);
+        eprintln!("skipped {}: {}", printable(&s.file), printable(&s.reason));
     }
 }
 
@@ -122,7 +122,7 @@ pub async fn run(cmd: FailedCmd) -> u8 {
                     let _ = writeln!(
                         out,
                         "{:<33} {:<40} {:<24} {:<24} {:>8} {:<12} {:<28} {}",
-                        e.id,
+                        printable(&e.id),
                         printable(&target),
                         printable(&e.event_id),
                         printable(&e.event_type),
@@ -260,7 +260,10 @@ pub async fn run(cmd: FailedCmd) -> u8 {
         }
         FailedCmd::Purge { older_than, dir } => {
             let now = crate::time::now_ms();
-            match FailedStore::new(&dir).purge_before(now - older_than.as_millis() as i64) {
+            // A duration past the clock's range purges nothing (rather than wrapping into
+            // a cutoff in the future, which would purge everything).
+            let age = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+            match FailedStore::new(&dir).purge_before(now.saturating_sub(age)) {
                 Ok((n, skipped)) => {
                     report_skipped(&skipped);
                     println!(

@@ -231,6 +231,8 @@ impl Admin {
     }
 }
 
+/// The admin listener as a hand-written Pingora app, like the webhook listener: Pingora's
+/// generic `HttpServer` logs the raw request buffer on a malformed header, which would put
 /// the bearer token in the log. Here a bad request is dropped with a debug line that holds
 /// no request bytes.
 pub struct AdminApp {

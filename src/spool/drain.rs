@@ -304,13 +304,18 @@ impl Drainer {
         let entry = Arc::new(entry);
         loop {
             let (store, e) = (self.ctx.dead.clone(), entry.clone());
+            // A writer thread that failed (a panic) is a failed write too: returning here would
+            // let the cursor pass an event that is neither delivered nor stored.
             match tokio::task::spawn_blocking(move || store.put(&e)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot write a dead letter; retrying in 5s");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "the dead-letter writer failed; retrying in 5s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
             }
         }
         self.ctx
