@@ -67,7 +67,7 @@ fn event(i: usize) -> Arc<Event> {
 }
 
 fn encoders(c: &mut Criterion) {
-    let config = Config::parse(SINKS).unwrap();
+    let config = Config::parse(SINKS, vfgate::sinks::TYPES).unwrap();
     let batch: Vec<Arc<Event>> = (0..500).map(event).collect();
     let mut g = c.benchmark_group("encode_500x1KiB");
     g.throughput(Throughput::Elements(batch.len() as u64));

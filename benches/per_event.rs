@@ -41,6 +41,7 @@ fn checker() -> Checker {
     std::env::set_var("VFGATE_BENCH_SECRET", SECRET);
     let c = Config::parse(
         "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ env = \"VFGATE_BENCH_SECRET\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",
+        vfgate::sinks::TYPES,
     )
     .unwrap();
     Checker::new(&c.sources[0])

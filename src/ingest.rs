@@ -352,7 +352,7 @@ path = "/dev/null"
 retry = {{ budget = "0s" }}
 "#
         );
-        crate::config::Config::parse(&text).unwrap()
+        crate::config::Config::parse(&text, crate::sinks::TYPES).unwrap()
     }
 
     struct Rig {

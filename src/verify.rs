@@ -385,6 +385,7 @@ sinks = ["f"]
 type = "file"
 path = "/dev/null"
 "#,
+            &crate::config::AnySinkType,
         )
         .unwrap();
         Checker::new(&c.sources[0])
@@ -501,7 +502,7 @@ mod checker_props {
             now in any::<i64>(),
             signed in any::<bool>(),
         ) {
-            let c = Config::parse("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ value = \"k\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n").unwrap();
+            let c = Config::parse("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{ value = \"k\" }]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n", &crate::config::AnySinkType).unwrap();
             let checker = Checker::new(&c.sources[0]);
             let good = sign(&Secret::new(b"k".to_vec()), &body);
             let parts = RequestParts {

@@ -153,6 +153,7 @@ max_future_skew = "100000d"
 type = "file"
 path = "/dev/null"
 "#,
+        vfgate::sinks::TYPES,
     )
     .unwrap();
     vfgate::verify::Checker::new(&cfg.sources[0])
@@ -229,7 +230,7 @@ fn config_parsing() {
         .collect();
     shipped.sort();
     fuzz("config", shipped, |b| {
-        let _ = vfgate::config::Config::parse(&String::from_utf8_lossy(b));
+        let _ = vfgate::config::Config::parse(&String::from_utf8_lossy(b), vfgate::sinks::TYPES);
     });
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Runs `check-config --config FILE`.
 pub fn run(config: &Path) -> u8 {
-    match Config::load(config) {
+    match Config::load(config, crate::sinks::TYPES) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("warning: {w}");

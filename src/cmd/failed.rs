@@ -172,7 +172,10 @@ pub async fn run(cmd: FailedCmd) -> u8 {
                     return EXIT_USAGE;
                 }
             };
-            let config = match config.as_deref().map(crate::config::Config::load) {
+            let config = match config
+                .as_deref()
+                .map(|p| crate::config::Config::load(p, crate::sinks::TYPES))
+            {
                 None => None,
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {

@@ -19,7 +19,7 @@ fn init_logging() {
 /// Runs `serve --config FILE`.
 pub fn run(config: &Path) -> anyhow::Result<u8> {
     init_logging();
-    let cfg = match Config::load(config) {
+    let cfg = match Config::load(config, crate::sinks::TYPES) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", config.display());

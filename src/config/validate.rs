@@ -3,15 +3,14 @@
 //! config error), defaults are filled in here (from `defaults`), and every error names its
 //! key path (`sink.splunk.batch.max_events`), never a secret's value. It builds the types of
 //! `mod.rs` and must not reach into the runtime (server, ingest, spool, pipeline, sender, the
-//! CLI). One known exception: `validate_sink` calls `crate::sinks::type_names` and
-//! `crate::sinks::check_spec` so that a sink type's own keys are checked at load time; that
-//! upward edge (config -> sinks -> config) is left for a later step of the redesign.
+//! CLI) nor name a sink type: a sink's own keys go to its type's `configure`, found in the
+//! catalog the caller passed.
 
 use super::raw::{OneOrMany, RawConfig, RawDedupe, RawServer, RawSinkCommon, RawSource, RawSpool};
 use super::{
     defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
-    DedupeConfig, FsyncPolicy, OnError, RedisConfig, ServerConfig, SinkCommon, SinkSpec,
-    SourceConfig, SourceSecret, SpoolConfig, TypeFilter, MIN_SECRET_BYTES,
+    DedupeConfig, FsyncPolicy, OnError, RedisConfig, ServerConfig, SinkCatalog, SinkCommon,
+    SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TypeFilter, MIN_SECRET_BYTES,
 };
 use crate::secret::{Secret, SecretRef};
 use std::collections::HashSet;
@@ -21,7 +20,10 @@ use std::time::Duration;
 
 impl Config {
     /// Turns the raw shape into the validated config.
-    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    pub fn validate<C: SinkCatalog + ?Sized>(
+        raw: RawConfig,
+        sink_types: &C,
+    ) -> Result<Config, ConfigError> {
         let mut warnings = Vec::new();
         let server = validate_server(raw.server)?;
         let admin_listen = raw
@@ -92,7 +94,7 @@ impl Config {
                 .and_then(toml::Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            sinks.push(validate_sink(&name, table)?);
+            sinks.push(validate_sink(&name, table, sink_types)?);
             if skip_verify {
                 let also = if kind == "azure_logs_ingestion" {
                     " (nor the Azure token endpoint's: the client secret could go to an impostor)"
@@ -655,7 +657,11 @@ fn validate_event_types(key: &str, raw: Option<Vec<String>>) -> Result<TypeFilte
     Ok(TypeFilter::Some { exact, prefixes })
 }
 
-fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError> {
+fn validate_sink<C: SinkCatalog + ?Sized>(
+    name: &str,
+    table: toml::Table,
+    sink_types: &C,
+) -> Result<SinkConfig, ConfigError> {
     let key = format!("sink.{name}");
     if name.is_empty()
         || !name
@@ -670,10 +676,7 @@ fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError
     if !table.contains_key("type") {
         return Err(ConfigError::invalid(
             format!("{key}.type"),
-            format!(
-                "missing (one of: {})",
-                crate::sinks::type_names().join(", ")
-            ),
+            format!("missing (one of: {})", sink_types.names().join(", ")),
         ));
     }
     let raw: RawSinkCommon = from_value(&key, toml::Value::Table(table))?;
@@ -725,23 +728,39 @@ fn validate_sink(name: &str, table: toml::Table) -> Result<SinkSpec, ConfigError
             "must be between 1 and 1024",
         ));
     }
-    let spec = SinkSpec {
-        common: SinkCommon {
-            name: name.to_string(),
-            kind: raw.kind,
-            batch: BatchLimits {
-                max_events,
-                max_bytes,
-                linger,
-            },
-            timeout,
-            retry_budget,
-            concurrency,
-        },
-        rest: raw.rest,
+    let Some(kind) = sink_types.kind(&raw.kind) else {
+        return Err(ConfigError::invalid(
+            format!("{key}.type"),
+            format!(
+                "unknown sink type {:?} (one of: {})",
+                raw.kind,
+                sink_types.names().join(", ")
+            ),
+        ));
     };
-    crate::sinks::check_spec(&spec)?;
-    Ok(spec)
+    if max_events > kind.max_events {
+        return Err(ConfigError::invalid(
+            format!("{key}.batch.max_events"),
+            format!(
+                "must be between 1 and {} for a {} sink",
+                kind.max_events, kind.name
+            ),
+        ));
+    }
+    let common = SinkCommon {
+        name: name.to_string(),
+        kind: raw.kind,
+        batch: BatchLimits {
+            max_events,
+            max_bytes,
+            linger,
+        },
+        timeout,
+        retry_budget,
+        concurrency,
+    };
+    let settings = (kind.configure)(&common, raw.rest)?;
+    Ok(SinkConfig { common, settings })
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ mod tests {
             let toml = format!(
                 "[dedupe]\nttl = \"{ttl_ms}ms\"\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"0123456789abcdef0123\" }}]\nsinks = [\"f\"]\nmax_event_age = \"{age_ms}ms\"\nmax_future_skew = \"{skew}s\"\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n"
             );
-            let cfg = crate::config::Config::parse(&toml).unwrap();
+            let cfg = crate::config::Config::parse(&toml, &crate::config::AnySinkType).unwrap();
             let checker = Checker::new(&cfg.sources[0]);
             let d = memory::MemoryDedupe::new(cfg.dedupe.ttl, Duration::from_secs(60), 1000);
             let t0: i64 = 1_700_000_000_000;

@@ -191,7 +191,8 @@ impl World {
             s.ttl_ms,
             dir.display()
         );
-        let cfg = crate::config::Config::parse(&toml).expect("a valid config");
+        let cfg = crate::config::Config::parse(&toml, &crate::config::AnySinkType)
+            .expect("a valid config");
         assert_eq!(cfg.dedupe.journal.as_deref(), Some(dir.as_path()));
         let checker = Checker::new(&cfg.sources[0]);
         let mut w = World {

@@ -147,9 +147,18 @@ pub fn org_of(body: &[u8]) -> Option<String> {
 impl WebhookSender {
     /// Builds a sender; loads the secret now.
     pub fn new(settings: SenderSettings) -> Result<WebhookSender, SenderError> {
+        let secret = settings.secret.load()?;
+        WebhookSender::with_secret(settings, secret)
+    }
+
+    /// Builds a sender signing with `secret`, already loaded from `settings.secret` (which
+    /// is kept to name the secret in dead letters).
+    pub fn with_secret(
+        settings: SenderSettings,
+        secret: Secret,
+    ) -> Result<WebhookSender, SenderError> {
         let target = Target::parse(&settings.url)?;
         let path = target.path.clone();
-        let secret = settings.secret.load()?;
         let client = HttpClient::new(target, &settings.tls, settings.timeout)?;
         Ok(WebhookSender {
             client,

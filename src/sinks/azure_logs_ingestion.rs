@@ -24,7 +24,7 @@ use super::{
     SendResult, Sink, SinkType, Verdict,
 };
 use crate::client::{HttpClient, Request, Response, Target};
-use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
 use crate::secret::{Secret, SecretRef};
 use async_trait::async_trait;
@@ -47,10 +47,12 @@ pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 
 /// The `azure_logs_ingestion` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "azure_logs_ingestion",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "azure_logs_ingestion",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `[sink.NAME]` keys of an azure_logs_ingestion sink.
@@ -119,16 +121,17 @@ pub fn token_form(client_id: &str, secret: &Secret, scope: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Parsed {
+/// Validated settings: the keys, both targets and the loaded client secret.
+struct Settings {
     ingest: Target,
     token: Target,
     cfg: LogsIngestionConfig,
     secret: Secret,
 }
 
-fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
-    let c: LogsIngestionConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: LogsIngestionConfig = sink_keys(common, keys)?;
+    let key = common.key();
     let ingest = Target::parse(&c.endpoint)
         .map_err(|e| ConfigError::invalid(format!("{key}.endpoint"), e))?;
     if !c.dcr_immutable_id.starts_with("dcr-")
@@ -181,7 +184,7 @@ fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
         .client_secret
         .load()
         .map_err(|e| ConfigError::invalid(format!("{key}.client_secret"), e.to_string()))?;
-    Ok(Parsed {
+    Ok(Settings {
         ingest,
         token,
         cfg: c,
@@ -189,9 +192,8 @@ fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
     })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let p = parse(spec)?;
-    let key = spec.key();
+fn build(common: &SinkCommon, p: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let key = common.key();
     let path = format!(
         "{}/dataCollectionRules/{}/streams/{}?api-version=2023-01-01",
         p.ingest.path.trim_end_matches('/'),
@@ -201,11 +203,11 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     let token_path = p.token.path.clone();
     let tls = p.cfg.tls.clone();
     Ok(Arc::new(LogsIngestion {
-        client: HttpClient::new(p.ingest, &tls, spec.common.timeout)
+        client: HttpClient::new(p.ingest.clone(), &tls, common.timeout)
             .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?,
         path,
         tokens: TokenSource {
-            client: HttpClient::new(p.token, &tls, spec.common.timeout)
+            client: HttpClient::new(p.token.clone(), &tls, common.timeout)
                 .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?,
             path: token_path,
             form: Secret::new(token_form(&p.cfg.client_id, &p.secret, &p.cfg.scope)),
@@ -419,7 +421,7 @@ impl Sink for LogsIngestion {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.path)
     }
 }
 

@@ -17,9 +17,9 @@
 use super::Refusal;
 use super::{compress, Attempt, Compression, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
-use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
-use crate::secret::SecretRef;
+use crate::secret::{Secret, SecretRef};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -46,10 +46,12 @@ pub const SITES: &[&str] = &[
 
 /// The `datadog` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "datadog",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: MAX_LOGS,
+    kind: SinkKind {
+        name: "datadog",
+        max_events: MAX_LOGS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `[sink.NAME]` keys of a datadog sink.
@@ -91,9 +93,16 @@ fn default_compression() -> Compression {
     Compression::Gzip
 }
 
-fn parse(spec: &SinkSpec) -> Result<(DatadogConfig, Target), ConfigError> {
-    let c: DatadogConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+/// Validated settings: the keys, the intake target and the loaded API key.
+struct Settings {
+    keys: DatadogConfig,
+    target: Target,
+    api_key: Secret,
+}
+
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: DatadogConfig = sink_keys(common, keys)?;
+    let key = common.key();
     let url = match (&c.url, &c.site) {
         (Some(u), _) => u.clone(),
         (None, Some(s)) if SITES.contains(&s.as_str()) => {
@@ -119,29 +128,29 @@ fn parse(spec: &SinkSpec) -> Result<(DatadogConfig, Target), ConfigError> {
             ));
         }
     }
-    c.api_key
-        .load()
-        .map_err(|e| ConfigError::invalid(format!("{key}.api_key"), e.to_string()))?;
-    Ok((c, target))
-}
-
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let (c, target) = parse(spec)?;
-    let key = spec.key();
     let api_key = c
         .api_key
         .load()
         .map_err(|e| ConfigError::invalid(format!("{key}.api_key"), e.to_string()))?;
-    let path = target.path.clone();
-    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
-        .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?;
+    Ok(Settings {
+        keys: c,
+        target,
+        api_key,
+    })
+}
+
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let c = &s.keys;
+    let path = s.target.path.clone();
+    let client = HttpClient::new(s.target.clone(), &c.tls, common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", common.key()), e))?;
     Ok(Arc::new(Datadog {
         client,
         path,
-        api_key: api_key.expose().to_vec(),
-        hostname: c.hostname.unwrap_or_else(super::hostname),
-        service: c.service,
-        ddsource: c.ddsource,
+        api_key: s.api_key.expose().to_vec(),
+        hostname: c.hostname.clone().unwrap_or_else(super::hostname),
+        service: c.service.clone(),
+        ddsource: c.ddsource.clone(),
         tags: c.tags.join(","),
         compression: c.compression,
         now_ms: crate::time::now_ms,
@@ -292,7 +301,7 @@ impl Sink for Datadog {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.path)
     }
 }
 
@@ -302,9 +311,10 @@ mod tests {
 
     fn err(keys: &str) -> Result<String, String> {
         let text = format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"dd\"]\n[sink.dd]\ntype = \"datadog\"\napi_key = {{ value = \"k\" }}\n{keys}\n");
-        match Config::parse(&text) {
-            Ok(c) => super::parse(&c.sinks[0])
-                .map(|(_, t)| format!("{}{}", t.origin(), t.path))
+        match Config::parse(&text, crate::sinks::TYPES) {
+            Ok(c) => c.sinks[0]
+                .settings::<super::Settings>()
+                .map(|s| format!("{}{}", s.target.origin(), s.target.path))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }

@@ -19,9 +19,9 @@
 use super::Refusal;
 use super::{compress, Attempt, Compression, RetryKind, SendResult, Sink, SinkType, Verdict};
 use crate::client::{HttpClient, Request, Response, Target};
-use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
-use crate::secret::SecretRef;
+use crate::secret::{Secret, SecretRef};
 use async_trait::async_trait;
 use base64::Engine;
 use serde::Deserialize;
@@ -36,10 +36,12 @@ pub const MAX_ID: usize = 512;
 
 /// The `elastic` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "elastic",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "elastic",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `auth`.
@@ -107,9 +109,16 @@ fn default_compression() -> Compression {
     Compression::None
 }
 
-fn parse(spec: &SinkSpec) -> Result<(ElasticConfig, Target, Option<Vec<u8>>), ConfigError> {
-    let c: ElasticConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+/// Validated settings: the keys, the target and the `Authorization` value (secret loaded).
+struct Settings {
+    keys: ElasticConfig,
+    target: Target,
+    auth: Option<Secret>,
+}
+
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: ElasticConfig = sink_keys(common, keys)?;
+    let key = common.key();
     let target =
         Target::parse(&c.url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
     if c.index.is_empty() || c.index.contains(['/', ' ', '"', '*', '?', '#']) {
@@ -126,7 +135,7 @@ fn parse(spec: &SinkSpec) -> Result<(ElasticConfig, Target, Option<Vec<u8>>), Co
                 .map_err(|e| ConfigError::invalid(format!("{key}.auth.api_key"), e.to_string()))?;
             let mut v = b"ApiKey ".to_vec();
             v.extend_from_slice(k.expose());
-            Some(v)
+            Some(Secret::new(v))
         }
         Some(ElasticAuth::Basic { user, password }) => {
             let p = password
@@ -135,36 +144,36 @@ fn parse(spec: &SinkSpec) -> Result<(ElasticConfig, Target, Option<Vec<u8>>), Co
             let mut raw = user.as_bytes().to_vec();
             raw.push(b':');
             raw.extend_from_slice(p.expose());
-            Some(
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                )
-                .into_bytes(),
-            )
+            Some(Secret::new(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )))
         }
     };
-    Ok((c, target, auth))
+    Ok(Settings {
+        keys: c,
+        target,
+        auth,
+    })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let (c, target, auth) = parse(spec)?;
-    let key = spec.key();
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let c = &s.keys;
     let mut path = format!(
         "{}/_bulk?filter_path=errors,items.*.status,items.*.error,items.*._id",
-        target.path.trim_end_matches('/')
+        s.target.path.trim_end_matches('/')
     );
     if let Some(p) = &c.pipeline {
         path.push_str("&pipeline=");
         path.push_str(&super::azure_logs_ingestion::form_encode(p));
     }
-    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
-        .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?;
+    let client = HttpClient::new(s.target.clone(), &c.tls, common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", common.key()), e))?;
     Ok(Arc::new(Elastic {
         client,
         path,
-        auth,
-        index: c.index,
+        auth: s.auth.as_ref().map(|a| a.expose().to_vec()),
+        index: c.index.clone(),
         op: c.op,
         ecs: c.ecs,
         compression: c.compression,
@@ -363,7 +372,7 @@ impl Sink for Elastic {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.path)
     }
 }
 
@@ -411,21 +420,21 @@ mod tests {
 mod auth_tests {
     use crate::config::Config;
 
-    fn spec(auth: &str) -> crate::config::SinkSpec {
+    /// The `Authorization` value configured by `auth`.
+    fn auth(auth: &str) -> Vec<u8> {
         let text = format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"es\"]\n[sink.es]\ntype = \"elastic\"\nurl = \"http://127.0.0.1:9200\"\nindex = \"logs-a-b\"\nauth = {auth}\n");
-        Config::parse(&text).unwrap().sinks.remove(0)
+        let c = Config::parse(&text, crate::sinks::TYPES).unwrap();
+        let s = c.sinks[0].settings::<super::Settings>().unwrap();
+        s.auth.as_ref().unwrap().expose().to_vec()
     }
 
     #[test]
     fn basic_and_api_key_headers_match_the_documented_examples() {
-        let (_, _, a) = super::parse(&spec(
-            "{ user = \"gateway_writer\", password = { value = \"s3cret\" } }",
-        ))
-        .unwrap();
-        assert_eq!(a.unwrap(), b"Basic Z2F0ZXdheV93cml0ZXI6czNjcmV0");
-        let (_, _, a) = super::parse(&spec("{ api_key = { value = \"VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==\" } }")).unwrap();
+        let a = auth("{ user = \"gateway_writer\", password = { value = \"s3cret\" } }");
+        assert_eq!(a, b"Basic Z2F0ZXdheV93cml0ZXI6czNjcmV0");
+        let a = auth("{ api_key = { value = \"VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==\" } }");
         assert_eq!(
-            a.unwrap(),
+            a,
             b"ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="
         );
     }

@@ -21,7 +21,7 @@
 //! `crate::fsutil`; retries and batching are the pipeline's.
 
 use super::{Attempt, SendResult, Sink, SinkType, Verdict};
-use crate::config::{ConfigError, SinkSpec};
+use crate::config::{sink_keys, ConfigError, SinkCommon, SinkKind};
 use crate::event::Event;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -31,10 +31,12 @@ use std::sync::Arc;
 
 /// The `file` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "file",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: usize::MAX,
+    kind: SinkKind {
+        name: "file",
+        max_events: usize::MAX,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// When to fsync.
@@ -62,23 +64,24 @@ fn default_fsync() -> Fsync {
     Fsync::Batch
 }
 
-fn parse(spec: &SinkSpec) -> Result<FileConfig, ConfigError> {
-    let c: FileConfig = super::parse_keys(spec)?;
+/// The validated settings are the keys themselves.
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<FileConfig, ConfigError> {
+    let c: FileConfig = sink_keys(common, keys)?;
     if c.path.as_os_str().is_empty() {
         return Err(ConfigError::invalid(
-            format!("{}.path", spec.key()),
+            format!("{}.path", common.key()),
             "must not be empty",
         ));
     }
     Ok(c)
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let c = parse(spec)?;
+fn build(common: &SinkCommon, c: &FileConfig) -> Result<Arc<dyn Sink>, ConfigError> {
+    let key = common.key();
     if let Some(dir) = c.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::fsutil::create_dir_all(dir).map_err(|e| {
             ConfigError::invalid(
-                format!("{}.path", spec.key()),
+                format!("{key}.path"),
                 format!("cannot create {}: {e}", dir.display()),
             )
         })?;
@@ -86,12 +89,12 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
     // 0600 when created: the file holds whole audit events.
     let file = crate::fsutil::append(&c.path).map_err(|e| {
         ConfigError::invalid(
-            format!("{}.path", spec.key()),
+            format!("{key}.path"),
             format!("cannot open {}: {e}", c.path.display()),
         )
     })?;
-    FileSink::open(file, c.path, c.fsync == Fsync::Batch)
-        .map_err(|e| ConfigError::invalid(format!("{}.path", spec.key()), e.to_string()))
+    FileSink::open(file, c.path.clone(), c.fsync == Fsync::Batch)
+        .map_err(|e| ConfigError::invalid(format!("{key}.path"), e.to_string()))
 }
 
 /// The output file and the length of its complete lines.
@@ -230,7 +233,7 @@ impl Sink for FileSink {
     }
 
     fn destination(&self) -> String {
-        format!("{} {}", TYPE.name, self.path.display())
+        format!("{} {}", TYPE.name(), self.path.display())
     }
 }
 

@@ -18,7 +18,7 @@
 
 use super::{classify_status, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Target};
-use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
 use crate::secret::SecretRef;
 use async_trait::async_trait;
@@ -29,10 +29,12 @@ use std::sync::Arc;
 
 /// The `http` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "http",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "http",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// A header value: plain text or a secret reference.
@@ -108,15 +110,16 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(tchar)
 }
 
-struct Parsed {
+/// Validated settings: the target, the headers with their secrets loaded, outbound TLS.
+struct Settings {
     target: Target,
     headers: Vec<(String, Vec<u8>)>,
     tls: RawClientTls,
 }
 
-fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
-    let c: HttpConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: HttpConfig = sink_keys(common, keys)?;
+    let key = common.key();
     let target =
         Target::parse(&c.url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
     let headers = resolve_headers(&key, &c.headers)?;
@@ -128,20 +131,19 @@ fn parse(spec: &SinkSpec) -> Result<Parsed, ConfigError> {
             )
         })?;
     }
-    Ok(Parsed {
+    Ok(Settings {
         target,
         headers,
         tls: c.tls,
     })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let p = parse(spec)?;
-    let mut headers = p.headers;
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let mut headers = s.headers.clone();
     headers.push(("content-type".into(), b"application/json".to_vec()));
-    let path = p.target.path.clone();
-    let client = HttpClient::new(p.target, &p.tls, spec.common.timeout)
-        .map_err(|e| ConfigError::invalid(format!("{}.tls", spec.key()), e))?;
+    let path = s.target.path.clone();
+    let client = HttpClient::new(s.target.clone(), &s.tls, common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", common.key()), e))?;
     Ok(Arc::new(HttpSink {
         client,
         headers,
@@ -190,6 +192,6 @@ impl Sink for HttpSink {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.path)
     }
 }

@@ -1,8 +1,9 @@
 //! Sinks: where verified events go.
 //!
-//! A sink type is one file here that provides a [`SinkType`] (its name, a config check and a
-//! builder) and implements [`Sink`]: send one batch once and say, per event, whether it was
-//! delivered, may be retried, or can never be delivered. Batching, retries with backoff within
+//! A sink type is one file here that provides a [`SinkType`] (its name; its `configure`, which
+//! turns its TOML keys into typed settings with secrets loaded, once, at config load; and its
+//! `build` from those settings) and implements [`Sink`]: send one batch once and say, per
+//! event, whether it was delivered, may be retried, or can never be delivered. Batching, retries with backoff within
 //! the budget, splitting on 413 and bisecting whole-batch payload refusals are done once, in
 //! [`crate::pipeline`], for every sink.
 //!
@@ -25,7 +26,7 @@ pub mod sentinel_data_collector;
 pub mod splunk_hec;
 pub mod webhook;
 
-use crate::config::{ConfigError, SinkSpec};
+use crate::config::{ConfigError, SinkCatalog, SinkConfig, SinkKind};
 use crate::event::Event;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -184,19 +185,25 @@ pub trait Sink: Send + Sync + 'static {
     }
 }
 
-/// A sink type: its `type` name, its config check, its builder.
+/// A sink type: what the config loader needs ([`SinkKind`]: its `type` name, batch limit and
+/// `configure`, which turns its keys into validated settings once) and its builder.
 pub struct SinkType {
-    /// The `type` value in `[sink.NAME]`.
-    pub name: &'static str,
-    /// Validates the type's keys (`spec.rest`) without side effects.
-    pub check: fn(&SinkSpec) -> Result<(), ConfigError>,
-    /// Builds the sink (may open files, read CA bundles).
-    pub build: fn(&SinkSpec) -> Result<Arc<dyn Sink>, ConfigError>,
-    /// The target's most events per request (`batch.max_events` may not exceed it).
-    pub max_events: usize,
+    /// Name, limit, and the keys-to-settings step, run by [`crate::config::Config::parse`].
+    pub kind: SinkKind,
+    /// Builds the sink from its validated config (may open files, read CA bundles); never
+    /// parses a key or loads a secret again.
+    pub build: fn(&SinkConfig) -> Result<Arc<dyn Sink>, ConfigError>,
 }
 
-/// Every sink type.
+impl SinkType {
+    /// The `type` value in `[sink.NAME]`.
+    pub const fn name(&self) -> &'static str {
+        self.kind.name
+    }
+}
+
+/// Every sink type: the catalog a configuration is loaded with
+/// (`Config::load(path, sinks::TYPES)`).
 pub const TYPES: &[SinkType] = &[
     file::TYPE,
     http::TYPE,
@@ -208,51 +215,37 @@ pub const TYPES: &[SinkType] = &[
     webhook::TYPE,
 ];
 
-/// The names of every sink type.
-pub fn type_names() -> Vec<&'static str> {
-    TYPES.iter().map(|t| t.name).collect()
+impl SinkCatalog for [SinkType] {
+    fn kind(&self, name: &str) -> Option<&SinkKind> {
+        self.iter().map(|t| &t.kind).find(|k| k.name == name)
+    }
+
+    fn names(&self) -> Vec<&'static str> {
+        type_names()
+    }
 }
 
-fn find(spec: &SinkSpec) -> Result<&'static SinkType, ConfigError> {
-    TYPES
+/// The names of every sink type.
+pub fn type_names() -> Vec<&'static str> {
+    TYPES.iter().map(SinkType::name).collect()
+}
+
+/// Builds a sink from its validated config.
+pub fn build(config: &SinkConfig) -> Result<Arc<dyn Sink>, ConfigError> {
+    let t = TYPES
         .iter()
-        .find(|t| t.name == spec.common.kind)
+        .find(|t| t.name() == config.common.kind)
         .ok_or_else(|| {
             ConfigError::invalid(
-                format!("{}.type", spec.key()),
+                format!("{}.type", config.key()),
                 format!(
                     "unknown sink type {:?} (one of: {})",
-                    spec.common.kind,
+                    config.common.kind,
                     type_names().join(", ")
                 ),
             )
-        })
-}
-
-/// Checks a sink's type-specific keys and its batch limits against the target's.
-pub fn check_spec(spec: &SinkSpec) -> Result<(), ConfigError> {
-    let t = find(spec)?;
-    if spec.common.batch.max_events > t.max_events {
-        return Err(ConfigError::invalid(
-            format!("{}.batch.max_events", spec.key()),
-            format!(
-                "must be between 1 and {} for a {} sink",
-                t.max_events, t.name
-            ),
-        ));
-    }
-    (t.check)(spec)
-}
-
-/// Builds a sink from its spec.
-pub fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    (find(spec)?.build)(spec)
-}
-
-/// Parses a sink's type-specific keys into `T` (which should `deny_unknown_fields`), naming
-/// the failing key as `sink.NAME.key`.
-pub fn parse_keys<T: serde::de::DeserializeOwned>(spec: &SinkSpec) -> Result<T, ConfigError> {
-    crate::config::from_value(&spec.key(), toml::Value::Table(spec.rest.clone()))
+        })?;
+    (t.build)(config)
 }
 
 /// `KIND scheme://host[:port]/path` of a sink of type `kind` that sends to `path` on `target`:
@@ -477,12 +470,12 @@ log_type = "VF"
 "#,
             file.display()
         );
-        let names = TYPES.iter().map(|t| format!("\"{}\"", t.name));
+        let names = TYPES.iter().map(|t| format!("\"{}\"", t.name()));
         let text = format!(
             "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [{}]\n{sinks}",
             names.collect::<Vec<_>>().join(", ")
         );
-        let config = crate::config::Config::parse(&text).unwrap();
+        let config = crate::config::Config::parse(&text, TYPES).unwrap();
         let want = [
             ("file", format!("file {}", file.display())),
             ("http", "http https://siem.example.com/ingest".into()),
@@ -521,6 +514,39 @@ log_type = "VF"
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_sink_types_own_keys_are_checked_at_load_and_never_printed() {
+        let text = |keys: &str| {
+            format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"h\"]\n[sink.h]\n{keys}\n")
+        };
+        let err = |keys: &str| {
+            crate::config::Config::parse(&text(keys), TYPES)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("type = \"file\"\npath = \"/dev/null\"\nbogus = 1");
+        assert!(e.starts_with("sink.h.bogus: unknown field `bogus`"), "{e}");
+        let e = err("type = \"nope\"");
+        assert!(
+            e.starts_with("sink.h.type: unknown sink type \"nope\" (one of: file, http"),
+            "{e}"
+        );
+        let e = err("type = \"datadog\"\nsite = \"datadoghq.com\"\napi_key = { value = \"k\" }\nbatch = { max_events = 1001 }");
+        assert_eq!(
+            e,
+            "sink.h.batch.max_events: must be between 1 and 1000 for a datadog sink"
+        );
+        let c = crate::config::Config::parse(
+            &text("type = \"http\"\nurl = \"http://127.0.0.1:1/\"\nheaders = { \"Authorization\" = { value = \"Bearer sink-secret-value\" } }"),
+            TYPES,
+        )
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("sink-secret-value"),
+            "a sink's settings are never printed"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::azure_logs_ingestion::encode_records;
 use super::Refusal;
 use super::{body_snippet, Attempt, SendResult, Sink, SinkType};
 use crate::client::{HttpClient, Request, Response, Target};
-use crate::config::{ConfigError, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
 use crate::secret::{Secret, SecretRef};
 use async_trait::async_trait;
@@ -41,10 +41,12 @@ pub const MAX_FIELD: usize = 32 * 1024;
 
 /// The `sentinel_data_collector` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "sentinel_data_collector",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "sentinel_data_collector",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `[sink.NAME]` keys of a sentinel_data_collector sink.
@@ -79,9 +81,16 @@ pub fn signature(key: &[u8], content_length: usize, date: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-fn parse(spec: &SinkSpec) -> Result<(DataCollectorConfig, Target, Secret), ConfigError> {
-    let c: DataCollectorConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+/// Validated settings: the keys, the target and the decoded shared key.
+struct Settings {
+    keys: DataCollectorConfig,
+    target: Target,
+    shared_key: Secret,
+}
+
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: DataCollectorConfig = sink_keys(common, keys)?;
+    let key = common.key();
     if c.workspace_id.is_empty()
         || !c
             .workspace_id
@@ -133,25 +142,29 @@ fn parse(spec: &SinkSpec) -> Result<(DataCollectorConfig, Target, Secret), Confi
                 "is not base64 (use the workspace key exactly as Azure shows it)",
             )
         })?;
-    Ok((c, target, Secret::new(decoded)))
+    Ok(Settings {
+        keys: c,
+        target,
+        shared_key: Secret::new(decoded),
+    })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let (c, target, key_bytes) = parse(spec)?;
-    tracing::warn!(sink = %spec.common.name, "Microsoft's support for the HTTP Data Collector API ended on 2026-09-14 (ingestion continues, critical fixes only); migrate to azure_logs_ingestion");
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let c = &s.keys;
+    tracing::warn!(sink = %common.name, "Microsoft's support for the HTTP Data Collector API ended on 2026-09-14 (ingestion continues, critical fixes only); migrate to azure_logs_ingestion");
     let path = format!(
         "{}/api/logs?api-version=2016-04-01",
-        target.path.trim_end_matches('/')
+        s.target.path.trim_end_matches('/')
     );
-    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
-        .map_err(|e| ConfigError::invalid(format!("{}.tls", spec.key()), e))?;
+    let client = HttpClient::new(s.target.clone(), &c.tls, common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", common.key()), e))?;
     Ok(Arc::new(DataCollector {
         client,
         path,
-        key: key_bytes,
-        workspace_id: c.workspace_id,
-        log_type: c.log_type,
-        time_field: c.time_generated_field,
+        key: s.shared_key.clone(),
+        workspace_id: c.workspace_id.clone(),
+        log_type: c.log_type.clone(),
+        time_field: c.time_generated_field.clone(),
     }))
 }
 
@@ -222,7 +235,7 @@ impl Sink for DataCollector {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.path)
     }
 }
 

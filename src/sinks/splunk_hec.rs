@@ -24,9 +24,9 @@ use super::{
     Sink, SinkType, Verdict,
 };
 use crate::client::{HttpClient, Request, Response, Target};
-use crate::config::{ConfigError, DurationStr, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, DurationStr, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
-use crate::secret::SecretRef;
+use crate::secret::{Secret, SecretRef};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -38,10 +38,12 @@ pub const MAX_EVENT_BYTES: usize = 5 * 1024 * 1024;
 
 /// The `splunk_hec` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "splunk_hec",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "splunk_hec",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `ack = { ... }`: indexer acknowledgement.
@@ -123,11 +125,20 @@ fn is_guid(s: &str) -> bool {
         })
 }
 
-fn parse(spec: &SinkSpec) -> Result<HecConfig, ConfigError> {
-    let c: HecConfig = super::parse_keys(spec)?;
-    let key = spec.key();
-    Target::parse(&c.url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
-    c.token
+/// Validated settings: the keys, the parsed target and the loaded token.
+struct Settings {
+    keys: HecConfig,
+    target: Target,
+    token: Secret,
+}
+
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: HecConfig = sink_keys(common, keys)?;
+    let key = common.key();
+    let target =
+        Target::parse(&c.url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
+    let token = c
+        .token
         .load()
         .map_err(|e| ConfigError::invalid(format!("{key}.token"), e.to_string()))?;
     if let Some(ch) = c.ack.as_ref().and_then(|a| a.channel.as_ref()) {
@@ -146,15 +157,17 @@ fn parse(spec: &SinkSpec) -> Result<HecConfig, ConfigError> {
             ));
         }
     }
-    Ok(c)
+    Ok(Settings {
+        keys: c,
+        target,
+        token,
+    })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let c = parse(spec)?;
-    let key = spec.key();
-    let target =
-        Target::parse(&c.url).map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
-    let base = target
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let c = &s.keys;
+    let base = s
+        .target
         .path
         .trim_end_matches('/')
         .trim_end_matches("/services/collector/event")
@@ -162,12 +175,8 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         .to_string();
     let event_path = format!("{base}/services/collector/event");
     let ack_path = format!("{base}/services/collector/ack");
-    let token = c
-        .token
-        .load()
-        .map_err(|e| ConfigError::invalid(format!("{key}.token"), e.to_string()))?;
     let mut auth = b"Splunk ".to_vec();
-    auth.extend_from_slice(token.expose());
+    auth.extend_from_slice(s.token.expose());
     let mut meta = String::new();
     let host = c.host.clone().unwrap_or_else(super::hostname);
     let js = |s: &str| serde_json::to_string(s).expect("string");
@@ -189,8 +198,8 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         poll: a.poll.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
         timeout: a.timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
     });
-    let client = HttpClient::new(target, &c.tls, spec.common.timeout)
-        .map_err(|e| ConfigError::invalid(format!("{key}.tls"), e))?;
+    let client = HttpClient::new(s.target.clone(), &c.tls, common.timeout)
+        .map_err(|e| ConfigError::invalid(format!("{}.tls", common.key()), e))?;
     Ok(Arc::new(SplunkHec {
         client,
         event_path,
@@ -198,7 +207,7 @@ fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
         auth,
         channel,
         meta,
-        fields: c.fields.into_iter().collect(),
+        fields: c.fields.clone().into_iter().collect(),
         ack,
         compression: c.compression,
     }))
@@ -434,7 +443,7 @@ impl Sink for SplunkHec {
     }
 
     fn destination(&self) -> String {
-        super::http_destination(TYPE.name, self.client.target(), &self.event_path)
+        super::http_destination(TYPE.name(), self.client.target(), &self.event_path)
     }
 }
 

@@ -21,9 +21,9 @@
 //! pipeline's (or, on `retry_schedule`, the spool drainer's).
 
 use super::{Attempt, RetryKind, SendResult, Sink, SinkType, Verdict};
-use crate::config::{ConfigError, DurationStr, RawClientTls, SinkSpec};
+use crate::config::{sink_keys, ConfigError, DurationStr, RawClientTls, SinkCommon, SinkKind};
 use crate::event::Event;
-use crate::secret::SecretRef;
+use crate::secret::{Secret, SecretRef};
 use crate::sender::{SenderSettings, WebhookSender};
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -33,10 +33,12 @@ use std::sync::Arc;
 
 /// The `webhook` sink type.
 pub const TYPE: SinkType = SinkType {
-    name: "webhook",
-    check: |spec| parse(spec).map(drop),
-    build,
-    max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+    kind: SinkKind {
+        name: "webhook",
+        max_events: crate::config::defaults::MAX_BATCH_EVENTS,
+        configure: |common, keys| Ok(Arc::new(configure(common, keys)?)),
+    },
+    build: |c| build(&c.common, c.settings()?),
 };
 
 /// `[sink.NAME]` keys of a webhook sink.
@@ -66,12 +68,19 @@ fn default_version() -> String {
     "1".into()
 }
 
-fn parse(spec: &SinkSpec) -> Result<SenderSettings, ConfigError> {
-    let c: WebhookConfig = super::parse_keys(spec)?;
-    let key = spec.key();
+/// Validated settings: the sender's, and its signing secret loaded.
+struct Settings {
+    sender: SenderSettings,
+    secret: Secret,
+}
+
+fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigError> {
+    let c: WebhookConfig = sink_keys(common, keys)?;
+    let key = common.key();
     crate::client::Target::parse(&c.url)
         .map_err(|e| ConfigError::invalid(format!("{key}.url"), e))?;
-    c.secret
+    let secret = c
+        .secret
         .load()
         .map_err(|e| ConfigError::invalid(format!("{key}.secret"), e.to_string()))?;
     if c.version.is_empty() {
@@ -81,25 +90,25 @@ fn parse(spec: &SinkSpec) -> Result<SenderSettings, ConfigError> {
         ));
     }
     let headers = super::http::resolve_headers(&key, &c.headers)?;
-    Ok(SenderSettings {
+    let sender = SenderSettings {
         url: c.url,
         secret: c.secret,
         version: c.version,
         headers,
-        timeout: spec.common.timeout,
+        timeout: common.timeout,
         schedule: c
             .retry_schedule
             .map(|v| v.into_iter().map(|d| d.0).collect())
             .unwrap_or_else(|| crate::sender::DEFAULT_SCHEDULE.to_vec()),
         failed: c.failed_dir.map(crate::deadletter::FailedStore::new),
         tls: c.tls,
-    })
+    };
+    Ok(Settings { sender, secret })
 }
 
-fn build(spec: &SinkSpec) -> Result<Arc<dyn Sink>, ConfigError> {
-    let settings = parse(spec)?;
-    let sender = WebhookSender::new(settings)
-        .map_err(|e| ConfigError::invalid(format!("{}.url", spec.key()), e.to_string()))?;
+fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError> {
+    let sender = WebhookSender::with_secret(s.sender.clone(), s.secret.clone())
+        .map_err(|e| ConfigError::invalid(format!("{}.url", common.key()), e.to_string()))?;
     Ok(Arc::new(WebhookSink { sender }))
 }
 
@@ -166,7 +175,7 @@ impl Sink for WebhookSink {
 
     fn destination(&self) -> String {
         let target = self.sender.target();
-        super::http_destination(TYPE.name, target, &target.path)
+        super::http_destination(TYPE.name(), target, &target.path)
     }
 
     fn webhook_version(&self) -> Option<&str> {
