@@ -11,7 +11,8 @@
 
 use crate::config::TypeFilter;
 use crate::dedupe::{Begin, Dedupe, DedupeKey};
-use crate::pipeline::{Delivery, FailKind, SinkHandle};
+use crate::pipeline::SinkHandle;
+use crate::sinks::{RetryKind, Verdict};
 use crate::spool::{SourceLog, Spool, SpoolError};
 use crate::verify::{Checker, Reject, RequestParts};
 use bytes::Bytes;
@@ -56,15 +57,9 @@ pub enum Ingested {
     DedupeUnavailable,
     /// The spool refused the write.
     SpoolFailed(SpoolError),
-    /// At least one sink did not take it: the worst sink result.
-    NotDelivered {
-        /// How it failed.
-        kind: FailKind,
-        /// Sink name and reason, safe for the sender.
-        detail: String,
-        /// The target's suggested wait.
-        retry_after: Option<Duration>,
-    },
+    /// At least one sink did not take it: the most telling sink verdict (never `Ok`), its
+    /// detail naming the sink and reason in words safe for the sender.
+    NotDelivered(Verdict),
 }
 
 /// The shared state every source's requests use.
@@ -173,16 +168,6 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// Ranks failures for the sender: a permanent refusal outranks an outage, which outranks a
-/// timeout (the sender sees the most telling one).
-fn rank(k: FailKind) -> u8 {
-    match k {
-        FailKind::Permanent => 3,
-        FailKind::Unavailable => 2,
-        FailKind::Timeout => 1,
-    }
-}
-
 impl Ingest {
     /// Awaits `fut` (the event's deliveries), renewing the in-flight mark of `key` every
     /// third of its lifetime: however long the request waits for a delivery slot behind a
@@ -257,37 +242,26 @@ impl Ingest {
             for sink in &src.sinks {
                 waits.push(sink.submit(event.clone()).await);
             }
-            let mut worst: Option<(FailKind, String, Option<Duration>)> = None;
+            let mut worst = Verdict::Ok;
             for w in waits {
-                let d = w.await.unwrap_or_else(|_| Delivery::Failed {
-                    kind: FailKind::Unavailable,
-                    detail: "delivery was abandoned".into(),
-                    retry_after: None,
+                let v = w.await.unwrap_or_else(|_| {
+                    Verdict::retry(RetryKind::Unavailable, "delivery was abandoned", None)
                 });
-                if let Delivery::Failed {
-                    kind,
-                    detail,
-                    retry_after,
-                } = d
-                {
-                    if worst.as_ref().is_none_or(|(k, _, _)| rank(kind) > rank(*k)) {
-                        worst = Some((kind, detail, retry_after));
-                    }
+                if v.severity() > worst.severity() {
+                    worst = v;
                 }
             }
             worst
         };
         let worst = self.renewing(key, deliveries).await;
+        let delivered = worst == Verdict::Ok;
         guard
-            .settle(worst.is_none(), crate::time::now_ms(), event.timestamp_ms)
+            .settle(delivered, crate::time::now_ms(), event.timestamp_ms)
             .await;
-        match worst {
-            None => Ingested::Accepted,
-            Some((kind, detail, retry_after)) => Ingested::NotDelivered {
-                kind,
-                detail,
-                retry_after,
-            },
+        if delivered {
+            Ingested::Accepted
+        } else {
+            Ingested::NotDelivered(worst)
         }
     }
 }
@@ -482,10 +456,10 @@ retry = {{ budget = "0s" }}
         assert!(
             matches!(
                 out,
-                Ingested::NotDelivered {
-                    kind: FailKind::Unavailable,
+                Ingested::NotDelivered(Verdict::Retry {
+                    kind: RetryKind::Unavailable,
                     ..
-                }
+                })
             ),
             "{out:?}"
         );

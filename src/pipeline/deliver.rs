@@ -4,7 +4,7 @@
 //! sending the sink's. Knows nothing of requests, dedupe or the spool (the spool's drainer
 //! calls it).
 
-use super::{Delivery, FailKind, Job};
+use super::Job;
 use crate::config::SinkCommon;
 use crate::escape::Printable;
 use crate::event::Event;
@@ -34,19 +34,18 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
         for (job, v) in pending.into_iter().zip(verdicts) {
             match v {
                 Verdict::Ok => {
-                    let _ = job.reply.send(Delivery::Delivered);
+                    let _ = job.reply.send(Verdict::Ok);
                 }
                 Verdict::Permanent { reason, .. } => {
                     // The full detail (the target's answer) is logged by `attempt`; the
                     // sender, an outside party, learns the sink, reason and status only.
-                    let _ = job.reply.send(Delivery::Failed {
-                        kind: FailKind::Permanent,
-                        detail: format!(
+                    let _ = job.reply.send(Verdict::permanent(
+                        reason,
+                        format!(
                             "sink {name}: the event cannot be delivered ({reason}, {})",
                             status_words(&status)
                         ),
-                        retry_after: None,
-                    });
+                    ));
                 }
                 Verdict::Retry {
                     kind,
@@ -68,25 +67,20 @@ pub async fn deliver(sink: &dyn Sink, common: &SinkCommon, metrics: &Metrics, jo
         };
         let Some(wait) = wait else {
             let (kind, detail) = last.expect("a retry has a reason");
-            let (fail, reason) = match kind {
-                RetryKind::Timeout => (FailKind::Timeout, "timeout"),
-                RetryKind::Unavailable => (FailKind::Unavailable, "unavailable"),
-                RetryKind::Config => (FailKind::Unavailable, "config_error"),
-            };
             metrics
                 .sink_events_failed
-                .with_label_values(&[name, reason])
+                .with_label_values(&[name, kind.as_str()])
                 .inc_by(retry.len() as u64);
             tracing::warn!(sink = name, events = retry.len(), status = %status, detail = ?Printable(&detail), "retry budget spent; the sender is answered 5xx and will retry");
             for job in retry {
-                let _ = job.reply.send(Delivery::Failed {
-                    kind: fail,
-                    detail: format!(
+                let _ = job.reply.send(Verdict::retry(
+                    kind,
+                    format!(
                         "sink {name}: {} (retry budget spent)",
                         status_words(&status)
                     ),
-                    retry_after: wait_hint,
-                });
+                    wait_hint,
+                ));
             }
             return;
         };
@@ -275,7 +269,7 @@ mod tests {
         }
     }
 
-    fn jobs(n: usize) -> (Vec<Job>, Vec<tokio::sync::oneshot::Receiver<Delivery>>) {
+    fn jobs(n: usize) -> (Vec<Job>, Vec<tokio::sync::oneshot::Receiver<Verdict>>) {
         (0..n)
             .map(|i| {
                 let body = format!(r#"{{"event_id":"e{i}","timestamp":"2024-05-14T09:21:33Z"}}"#);
@@ -292,7 +286,7 @@ mod tests {
             .unzip()
     }
 
-    async fn outcomes(rxs: Vec<tokio::sync::oneshot::Receiver<Delivery>>) -> Vec<Delivery> {
+    async fn outcomes(rxs: Vec<tokio::sync::oneshot::Receiver<Verdict>>) -> Vec<Verdict> {
         let mut v = Vec::new();
         for r in rxs {
             v.push(r.await.unwrap());
@@ -321,18 +315,9 @@ mod tests {
         let out = outcomes(rx).await;
         for (i, o) in out.iter().enumerate() {
             if i == 5 {
-                assert!(
-                    matches!(
-                        o,
-                        Delivery::Failed {
-                            kind: FailKind::Permanent,
-                            ..
-                        }
-                    ),
-                    "{o:?}"
-                );
+                assert!(matches!(o, Verdict::Permanent { .. }), "{o:?}");
             } else {
-                assert_eq!(o, &Delivery::Delivered, "event {i}");
+                assert_eq!(o, &Verdict::Ok, "event {i}");
             }
         }
         // Every good event was sent exactly once successfully.
@@ -367,7 +352,7 @@ mod tests {
         let m = Metrics::new();
         let (j, rx) = jobs(3);
         deliver(&sink, &common(Duration::from_secs(10)), &m, j).await;
-        assert!(outcomes(rx).await.iter().all(|o| *o == Delivery::Delivered));
+        assert!(outcomes(rx).await.iter().all(|o| *o == Verdict::Ok));
         let calls = sink.calls.lock();
         assert_eq!(calls.len(), 3);
         assert_eq!(calls[1], vec!["e1".to_string()]);
@@ -389,8 +374,8 @@ mod tests {
             assert!(
                 matches!(
                     o,
-                    Delivery::Failed {
-                        kind: FailKind::Timeout,
+                    Verdict::Retry {
+                        kind: RetryKind::Timeout,
                         ..
                     }
                 ),
@@ -418,7 +403,7 @@ mod tests {
         assert_eq!(sink.calls.lock().len(), 1);
         let o = outcomes(rx).await.pop().unwrap();
         assert!(
-            matches!(o, Delivery::Failed { kind: FailKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30))
+            matches!(o, Verdict::Retry { kind: RetryKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30))
         );
     }
 }

@@ -2,7 +2,7 @@
 //! concurrent events by `max_events` / `max_bytes` / `linger`, and a delivery loop that sends
 //! each batch, retries what may be retried with exponential backoff and full jitter within
 //! the retry budget (honouring `Retry-After`), halves batches the target refuses whole, and
-//! answers each waiting request with its own event's [`Delivery`].
+//! answers each waiting request with its own event's final [`Verdict`].
 //!
 //! Owns: the per-sink queues and the answer to each waiting request. Uses `sinks`, `retry`,
 //! `config`, `event`, `metrics` and `escape`; must not import `ingest`, `spool`, `server`
@@ -14,44 +14,16 @@ pub mod deliver;
 use crate::config::SinkCommon;
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sinks::Sink;
+use crate::sinks::{RetryKind, Sink, Verdict};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// How a failed delivery is answered to the sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailKind {
-    /// 502 `upstream_error`: the target refused the event for good.
-    Permanent,
-    /// 503 `upstream_unavailable`: the target is down, throttling or refusing our credentials.
-    Unavailable,
-    /// 504 `upstream_timeout`: no answer in time.
-    Timeout,
-}
-
-/// The final outcome of one event at one sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    /// Accepted by the sink.
-    Delivered,
-    /// Not delivered.
-    Failed {
-        /// How to answer.
-        kind: FailKind,
-        /// Sink name and reason (no secrets).
-        detail: String,
-        /// Suggested wait for the sender.
-        retry_after: Option<Duration>,
-    },
-}
 
 /// One event waiting for a sink.
 pub struct Job {
     /// The event.
     pub event: Arc<Event>,
-    /// Where its outcome goes.
-    pub reply: oneshot::Sender<Delivery>,
+    /// Where its final verdict goes.
+    pub reply: oneshot::Sender<Verdict>,
 }
 
 /// The handle request handlers use to give a sink an event.
@@ -63,15 +35,15 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
-    /// Queues `event`; the receiver yields its delivery.
-    pub async fn submit(&self, event: Arc<Event>) -> oneshot::Receiver<Delivery> {
+    /// Queues `event`; the receiver yields its final verdict.
+    pub async fn submit(&self, event: Arc<Event>) -> oneshot::Receiver<Verdict> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { event, reply }).await {
-            let _ = job.reply.send(Delivery::Failed {
-                kind: FailKind::Unavailable,
-                detail: format!("sink {} is shutting down", self.name),
-                retry_after: None,
-            });
+            let _ = job.reply.send(Verdict::retry(
+                RetryKind::Unavailable,
+                format!("sink {} is shutting down", self.name),
+                None,
+            ));
         }
         rx
     }

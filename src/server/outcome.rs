@@ -4,7 +4,7 @@
 //! else in the crate picks a webhook status or a `Retry-After`. It may not do I/O.
 
 use crate::ingest::Ingested;
-use crate::pipeline::FailKind;
+use crate::sinks::{RetryKind, Verdict};
 use crate::spool::SpoolError;
 use crate::verify::Reject;
 use bytes::Bytes;
@@ -297,20 +297,19 @@ impl From<Ingested> for Reply {
                 };
                 Reply::with_retry_after(o, e.public_detail(), wait)
             }
-            Ingested::NotDelivered {
-                kind: FailKind::Permanent,
-                detail,
-                ..
-            } => Reply::refused(Outcome::UpstreamError, &detail),
-            Ingested::NotDelivered {
+            // Not constructed (an `Ok` is `Accepted`); answered as what it says.
+            Ingested::NotDelivered(Verdict::Ok) => Reply::ok(Outcome::Accepted, ACCEPTED),
+            Ingested::NotDelivered(Verdict::Permanent { detail, .. }) => {
+                Reply::refused(Outcome::UpstreamError, &detail)
+            }
+            Ingested::NotDelivered(Verdict::Retry {
                 kind,
                 detail,
                 retry_after,
-            } => {
-                let o = if kind == FailKind::Timeout {
-                    Outcome::UpstreamTimeout
-                } else {
-                    Outcome::UpstreamUnavailable
+            }) => {
+                let o = match kind {
+                    RetryKind::Timeout => Outcome::UpstreamTimeout,
+                    RetryKind::Unavailable | RetryKind::Config => Outcome::UpstreamUnavailable,
                 };
                 let secs = retry_after.map(|d| d.as_secs().max(1)).unwrap_or(5);
                 Reply::with_retry_after(o, &detail, secs)
@@ -393,31 +392,23 @@ mod tests {
                 ra("5"),
             ),
             (
-                Ingested::NotDelivered {
-                    kind: FailKind::Permanent,
-                    detail: "d".into(),
-                    retry_after: None,
-                },
+                Ingested::NotDelivered(Verdict::permanent(crate::sinks::Refusal::Rejected, "d")),
                 502,
                 "upstream_error",
                 None,
             ),
             (
-                Ingested::NotDelivered {
-                    kind: FailKind::Unavailable,
-                    detail: "d".into(),
-                    retry_after: Some(Duration::from_millis(300)),
-                },
+                Ingested::NotDelivered(Verdict::retry(
+                    RetryKind::Unavailable,
+                    "d",
+                    Some(Duration::from_millis(300)),
+                )),
                 503,
                 "upstream_unavailable",
                 ra("1"),
             ),
             (
-                Ingested::NotDelivered {
-                    kind: FailKind::Timeout,
-                    detail: "d".into(),
-                    retry_after: None,
-                },
+                Ingested::NotDelivered(Verdict::retry(RetryKind::Timeout, "d", None)),
                 504,
                 "upstream_timeout",
                 ra("5"),

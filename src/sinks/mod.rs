@@ -32,7 +32,8 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why an event may be retried, which decides the sender's status if the budget runs out.
+/// Why an event may be retried, which decides the sender's status if the budget runs out
+/// (the `reason` label of `vfgate_sink_events_failed_total` then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryKind {
     /// The target answered with a transient failure (5xx, 429, connection refused): 503.
@@ -42,6 +43,17 @@ pub enum RetryKind {
     /// Authentication or authorisation refused (a configuration error, not the event's
     /// fault): the data is kept, the sender gets 503 and retries.
     Config,
+}
+
+impl RetryKind {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryKind::Unavailable => "unavailable",
+            RetryKind::Timeout => "timeout",
+            RetryKind::Config => "config_error",
+        }
+    }
 }
 
 /// Why a target refuses an event for good: the `reason` label of the failure metrics and
@@ -76,7 +88,11 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// One event's result of one attempt.
+/// One event's result at one sink: the one vocabulary from a sink's classification of an
+/// attempt, through the pipeline (which retries `Retry` within the budget and then answers
+/// each waiting request with the last verdict), to `ingest` (which keeps the most telling
+/// failure over its sinks, [`Verdict::severity`]); `server/outcome.rs` maps it to the
+/// sender's status once (`Permanent` 502, `Retry` 503, or 504 for a timeout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Accepted by the target.
@@ -117,6 +133,21 @@ impl Verdict {
         Verdict::Permanent {
             reason,
             detail: detail.into(),
+        }
+    }
+
+    /// How telling a result is to the sender, when an event went to several sinks: a
+    /// permanent refusal outranks an outage (or refused credentials), which outranks a
+    /// timeout, which outranks delivery.
+    pub fn severity(&self) -> u8 {
+        match self {
+            Verdict::Ok => 0,
+            Verdict::Retry {
+                kind: RetryKind::Timeout,
+                ..
+            } => 1,
+            Verdict::Retry { .. } => 2,
+            Verdict::Permanent { .. } => 3,
         }
     }
 }
@@ -547,6 +578,31 @@ log_type = "VF"
             !format!("{c:?}").contains("sink-secret-value"),
             "a sink's settings are never printed"
         );
+    }
+
+    #[test]
+    fn the_sender_sees_the_most_telling_verdict() {
+        let ranked = [
+            Verdict::Ok,
+            Verdict::retry(RetryKind::Timeout, "t", None),
+            Verdict::retry(RetryKind::Unavailable, "u", None),
+            Verdict::permanent(Refusal::TooLarge, "p"),
+        ];
+        for w in ranked.windows(2) {
+            assert!(w[0].severity() < w[1].severity(), "{w:?}");
+        }
+        assert_eq!(
+            Verdict::retry(RetryKind::Config, "c", None).severity(),
+            ranked[2].severity(),
+            "refused credentials rank as an outage (503)"
+        );
+        let labels = [
+            RetryKind::Unavailable,
+            RetryKind::Timeout,
+            RetryKind::Config,
+        ]
+        .map(RetryKind::as_str);
+        assert_eq!(labels, ["unavailable", "timeout", "config_error"]);
     }
 
     #[test]
