@@ -173,11 +173,37 @@ pub enum FailedCmd {
     },
 }
 
+/// Parses a `--header "Name: value"` argument (the name lowercased, checked as an HTTP token).
+pub fn parse_header(s: &str) -> Result<(String, Vec<u8>), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("header {s:?} is not \"Name: value\""))?;
+    let k = k.trim().to_ascii_lowercase();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(format!("header name {k:?} is not valid"));
+    }
+    Ok((k, v.trim().as_bytes().to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn header_arguments_are_name_colon_value() {
+        assert_eq!(
+            super::parse_header("X-Trace:  abc ").unwrap(),
+            ("x-trace".to_string(), b"abc".to_vec())
+        );
+        assert!(super::parse_header("no colon").is_err());
+        assert!(super::parse_header("bad name: v").is_err());
     }
 }

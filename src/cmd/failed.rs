@@ -5,12 +5,12 @@
 //! `sender::replay`'s and `spool::drain::replay_to_sink`'s. As part of `cmd` it may use any
 //! layer; nothing outside `cmd` imports it.
 
+use super::args::parse_header;
 use super::args::FailedCmd;
 use super::send::parse_tls;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::deadletter::{Claim, FailedStore, StoreError};
 use crate::escape::{printable, printable_json, Printable};
-use crate::sender::parse_header;
 use crate::sender::replay::replay_entry;
 use std::io::Write;
 

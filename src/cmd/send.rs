@@ -3,6 +3,7 @@
 //! that output and exit code; signing, ordering, retries and the failed-deliveries store
 //! are `sender`'s and `deadletter`'s, and it builds no request itself.
 
+use super::args::parse_header;
 use super::args::SendArgs;
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::config::RawClientTls;
@@ -10,7 +11,7 @@ use crate::deadletter::FailedStore;
 use crate::escape::printable;
 use crate::secret::SecretRef;
 use crate::sender::load::{generated_event, send_ordered, Summary};
-use crate::sender::{parse_header, Answer, Outcome, SenderSettings, WebhookSender};
+use crate::sender::{Answer, Outcome, SenderSettings, WebhookSender};
 use bytes::Bytes;
 use std::io::{BufRead, IsTerminal};
 use std::sync::Arc;

@@ -30,7 +30,7 @@ pub use raw::{
     OneOrMany, RawAdmin, RawBatch, RawClientTls, RawConfig, RawDedupe, RawRetry, RawServer,
     RawServerTls, RawSinkCommon, RawSource, RawSourceSecret, RawSpool,
 };
-pub use units::{ByteSize, DurationStr};
+pub use units::{ByteSize, DurationStr, SizeError};
 
 /// Secrets shorter than this are warned about (HMAC keys should be random and long).
 pub const MIN_SECRET_BYTES: usize = 16;

@@ -28,18 +28,32 @@ impl<'de> Deserialize<'de> for DurationStr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
+/// Why a size string is not a size (the message quotes it: sizes are not secrets).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No leading number.
+    #[error("invalid size {0:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")]
+    NoNumber(String),
+    /// The number or the product with its unit overflows 64 bits.
+    #[error("invalid size {0:?}: too large")]
+    TooLarge(String),
+    /// An unknown unit.
+    #[error("invalid size {0:?}: unknown unit {1:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)")]
+    UnknownUnit(String, String),
+}
+
 impl ByteSize {
     /// Parses `"512KiB"`, `"10 GiB"`, `"1MB"`, `"42"`, `"42B"`.
-    pub fn parse(s: &str) -> Result<u64, String> {
+    pub fn parse(s: &str) -> Result<u64, SizeError> {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("invalid size {s:?}: expected a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"));
+            return Err(SizeError::NoNumber(s.to_string()));
         }
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("invalid size {s:?}: number too large"))?;
+            .map_err(|_| SizeError::TooLarge(s.to_string()))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" | "kB" => 1_000,
@@ -50,14 +64,10 @@ impl ByteSize {
             "GiB" => 1 << 30,
             "TB" => 1_000_000_000_000,
             "TiB" => 1 << 40,
-            u => {
-                return Err(format!(
-                    "invalid size {s:?}: unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
-                ))
-            }
+            u => return Err(SizeError::UnknownUnit(s.to_string(), u.to_string())),
         };
         n.checked_mul(mult)
-            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+            .ok_or_else(|| SizeError::TooLarge(s.to_string()))
     }
 }
 

@@ -322,19 +322,3 @@ pub fn parse_secret_ref(s: &str) -> Option<SecretRef> {
             .map(|p| SecretRef::File { file: p.into() })
     }
 }
-
-/// Parses `K: V` header arguments.
-pub fn parse_header(s: &str) -> Result<(String, Vec<u8>), String> {
-    let (k, v) = s
-        .split_once(':')
-        .ok_or_else(|| format!("header {s:?} is not \"Name: value\""))?;
-    let k = k.trim().to_ascii_lowercase();
-    if k.is_empty()
-        || !k
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    {
-        return Err(format!("header name {k:?} is not valid"));
-    }
-    Ok((k, v.trim().as_bytes().to_vec()))
-}
