@@ -119,13 +119,14 @@ path = "{dir}/events.ndjson"
 async fn a_taken_port_is_a_startup_error_not_a_false_ready() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
+    let admin = ReservedPort::new();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ env = \"VF_SECRET\" }}]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",
-            free_port()
+            admin.port
         ),
     )
     .unwrap();

@@ -1,4 +1,4 @@
-//! Shared dedupe in a real `redis-server` (started here on a free port; `.ci/run` installs it).
+//! Shared dedupe in a real `redis-server` (started here on a reserved port; `.ci/run` installs it).
 
 use crate::util::*;
 use std::process::{Child, Command, Stdio};
@@ -6,45 +6,61 @@ use std::time::Duration;
 
 struct Redis {
     child: Child,
+    /// Held for the test's whole life, so that a restart gets the same port back.
+    reserved: ReservedPort,
     port: u16,
 }
 
 impl Redis {
     async fn start() -> Redis {
-        Self::start_on(free_port()).await
-    }
-
-    async fn start_on(port: u16) -> Redis {
+        let reserved = ReservedPort::new();
+        let port = reserved.port;
         let mut redis = Redis {
-            child: Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect(
-                    "redis-server is installed (.ci/run installs it: apt-get install redis-server)",
-                ),
+            child: Self::spawn(port),
+            reserved,
             port,
         };
+        redis.wait_up().await;
+        redis
+    }
+
+    /// Starts a fresh, empty `redis-server` on the same port (after [`Redis::kill`]).
+    async fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.reserved.port);
+        self.wait_up().await;
+    }
+
+    /// `redis-server` sets `SO_REUSEADDR`, so it can listen on the reserved port.
+    fn spawn(port: u16) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it: apt-get install redis-server)")
+    }
+
+    async fn wait_up(&mut self) {
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
             {
-                return redis;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        redis.kill();
+        self.kill();
         panic!("redis-server did not start");
     }
 
@@ -162,9 +178,8 @@ async fn a_commit_lost_with_redis_is_made_once_redis_is_back() {
     // sender still gets 200 (the event was delivered), the commit is retried, and once a
     // Redis answers again the replay is a duplicate (it used to be handed on again).
     let mut redis = Redis::start().await;
-    let port = redis.port;
     let mock = Mock::start().await;
-    let gw = Gateway::start(&config(port, &mock, "reject")).await;
+    let gw = Gateway::start(&config(redis.port, &mock, "reject")).await;
     mock.set_default(Reply::Sleep(Duration::from_millis(600)));
     let body = event("evt_commit_1", "user.login");
     let (r, ()) = tokio::join!(gw.post_event(&body), async {
@@ -173,7 +188,7 @@ async fn a_commit_lost_with_redis_is_made_once_redis_is_back() {
     });
     assert_eq!(r.status_field(), "accepted");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _redis = Redis::start_on(port).await;
+    redis.restart().await;
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
     // The retry says when it lands (an older build never does: the replay then decides).
     let retried = wait_until(Duration::from_secs(10), || {

@@ -190,7 +190,9 @@ async fn deep_json_and_control_characters_in_event_id_are_400_before_any_sink() 
 
 #[tokio::test]
 async fn a_5xx_names_the_sink_and_error_kind_never_the_upstream_address() {
-    let port = free_port();
+    // Reserved, never listening: connections to it are refused.
+    let refused = ReservedPort::new();
+    let port = refused.port;
     let cfg = format!(
         r#"
 [[source]]

@@ -1,19 +1,9 @@
-//! A running `vfgate serve` on free ports, and `vfgate send` load against it.
+//! A running `vfgate serve` on reserved ports, and `vfgate send` load against it.
 
-use super::{bin, post_signed, request, Resp, SECRET};
-use std::net::TcpListener as StdListener;
+use super::{bin, post_signed, request, ReservedPort, Resp, SECRET};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running `vfgate serve`.
 pub struct Gateway {
@@ -23,6 +13,8 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    /// `port` and `admin`, held while the gateway may (re)bind them.
+    _ports: [ReservedPort; 2],
 }
 
 impl Gateway {
@@ -49,8 +41,8 @@ impl Gateway {
     ) -> Gateway {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
-            let port = free_port();
-            let admin = free_port();
+            let ports = [ReservedPort::new(), ReservedPort::new()];
+            let (port, admin) = (ports[0].port, ports[1].port);
             let text = format!(
                 "[server]\nlisten = \"127.0.0.1:{port}\"\ngrace_period = \"5s\"\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n{}",
                 body.replace("{dir}", dir.path().to_str().unwrap())
@@ -69,6 +61,7 @@ impl Gateway {
                 dir,
                 log,
                 env,
+                _ports: ports,
             };
             g.spawn();
             if g.wait_ready(Duration::from_secs(10)).await {

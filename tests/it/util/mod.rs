@@ -1,4 +1,4 @@
-//! Test utilities: start the real `vfgate` binary on free ports ([`gateway`]), a raw
+//! Test utilities: start the real `vfgate` binary on reserved ports ([`gateway`]), a raw
 //! HTTP/1.1 client ([`http`]), a scriptable mock upstream that records exactly what arrives
 //! ([`mock`]), and a tmpfs for disk-full tests ([`fs`]). Events, signing and the CLI are here.
 
@@ -6,11 +6,13 @@ mod fs;
 mod gateway;
 mod http;
 mod mock;
+mod port;
 
 pub use fs::*;
 pub use gateway::*;
 pub use http::*;
 pub use mock::*;
+pub use port::*;
 
 use std::io::Write;
 use std::path::Path;
