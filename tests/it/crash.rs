@@ -68,30 +68,19 @@ impl Index {
 }
 
 fn config(mock: &Mock) -> String {
-    format!(
-        r#"
-[spool]
-dir = "{{dir}}/spool"
-segment_bytes = "256KiB"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-ack = "spool"
-sinks = ["es"]
-
-[sink.es]
-type = "elastic"
-url = "{}"
-index = "logs-syvault.audit-default"
-op = "create"
-compression = "none"
-timeout = "1s"
-batch = {{ max_events = 200, linger = "5ms" }}
-"#,
-        mock.url("")
-    )
+    Toml::new()
+        .spool()
+        .with(r#"segment_bytes = "256KiB""#)
+        .source(&["es"])
+        .with(r#"ack = "spool""#)
+        .sink("es", "elastic")
+        .with(&format!(r#"url = "{}""#, mock.url("")))
+        .with(r#"index = "logs-syvault.audit-default""#)
+        .with(r#"op = "create""#)
+        .with(r#"compression = "none""#)
+        .with(r#"timeout = "1s""#)
+        .with(r#"batch = { max_events = 200, linger = "5ms" }"#)
+        .build()
 }
 
 #[tokio::test]

@@ -14,34 +14,26 @@ fn big_event() -> String {
     )
 }
 
-fn forward_config(dedupe_extra: &str) -> String {
-    format!(
-        r#"
-[dedupe]
-dir = "{{dir}}/dedupe"
-{dedupe_extra}
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["archive"]
-max_future_skew = "60s"
-
-[sink.archive]
-type = "file"
-path = "{{dir}}/events.ndjson"
-"#
-    )
+/// The memory dedupe journal in `{dir}/dedupe` (set `dir` to move it), the source, and a
+/// file sink `archive` in `{dir}/events.ndjson`.
+fn forward_config() -> Toml {
+    Toml::new()
+        .dedupe()
+        .with(r#"dir = "{dir}/dedupe""#)
+        .source(&["archive"])
+        .with(r#"max_future_skew = "60s""#)
+        .file_sink("archive", "{dir}/events.ndjson")
 }
 
 #[tokio::test]
 async fn a_disk_full_dedupe_journal_still_remembers_every_id_after_a_restart() {
     let disk = Tmpfs::mount("64k");
-    let cfg = forward_config("").replace(
-        "dir = \"{dir}/dedupe\"",
-        &format!("dir = \"{}/dedupe\"", disk.path.display()),
-    );
+    let cfg = forward_config()
+        .with_in(
+            "[dedupe]",
+            &format!(r#"dir = "{}/dedupe""#, disk.path.display()),
+        )
+        .build();
     let mut gw = Gateway::start(&cfg).await;
     // The journal's page fills up mid-record while the disk has no room for another.
     disk.fill();
@@ -74,7 +66,12 @@ async fn a_disk_full_dedupe_journal_still_remembers_every_id_after_a_restart() {
 async fn a_future_dated_mark_outlives_journal_pruning_and_a_restart() {
     // ttl 4s: files rotate every second and files older than the TTL were pruned; the
     // event is dated 50s ahead, so its mark lives ~54s, far longer than its file's age.
-    let mut gw = Gateway::start(&forward_config("ttl = \"4s\"")).await;
+    let mut gw = Gateway::start(
+        &forward_config()
+            .with_in("[dedupe]", r#"ttl = "4s""#)
+            .build(),
+    )
+    .await;
     let ahead = event_dated("ahead", 50);
     assert_eq!(gw.post_event(&ahead).await.status_field(), "accepted");
     // Past a TTL and more of file age, with rotations (an accepted event may rotate and
@@ -100,7 +97,7 @@ async fn a_future_dated_mark_outlives_journal_pruning_and_a_restart() {
 
 #[tokio::test]
 async fn damage_to_the_dedupe_journal_at_rest_is_counted_and_a_damaged_seed_refuses_to_start() {
-    let mut gw = Gateway::start(&forward_config("")).await;
+    let mut gw = Gateway::start(&forward_config().build()).await;
     for i in 0..3 {
         let r = gw.post_event(&event(&format!("d-{i}"), "user.login")).await;
         assert_eq!(r.status_field(), "accepted");
@@ -159,13 +156,10 @@ async fn damage_to_the_dedupe_journal_at_rest_is_counted_and_a_damaged_seed_refu
 async fn a_file_sink_after_a_disk_full_holds_only_whole_lines_and_never_names_its_path() {
     let disk = Tmpfs::mount("64k");
     let out = disk.path.join("events.ndjson");
-    let cfg = forward_config("").replace(
-        "path = \"{dir}/events.ndjson\"",
-        &format!(
-            "path = \"{}\"\nretry = {{ budget = \"500ms\" }}",
-            out.display()
-        ),
-    );
+    let cfg = forward_config()
+        .with(&format!(r#"path = "{}""#, out.display()))
+        .with(r#"retry = { budget = "500ms" }"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     assert_eq!(
         gw.post_event(&event("first", "user.login")).await.status,
@@ -199,24 +193,15 @@ async fn a_file_sink_after_a_disk_full_holds_only_whole_lines_and_never_names_it
     assert_eq!(ids, ["first", "after", "big"]);
 }
 
+/// A spool in `spool_dir`, the source acknowledging once spooled, and a file sink.
 fn spool_config(spool_dir: &str) -> String {
-    format!(
-        r#"
-[spool]
-dir = "{spool_dir}"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-ack = "spool"
-sinks = ["archive"]
-
-[sink.archive]
-type = "file"
-path = "{{dir}}/events.ndjson"
-"#
-    )
+    Toml::new()
+        .spool()
+        .with(&format!(r#"dir = "{spool_dir}""#))
+        .source(&["archive"])
+        .with(r#"ack = "spool""#)
+        .file_sink("archive", "{dir}/events.ndjson")
+        .build()
 }
 
 async fn readyz(gw: &Gateway) -> (u16, String) {
@@ -296,25 +281,14 @@ async fn a_full_spool_disk_tells_the_sender_a_fixed_sentence_and_recovers() {
 async fn a_resend_while_the_first_request_waits_past_its_in_flight_lifetime_is_in_flight() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Sleep(Duration::from_secs(4)));
-    let cfg = format!(
-        r#"
-[dedupe]
-dir = "{{dir}}/dedupe"
-in_flight_ttl = "2s"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["slow"]
-
-[sink.slow]
-type = "http"
-url = "{}"
-timeout = "10s"
-"#,
-        mock.url("/in")
-    );
+    let cfg = Toml::new()
+        .dedupe()
+        .with(r#"dir = "{dir}/dedupe""#)
+        .with(r#"in_flight_ttl = "2s""#)
+        .source(&["slow"])
+        .http_sink("slow", &mock.url("/in"))
+        .with(r#"timeout = "10s""#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let body = event("evt_slow", "user.login");
     let (first, second) = tokio::join!(gw.post_event(&body), async {

@@ -6,25 +6,12 @@ use std::time::Duration;
 #[tokio::test]
 async fn file_and_http_sinks_get_exact_bytes_with_fan_out() {
     let mock = Mock::start().await;
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["archive", "custom"]
-
-[sink.archive]
-type = "file"
-path = "{{dir}}/out/events.ndjson"
-
-[sink.custom]
-type = "http"
-url = "{}"
-headers = {{ "Authorization" = {{ env = "CUSTOM_AUTH" }}, "X-Team" = "secops" }}
-"#,
-        mock.url("/ingest?x=1")
-    );
+    let cfg = Toml::new()
+        .source(&["archive", "custom"])
+        .file_sink("archive", "{dir}/out/events.ndjson")
+        .http_sink("custom", &mock.url("/ingest?x=1"))
+        .with(r#"headers = { "Authorization" = { env = "CUSTOM_AUTH" }, "X-Team" = "secops" }"#)
+        .build();
     let gw = Gateway::start_with(&cfg, "", &[("CUSTOM_AUTH", "Bearer tok-123")]).await;
     let a = event("evt_fan_1", "user.login");
     // A pretty-printed body: forwarded as is over HTTP, compacted to one line in the file.
@@ -62,21 +49,11 @@ headers = {{ "Authorization" = {{ env = "CUSTOM_AUTH" }}, "X-Team" = "secops" }}
 #[tokio::test]
 async fn concurrent_requests_join_one_batch_and_each_gets_its_outcome() {
     let mock = Mock::start().await;
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-batch = {{ max_events = 10, max_bytes = "1MiB", linger = "800ms" }}
-"#,
-        mock.url("/bulk")
-    );
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/bulk"))
+        .with(r#"batch = { max_events = 10, max_bytes = "1MiB", linger = "800ms" }"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let bodies: Vec<String> = (0..5)
         .map(|i| event(&format!("evt_batch_{i}"), "user.login"))
@@ -108,21 +85,11 @@ batch = {{ max_events = 10, max_bytes = "1MiB", linger = "800ms" }}
 #[tokio::test]
 async fn a_bad_event_in_a_batch_fails_alone() {
     let mock = Mock::start().await;
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-batch = {{ max_events = 10, linger = "800ms" }}
-"#,
-        mock.url("/bulk")
-    );
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/bulk"))
+        .with(r#"batch = { max_events = 10, linger = "800ms" }"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let poison = "evt_poison";
     mock.set_default(Reply::RejectContaining(poison.into()));
@@ -174,33 +141,15 @@ async fn https_upstream_is_verified_against_ca_file() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert.pem()).unwrap();
     let url = format!("https://127.0.0.1:{}/ingest", mock.port);
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["trusted"]
-
-[[source]]
-name = "other"
-path = "/v1/untrusted"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["untrusted"]
-
-[sink.trusted]
-type = "http"
-url = "{url}"
-tls = {{ ca_file = "{}" }}
-
-[sink.untrusted]
-type = "http"
-url = "{url}"
-timeout = "500ms"
-retry = {{ budget = "600ms" }}
-"#,
-        ca.display()
-    );
+    let cfg = Toml::new()
+        .source(&["trusted"])
+        .source_at("other", "/v1/untrusted", &["untrusted"])
+        .http_sink("trusted", &url)
+        .with(&format!(r#"tls = {{ ca_file = "{}" }}"#, ca.display()))
+        .http_sink("untrusted", &url)
+        .with(r#"timeout = "500ms""#)
+        .with(r#"retry = { budget = "600ms" }"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let body = event("evt_tls_up", "user.login");
     let r = gw.post_event(&body).await;

@@ -7,21 +7,11 @@ use std::time::{Duration, Instant};
 async fn sigterm_finishes_the_in_flight_request_then_exits_0() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Sleep(Duration::from_millis(1200)));
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-timeout = "5s"
-"#,
-        mock.url("/slow")
-    );
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/slow"))
+        .with(r#"timeout = "5s""#)
+        .build();
     let mut gw = Gateway::start(&cfg).await;
     let body = event("evt_term", "user.login");
     let port = gw.port;
@@ -62,23 +52,16 @@ async fn tls_listener_with_a_self_signed_certificate() {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
 
-    let cfg = r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{ env = "VF_SECRET" }]
-sinks = ["archive"]
-
-[sink.archive]
-type = "file"
-path = "{dir}/events.ndjson"
-"#;
+    let cfg = Toml::new()
+        .source(&["archive"])
+        .file_sink("archive", "{dir}/events.ndjson")
+        .build();
     let tls = format!(
         "tls = {{ cert = \"{}\", key = \"{}\" }}",
         cert_path.display(),
         key_path.display()
     );
-    let gw = Gateway::start_with(cfg, &tls, &[]).await;
+    let gw = Gateway::start_with(&cfg, &tls, &[]).await;
     let body = event("evt_tls", "user.login");
     let sig = sign(SECRET, body.as_bytes());
     let out = std::process::Command::new("curl")
@@ -122,14 +105,15 @@ async fn a_taken_port_is_a_startup_error_not_a_false_ready() {
     let admin = ReservedPort::new();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ env = \"VF_SECRET\" }}]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",
-            admin.port
-        ),
-    )
-    .unwrap();
+    let text = Toml::new()
+        .table("[server]")
+        .with(&format!(r#"listen = "127.0.0.1:{port}""#))
+        .table("[admin]")
+        .with(&format!(r#"listen = "127.0.0.1:{}""#, admin.port))
+        .source_at("s", "/e", &["f"])
+        .file_sink("f", "/dev/null")
+        .build();
+    std::fs::write(&cfg, text).unwrap();
     let (code, _, err) = tokio::task::spawn_blocking(move || {
         run_cli(
             &["serve", "--config", cfg.to_str().unwrap()],

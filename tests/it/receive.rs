@@ -3,29 +3,18 @@
 use crate::util::*;
 use std::time::Duration;
 
-fn config(mock: &Mock, extra_source: &str) -> String {
-    format!(
-        r#"
-[dedupe]
-ttl = "1h"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-max_future_skew = "5m"
-event_types = ["user.*", "vault.item.read"]
-sinks = ["up"]
-{extra_source}
-
-[sink.up]
-type = "http"
-url = "{}"
-timeout = "300ms"
-retry = {{ budget = "700ms" }}
-"#,
-        mock.url("/ingest")
-    )
+/// The source under test (filtered to `user.*` and `vault.item.read`) and its one sink, with a
+/// short timeout and retry budget so that the upstream failure rows answer quickly.
+fn config(mock: &Mock) -> Toml {
+    Toml::new()
+        .dedupe()
+        .with(r#"ttl = "1h""#)
+        .source(&["up"])
+        .with(r#"max_future_skew = "5m""#)
+        .with(r#"event_types = ["user.*", "vault.item.read"]"#)
+        .http_sink("up", &mock.url("/ingest"))
+        .with(r#"timeout = "300ms""#)
+        .with(r#"retry = { budget = "700ms" }"#)
 }
 
 fn headers<'a>(sig: &'a str, version: &'a str, ct: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -39,7 +28,7 @@ fn headers<'a>(sig: &'a str, version: &'a str, ct: &'a str) -> Vec<(&'a str, &'a
 #[tokio::test]
 async fn status_table_rows() {
     let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock, "")).await;
+    let gw = Gateway::start(&config(&mock).build()).await;
     let p = gw.port;
     let body = event("evt_table_1", "user.login.failed");
     let sig = sign(SECRET, body.as_bytes());
@@ -271,7 +260,7 @@ async fn status_table_rows() {
 #[tokio::test]
 async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock, "")).await;
+    let gw = Gateway::start(&config(&mock).build()).await;
 
     // 400 from the upstream for a single event: permanent, 502 with the reason.
     mock.push(Reply::Status(
@@ -341,7 +330,7 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
 async fn concurrent_same_id_gets_409_in_flight() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Sleep(Duration::from_millis(400)));
-    let cfg = config(&mock, "").replace("timeout = \"300ms\"", "timeout = \"2s\"");
+    let cfg = config(&mock).with(r#"timeout = "2s""#).build();
     let gw = Gateway::start(&cfg).await;
     let body = event("evt_race", "user.login");
     let (a, b) = tokio::join!(gw.post_event(&body), async {
@@ -358,10 +347,12 @@ async fn concurrent_same_id_gets_409_in_flight() {
 #[tokio::test]
 async fn secret_rotation_old_and_new_pass_third_fails_expired_fails() {
     let mock = Mock::start().await;
-    let cfg = config(&mock, "").replace(
-        "secrets = [{ env = \"VF_SECRET\" }]",
-        "secrets = [{ env = \"VF_SECRET\" }, { env = \"VF_OLD\" }, { env = \"VF_EXPIRED\", not_after = \"2020-01-01T00:00:00Z\" }]",
-    );
+    let cfg = config(&mock)
+        .with_in(
+            "[[source]]",
+            r#"secrets = [{ env = "VF_SECRET" }, { env = "VF_OLD" }, { env = "VF_EXPIRED", not_after = "2020-01-01T00:00:00Z" }]"#,
+        )
+        .build();
     let gw = Gateway::start_with(
         &cfg,
         "",
@@ -413,7 +404,10 @@ async fn protocol_test_vector_is_accepted_end_to_end() {
     // The documented sample event with its documented header value (its timestamp is old, so
     // this source accepts events up to ten years old).
     let mock = Mock::start().await;
-    let cfg = config(&mock, "max_event_age = \"3650d\"").replace("ttl = \"1h\"", "ttl = \"3650d\"");
+    let cfg = config(&mock)
+        .with_in("[[source]]", r#"max_event_age = "3650d""#)
+        .with_in("[dedupe]", r#"ttl = "3650d""#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let body = std::fs::read(repo_root().join("tests/fixtures/sample-event.json")).unwrap();
     let sig = "sha256=92a8ab5a22de1284b8bc00fa724f8ba0824fb7841244c0b9c2b159b50942af7a";
@@ -433,7 +427,7 @@ async fn protocol_test_vector_is_accepted_end_to_end() {
 #[tokio::test]
 async fn expect_100_continue_and_keep_alive() {
     let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock, "")).await;
+    let gw = Gateway::start(&config(&mock).build()).await;
     let body = event("evt_cont", "user.login");
     let sig = sign(SECRET, body.as_bytes());
     use tokio::io::AsyncWriteExt;
@@ -474,7 +468,7 @@ async fn expect_100_continue_and_keep_alive() {
 #[tokio::test]
 async fn admin_and_webhook_listeners_do_not_serve_each_other() {
     let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock, "")).await;
+    let gw = Gateway::start(&config(&mock).build()).await;
     let r = request(gw.port, "GET", "/metrics", &[], b"").await.unwrap();
     assert_eq!(r.status, 404);
     let body = event("evt_adm", "user.login");

@@ -77,30 +77,19 @@ impl Drop for Redis {
 }
 
 fn config(redis_port: u16, mock: &Mock, on_error: &str) -> String {
-    format!(
-        r#"
-[dedupe]
-backend = "redis"
-url = "redis://127.0.0.1:{redis_port}/0"
-key_prefix = "vfgate-test:"
-on_error = "{on_error}"
-timeout = "300ms"
-ttl = "1h"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-timeout = "2s"
-retry = {{ budget = "500ms" }}
-"#,
-        mock.url("/ingest")
-    )
+    Toml::new()
+        .dedupe()
+        .with(r#"backend = "redis""#)
+        .with(&format!(r#"url = "redis://127.0.0.1:{redis_port}/0""#))
+        .with(r#"key_prefix = "vfgate-test:""#)
+        .with(&format!(r#"on_error = "{on_error}""#))
+        .with(r#"timeout = "300ms""#)
+        .with(r#"ttl = "1h""#)
+        .source(&["up"])
+        .http_sink("up", &mock.url("/ingest"))
+        .with(r#"timeout = "2s""#)
+        .with(r#"retry = { budget = "500ms" }"#)
+        .build()
 }
 
 #[tokio::test]

@@ -21,28 +21,16 @@ enum Case {
     FlippedByte,
 }
 
-fn config(mock: &Mock, segment: &str) -> String {
-    format!(
-        r#"
-[spool]
-dir = "{{dir}}/spool"
-{segment}
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-ack = "spool"
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-timeout = "1s"
-batch = {{ max_events = 1 }}
-"#,
-        mock.url("/up")
-    )
+/// A spool, the source acknowledging once spooled, and one HTTP sink sending one event a
+/// request.
+fn config(mock: &Mock) -> Toml {
+    Toml::new()
+        .spool()
+        .source(&["up"])
+        .with(r#"ack = "spool""#)
+        .http_sink("up", &mock.url("/up"))
+        .with(r#"timeout = "1s""#)
+        .with("batch = { max_events = 1 }")
 }
 
 fn body(n: usize, pad: usize) -> String {
@@ -80,12 +68,11 @@ async fn run(stop: Stop, case: Case) {
     let mock = Mock::start().await;
     mock.set_default(Reply::Status(503, vec![], "{}".into()));
     let small = matches!(case, Case::SeveralSegments | Case::FlippedByte);
-    let seg = if small {
-        "segment_bytes = \"4KiB\""
-    } else {
-        ""
-    };
-    let mut gw = Gateway::start(&config(&mock, seg)).await;
+    let mut cfg = config(&mock);
+    if small {
+        cfg = cfg.with_in("[spool]", r#"segment_bytes = "4KiB""#);
+    }
+    let mut gw = Gateway::start(&cfg.build()).await;
     let (n, pad) = match case {
         Case::BeforeFirstDelivery => (5, 10),
         Case::MidBacklog => (30, 10),
@@ -234,7 +221,7 @@ async fn kill_9_then_a_flipped_byte_in_a_sealed_segment() {
 async fn a_renamed_sink_with_a_backlog_refuses_to_start_and_keeps_the_events() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Status(503, vec![], "{}".into()));
-    let mut gw = Gateway::start(&config(&mock, "")).await;
+    let mut gw = Gateway::start(&config(&mock).build()).await;
     for i in 0..3 {
         assert_eq!(gw.post_event(&body(i, 10)).await.status, 202);
     }
@@ -285,7 +272,7 @@ async fn damage_to_the_last_record_after_delivery_never_costs_a_later_event() {
     // restart, three more acknowledged: all three reach the sink.
     let mock = Mock::start().await;
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let mut gw = Gateway::start(&config(&mock, "")).await;
+    let mut gw = Gateway::start(&config(&mock).build()).await;
     for i in 0..3 {
         assert_eq!(gw.post_event(&body(i, 10)).await.status, 202);
     }

@@ -5,17 +5,10 @@ use crate::util::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const FILE_SINK: &str = r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{ env = "VF_SECRET" }]
-sinks = ["f"]
-
-[sink.f]
-type = "file"
-path = "/dev/null"
-"#;
+/// The source, delivering to nowhere (these tests are about what reaches the gateway).
+fn file_sink() -> Toml {
+    Toml::new().source(&["f"]).file_sink("f", "/dev/null")
+}
 
 /// Whether the server closed `s` (EOF or reset within 2 s) instead of serving more.
 async fn closed(s: &mut tokio::net::TcpStream) -> bool {
@@ -35,7 +28,7 @@ fn signed_head(version: &str, body: &str, framing: &str) -> String {
 
 #[tokio::test]
 async fn both_transfer_encoding_and_content_length_close_the_connection() {
-    let gw = Gateway::start(FILE_SINK).await;
+    let gw = Gateway::start(&file_sink().build()).await;
     let body = event("evt_te_cl", "user.login");
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
@@ -74,7 +67,7 @@ async fn both_transfer_encoding_and_content_length_close_the_connection() {
 
 #[tokio::test]
 async fn http_1_0_without_keep_alive_is_closed_after_the_response() {
-    let gw = Gateway::start(FILE_SINK).await;
+    let gw = Gateway::start(&file_sink().build()).await;
     let body = event("evt_http10", "user.login");
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
         .await
@@ -102,7 +95,9 @@ async fn an_empty_inline_secret_is_refused_by_check_config_and_serve() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        FILE_SINK.replace(r#"{ env = "VF_SECRET" }"#, r#"{ value = "" }"#),
+        file_sink()
+            .with_in("[[source]]", r#"secrets = [{ value = "" }]"#)
+            .build(),
     )
     .unwrap();
     for cmd in ["check-config", "serve"] {
@@ -116,7 +111,9 @@ async fn an_empty_inline_secret_is_refused_by_check_config_and_serve() {
     // A short one is accepted with a warning, which check-config prints.
     std::fs::write(
         &cfg,
-        FILE_SINK.replace(r#"{ env = "VF_SECRET" }"#, r#"{ value = "short" }"#),
+        file_sink()
+            .with_in("[[source]]", r#"secrets = [{ value = "short" }]"#)
+            .build(),
     )
     .unwrap();
     let (code, _, err) = run_cli(
@@ -136,7 +133,7 @@ async fn an_empty_inline_secret_is_refused_by_check_config_and_serve() {
 async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
     let token = "admin-token-0123456789abcdef";
     let gw = Gateway::start_admin(
-        FILE_SINK,
+        &file_sink().build(),
         "token = { env = \"ADMIN_TOKEN\" }",
         &[("ADMIN_TOKEN", token)],
     )
@@ -166,7 +163,7 @@ async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
 
 #[tokio::test]
 async fn deep_json_and_control_characters_in_event_id_are_400_before_any_sink() {
-    let gw = Gateway::start(FILE_SINK).await;
+    let gw = Gateway::start(&file_sink().build()).await;
     let deep = format!(
         r#"{{"event_id":"deep","event_type":"x","timestamp":"{}","x":{}1{}}}"#,
         now_rfc3339(),
@@ -193,21 +190,12 @@ async fn a_5xx_names_the_sink_and_error_kind_never_the_upstream_address() {
     // Reserved, never listening: connections to it are refused.
     let refused = ReservedPort::new();
     let port = refused.port;
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "http://127.0.0.1:{port}/x"
-timeout = "300ms"
-retry = {{ budget = "300ms" }}
-"#
-    );
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &format!("http://127.0.0.1:{port}/x"))
+        .with(r#"timeout = "300ms""#)
+        .with(r#"retry = { budget = "300ms" }"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let r = gw.post_event(&event("evt_refused", "user.login")).await;
     assert_eq!(
@@ -227,7 +215,7 @@ retry = {{ budget = "300ms" }}
 async fn malformed_requests_never_put_tokens_or_signatures_in_the_log() {
     let token = "admin-token-0123456789abcdef";
     let gw = Gateway::start_full(
-        FILE_SINK,
+        &file_sink().build(),
         "",
         "token = { env = \"ADMIN_TOKEN\" }",
         &[("ADMIN_TOKEN", token), ("RUST_LOG", "debug")],
@@ -279,7 +267,7 @@ async fn malformed_requests_never_put_tokens_or_signatures_in_the_log() {
 #[tokio::test]
 async fn a_slow_body_gets_408_and_held_bodies_are_capped_with_503() {
     let gw = Gateway::start_with(
-        FILE_SINK,
+        &file_sink().build(),
         "body_timeout = \"300ms\"\nmax_body_bytes = \"64KiB\"\nmax_inflight_body_bytes = \"128KiB\"",
         &[],
     )
@@ -330,10 +318,11 @@ async fn a_slow_body_gets_408_and_held_bodies_are_capped_with_503() {
 
 #[tokio::test]
 async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
-    let gw = Gateway::start(&format!(
-        "[dedupe]\nmax_entries = 100\npersist = false\n{FILE_SINK}"
-    ))
-    .await;
+    let cfg = file_sink()
+        .dedupe()
+        .with("max_entries = 100")
+        .with("persist = false");
+    let gw = Gateway::start(&cfg.build()).await;
     for i in 0..150 {
         let r = gw
             .post_event(&event(&format!("evt_cap_{i}"), "user.login"))
@@ -343,10 +332,12 @@ async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
     assert_eq!(gw.metric("vfgate_dedupe_entries").await, 100.0);
     assert!(gw.metric("vfgate_dedupe_evictions_total").await >= 50.0);
 
-    let gw = Gateway::start(&format!(
-        "[dedupe]\nmax_entries = 3\non_full = \"reject\"\npersist = false\n{FILE_SINK}"
-    ))
-    .await;
+    let cfg = file_sink()
+        .dedupe()
+        .with("max_entries = 3")
+        .with(r#"on_full = "reject""#)
+        .with("persist = false");
+    let gw = Gateway::start(&cfg.build()).await;
     let bodies: Vec<String> = (0..4)
         .map(|i| event(&format!("evt_rej_{i}"), "user.login"))
         .collect();
@@ -370,7 +361,7 @@ async fn max_entries_is_an_exact_bound_evicting_or_rejecting() {
 async fn connections_beyond_max_connections_are_closed_at_once() {
     // Two connections busy with a request (a head read, its body still coming): a third is
     // refused, since no connection is merely waiting.
-    let gw = Gateway::start_with(FILE_SINK, "max_connections = 2", &[]).await;
+    let gw = Gateway::start_with(&file_sink().build(), "max_connections = 2", &[]).await;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
@@ -399,7 +390,7 @@ async fn idle_or_trickling_connections_never_lock_senders_out() {
     // limit the connection waiting longest for a head is closed, and none outlives
     // server.header_timeout without a whole head.
     let gw = Gateway::start_with(
-        FILE_SINK,
+        &file_sink().build(),
         "max_connections = 10\nheader_timeout = \"2s\"",
         &[],
     )

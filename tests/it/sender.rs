@@ -5,18 +5,14 @@ use crate::util::*;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const FILE_SINK: &str = r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{ env = "VF_SECRET" }]
-sinks = ["archive"]
-
-[sink.archive]
-type = "file"
-path = "{dir}/events.ndjson"
-batch = { max_events = 100 }
-"#;
+/// The source, archived to `{dir}/events.ndjson` (what the sender's events became).
+fn file_sink() -> String {
+    Toml::new()
+        .source(&["archive"])
+        .file_sink("archive", "{dir}/events.ndjson")
+        .with("batch = { max_events = 100 }")
+        .build()
+}
 
 /// Runs `vfgate send` off the test runtime.
 async fn send(args: Vec<String>, stdin: Option<Vec<u8>>) -> (i32, String, String) {
@@ -41,7 +37,7 @@ fn org_event(id: &str, org: &str) -> String {
 
 #[tokio::test]
 async fn round_trip_send_to_serve_byte_identical() {
-    let gw = Gateway::start(FILE_SINK).await;
+    let gw = Gateway::start(&file_sink()).await;
     let events: Vec<String> = (0..50)
         .map(|i| org_event(&format!("evt_rt_{i}"), &format!("org_{}", i % 4)))
         .collect();
@@ -329,7 +325,7 @@ async fn per_org_order_with_a_retried_event_not_holding_back_later_ones() {
 
 #[tokio::test]
 async fn generate_reports_exactly_the_duplicates_and_test_mode() {
-    let gw = Gateway::start(FILE_SINK).await;
+    let gw = Gateway::start(&file_sink()).await;
     let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
     let (code, out, err) = send(
         s(&[
@@ -460,23 +456,18 @@ async fn generate_reports_exactly_the_duplicates_and_test_mode() {
 
 #[tokio::test]
 async fn webhook_sink_relays_re_signed_to_another_gateway() {
-    let far = Gateway::start(FILE_SINK).await;
-    let near_cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "NEAR_SECRET" }}]
-sinks = ["relay"]
-
-[sink.relay]
-type = "webhook"
-url = "http://127.0.0.1:{}/v1/events"
-secret = {{ env = "VF_SECRET" }}
-headers = {{ "X-Relay" = "near" }}
-"#,
-        far.port
-    );
+    let far = Gateway::start(&file_sink()).await;
+    let near_cfg = Toml::new()
+        .source(&["relay"])
+        .with(r#"secrets = [{ env = "NEAR_SECRET" }]"#)
+        .sink("relay", "webhook")
+        .with(&format!(
+            r#"url = "http://127.0.0.1:{}/v1/events""#,
+            far.port
+        ))
+        .with(r#"secret = { env = "VF_SECRET" }"#)
+        .with(r#"headers = { "X-Relay" = "near" }"#)
+        .build();
     let near = Gateway::start_with(&near_cfg, "", &[("NEAR_SECRET", "near-secret-123")]).await;
     let body = org_event("evt_relay", "org_1");
     let r = post_signed(near.port, "/v1/events", "near-secret-123", &body)
@@ -525,7 +516,7 @@ async fn admin_api_lists_and_replays_with_a_bearer_token() {
         "token = {{ env = \"ADMIN_TOKEN\" }}\nfailed_dir = \"{}\"\n",
         failed.display()
     );
-    let cfg = FILE_SINK.to_string();
+    let cfg = file_sink();
     let gw =
         Gateway::start_with(&cfg, "", &[("ADMIN_TOKEN", "admin-token-0123456789abcdef")]).await;
     assert_eq!(

@@ -9,20 +9,14 @@ use std::collections::HashSet;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+/// The source (accepting events up to two days old) to `sink`, whose table follows.
 fn source(sink: &str) -> String {
-    format!(
-        r#"
-[dedupe]
-ttl = "48h"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-max_event_age = "48h"
-sinks = ["{sink}"]
-"#
-    )
+    Toml::new()
+        .dedupe()
+        .with(r#"ttl = "48h""#)
+        .source(&[sink])
+        .with(r#"max_event_age = "48h""#)
+        .build()
 }
 
 fn gunzip(b: &[u8]) -> Vec<u8> {

@@ -5,39 +5,20 @@ use crate::util::*;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-fn spool_config(mock: &Mock, spool_extra: &str, sinks: &str) -> String {
-    spool_config2(mock, mock, spool_extra, sinks)
-}
-
-fn spool_config2(mock: &Mock, side: &Mock, spool_extra: &str, sinks: &str) -> String {
-    format!(
-        r#"
-[spool]
-dir = "{{dir}}/spool"
-{spool_extra}
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-ack = "spool"
-sinks = [{sinks}]
-
-[sink.up]
-type = "http"
-url = "{}"
-timeout = "1s"
-batch = {{ max_events = 100, linger = "5ms" }}
-
-[sink.side]
-type = "http"
-url = "{}"
-timeout = "1s"
-batch = {{ max_events = 100, linger = "5ms" }}
-"#,
-        mock.url("/up"),
-        side.url("/side"),
-    )
+/// A spool, the source acknowledging once spooled (to `sinks`), and two HTTP sinks: `up`
+/// (`mock` at `/up`) and `side` (`side` at `/side`), batching up to `max_events` events.
+fn spool_config(mock: &Mock, side: &Mock, sinks: &[&str], max_events: u32) -> Toml {
+    let batch = format!(r#"batch = {{ max_events = {max_events}, linger = "5ms" }}"#);
+    Toml::new()
+        .spool()
+        .source(sinks)
+        .with(r#"ack = "spool""#)
+        .http_sink("up", &mock.url("/up"))
+        .with(r#"timeout = "1s""#)
+        .with(&batch)
+        .http_sink("side", &side.url("/side"))
+        .with(r#"timeout = "1s""#)
+        .with(&batch)
 }
 
 /// Every `event_id` in a captured request body, in order.
@@ -80,7 +61,12 @@ fn org_event(org: usize, n: usize) -> String {
 #[tokio::test]
 async fn kill_9_under_load_loses_no_acknowledged_event() {
     let mock = Mock::start().await;
-    let mut gw = Gateway::start(&spool_config(&mock, r#"fsync = "batch""#, r#""up""#)).await;
+    let mut gw = Gateway::start(
+        &spool_config(&mock, &mock, &["up"], 100)
+            .with_in("[spool]", r#"fsync = "batch""#)
+            .build(),
+    )
+    .await;
     let results = gw.dir.path().join("results.tsv");
     let mut send = send_load(&gw, 4000, 800, &results, &[]);
 
@@ -158,7 +144,7 @@ async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
     let side = Mock::start().await;
     // `up` is down (refuses, then times out); `side` stays healthy and is not held back.
     mock.set_default(Reply::Status(503, vec![], "{\"error\":\"down\"}".into()));
-    let gw = Gateway::start(&spool_config2(&mock, &side, "", r#""up", "side""#)).await;
+    let gw = Gateway::start(&spool_config(&mock, &side, &["up", "side"], 100).build()).await;
     let orgs = 4;
     let per_org = 15;
     for n in 0..per_org {
@@ -221,7 +207,9 @@ async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
 async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Status(503, vec![], "{}".into()));
-    let cfg = spool_config(&mock, "max_bytes = \"64KiB\"", r#""up""#);
+    let cfg = spool_config(&mock, &mock, &["up"], 100)
+        .with_in("[spool]", r#"max_bytes = "64KiB""#)
+        .build();
     let gw = Gateway::start_with(&cfg, "max_body_bytes = \"8KiB\"", &[]).await;
     let pad = "x".repeat(1000);
     let mut accepted = Vec::new();
@@ -293,8 +281,9 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
         }
     })));
     // One event per request, so that the mock's verdict is per event.
-    let cfg = spool_config2(&mock, &side, "max_age = \"2s\"", r#""up", "side""#)
-        .replace("max_events = 100", "max_events = 1");
+    let cfg = spool_config(&mock, &side, &["up", "side"], 1)
+        .with_in("[spool]", r#"max_age = "2s""#)
+        .build();
     let mut gw = Gateway::start(&cfg).await;
     for id in ["dl-bad", "dl-slow", "dl-good"] {
         assert_eq!(gw.post_event(&event(id, "user.login")).await.status, 202);
@@ -379,7 +368,7 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
 #[tokio::test]
 async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
     let mock = Mock::start().await;
-    let mut gw = Gateway::start(&spool_config(&mock, "", r#""up""#)).await;
+    let mut gw = Gateway::start(&spool_config(&mock, &mock, &["up"], 100).build()).await;
     let e = event("evt_restart_1", "user.login");
     assert_eq!(gw.post_event(&e).await.status, 202);
     assert!(wait_until(Duration::from_secs(5), || received(&mock, "/up").len() == 1).await);
@@ -397,20 +386,10 @@ async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
 #[tokio::test]
 async fn memory_dedupe_persists_by_default_without_a_spool() {
     let mock = Mock::start().await;
-    let cfg = format!(
-        r#"
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-sinks = ["up"]
-
-[sink.up]
-type = "http"
-url = "{}"
-"#,
-        mock.url("/up")
-    );
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/up"))
+        .build();
     let mut gw = Gateway::start(&cfg).await;
     let e = event("evt_no_spool_1", "user.login");
     assert_eq!(gw.post_event(&e).await.status_field(), "accepted");
@@ -431,27 +410,19 @@ url = "{}"
 async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
     let far = Mock::start().await;
     far.set_default(Reply::Status(500, vec![], "{}".into()));
-    let cfg = format!(
-        r#"
-[spool]
-dir = "{{dir}}/spool"
-
-[[source]]
-name = "syvault"
-path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
-ack = "spool"
-sinks = ["relay"]
-
-[sink.relay]
-type = "webhook"
-url = "{}"
-secret = {{ env = "VF_SECRET" }}
-version = "2"
-retry_schedule = ["200ms", "300ms"]
-"#,
-        far.url("/v1/events?token=s3cr3t-in-query")
-    );
+    let cfg = Toml::new()
+        .spool()
+        .source(&["relay"])
+        .with(r#"ack = "spool""#)
+        .sink("relay", "webhook")
+        .with(&format!(
+            r#"url = "{}""#,
+            far.url("/v1/events?token=s3cr3t-in-query")
+        ))
+        .with(r#"secret = { env = "VF_SECRET" }"#)
+        .with(r#"version = "2""#)
+        .with(r#"retry_schedule = ["200ms", "300ms"]"#)
+        .build();
     let gw = Gateway::start(&cfg).await;
     let t0 = Instant::now();
     assert_eq!(
@@ -509,8 +480,7 @@ async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
     let mock = Mock::start().await;
     let side = Mock::start().await;
     mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
-    let cfg = spool_config2(&mock, &side, "", r#""up", "side""#)
-        .replace("max_events = 100", "max_events = 1");
+    let cfg = spool_config(&mock, &side, &["up", "side"], 1).build();
     let token = "admin-token-0123456789abcdef";
     let gw = Gateway::start_admin(
         &cfg,
@@ -591,7 +561,7 @@ async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
 async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
     let mock = Mock::start().await;
     mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
-    let cfg = spool_config(&mock, "", r#""up""#).replace("max_events = 100", "max_events = 1");
+    let cfg = spool_config(&mock, &mock, &["up"], 1).build();
     let token = "admin-token-0123456789abcdef";
     let gw = Gateway::start_admin(
         &cfg,

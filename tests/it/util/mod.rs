@@ -1,13 +1,16 @@
 //! Test utilities: start the real `vfgate` binary on reserved ports ([`gateway`]), a raw
 //! HTTP/1.1 client ([`http`]), a scriptable mock upstream that records exactly what arrives
-//! ([`mock`]), and a tmpfs for disk-full tests ([`fs`]). Events, signing and the CLI are here.
+//! ([`mock`]), a builder for the config's shared blocks ([`config`]), and a tmpfs for disk-full
+//! tests ([`fs`]). Events, signing and the CLI are here.
 
+mod config;
 mod fs;
 mod gateway;
 mod http;
 mod mock;
 mod port;
 
+pub use config::*;
 pub use fs::*;
 pub use gateway::*;
 pub use http::*;
