@@ -25,36 +25,97 @@ fn headers<'a>(sig: &'a str, version: &'a str, ct: &'a str) -> Vec<(&'a str, &'a
     ]
 }
 
-#[tokio::test]
-async fn status_table_rows() {
-    let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock).build()).await;
-    let p = gw.port;
-    let body = event("evt_table_1", "user.login.failed");
-    let sig = sign(SECRET, body.as_bytes());
+/// One request of the status table and the answer it must get.
+struct Case {
+    name: String,
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    want_status: u16,
+    /// The `error` of a refusal, the `status` of a 200 (the outcome the metrics count).
+    want_outcome: &'static str,
+    want_header: Option<(&'static str, &'static str)>,
+}
 
-    // 404 / 405
-    let r = request(
-        p,
-        "POST",
-        "/nope",
-        &headers(&sig, "1", "application/json"),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.status, r.error()), (404, "not_found".into()));
-    let r = request(p, "GET", "/v1/events", &[], b"").await.unwrap();
-    assert_eq!((r.status, r.error()), (405, "method_not_allowed".into()));
-    assert_eq!(r.header("allow"), Some("POST"));
+impl Case {
+    /// A POST of `body` to `/v1/events` as a sender makes it: signed with the test secret,
+    /// version 1, JSON.
+    fn post(name: &str, body: impl Into<Vec<u8>>) -> Case {
+        let body = body.into();
+        Case {
+            name: name.to_string(),
+            method: "POST",
+            path: "/v1/events",
+            headers: vec![
+                ("Content-Type", "application/json".into()),
+                ("X-VF-Signature-256", sign(SECRET, &body)),
+                ("X-VF-Webhook-Version", "1".into()),
+            ],
+            body,
+            want_status: 200,
+            want_outcome: "accepted",
+            want_header: None,
+        }
+    }
 
-    // 413 by Content-Length (before any body byte is read: the client waits for 100
-    // Continue and gets the 413 instead), and by counting a chunked body.
-    let big = vec![b'x'; 1024 * 1024 + 1];
-    let mut h = headers(&sig, "1", "application/json");
-    h.push(("Expect", "100-continue"));
-    let r = request(p, "POST", "/v1/events", &h, &big).await.unwrap();
-    assert_eq!((r.status, r.error()), (413, "body_too_large".into()));
+    /// A request with no headers and no body.
+    fn bare(name: &str, method: &'static str, path: &'static str) -> Case {
+        Case {
+            method,
+            path,
+            headers: Vec::new(),
+            ..Case::post(name, "")
+        }
+    }
+
+    fn path(self, path: &'static str) -> Case {
+        Case { path, ..self }
+    }
+
+    /// Another body, the headers (and signature) kept.
+    fn body(self, body: Vec<u8>) -> Case {
+        Case { body, ..self }
+    }
+
+    /// Sets a header, replacing one of the same name.
+    fn header(mut self, name: &'static str, value: &str) -> Case {
+        self.headers.retain(|(k, _)| *k != name);
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    fn without(mut self, name: &'static str) -> Case {
+        self.headers.retain(|(k, _)| *k != name);
+        self
+    }
+
+    fn want(self, want_status: u16, want_outcome: &'static str) -> Case {
+        Case {
+            want_status,
+            want_outcome,
+            ..self
+        }
+    }
+
+    fn want_header(self, name: &'static str, value: &'static str) -> Case {
+        Case {
+            want_header: Some((name, value)),
+            ..self
+        }
+    }
+
+    async fn send(&self, port: u16) -> Resp {
+        let headers: Vec<(&str, &str)> =
+            self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(port, self.method, self.path, &headers, &self.body)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+}
+
+/// A chunked body of 20 × 64 KiB: over the 1 MiB limit only by counting.
+fn chunked_over_the_limit() -> Vec<u8> {
     let mut chunked = Vec::new();
     for _ in 0..20 {
         chunked.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
@@ -62,91 +123,52 @@ async fn status_table_rows() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    let mut h = headers(&sig, "1", "application/json");
-    h.push(("Transfer-Encoding", "chunked"));
-    let r = request(p, "POST", "/v1/events", &h, &chunked)
-        .await
-        .unwrap();
-    assert_eq!((r.status, r.error()), (413, "body_too_large".into()));
+    chunked
+}
 
-    // 401: missing, malformed, wrong; one detail for all three.
-    let r1 = request(
-        p,
-        "POST",
-        "/v1/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-VF-Webhook-Version", "1"),
-        ],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    let r2 = request(
-        p,
-        "POST",
-        "/v1/events",
-        &headers("sha256=zz", "1", "application/json"),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    let wrong = sign("not-the-secret", body.as_bytes());
-    let r3 = request(
-        p,
-        "POST",
-        "/v1/events",
-        &headers(&wrong, "1", "application/json"),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    for r in [&r1, &r2, &r3] {
-        assert_eq!((r.status, r.error()), (401, "invalid_signature".into()));
-        assert_eq!(r.json()["detail"], r1.json()["detail"]);
-    }
-
-    // 400 unsupported_version: missing and unknown.
-    let r = request(
-        p,
-        "POST",
-        "/v1/events",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-VF-Signature-256", &sig),
-        ],
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.status, r.error()), (400, "unsupported_version".into()));
-    let r = request(
-        p,
-        "POST",
-        "/v1/events",
-        &headers(&sig, "2", "application/json"),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.status, r.error()), (400, "unsupported_version".into()));
-
-    // 415, with charset allowed.
-    let r = request(
-        p,
-        "POST",
-        "/v1/events",
-        &headers(&sig, "1", "text/plain"),
-        body.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        (r.status, r.error()),
-        (415, "unsupported_media_type".into())
-    );
-
-    // 400 invalid_event: not JSON, not an object, id missing / empty / wrong type, bad timestamp.
+/// Every refusal row, then the filtered ones; `body` is a valid event.
+fn refused_and_filtered(body: &str) -> Vec<Case> {
+    let sig = "X-VF-Signature-256";
+    let version = "X-VF-Webhook-Version";
+    let mut cases = vec![
+        Case::post("unknown path", body)
+            .path("/nope")
+            .want(404, "not_found"),
+        Case::bare("GET", "GET", "/v1/events")
+            .want(405, "method_not_allowed")
+            .want_header("allow", "POST"),
+        // By Content-Length, before any body byte is read: the client waits for 100
+        // Continue and gets the 413 instead.
+        Case::post("413 by Content-Length", body)
+            .header("Expect", "100-continue")
+            .body(vec![b'x'; 1024 * 1024 + 1])
+            .want(413, "body_too_large"),
+        Case::post("413 by counting a chunked body", body)
+            .header("Transfer-Encoding", "chunked")
+            .body(chunked_over_the_limit())
+            .want(413, "body_too_large"),
+        // Missing, malformed, wrong: one detail for all three (checked by the caller).
+        Case::post("signature missing", body)
+            .without(sig)
+            .want(401, "invalid_signature"),
+        Case::post("signature malformed", body)
+            .header(sig, "sha256=zz")
+            .want(401, "invalid_signature"),
+        Case::post("signature wrong", body)
+            .header(sig, &sign("not-the-secret", body.as_bytes()))
+            .want(401, "invalid_signature"),
+        Case::post("version missing", body)
+            .without(version)
+            .want(400, "unsupported_version"),
+        Case::post("version unknown", body)
+            .header(version, "2")
+            .want(400, "unsupported_version"),
+        Case::post("text/plain", body)
+            .header("Content-Type", "text/plain")
+            .want(415, "unsupported_media_type"),
+    ];
+    // Not JSON, not an object, id missing / empty / wrong type, bad timestamp (with a charset,
+    // which is allowed).
     for bad in [
         "not json".to_string(),
         "[1,2]".to_string(),
@@ -156,49 +178,58 @@ async fn status_table_rows() {
         r#"{"event_id":"e","timestamp":"yesterday"}"#.to_string(),
         r#"{"event_id":"e","timestamp":12345}"#.to_string(),
     ] {
-        let s = sign(SECRET, bad.as_bytes());
-        let r = request(
-            p,
-            "POST",
-            "/v1/events",
-            &headers(&s, "1", "application/json; charset=utf-8"),
-            bad.as_bytes(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            (r.status, r.error()),
-            (400, "invalid_event".into()),
-            "{bad}"
+        cases.push(
+            Case::post(&bad, bad.as_str())
+                .header("Content-Type", "application/json; charset=utf-8")
+                .want(400, "invalid_event"),
         );
-        assert!(!r.json()["detail"].as_str().unwrap().is_empty());
     }
-
-    // 400 stale_event: too old, too far ahead.
+    // Too old, too far ahead.
     for ts in ["2020-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z"] {
         let b = format!(r#"{{"event_id":"evt_stale","event_type":"user.x","timestamp":"{ts}"}}"#);
-        let s = sign(SECRET, b.as_bytes());
-        let r = request(
-            p,
-            "POST",
-            "/v1/events",
-            &headers(&s, "1", "application/json"),
-            b.as_bytes(),
-        )
-        .await
-        .unwrap();
-        assert_eq!((r.status, r.error()), (400, "stale_event".into()), "{ts}");
+        cases.push(Case::post(ts, b).want(400, "stale_event"));
     }
-
-    // 200 filtered: "user.*" does not match "user", nor other types.
+    // "user.*" does not match "user", nor other types.
     for t in ["user", "admin.settings.changed", "vault.item.readx"] {
-        let r = gw.post_event(&event(&format!("evt_f_{t}"), t)).await;
-        assert_eq!(
-            (r.status, r.status_field()),
-            (200, "filtered".into()),
-            "{t}"
-        );
+        cases.push(Case::post(t, event(&format!("evt_f_{t}"), t)).want(200, "filtered"));
     }
+    cases
+}
+
+#[tokio::test]
+async fn status_table_rows() {
+    let mock = Mock::start().await;
+    let gw = Gateway::start(&config(&mock).build()).await;
+    let body = event("evt_table_1", "user.login.failed");
+
+    let mut unsigned_details = Vec::new();
+    for c in refused_and_filtered(&body) {
+        let r = c.send(gw.port).await;
+        let outcome = if r.status == 200 {
+            r.status_field()
+        } else {
+            r.error()
+        };
+        let name = &c.name;
+        assert_eq!(
+            (r.status, outcome.as_str()),
+            (c.want_status, c.want_outcome),
+            "{name}"
+        );
+        if let Some((h, v)) = c.want_header {
+            assert_eq!(r.header(h), Some(v), "{name}");
+        }
+        match c.want_outcome {
+            "invalid_signature" => unsigned_details.push(r.json()["detail"].clone()),
+            "invalid_event" => assert!(!r.json()["detail"].as_str().unwrap().is_empty(), "{name}"),
+            _ => {}
+        }
+    }
+    assert_eq!(unsigned_details.len(), 3);
+    assert!(
+        unsigned_details.iter().all(|d| *d == unsigned_details[0]),
+        "one detail for every bad signature: {unsigned_details:?}"
+    );
     assert!(
         mock.requests().is_empty(),
         "nothing refused or filtered was forwarded"
@@ -217,8 +248,11 @@ async fn status_table_rows() {
         body.as_bytes(),
         "forwarded byte for byte, unknown fields kept"
     );
+    assert_each_row_counted(&gw).await;
+}
 
-    // Metrics count each outcome.
+/// The metrics count each outcome of [`status_table_rows`].
+async fn assert_each_row_counted(gw: &Gateway) {
     let m = |o: &str| format!("vfgate_requests_total{{outcome=\"{o}\",source=\"syvault\"}}");
     assert_eq!(
         gw.metric("vfgate_requests_total{outcome=\"not_found\",source=\"none\"}")
