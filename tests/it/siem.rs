@@ -62,10 +62,9 @@ fn split_envelopes(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn splunk_hec_envelopes_and_positional_failure() {
-    let mock = Mock::start().await;
-    let cfg = format!(
+/// A Splunk HEC sink with an index, source, host and indexed fields, batching up to 10.
+fn splunk_config(mock: &Mock) -> String {
+    format!(
         r#"{}
 [sink.splunk]
 type = "splunk_hec"
@@ -80,28 +79,12 @@ retry = {{ budget = "1s" }}
 "#,
         source("splunk"),
         mock.url("")
-    );
-    let gw = Gateway::start_with(
-        &cfg,
-        "",
-        &[("HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB")],
     )
-    .await;
-    let t = now_ms() - 5000;
-    let bodies: Vec<String> = (0..3)
-        .map(|i| event_at(&format!("evt_hec_{i}"), t + i, "org_42"))
-        .collect();
-    mock.set_default(Reply::Status(
-        200,
-        vec![],
-        r#"{"text":"Success","code":0}"#.into(),
-    ));
-    for r in post_all(&gw, &bodies).await {
-        assert_eq!(r.status_field(), "accepted");
-    }
-    let reqs = mock.requests();
-    assert_eq!(reqs.len(), 1);
-    let q = &reqs[0];
+}
+
+/// The HEC request: path, token, channel, and one envelope per event in `bodies` (sent at
+/// `t` + its index in milliseconds) with time, metadata, the original event and the fields.
+fn assert_hec_request(q: &Captured, bodies: &[String], t: i64) {
     assert_eq!(
         (q.method.as_str(), q.path.as_str()),
         ("POST", "/services/collector/event")
@@ -136,12 +119,24 @@ retry = {{ budget = "1s" }}
         );
         assert_eq!(v.as_object().unwrap().len(), 7);
     }
-    // Duplicates are not forwarded twice.
-    assert_eq!(gw.post_event(&bodies[0]).await.status_field(), "duplicate");
-    assert_eq!(mock.requests().len(), 1);
+}
 
-    // HEC names the bad event's position: the ones before it are indexed (not re-sent), it
-    // fails alone, the rest is retried.
+/// The `event_id` of each envelope in a HEC body.
+fn envelope_ids(body: &[u8]) -> Vec<String> {
+    split_envelopes(body)
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["event"]["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// HEC names the bad event's position: the ones before it are indexed (not re-sent), it
+/// fails alone, the rest is retried.
+async fn assert_hec_position_fails_alone(gw: &Gateway, mock: &Mock, t: i64) {
     let more: Vec<String> = (10..13)
         .map(|i| event_at(&format!("evt_hec_{i}"), t + i, "org_42"))
         .collect();
@@ -150,27 +145,11 @@ retry = {{ budget = "1s" }}
         vec![],
         r#"{"text":"Invalid data format","code":6,"invalid-event-number":1}"#.into(),
     ));
-    let results = post_all(&gw, &more).await;
+    let results = post_all(gw, &more).await;
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 3, "one batch, then one retry of the remainder");
-    let first: Vec<String> = split_envelopes(&reqs[1].body)
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<Value>(e).unwrap()["event"]["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let retry: Vec<String> = split_envelopes(&reqs[2].body)
-        .iter()
-        .map(|e| {
-            serde_json::from_str::<Value>(e).unwrap()["event"]["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let first = envelope_ids(&reqs[1].body);
+    let retry = envelope_ids(&reqs[2].body);
     assert_eq!(first.len(), 3);
     assert_eq!(
         retry,
@@ -189,6 +168,38 @@ retry = {{ budget = "1s" }}
             assert_eq!(r.status_field(), "accepted", "{id}");
         }
     }
+}
+
+#[tokio::test]
+async fn splunk_hec_envelopes_and_positional_failure() {
+    let mock = Mock::start().await;
+    let cfg = splunk_config(&mock);
+    let gw = Gateway::start_with(
+        &cfg,
+        "",
+        &[("HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB")],
+    )
+    .await;
+    let t = now_ms() - 5000;
+    let bodies: Vec<String> = (0..3)
+        .map(|i| event_at(&format!("evt_hec_{i}"), t + i, "org_42"))
+        .collect();
+    mock.set_default(Reply::Status(
+        200,
+        vec![],
+        r#"{"text":"Success","code":0}"#.into(),
+    ));
+    for r in post_all(&gw, &bodies).await {
+        assert_eq!(r.status_field(), "accepted");
+    }
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_hec_request(&reqs[0], &bodies, t);
+    // Duplicates are not forwarded twice.
+    assert_eq!(gw.post_event(&bodies[0]).await.status_field(), "duplicate");
+    assert_eq!(mock.requests().len(), 1);
+
+    assert_hec_position_fails_alone(&gw, &mock, t).await;
     // A token problem is a configuration error: 503, the event is kept for the retry.
     mock.push(Reply::Status(
         403,
