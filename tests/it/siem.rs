@@ -264,10 +264,9 @@ ack = {{ enabled = true, channel = "2f1e6f0a-8c3b-4d6e-9f51-3b1c0a7d9e42", poll 
     );
 }
 
-#[tokio::test]
-async fn datadog_logs_shape_gzip_and_refusals() {
-    let mock = Mock::start().await;
-    let cfg = format!(
+/// A Datadog sink (EU site, gzip) with a service, hostname and tags, batching up to 10.
+fn datadog_config(mock: &Mock) -> String {
+    format!(
         r#"{}
 [sink.dd]
 type = "datadog"
@@ -282,20 +281,12 @@ retry = {{ budget = "1s" }}
 "#,
         source("dd"),
         mock.url("/api/v2/logs")
-    );
-    let gw = Gateway::start_with(&cfg, "", &[("DD_KEY", "0123456789abcdef0123456789abcdef")]).await;
-    mock.set_default(Reply::Status(202, vec![], "{}".into()));
-    let t = now_ms() - 1000;
-    let bodies = vec![
-        event_at("evt_dd_1", t, "org_a"),
-        event_at("evt_dd_2", t + 1, "org_b"),
-    ];
-    for r in post_all(&gw, &bodies).await {
-        assert_eq!(r.status_field(), "accepted");
-    }
-    let reqs = mock.requests();
-    assert_eq!(reqs.len(), 1);
-    let q = &reqs[0];
+    )
+}
+
+/// The Datadog request: path, key, gzip, and one log per event in `bodies` with exactly the
+/// documented keys, the original event as its message, its time, metadata and tags.
+fn assert_dd_request(q: &Captured, bodies: &[String]) {
     assert_eq!(
         (q.method.as_str(), q.path.as_str()),
         ("POST", "/api/v2/logs")
@@ -344,6 +335,25 @@ retry = {{ budget = "1s" }}
             )
         );
     }
+}
+
+#[tokio::test]
+async fn datadog_logs_shape_gzip_and_refusals() {
+    let mock = Mock::start().await;
+    let cfg = datadog_config(&mock);
+    let gw = Gateway::start_with(&cfg, "", &[("DD_KEY", "0123456789abcdef0123456789abcdef")]).await;
+    mock.set_default(Reply::Status(202, vec![], "{}".into()));
+    let t = now_ms() - 1000;
+    let bodies = vec![
+        event_at("evt_dd_1", t, "org_a"),
+        event_at("evt_dd_2", t + 1, "org_b"),
+    ];
+    for r in post_all(&gw, &bodies).await {
+        assert_eq!(r.status_field(), "accepted");
+    }
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_dd_request(&reqs[0], &bodies);
     // An event older than 18 h would be dropped by the intake while it answers 202: refused here.
     let r = gw
         .post_event(&event_at(
