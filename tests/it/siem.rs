@@ -406,10 +406,9 @@ async fn datadog_logs_shape_gzip_and_refusals() {
     assert!(!gw.log_text().contains("0123456789abcdef0123456789abcdef"));
 }
 
-#[tokio::test]
-async fn elastic_bulk_ndjson_ecs_and_per_item_results() {
-    let mock = Mock::start().await;
-    let cfg = format!(
+/// An Elastic sink (API key, pipeline, ECS), batching up to 10.
+fn elastic_config(mock: &Mock) -> String {
+    format!(
         r#"{}
 [sink.es]
 type = "elastic"
@@ -422,23 +421,14 @@ batch = {{ max_events = 10, linger = "800ms" }}
 "#,
         source("es"),
         mock.url("")
-    );
-    let gw = Gateway::start_with(
-        &cfg,
-        "",
-        &[(
-            "ES_KEY",
-            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
-        )],
     )
-    .await;
-    let t = now_ms() - 1000;
-    let bodies: Vec<String> = (0..4)
-        .map(|i| event_at(&format!("evt_es_{i}"), t + i, "org_42"))
-        .collect();
-    // Answer per item: 0 created, 1 already there (409), 2 throttled once (429), 3 unmappable (400).
+}
+
+/// A `_bulk` answer per item: `evt_es_0` created, 1 already there (409), 2 throttled once
+/// (429), 3 unmappable (400).
+fn elastic_per_item_replies() -> Reply {
     let seen = Arc::new(Mutex::new(HashSet::<String>::new()));
-    mock.set_default(Reply::Compute(Arc::new(move |q: &Captured| {
+    Reply::Compute(Arc::new(move |q: &Captured| {
         let text = String::from_utf8_lossy(&q.body).to_string();
         let items: Vec<Value> = text
             .lines()
@@ -465,7 +455,27 @@ batch = {{ max_events = 10, linger = "800ms" }}
             200,
             serde_json::json!({"errors": true, "items": items}).to_string(),
         )
-    })));
+    }))
+}
+
+#[tokio::test]
+async fn elastic_bulk_ndjson_ecs_and_per_item_results() {
+    let mock = Mock::start().await;
+    let cfg = elastic_config(&mock);
+    let gw = Gateway::start_with(
+        &cfg,
+        "",
+        &[(
+            "ES_KEY",
+            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
+        )],
+    )
+    .await;
+    let t = now_ms() - 1000;
+    let bodies: Vec<String> = (0..4)
+        .map(|i| event_at(&format!("evt_es_{i}"), t + i, "org_42"))
+        .collect();
+    mock.set_default(elastic_per_item_replies());
     let results = post_all(&gw, &bodies).await;
     let statuses: Vec<u16> = results.iter().map(|r| r.status).collect();
     assert_eq!(
