@@ -38,6 +38,11 @@ pub struct Metrics {
     pub dedupe_errors: IntCounter,
     /// `vfgate_dedupe_commit_failures_total`.
     pub dedupe_commit_failures: IntCounter,
+    /// `vfgate_config_reloads_total{result="ok"|"error"}`.
+    pub config_reloads: IntCounterVec,
+    /// `vfgate_config_last_reload_success_timestamp_seconds`: the start, then each reload
+    /// that took effect.
+    pub config_last_reload_success: prometheus::Gauge,
     /// `vfgate_dedupe_journal_corrupt_records_total`.
     pub dedupe_journal_corrupt: IntCounter,
     /// `vfgate_secret_matches_total{source,secret}`.
@@ -192,6 +197,31 @@ impl Metrics {
                 IntCounter::new(
                     "vfgate_dedupe_commit_failures_total",
                     "Delivered ids whose delivered mark could not be stored within the in-flight lifetime (a replay would be handed on again)",
+                )
+                .unwrap(),
+            ),
+            config_reloads: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "vfgate_config_reloads_total",
+                            "Config reloads (SIGHUP, POST /admin/reload) by result: ok, or error (the running config stayed)",
+                        ),
+                        &["result"],
+                    )
+                    .unwrap(),
+                );
+                for result in ["ok", "error"] {
+                    v.with_label_values(&[result]);
+                }
+                v
+            },
+            config_last_reload_success: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "vfgate_config_last_reload_success_timestamp_seconds",
+                    "When the running config was loaded (start-up or the last reload that took effect), unix seconds",
                 )
                 .unwrap(),
             ),

@@ -26,6 +26,6 @@ pub fn run(config: &Path) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    crate::server::run(cfg)?;
+    crate::server::run(cfg, config)?;
     Ok(EXIT_OK)
 }

@@ -92,7 +92,7 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
 // The validated configuration.
 
 /// The validated configuration: what the runtime is built from.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Webhook listener.
     pub server: ServerConfig,
@@ -342,6 +342,9 @@ pub struct SinkConfig {
     pub common: SinkCommon,
     /// The type's settings, made by its [`SinkKind::configure`].
     pub settings: std::sync::Arc<dyn SinkSettings>,
+    /// SHA-256 of the `[sink.NAME]` table as written (not of the secret files it names):
+    /// tells a reload whether the sink's keys changed.
+    pub fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for SinkConfig {

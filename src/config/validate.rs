@@ -679,6 +679,11 @@ fn validate_sink<C: SinkCatalog + ?Sized>(
             format!("missing (one of: {})", sink_types.names().join(", ")),
         ));
     }
+    let fingerprint = {
+        use sha2::Digest;
+        // toml::Table is ordered by key, so equal tables give equal text.
+        sha2::Sha256::digest(toml::to_string(&table).unwrap_or_default().as_bytes()).into()
+    };
     let raw: RawSinkCommon = from_value(&key, toml::Value::Table(table))?;
     let max_events = raw.batch.max_events.unwrap_or(defaults::BATCH_MAX_EVENTS);
     if !(1..=defaults::MAX_BATCH_EVENTS).contains(&max_events) {
@@ -760,7 +765,11 @@ fn validate_sink<C: SinkCatalog + ?Sized>(
         concurrency,
     };
     let settings = (kind.configure)(&common, raw.rest)?;
-    Ok(SinkConfig { common, settings })
+    Ok(SinkConfig {
+        common,
+        settings,
+        fingerprint,
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,23 @@ use crate::sinks::{RetryKind, Sink, Verdict};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
+/// A built sink with its settings.
+pub struct Built {
+    /// Settings.
+    pub common: SinkCommon,
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+}
+
+/// A sink as it is built now: the spool drainers and the admin API read it at each use, and
+/// a config reload swaps it whole (the name, and so a spooled sink's cursor, stays).
+pub type LiveSink = Arc<arc_swap::ArcSwap<Built>>;
+
+/// A new [`LiveSink`] holding `sink`.
+pub fn live(common: SinkCommon, sink: Arc<dyn Sink>) -> LiveSink {
+    Arc::new(arc_swap::ArcSwap::from_pointee(Built { common, sink }))
+}
+
 /// One event waiting for a sink.
 pub struct Job {
     /// The event.

@@ -35,8 +35,10 @@ pub struct Admin {
     pub failed: crate::deadletter::FailedStore,
     /// For `/readyz` and the spool gauges.
     pub spool: Option<Arc<Spool>>,
-    /// Every configured sink, for replays of spool dead letters.
-    pub sinks: HashMap<String, Arc<dyn crate::sinks::Sink>>,
+    /// Every configured sink as built now, for replays of spool dead letters.
+    pub sinks: Arc<arc_swap::ArcSwap<HashMap<String, crate::pipeline::LiveSink>>>,
+    /// `POST /admin/reload`.
+    pub reloader: Arc<super::reload::Reloader>,
 }
 
 impl Admin {
@@ -63,20 +65,63 @@ impl Admin {
         bool::from(a.as_slice().ct_eq(b.as_slice()))
     }
 
-    async fn failed_routes(&self, s: &ServerSession, method: &Method, path: &str) -> HttpResponse {
+    /// The refusal of an `/admin/...` request without the token, if it has none.
+    fn refuse_unauthorized(&self, s: &ServerSession) -> Option<HttpResponse> {
         if self.token.is_none() {
-            return respond(
+            return Some(respond(
                 404,
                 error_body("not_found", "the admin API is off (set admin.token)"),
                 &[],
-            );
+            ));
         }
         if !self.authorized(s) {
-            return respond(
+            return Some(respond(
                 401,
                 error_body("unauthorized", "a valid bearer token is required"),
                 &[("www-authenticate", "Bearer".into())],
+            ));
+        }
+        None
+    }
+
+    /// `POST /admin/reload`: what SIGHUP does, with the outcome in the answer (the detail
+    /// names key paths and reasons, never a secret's value).
+    async fn reload_route(&self, s: &ServerSession, method: &Method) -> HttpResponse {
+        if let Some(refused) = self.refuse_unauthorized(s) {
+            return refused;
+        }
+        if method != Method::POST {
+            return respond(
+                405,
+                error_body("method_not_allowed", "use POST"),
+                &[("allow", "POST".into())],
             );
+        }
+        let r = self.reloader.clone();
+        match tokio::task::spawn_blocking(move || r.reload_logged("POST /admin/reload")).await {
+            Ok(Ok(done)) => respond(
+                200,
+                serde_json::to_vec(&serde_json::json!({
+                    "status": "reloaded",
+                    "sources": done.sources,
+                    "rebuilt": done.rebuilt,
+                    "kept": done.kept,
+                }))
+                .expect("json"),
+                &[],
+            ),
+            Ok(Err(e)) => respond(
+                422,
+                error_body("reload_failed", &format!("{e}; the running config stays")),
+                &[],
+            ),
+            Err(_) => respond(500, error_body("reload_failed", "cancelled"), &[]),
+        }
+    }
+
+    async fn failed_routes(&self, s: &ServerSession, method: &Method, path: &str) -> HttpResponse {
+        if let Some(refused) = self.refuse_unauthorized(s) {
+            return refused;
         }
         let rest = path.strip_prefix("/admin/failed").unwrap_or_default();
         let segments: Vec<&str> = rest.split('/').skip(1).collect();
@@ -190,7 +235,8 @@ impl Admin {
             Err(_) => return respond(500, error_body("store_error", "cancelled"), &[]),
         };
         if let Some(sink) = claim.entry().sink_route().map(|(_, s)| s.to_string()) {
-            let Some(built) = self.sinks.get(&sink) else {
+            let built = self.sinks.load().get(&sink).map(|l| l.load().sink.clone());
+            let Some(built) = built else {
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || claim.release()).await {
                     tracing::error!(error = %e, "admin: cannot hand a claimed entry back");
                 }
@@ -203,7 +249,7 @@ impl Admin {
                     &[],
                 );
             };
-            return match crate::spool::drain::replay_to_sink(claim, &**built, &self.metrics).await {
+            return match crate::spool::drain::replay_to_sink(claim, &*built, &self.metrics).await {
                 Ok(r) if r.delivered => respond(
                     200,
                     serde_json::to_vec(&serde_json::json!({"status": "delivered", "id": id, "sink": sink, "upstream_status": r.status})).expect("json"),
@@ -272,6 +318,10 @@ impl Admin {
         if path == "/admin/failed" || path.starts_with("/admin/failed/") {
             let method = h.method.clone();
             return self.failed_routes(s, &method, &path).await;
+        }
+        if path == "/admin/reload" {
+            let method = h.method.clone();
+            return self.reload_route(s, &method).await;
         }
         if h.method != Method::GET && h.method != Method::HEAD {
             return respond(

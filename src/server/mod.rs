@@ -11,6 +11,7 @@ pub mod admin;
 pub mod assemble;
 pub mod connections;
 pub mod outcome;
+pub mod reload;
 pub mod shutdown;
 pub mod webhook;
 
@@ -29,9 +30,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use webhook::WebhookApp;
 
-/// Runs the gateway in the foreground until SIGTERM/SIGINT and the grace period.
-pub fn run(config: Config) -> Result<(), ServeError> {
+/// Runs the gateway in the foreground until SIGTERM/SIGINT and the grace period; `config`
+/// was read from `path`, which SIGHUP and `POST /admin/reload` read again.
+pub fn run(config: Config, path: &std::path::Path) -> Result<(), ServeError> {
     let started = Instant::now();
+    let hup = shutdown::watch_hup().map_err(|e| ServeError::Signal(e.to_string()))?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -52,7 +55,8 @@ pub fn run(config: Config) -> Result<(), ServeError> {
             });
         }
     }
-    let parts = assemble(&config)?;
+    let parts = assemble(config.clone(), path)?;
+    let _ = hup.set(parts.reloader.clone());
     let in_flight = parts.gateway.metrics.in_flight.clone();
 
     let grace = config.server.grace_period;

@@ -1,7 +1,8 @@
 //! Start-up and shutdown around Pingora's server: the readiness probe that flips `/readyz`
 //! once every listener accepts connections, the SIGTERM/SIGINT watch, and the exit as soon
-//! as nothing is in flight (Pingora alone would sleep the whole grace period). It owns
-//! process lifetime only; it knows no request or sink.
+//! as nothing is in flight (Pingora alone would sleep the whole grace period), and the SIGHUP
+//! watch that asks `reload.rs` to reload. It owns process lifetime and signals only; it
+//! knows no request or sink.
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -29,6 +30,56 @@ impl ShutdownSignalWatch for Signals {
         self.stopping.store(true, Ordering::Release);
         ShutdownSignal::GracefulTerminate
     }
+}
+
+/// Where a SIGHUP goes once the gateway is assembled.
+pub type HupTarget = Arc<std::sync::OnceLock<Arc<super::reload::Reloader>>>;
+
+/// Installs the SIGHUP handler now (before it, a SIGHUP would end the process) on a thread of
+/// its own; each SIGHUP reloads through the reloader set in the returned cell later (one
+/// during start-up is logged and ignored: the config being started is the file's).
+pub fn watch_hup() -> std::io::Result<HupTarget> {
+    let target: HupTarget = Arc::default();
+    let t = target.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("vfgate-sighup".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = match signal(SignalKind::hangup()) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx.send(Ok(()));
+                while hup.recv().await.is_some() {
+                    match t.get() {
+                        // Reading files and building sinks may block: not on a worker
+                        // thread of the listeners, but here, where nothing else runs.
+                        Some(r) => {
+                            let _ = r.reload_logged("SIGHUP");
+                        }
+                        None => tracing::warn!("SIGHUP during start-up: ignored"),
+                    }
+                }
+            });
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the SIGHUP thread ended"))??;
+    Ok(target)
 }
 
 /// The address a local probe connects to for a listen address (`0.0.0.0` → loopback).

@@ -45,10 +45,44 @@ pub struct Limits {
     pub max_inflight: u64,
 }
 
+/// The sources by path, as one value a config reload swaps whole: a request keeps the set it
+/// started with.
+pub type Routes = Arc<arc_swap::ArcSwap<HashMap<String, Arc<Route>>>>;
+
+/// The forward-mode batchers not started yet: started on the listener's runtime by the next
+/// request, so that handing an event to its sink and getting the answer back never crosses
+/// threads or runtimes. A reload adds the batchers of the sinks it built.
+#[derive(Default)]
+pub struct Workers {
+    queue: Mutex<Vec<SinkWorker>>,
+    pending: AtomicBool,
+}
+
+impl Workers {
+    /// Queues `workers` to be started by the next request.
+    pub fn add(&self, workers: Vec<SinkWorker>) {
+        let mut q = self.queue.lock();
+        q.extend(workers);
+        self.pending.store(!q.is_empty(), Ordering::Release);
+    }
+
+    /// Starts the queued batchers on the calling runtime.
+    fn start_pending(&self, metrics: &Arc<Metrics>) {
+        if !self.pending.load(Ordering::Acquire) {
+            return;
+        }
+        let mut q = self.queue.lock();
+        for worker in q.drain(..) {
+            tokio::spawn(worker.run(metrics.clone()));
+        }
+        self.pending.store(false, Ordering::Release);
+    }
+}
+
 /// Shared state of the webhook listener.
 pub struct Gateway {
-    /// Sources by path.
-    pub routes: HashMap<String, Route>,
+    /// Sources by path (swapped by a reload).
+    pub routes: Routes,
     /// The request counters of paths no source serves (`source="none"`).
     pub unknown: Vec<IntCounter>,
     /// The transport-free core.
@@ -59,12 +93,8 @@ pub struct Gateway {
     pub limits: Limits,
     /// Unverified body bytes held now (against `limits.max_inflight`).
     pub inflight_bytes: AtomicU64,
-    /// The forward-mode batchers, started on the listener's runtime by the first request, so
-    /// that handing an event to its sink and getting the answer back never crosses threads
-    /// or runtimes.
-    pub workers: Mutex<Vec<SinkWorker>>,
-    /// Whether `workers` were started.
-    pub workers_started: AtomicBool,
+    /// The forward-mode batchers waiting to be started.
+    pub workers: Arc<Workers>,
 }
 
 /// Unverified body bytes this request holds against `server.max_inflight_body_bytes`,
@@ -94,14 +124,6 @@ impl Drop for BodyPermit<'_> {
 }
 
 impl Gateway {
-    fn start_workers(&self) {
-        let mut w = self.workers.lock();
-        for worker in w.drain(..) {
-            tokio::spawn(worker.run(self.metrics.clone()));
-        }
-        self.workers_started.store(true, Ordering::Release);
-    }
-
     /// Reads the body, enforcing the cap from Content-Length and while reading.
     async fn read_body(
         &self,
@@ -218,8 +240,8 @@ impl Gateway {
 
     /// One request: route, method, body, then the ingest core; the reply is counted.
     async fn handle(&self, s: &mut ServerSession) -> Reply {
-        let path = s.req_header().uri.path();
-        let Some(route) = self.routes.get(path) else {
+        let route = self.routes.load().get(s.req_header().uri.path()).cloned();
+        let Some(route) = route else {
             s.set_keepalive(None);
             return count(
                 &self.unknown,
@@ -230,7 +252,7 @@ impl Gateway {
             );
         };
         let _timer = route.timer.start_timer();
-        let reply = self.handle_route(s, route).await;
+        let reply = self.handle_route(s, &route).await;
         count(&route.outcomes, reply)
     }
 
@@ -381,9 +403,7 @@ impl HttpServerApp for WebhookApp {
             return None;
         }
         let metrics = &self.gateway.metrics;
-        if !self.gateway.workers_started.load(Ordering::Acquire) {
-            self.gateway.start_workers();
-        }
+        self.gateway.workers.start_pending(&self.gateway.metrics);
         metrics.in_flight.inc();
         struct Dec<'a>(&'a prometheus::IntGauge);
         impl Drop for Dec<'_> {

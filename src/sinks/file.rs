@@ -232,6 +232,10 @@ impl Sink for FileSink {
         true
     }
 
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     fn destination(&self) -> String {
         format!("{} {}", TYPE.name(), self.path.display())
     }

@@ -196,6 +196,13 @@ pub trait Sink: Send + Sync + 'static {
         false
     }
 
+    /// Whether two instances must never run side by side (two file sinks appending to one
+    /// file would cut each other's lines): a config reload keeps the running one while its
+    /// keys are unchanged, and refuses a change to them until a restart.
+    fn exclusive(&self) -> bool {
+        false
+    }
+
     /// Where this sink delivers, for a dead letter's `target` and messages: its type and
     /// destination, as [`http_destination`] writes it for a sink that sends over HTTP
     /// (`webhook https://gw.example/v1/events`) and `file PATH` for the file sink. Never a

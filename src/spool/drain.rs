@@ -7,12 +7,11 @@
 //! layer below; the pipeline never imports the spool); knows nothing of requests or HTTP.
 
 use super::{decode_record, DrainState, SourceLog};
-use crate::config::SinkCommon;
 use crate::deadletter::{new_id, AttemptLog, Claim, FailedEntry, FailedStore, StoreError};
 use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::pipeline::deliver;
+use crate::pipeline::{deliver, LiveSink};
 use crate::retry::{Next, Policy};
 use crate::sinks::{Sink, Verdict};
 use crate::time::{now_ms, now_rfc3339};
@@ -40,10 +39,11 @@ pub struct Context {
 pub struct Drainer {
     /// The source's log.
     pub source: Arc<SourceLog>,
-    /// The sink's settings.
-    pub common: SinkCommon,
-    /// The sink.
-    pub sink: Arc<dyn Sink>,
+    /// The sink's name (its cursor's).
+    pub name: String,
+    /// The sink as built now, and its settings: read afresh for every batch and every retry,
+    /// so a config reload reaches a drainer that is retrying (the cursor stays its own).
+    pub live: LiveSink,
     /// Shared context.
     pub ctx: Arc<Context>,
 }
@@ -59,7 +59,7 @@ impl Drainer {
         self.source
             .drains
             .iter()
-            .find(|d| d.sink == self.common.name)
+            .find(|d| d.sink == self.name)
             .expect("a drainer exists only for a sink of its source")
             .clone()
     }
@@ -69,7 +69,7 @@ impl Drainer {
         let state = self.state();
         let mut cursor = super::log::Cursor::handle(
             self.source.shared.dir(),
-            &self.common.name,
+            &self.name,
             state.next.load(Ordering::Acquire),
         );
         let mut committed = self.source.committed.clone();
@@ -84,13 +84,14 @@ impl Drainer {
             }
             // The sender is already answered: a few milliseconds spent gathering a fuller
             // batch cost no one any latency and save per-request work upstream.
-            if committed.borrow().saturating_sub(next) < self.common.batch.max_events as u64 {
-                tokio::time::sleep(self.common.batch.linger.max(DRAIN_GATHER)).await;
+            let limits = self.live.load().common.batch;
+            if committed.borrow().saturating_sub(next) < limits.max_events as u64 {
+                tokio::time::sleep(limits.linger.max(DRAIN_GATHER)).await;
             }
-            let batch = match self.read(next) {
+            let batch = match self.read(next, limits) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::error!(sink = %self.common.name, source = %self.source.name, error = %e, "spool read failed; retrying in 5s");
+                    tracing::error!(sink = %self.name, source = %self.source.name, error = %e, "spool read failed; retrying in 5s");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
@@ -101,7 +102,7 @@ impl Drainer {
                 // hand): skip to what exists.
                 let first = self.source.shared.first_seq();
                 if first > next {
-                    tracing::warn!(sink = %self.common.name, from = next, to = first, "spool: records before the oldest segment are gone; skipping");
+                    tracing::warn!(sink = %self.name, from = next, to = first, "spool: records before the oldest segment are gone; skipping");
                     after = first;
                 } else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,7 +139,7 @@ impl Drainer {
             if let Err(e) = cursor.advance(after) {
                 // Delivered but not recorded: after a restart these are sent again (at
                 // least once); keep going.
-                tracing::error!(sink = %self.common.name, error = %e, "spool: cannot save the cursor");
+                tracing::error!(sink = %self.name, error = %e, "spool: cannot save the cursor");
             }
             state.next.store(after, Ordering::Release);
             self.source.reclaim();
@@ -148,8 +149,11 @@ impl Drainer {
     /// Reads the next batch from `from`, within the sink's `max_events` and `max_bytes`.
     /// Inline: the drainers have their own runtime, and a read just behind the writer comes
     /// from the page cache (a hand-off to a blocking thread per batch cost more than it).
-    fn read(&self, from: u64) -> Result<super::log::Batch, super::log::LogError> {
-        let limits = self.common.batch;
+    fn read(
+        &self,
+        from: u64,
+        limits: crate::config::BatchLimits,
+    ) -> Result<super::log::Batch, super::log::LogError> {
         let mut batch = self.source.shared.read(from, limits.max_events)?;
         let recs = &mut batch.records;
         let mut bytes = 0u64;
@@ -170,19 +174,16 @@ impl Drainer {
 
     /// Delivers `pending` until each event is delivered or dead-lettered.
     async fn deliver(&self, mut pending: Vec<Pending>) {
-        let name = self.common.name.as_str();
+        let name = self.name.as_str();
         let metrics = &self.ctx.metrics;
-        let policy = match self.sink.retry_schedule() {
-            Some(steps) => Policy::Schedule(steps),
-            None => Policy::Backoff,
-        };
         let max_age_ms = self.ctx.max_age.as_millis() as i64;
         let mut logs: Vec<AttemptLog> = Vec::new();
         let mut round = 0u32;
         loop {
             let at = now_rfc3339();
             let events: Vec<Arc<Event>> = pending.iter().map(|p| p.event.clone()).collect();
-            let (verdicts, status) = deliver::attempt(&*self.sink, name, metrics, &events).await;
+            let built = self.live.load_full();
+            let (verdicts, status) = deliver::attempt(&*built.sink, name, metrics, &events).await;
             let mut retry = Vec::new();
             let mut hint: Option<Duration> = None;
             let mut last_detail = String::new();
@@ -211,6 +212,10 @@ impl Drainer {
             if logs.len() < MAX_ATTEMPT_LOGS {
                 logs.push(attempt_log(&at, &status, &last_detail));
             }
+            let policy = match built.sink.retry_schedule() {
+                Some(steps) => Policy::Schedule(steps),
+                None => Policy::Backoff,
+            };
             let wait = match policy.next(round, hint) {
                 Next::Wait(d) => d,
                 Next::Stop { .. } => {
@@ -254,15 +259,16 @@ impl Drainer {
         attempts: Vec<AttemptLog>,
         body: &[u8],
     ) -> FailedEntry {
+        let built = self.live.load();
         FailedEntry {
             id: new_id(),
-            target: self.sink.destination(),
-            version: self.sink.webhook_version().unwrap_or_default().to_string(),
+            target: built.sink.destination(),
+            version: built.sink.webhook_version().unwrap_or_default().to_string(),
             header_names: vec![],
             secret_ref: String::new(),
             event_id: event_id.to_string(),
             event_type: event_type.to_string(),
-            sink: Some(self.common.name.clone()),
+            sink: Some(self.name.clone()),
             source: Some(self.source.name.clone()),
             reason: reason.to_string(),
             created_at: now_rfc3339(),
@@ -278,7 +284,7 @@ impl Drainer {
             attempts,
             &p.event.body,
         );
-        tracing::warn!(sink = %self.common.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        tracing::warn!(sink = %self.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
         self.store(entry, reason).await;
     }
 
@@ -294,7 +300,7 @@ impl Drainer {
             vec![attempt_log(&now_rfc3339(), "not_sent", why)],
             &body,
         );
-        tracing::error!(sink = %self.common.name, why = ?Printable(why), id = %entry.id, "spool: unreadable record dead-lettered");
+        tracing::error!(sink = %self.name, why = ?Printable(why), id = %entry.id, "spool: unreadable record dead-lettered");
         self.store(entry, "corrupt").await;
     }
 
@@ -321,7 +327,7 @@ impl Drainer {
         self.ctx
             .metrics
             .dead_letters
-            .with_label_values(&[self.common.name.as_str(), reason])
+            .with_label_values(&[self.name.as_str(), reason])
             .inc();
     }
 }

@@ -7,6 +7,7 @@ mod forward;
 mod lifecycle;
 mod receive;
 mod redis;
+mod reload;
 mod restart;
 mod security;
 mod sender;
