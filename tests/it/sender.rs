@@ -2,6 +2,7 @@
 //! deliveries store and its CLI and admin API, the webhook relay sink.
 
 use crate::util::*;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,11 +29,39 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+/// `send --target target --secret-env VF_SECRET` followed by `extra`.
+fn send_args(target: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = s(&["send", "--target", target, "--secret-env", "VF_SECRET"]);
+    args.extend(s(extra));
+    args
+}
+
+/// Runs `vfgate failed <args> --dir failed`.
+async fn failed_cli(failed: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = s(&["failed"]);
+    all.extend(s(args));
+    all.extend(s(&["--dir", failed.to_str().unwrap()]));
+    send(all, None).await
+}
+
 fn org_event(id: &str, org: &str) -> String {
     format!(
         r#"{{"event_id":"{id}","event_type":"user.login","timestamp":"{}","context":{{"org_id":"{org}"}}}}"#,
         now_rfc3339()
     )
+}
+
+/// The `event_id` of each request the mock received, in order.
+fn event_ids(mock: &Mock) -> Vec<String> {
+    mock.requests()
+        .iter()
+        .map(|q| {
+            serde_json::from_slice::<serde_json::Value>(&q.body).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -44,19 +73,8 @@ async fn round_trip_send_to_serve_byte_identical() {
     let file = gw.dir.path().join("in.ndjson");
     std::fs::write(&file, events.join("\n") + "\n").unwrap();
     let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
-    let (code, out, err) = send(
-        s(&[
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--quiet",
-            file.to_str().unwrap(),
-        ]),
-        None,
-    )
-    .await;
+    let args = send_args(&target, &["--quiet", file.to_str().unwrap()]);
+    let (code, out, err) = send(args, None).await;
     assert_eq!(code, 0, "{out}{err}");
     let written = std::fs::read_to_string(gw.dir.path().join("events.ndjson")).unwrap();
     let mut got: Vec<&str> = written.lines().collect();
@@ -65,18 +83,8 @@ async fn round_trip_send_to_serve_byte_identical() {
     want.sort();
     assert_eq!(got, want, "every event once, byte-identical");
     // Same file again from stdin: all duplicates, nothing written twice.
-    let (code, out, _) = send(
-        s(&[
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "-",
-        ]),
-        Some(std::fs::read(&file).unwrap()),
-    )
-    .await;
+    let stdin = Some(std::fs::read(&file).unwrap());
+    let (code, out, _) = send(send_args(&target, &["-"]), stdin).await;
     assert_eq!(code, 0);
     assert!(out.contains("duplicate 50"), "{out}");
     assert_eq!(
@@ -95,19 +103,17 @@ async fn signature_checked_by_python_and_headers() {
     let body = org_event("evt_py", "org_1");
     std::fs::write(file.path(), format!("{body}\n")).unwrap();
     let (code, _, err) = send(
-        s(&[
-            "send",
-            "--target",
+        send_args(
             &mock.url("/hook?x=1"),
-            "--secret-env",
-            "VF_SECRET",
-            "--version",
-            "2",
-            "--header",
-            "X-Team: secops",
-            "--quiet",
-            file.path().to_str().unwrap(),
-        ]),
+            &[
+                "--version",
+                "2",
+                "--header",
+                "X-Team: secops",
+                "--quiet",
+                file.path().to_str().unwrap(),
+            ],
+        ),
         None,
     )
     .await;
@@ -129,13 +135,8 @@ async fn signature_checked_by_python_and_headers() {
     );
 }
 
-#[tokio::test]
-async fn retries_follow_the_schedule_then_the_store_then_replay() {
-    let mock = Mock::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let failed = dir.path().join("failed");
-    let file = dir.path().join("in.ndjson");
-    // Fails twice, then succeeds: three attempts, gaps of the scaled schedule.
+/// Answers 503 twice, then 200; the times the attempts arrived.
+fn fail_twice_then_accept(mock: &Mock) -> Arc<Mutex<Vec<Instant>>> {
     let times = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let t2 = times.clone();
     let n = Arc::new(Mutex::new(0));
@@ -149,27 +150,27 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
             (200, "{}".into())
         }
     })));
-    std::fs::write(&file, org_event("evt_flaky", "org_1") + "\n").unwrap();
-    let args = |f: &std::path::Path| {
-        s(&[
-            "send",
-            "--target",
-            &mock.url("/h"),
-            "--secret-env",
-            "VF_SECRET",
-            "--retry-schedule",
-            "200ms,400ms,800ms",
-            "--timeout",
-            "300ms",
-            "--failed-dir",
-            failed.to_str().unwrap(),
-            "--quiet",
-            f.to_str().unwrap(),
-        ])
-    };
-    let (code, out, err) = send(args(&file), None).await;
-    assert_eq!(code, 0, "{out}{err}");
-    let t = times.lock().unwrap().clone();
+    times
+}
+
+/// Sends `file` to the mock with the schedule 200ms,400ms,800ms, a 300 ms timeout and the
+/// store in `failed`.
+async fn send_with_retries(mock: &Mock, failed: &Path, file: &Path) -> (i32, String, String) {
+    let extra = [
+        "--retry-schedule",
+        "200ms,400ms,800ms",
+        "--timeout",
+        "300ms",
+        "--failed-dir",
+        failed.to_str().unwrap(),
+        "--quiet",
+        file.to_str().unwrap(),
+    ];
+    send(send_args(&mock.url("/h"), &extra), None).await
+}
+
+/// Three attempts, the gaps between them those of the schedule.
+fn assert_gaps_follow_the_schedule(t: &[Instant]) {
     assert_eq!(t.len(), 3);
     let g1 = t[1] - t[0];
     let g2 = t[2] - t[1];
@@ -181,21 +182,20 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
         g2 >= Duration::from_millis(400) && g2 < Duration::from_millis(800),
         "{g2:?}"
     );
+}
 
-    // Always failing (a timeout, then 500s): four attempts, then the store.
+/// Always failing (a timeout, then 500s): four attempts, then the store, whose entry names
+/// the target, the secret's reference (not the secret) and every attempt. Its store id.
+async fn always_failing_goes_to_the_store(mock: &Mock, failed: &Path, file: &Path) -> String {
     mock.set_default(Reply::Status(500, vec![], "down".into()));
     mock.push(Reply::Sleep(Duration::from_millis(1000)));
     let before = mock.requests().len();
-    std::fs::write(&file, org_event("evt_dead", "org_1") + "\n").unwrap();
-    let (code, out, _) = send(args(&file), None).await;
+    std::fs::write(file, org_event("evt_dead", "org_1") + "\n").unwrap();
+    let (code, out, _) = send_with_retries(mock, failed, file).await;
     assert_eq!(code, 1);
     assert!(out.contains("failed: event_id evt_dead"), "{out}");
     assert_eq!(mock.requests().len() - before, 4);
-    let (code, list, _) = send(
-        s(&["failed", "list", "--dir", failed.to_str().unwrap()]),
-        None,
-    )
-    .await;
+    let (code, list, _) = failed_cli(failed, &["list"]).await;
     assert_eq!(code, 0);
     let line = list
         .lines()
@@ -203,11 +203,7 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
         .expect("listed");
     let id = line.split_whitespace().next().unwrap().to_string();
     assert!(line.contains(" 4 ") && line.contains("500"), "{line}");
-    let (_, show, _) = send(
-        s(&["failed", "show", &id, "--dir", failed.to_str().unwrap()]),
-        None,
-    )
-    .await;
+    let (_, show, _) = failed_cli(failed, &["show", &id]).await;
     let entry: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(entry["target"], mock.url("/h"));
     assert_eq!(entry["secret_ref"], "env VF_SECRET");
@@ -218,14 +214,14 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
         .contains("no answer within"));
     assert_eq!(entry["attempts"][1]["status"], 500);
     assert!(!show.contains(SECRET));
+    id
+}
 
-    // Replay once the receiver is back: delivered, entry removed.
+/// Replay once the receiver is back: delivered re-signed, the entry removed; a purge then
+/// finds nothing old.
+async fn replay_delivers_and_removes_the_entry(mock: &Mock, failed: &Path, id: &str) {
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let (code, out, _) = send(
-        s(&["failed", "replay", &id, "--dir", failed.to_str().unwrap()]),
-        None,
-    )
-    .await;
+    let (code, out, _) = failed_cli(failed, &["replay", id]).await;
     assert_eq!(code, 0, "{out}");
     let last = mock.requests().pop().unwrap();
     assert!(String::from_utf8_lossy(&last.body).contains("evt_dead"));
@@ -233,24 +229,9 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
         last.header("x-vf-signature-256"),
         Some(sign(SECRET, &last.body).as_str())
     );
-    let (_, list, _) = send(
-        s(&["failed", "list", "--dir", failed.to_str().unwrap()]),
-        None,
-    )
-    .await;
+    let (_, list, _) = failed_cli(failed, &["list"]).await;
     assert!(!list.contains("evt_dead"));
-    let (code, out, _) = send(
-        s(&[
-            "failed",
-            "purge",
-            "--older-than",
-            "30d",
-            "--dir",
-            failed.to_str().unwrap(),
-        ]),
-        None,
-    )
-    .await;
+    let (code, out, _) = failed_cli(failed, &["purge", "--older-than", "30d"]).await;
     assert_eq!(
         (code, out.trim()),
         (0, "purged 0 entries older than 30days")
@@ -258,8 +239,27 @@ async fn retries_follow_the_schedule_then_the_store_then_replay() {
 }
 
 #[tokio::test]
+async fn retries_follow_the_schedule_then_the_store_then_replay() {
+    let mock = Mock::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let failed = dir.path().join("failed");
+    let file = dir.path().join("in.ndjson");
+    // Fails twice, then succeeds: three attempts, gaps of the scaled schedule.
+    let times = fail_twice_then_accept(&mock);
+    std::fs::write(&file, org_event("evt_flaky", "org_1") + "\n").unwrap();
+    let (code, out, err) = send_with_retries(&mock, &failed, &file).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let times = times.lock().unwrap().clone();
+    assert_gaps_follow_the_schedule(&times);
+
+    let id = always_failing_goes_to_the_store(&mock, &failed, &file).await;
+    replay_delivers_and_removes_the_entry(&mock, &failed, &id).await;
+}
+
+#[tokio::test]
 async fn per_org_order_with_a_retried_event_not_holding_back_later_ones() {
     let mock = Mock::start().await;
+    // a2's first attempt is refused.
     let seen = Arc::new(Mutex::new(std::collections::HashSet::<String>::new()));
     mock.set_default(Reply::Compute(Arc::new(move |q: &Captured| {
         let v: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
@@ -279,36 +279,20 @@ async fn per_org_order_with_a_retried_event_not_holding_back_later_ones() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("in.ndjson");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let (code, out, err) = send(
-        s(&[
-            "send",
-            "--target",
-            &mock.url("/h"),
-            "--secret-env",
-            "VF_SECRET",
-            "--retry-schedule",
-            "300ms",
-            "--concurrency",
-            "4",
-            "--failed-dir",
-            dir.path().join("f").to_str().unwrap(),
-            "--quiet",
-            file.to_str().unwrap(),
-        ]),
-        None,
-    )
-    .await;
+    let failed = dir.path().join("f");
+    let extra = [
+        "--retry-schedule",
+        "300ms",
+        "--concurrency",
+        "4",
+        "--failed-dir",
+        failed.to_str().unwrap(),
+        "--quiet",
+        file.to_str().unwrap(),
+    ];
+    let (code, out, err) = send(send_args(&mock.url("/h"), &extra), None).await;
     assert_eq!(code, 0, "{out}{err}");
-    let order: Vec<String> = mock
-        .requests()
-        .iter()
-        .map(|q| {
-            serde_json::from_slice::<serde_json::Value>(&q.body).unwrap()["event_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let order = event_ids(&mock);
     let pos = |id: &str| order.iter().position(|x| x == id).unwrap();
     let last_pos = |id: &str| order.iter().rposition(|x| x == id).unwrap();
     assert!(
@@ -323,31 +307,22 @@ async fn per_org_order_with_a_retried_event_not_holding_back_later_ones() {
     assert_eq!(order.len(), 8);
 }
 
-#[tokio::test]
-async fn generate_reports_exactly_the_duplicates_and_test_mode() {
-    let gw = Gateway::start(&file_sink()).await;
-    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
-    let (code, out, err) = send(
-        s(&[
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--generate",
-            "300",
-            "--duplicates",
-            "10",
-            "--concurrency",
-            "8",
-            "--orgs",
-            "5",
-            "--size",
-            "512",
-        ]),
-        None,
-    )
-    .await;
+/// 300 generated events with 10 % sent twice: the summary and the gateway both count
+/// exactly the 30 duplicates.
+async fn generate_counts_exactly_the_duplicates(gw: &Gateway, target: &str) {
+    let extra = [
+        "--generate",
+        "300",
+        "--duplicates",
+        "10",
+        "--concurrency",
+        "8",
+        "--orgs",
+        "5",
+        "--size",
+        "512",
+    ];
+    let (code, out, err) = send(send_args(target, &extra), None).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(
@@ -364,39 +339,20 @@ async fn generate_reports_exactly_the_duplicates_and_test_mode() {
             .await,
         30.0
     );
-    // At a rate: 20 events at 100/s take about 0.2 s.
+}
+
+/// At a rate: 20 events at 100/s take about 0.2 s.
+async fn generate_keeps_to_the_rate(target: &str) {
     let t0 = Instant::now();
-    let (code, out, _) = send(
-        s(&[
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--generate",
-            "20",
-            "--rate",
-            "100",
-            "--quiet",
-        ]),
-        None,
-    )
-    .await;
+    let extra = ["--generate", "20", "--rate", "100", "--quiet"];
+    let (code, out, _) = send(send_args(target, &extra), None).await;
     assert_eq!(code, 0, "{out}");
     assert!(t0.elapsed() >= Duration::from_millis(180));
+}
 
-    let (code, out, _) = send(
-        s(&[
-            "send",
-            "--target",
-            &target,
-            "--secret-env",
-            "VF_SECRET",
-            "--test",
-        ]),
-        None,
-    )
-    .await;
+/// `--test` sends one `vf.test` event and reports its delivery.
+async fn test_mode_reports_the_delivery(gw: &Gateway, target: &str) {
+    let (code, out, _) = send(send_args(target, &["--test"]), None).await;
     assert_eq!(code, 0);
     assert!(
         out.contains("outcome: delivered")
@@ -412,7 +368,10 @@ async fn generate_reports_exactly_the_duplicates_and_test_mode() {
         .unwrap()
         .to_string();
     assert!(line.contains(r#""event_type":"vf.test""#));
-    // Wrong secret: the gateway refuses, exit 1.
+}
+
+/// Wrong secret: the gateway refuses, exit 1.
+async fn test_mode_with_a_wrong_secret_exits_1(target: String) {
     let (code, out, _) = tokio::task::spawn_blocking(move || {
         run_cli(
             &["send", "--target", &target, "--secret-env", "X", "--test"],
@@ -424,34 +383,28 @@ async fn generate_reports_exactly_the_duplicates_and_test_mode() {
     .unwrap();
     assert_eq!(code, 1);
     assert!(out.contains("status: 401"), "{out}");
-    // Usage errors exit 2.
-    let (code, _, err) = send(
-        s(&[
-            "send",
-            "--target",
-            "ftp://x",
-            "--secret-env",
-            "VF_SECRET",
-            "--test",
-        ]),
-        None,
-    )
-    .await;
+}
+
+/// Usage errors (a target that is not HTTP, an unset secret variable) exit 2.
+async fn usage_errors_exit_2() {
+    let (code, _, err) = send(send_args("ftp://x", &["--test"]), None).await;
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = send(
-        s(&[
-            "send",
-            "--target",
-            "http://127.0.0.1:1/",
-            "--secret-env",
-            "VFGATE_UNSET",
-            "--test",
-        ]),
-        None,
-    )
-    .await;
+    let mut args = s(&["send", "--target", "http://127.0.0.1:1/"]);
+    args.extend(s(&["--secret-env", "VFGATE_UNSET", "--test"]));
+    let (code, _, err) = send(args, None).await;
     assert_eq!(code, 2);
     assert!(err.contains("VFGATE_UNSET"));
+}
+
+#[tokio::test]
+async fn generate_reports_exactly_the_duplicates_and_test_mode() {
+    let gw = Gateway::start(&file_sink()).await;
+    let target = format!("http://127.0.0.1:{}/v1/events", gw.port);
+    generate_counts_exactly_the_duplicates(&gw, &target).await;
+    generate_keeps_to_the_rate(&target).await;
+    test_mode_reports_the_delivery(&gw, &target).await;
+    test_mode_with_a_wrong_secret_exits_1(target).await;
+    usage_errors_exit_2().await;
 }
 
 #[tokio::test]
@@ -485,106 +438,79 @@ async fn webhook_sink_relays_re_signed_to_another_gateway() {
     assert_eq!(r.status_field(), "duplicate");
 }
 
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// Puts one failed entry (`evt_admin`) in a store under `dir` with the CLI; the store.
+async fn a_store_with_one_failed_entry(mock: &Mock, dir: &Path) -> PathBuf {
+    mock.set_default(Reply::Status(500, vec![], "down".into()));
+    let file = dir.join("in.ndjson");
+    std::fs::write(&file, org_event("evt_admin", "org_1") + "\n").unwrap();
+    let failed = dir.join("failed");
+    let extra = [
+        "--retry-schedule",
+        "10ms",
+        "--failed-dir",
+        failed.to_str().unwrap(),
+        "--quiet",
+        file.to_str().unwrap(),
+    ];
+    let (code, _, _) = send(send_args(&mock.url("/h"), &extra), None).await;
+    assert_eq!(code, 1);
+    failed
+}
+
+/// `method path` on the admin port with these headers.
+async fn admin(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    request(gw.admin, method, path, headers, b"").await.unwrap()
+}
+
+/// With no token (nor store) in `[admin]`, `/admin/failed` does not exist.
+async fn admin_failed_is_off_without_a_token(cfg: &str) {
+    let gw = Gateway::start_with(cfg, "", &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    assert_eq!(
+        admin(&gw, "GET", "/admin/failed", &[]).await.status,
+        404,
+        "off without a token"
+    );
+}
+
+/// No token, or the wrong one: 401.
+async fn admin_failed_refuses_a_missing_or_wrong_token(gw: &Gateway) {
+    assert_eq!(admin(gw, "GET", "/admin/failed", &[]).await.status, 401);
+    let wrong = [("Authorization", "Bearer wrong-token-0123456789")];
+    assert_eq!(admin(gw, "GET", "/admin/failed", &wrong).await.status, 401);
+}
+
 #[tokio::test]
 async fn admin_api_lists_and_replays_with_a_bearer_token() {
     let mock = Mock::start().await;
     let store_dir = tempfile::tempdir().unwrap();
-    // Put one failed entry in the store with the CLI.
-    mock.set_default(Reply::Status(500, vec![], "down".into()));
-    let file = store_dir.path().join("in.ndjson");
-    std::fs::write(&file, org_event("evt_admin", "org_1") + "\n").unwrap();
-    let failed = store_dir.path().join("failed");
-    let (code, _, _) = send(
-        s(&[
-            "send",
-            "--target",
-            &mock.url("/h"),
-            "--secret-env",
-            "VF_SECRET",
-            "--retry-schedule",
-            "10ms",
-            "--failed-dir",
-            failed.to_str().unwrap(),
-            "--quiet",
-            file.to_str().unwrap(),
-        ]),
-        None,
-    )
-    .await;
-    assert_eq!(code, 1);
+    let failed = a_store_with_one_failed_entry(&mock, store_dir.path()).await;
     let admin_extra = format!(
         "token = {{ env = \"ADMIN_TOKEN\" }}\nfailed_dir = \"{}\"\n",
         failed.display()
     );
     let cfg = file_sink();
-    let gw =
-        Gateway::start_with(&cfg, "", &[("ADMIN_TOKEN", "admin-token-0123456789abcdef")]).await;
-    assert_eq!(
-        request(gw.admin, "GET", "/admin/failed", &[], b"")
-            .await
-            .unwrap()
-            .status,
-        404,
-        "off without a token"
-    );
-    drop(gw);
-    let gw = Gateway::start_admin(
-        &cfg,
-        &admin_extra,
-        &[("ADMIN_TOKEN", "admin-token-0123456789abcdef")],
-    )
-    .await;
-    let r = request(gw.admin, "GET", "/admin/failed", &[], b"")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 401);
-    let r = request(
-        gw.admin,
-        "GET",
-        "/admin/failed",
-        &[("Authorization", "Bearer wrong-token-0123456789")],
-        b"",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 401);
+    admin_failed_is_off_without_a_token(&cfg).await;
+    let gw = Gateway::start_admin(&cfg, &admin_extra, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    admin_failed_refuses_a_missing_or_wrong_token(&gw).await;
     let auth = [("Authorization", "Bearer admin-token-0123456789abcdef")];
-    let r = request(gw.admin, "GET", "/admin/failed", &auth, b"")
-        .await
-        .unwrap();
+    let r = admin(&gw, "GET", "/admin/failed", &auth).await;
     assert_eq!(r.status, 200);
     let entries = r.json()["entries"].as_array().unwrap().clone();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["event_id"], "evt_admin");
     let id = entries[0]["id"].as_str().unwrap().to_string();
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let r = request(
-        gw.admin,
-        "POST",
-        &format!("/admin/failed/{id}/replay"),
-        &auth,
-        b"",
-    )
-    .await
-    .unwrap();
+    let replay = format!("/admin/failed/{id}/replay");
+    let r = admin(&gw, "POST", &replay, &auth).await;
     assert_eq!(
         (r.status, r.status_field()),
         (200, "delivered".into()),
         "{:?}",
         String::from_utf8_lossy(&r.body)
     );
-    let r = request(gw.admin, "GET", "/admin/failed", &auth, b"")
-        .await
-        .unwrap();
+    let r = admin(&gw, "GET", "/admin/failed", &auth).await;
     assert!(r.json()["entries"].as_array().unwrap().is_empty());
-    let r = request(
-        gw.admin,
-        "POST",
-        &format!("/admin/failed/{id}/replay"),
-        &auth,
-        b"",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 404);
+    assert_eq!(admin(&gw, "POST", &replay, &auth).await.status, 404);
 }
