@@ -64,20 +64,30 @@ fn segments(gw: &Gateway) -> Vec<std::path::PathBuf> {
     v
 }
 
-async fn run(stop: Stop, case: Case) {
-    let mock = Mock::start().await;
-    mock.set_default(Reply::Status(503, vec![], "{}".into()));
-    let small = matches!(case, Case::SeveralSegments | Case::FlippedByte);
-    let mut cfg = config(&mock);
-    if small {
-        cfg = cfg.with_in("[spool]", r#"segment_bytes = "4KiB""#);
-    }
-    let mut gw = Gateway::start(&cfg.build()).await;
-    let (n, pad) = match case {
+/// Cases with 4 KiB segments, so that their events fill several.
+fn small(case: Case) -> bool {
+    matches!(case, Case::SeveralSegments | Case::FlippedByte)
+}
+
+/// How many events a case posts, and the padding of each.
+fn events(case: Case) -> (usize, usize) {
+    match case {
         Case::BeforeFirstDelivery => (5, 10),
         Case::MidBacklog => (30, 10),
         Case::SeveralSegments | Case::FlippedByte => (40, 400),
-    };
+    }
+}
+
+/// Starts a gateway with the SIEM down and posts the case's events, each acknowledged; in
+/// `MidBacklog` the SIEM takes the first 10 before the stop.
+async fn acknowledged_backlog(mock: &Mock, case: Case) -> Gateway {
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let mut cfg = config(mock);
+    if small(case) {
+        cfg = cfg.with_in("[spool]", r#"segment_bytes = "4KiB""#);
+    }
+    let gw = Gateway::start(&cfg.build()).await;
+    let (n, pad) = events(case);
     if case == Case::MidBacklog {
         for _ in 0..10 {
             mock.push(Reply::Status(200, vec![], "{}".into()));
@@ -89,10 +99,14 @@ async fn run(stop: Stop, case: Case) {
     }
     if case == Case::MidBacklog {
         assert!(
-            wait_until(Duration::from_secs(10), || delivered(&mock).len() >= 10).await,
+            wait_until(Duration::from_secs(10), || delivered(mock).len() >= 10).await,
             "part of the backlog went out"
         );
     }
+    gw
+}
+
+fn stop_gateway(gw: &mut Gateway, stop: Stop) {
     match stop {
         Stop::Term => {
             let st = gw.terminate();
@@ -100,12 +114,10 @@ async fn run(stop: Stop, case: Case) {
         }
         Stop::Kill => gw.kill9(),
     }
-    let mut lost = HashSet::new();
-    if small {
-        let segs = segments(&gw);
-        assert!(segs.len() >= 3, "several segments: {}", segs.len());
-    }
-    // Whole audit events on disk: private files in private directories.
+}
+
+/// Whole audit events on disk: private files in private directories.
+fn assert_spool_is_private(gw: &Gateway) {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     for d in [
@@ -116,65 +128,99 @@ async fn run(stop: Stop, case: Case) {
     ] {
         assert_eq!(mode(&gw.dir.path().join(d)), 0o700, "{d}");
     }
-    assert_eq!(mode(&segments(&gw)[0]), 0o600);
+    assert_eq!(mode(&segments(gw)[0]), 0o600);
     assert_eq!(mode(&gw.dir.path().join("spool/syvault/cursors/up")), 0o600);
+}
+
+/// Flips one byte of rm-0003's payload, in the first (sealed) segment.
+fn flip_a_byte_of_rm_0003(gw: &Gateway) {
+    let seg = &segments(gw)[0];
+    let mut b = std::fs::read(seg).unwrap();
+    let at = b
+        .windows(7)
+        .position(|w| w == b"rm-0003")
+        .expect("in the first segment");
+    b[at + 20] ^= 0x01;
+    std::fs::write(seg, &b).unwrap();
+}
+
+/// Waits for every event in `want` to be delivered; what was.
+async fn assert_all_delivered(
+    mock: &Mock,
+    gw: &Gateway,
+    want: &HashSet<String>,
+    what: &str,
+) -> HashSet<String> {
+    let ok = wait_until(Duration::from_secs(30), || want.is_subset(&delivered(mock))).await;
+    let got = delivered(mock);
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(
+        ok,
+        "{what}: {} acknowledged events not delivered: {missing:?}\n{}",
+        missing.len(),
+        gw.log_text()
+    );
+    got
+}
+
+/// The damaged record is not sent, but counted, quarantined and logged.
+async fn assert_the_damaged_record_is_quarantined(gw: &Gateway, got: &HashSet<String>) {
+    assert!(!got.contains("rm-0003"), "the damaged record is not sent");
+    assert_eq!(
+        gw.metric("vfgate_spool_corrupt_records_total{source=\"syvault\"}")
+            .await,
+        1.0
+    );
+    let q = std::fs::read_dir(gw.dir.path().join("spool/quarantine"))
+        .unwrap()
+        .count();
+    assert_eq!(q, 1, "the damaged range is quarantined");
+    assert!(gw.log_text().contains("damaged records skipped"));
+}
+
+/// Waits up to 5 s for the sink's backlog to reach 0: the mock records a batch before the
+/// gateway reads its answer and moves the cursor, so it does so a moment after the last event
+/// arrived.
+async fn assert_backlog_drains(gw: &Gateway, what: &str) {
+    let t0 = std::time::Instant::now();
+    while gw.metric("vfgate_spool_events{sink=\"up\"}").await != 0.0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run(stop: Stop, case: Case) {
+    let mock = Mock::start().await;
+    let mut gw = acknowledged_backlog(&mock, case).await;
+    stop_gateway(&mut gw, stop);
+    if small(case) {
+        let segs = segments(&gw);
+        assert!(segs.len() >= 3, "several segments: {}", segs.len());
+    }
+    assert_spool_is_private(&gw);
+    let mut lost = HashSet::new();
     if case == Case::FlippedByte {
-        // One byte of rm-0003's payload, in the first (sealed) segment.
-        let seg = &segments(&gw)[0];
-        let mut b = std::fs::read(seg).unwrap();
-        let at = b
-            .windows(7)
-            .position(|w| w == b"rm-0003")
-            .expect("in the first segment");
-        b[at + 20] ^= 0x01;
-        std::fs::write(seg, &b).unwrap();
+        flip_a_byte_of_rm_0003(&gw);
         lost.insert("rm-0003".to_string());
     }
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
     gw.restart().await;
-    let want: HashSet<String> = (0..n)
+    let want: HashSet<String> = (0..events(case).0)
         .map(|i| format!("rm-{i:04}"))
         .filter(|id| !lost.contains(id))
         .collect();
-    let ok = wait_until(Duration::from_secs(30), || {
-        want.is_subset(&delivered(&mock))
-    })
-    .await;
-    let got = delivered(&mock);
-    let missing: Vec<_> = want.difference(&got).collect();
-    assert!(
-        ok,
-        "{stop:?} {case:?}: {} acknowledged events not delivered: {missing:?}\n{}",
-        missing.len(),
-        gw.log_text()
-    );
+    let got = assert_all_delivered(&mock, &gw, &want, &format!("{stop:?} {case:?}")).await;
     if case == Case::FlippedByte {
-        assert!(!got.contains("rm-0003"), "the damaged record is not sent");
-        assert_eq!(
-            gw.metric("vfgate_spool_corrupt_records_total{source=\"syvault\"}")
-                .await,
-            1.0
-        );
-        let q = std::fs::read_dir(gw.dir.path().join("spool/quarantine"))
-            .unwrap()
-            .count();
-        assert_eq!(q, 1, "the damaged range is quarantined");
-        assert!(gw.log_text().contains("damaged records skipped"));
+        assert_the_damaged_record_is_quarantined(&gw, &got).await;
     }
-    if small {
+    if small(case) {
         assert!(
             wait_until(Duration::from_secs(5), || segments(&gw).len() == 1).await,
             "drained segments reclaimed: {:?}",
             segments(&gw)
         );
     }
-    // The mock records a batch before the gateway reads its answer and moves the cursor:
-    // the backlog reaches 0 a moment after the last event arrived.
-    let t0 = std::time::Instant::now();
-    while gw.metric("vfgate_spool_events{sink=\"up\"}").await != 0.0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "backlog back to 0");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_backlog_drains(&gw, "backlog back to 0").await;
 }
 
 #[tokio::test]
@@ -277,14 +323,7 @@ async fn damage_to_the_last_record_after_delivery_never_costs_a_later_event() {
         assert_eq!(gw.post_event(&body(i, 10)).await.status, 202);
     }
     assert!(wait_until(Duration::from_secs(10), || delivered(&mock).len() == 3).await);
-    let t0 = std::time::Instant::now();
-    while gw.metric("vfgate_spool_events{sink=\"up\"}").await != 0.0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "cursor moved past all three"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_backlog_drains(&gw, "cursor moved past all three").await;
     assert_eq!(gw.terminate().code(), Some(0));
     let seg = segments(&gw).pop().unwrap();
     let mut b = std::fs::read(&seg).unwrap();
