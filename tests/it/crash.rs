@@ -83,34 +83,16 @@ fn config(mock: &Mock) -> String {
         .build()
 }
 
-#[tokio::test]
-async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_nothing() {
-    let seed: u64 = std::env::var("VFGATE_CRASH_SEED")
+/// A number from the environment variable `name`, or `default`.
+fn from_env<T: std::str::FromStr>(name: &str, default: impl FnOnce() -> T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    let kills: usize = std::env::var("VFGATE_CRASH_KILLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    eprintln!("crash test: VFGATE_CRASH_SEED={seed} VFGATE_CRASH_KILLS={kills}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mock = Mock::start().await;
-    let index = Index::default();
-    index.set(&mock, Siem::Down);
-    let mut gw = Gateway::start(&config(&mock)).await;
-    let results = gw.dir.path().join("results.tsv");
-    let rate = 400;
-    let events = (rate as usize) * (kills * 11 / 10 + 4);
-    let mut send = send_load(
-        &gw,
-        events,
-        rate,
-        &results,
-        &["--retry-schedule", "200ms,500ms,1s,2s"],
-    );
+        .unwrap_or_else(default)
+}
 
-    // The first kill: events acknowledged, none delivered yet (the SIEM is down).
+/// The first kill: events acknowledged, none delivered yet (the SIEM is down).
+async fn kill_before_the_first_delivery(gw: &mut Gateway, index: &Index) {
     let t0 = Instant::now();
     while gw
         .metric("vfgate_requests_total{outcome=\"spooled\",source=\"syvault\"}")
@@ -122,24 +104,37 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
     }
     assert!(index.created.lock().unwrap().is_empty());
     gw.kill9();
-    let mut log = vec!["kill 1: before the first delivery, SIEM down".to_string()];
     gw.restart().await;
+}
+
+/// Kills 2..=kills: the SIEM set to a random state, a kill -9 after a random wait, a restart.
+/// A line for each kill.
+async fn kill_at_random_moments(
+    gw: &mut Gateway,
+    mock: &Mock,
+    index: &Index,
+    rng: &mut rand::rngs::StdRng,
+    kills: usize,
+) -> Vec<String> {
+    let mut log = Vec::new();
     for k in 2..=kills {
         let state = match rng.random_range(0..3) {
             0 => Siem::Up,
             1 => Siem::Down,
             _ => Siem::Hang,
         };
-        index.set(&mock, state);
+        index.set(mock, state);
         let wait = rng.random_range(200..1500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         gw.kill9();
         log.push(format!("kill {k}: after {wait} ms, SIEM {state:?}"));
         gw.restart().await;
     }
-    index.set(&mock, Siem::Up);
-    eprintln!("{}", log.join("\n"));
+    log
+}
 
+/// Waits up to 90 s for `vfgate send` to finish.
+async fn wait_for_the_sender(send: &mut std::process::Child) {
     let t0 = Instant::now();
     while send.try_wait().unwrap().is_none() {
         assert!(
@@ -148,18 +143,25 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = std::fs::read_to_string(&results).unwrap();
-    let acked: HashSet<String> = text
+}
+
+/// The ids the sender's results show a 2xx for.
+fn acknowledged(results: &str) -> HashSet<String> {
+    results
         .lines()
         .filter_map(|l| l.split_once('\t'))
         .filter(|(_, s)| s.starts_with('2'))
         .map(|(id, _)| id.to_string())
-        .collect();
-    assert!(
-        acked.len() > events / 2,
-        "most events were acknowledged: {} of {events}",
-        acked.len()
-    );
+        .collect()
+}
+
+/// Waits up to 60 s for every acknowledged id to be in the index.
+async fn assert_every_acknowledged_event_is_indexed(
+    index: &Index,
+    acked: &HashSet<String>,
+    seed: u64,
+    gw: &Gateway,
+) {
     let t1 = Instant::now();
     loop {
         let created: HashSet<String> = index.created.lock().unwrap().keys().cloned().collect();
@@ -176,6 +178,39 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_nothing() {
+    let seed: u64 = from_env("VFGATE_CRASH_SEED", rand::random);
+    let kills: usize = from_env("VFGATE_CRASH_KILLS", || 12);
+    eprintln!("crash test: VFGATE_CRASH_SEED={seed} VFGATE_CRASH_KILLS={kills}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mock = Mock::start().await;
+    let index = Index::default();
+    index.set(&mock, Siem::Down);
+    let mut gw = Gateway::start(&config(&mock)).await;
+    let results = gw.dir.path().join("results.tsv");
+    let rate = 400;
+    let events = (rate as usize) * (kills * 11 / 10 + 4);
+    let retries = ["--retry-schedule", "200ms,500ms,1s,2s"];
+    let mut send = send_load(&gw, events, rate, &results, &retries);
+
+    kill_before_the_first_delivery(&mut gw, &index).await;
+    let mut log = vec!["kill 1: before the first delivery, SIEM down".to_string()];
+    log.extend(kill_at_random_moments(&mut gw, &mock, &index, &mut rng, kills).await);
+    index.set(&mock, Siem::Up);
+    eprintln!("{}", log.join("\n"));
+
+    wait_for_the_sender(&mut send).await;
+    let text = std::fs::read_to_string(&results).unwrap();
+    let acked = acknowledged(&text);
+    assert!(
+        acked.len() > events / 2,
+        "most events were acknowledged: {} of {events}",
+        acked.len()
+    );
+    assert_every_acknowledged_event_is_indexed(&index, &acked, seed, &gw).await;
     // Every document in the index is an event that was sent (nothing made up or mangled),
     // and a redelivery after a kill was a create the index refused (409), never a second
     // document.
