@@ -337,6 +337,53 @@ fn assert_dd_request(q: &Captured, bodies: &[String]) {
     }
 }
 
+/// An event older than 18 h would be dropped by the intake while it answers 202: refused
+/// here, nothing sent for it (the mock still has the one request before it), counted.
+async fn assert_dd_refuses_an_event_too_old(gw: &Gateway, mock: &Mock) {
+    let r = gw
+        .post_event(&event_at(
+            "evt_dd_old",
+            now_ms() - 20 * 3600 * 1000,
+            "org_a",
+        ))
+        .await;
+    assert_eq!((r.status, r.error()), (502, "upstream_error".into()));
+    assert!(r.json()["detail"].as_str().unwrap().contains("too_old"));
+    assert_eq!(mock.requests().len(), 1, "nothing sent for it");
+    assert_eq!(
+        gw.metric("vfgate_sink_events_failed_total{reason=\"too_old\",sink=\"dd\"}")
+            .await,
+        1.0
+    );
+}
+
+/// 413 splits the batch; 429 is retried. Requests after the first are these.
+async fn assert_dd_413_splits_and_429_retries(gw: &Gateway, mock: &Mock, t: i64) {
+    mock.push(Reply::Status(413, vec![], "Payload too large".into()));
+    mock.push(Reply::Status(
+        429,
+        vec![("Retry-After".into(), "0".into())],
+        "".into(),
+    ));
+    let more = vec![
+        event_at("evt_dd_3", t, "org_a"),
+        event_at("evt_dd_4", t, "org_a"),
+    ];
+    for r in post_all(gw, &more).await {
+        assert_eq!(r.status_field(), "accepted");
+    }
+    let sizes: Vec<usize> = mock.requests()[1..]
+        .iter()
+        .map(|q| {
+            serde_json::from_slice::<Vec<Value>>(&gunzip(&q.body))
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes[0], 2);
+    assert!(sizes[1..].iter().all(|n| *n == 1), "{sizes:?}");
+}
+
 #[tokio::test]
 async fn datadog_logs_shape_gzip_and_refusals() {
     let mock = Mock::start().await;
@@ -354,47 +401,8 @@ async fn datadog_logs_shape_gzip_and_refusals() {
     let reqs = mock.requests();
     assert_eq!(reqs.len(), 1);
     assert_dd_request(&reqs[0], &bodies);
-    // An event older than 18 h would be dropped by the intake while it answers 202: refused here.
-    let r = gw
-        .post_event(&event_at(
-            "evt_dd_old",
-            now_ms() - 20 * 3600 * 1000,
-            "org_a",
-        ))
-        .await;
-    assert_eq!((r.status, r.error()), (502, "upstream_error".into()));
-    assert!(r.json()["detail"].as_str().unwrap().contains("too_old"));
-    assert_eq!(mock.requests().len(), 1, "nothing sent for it");
-    assert_eq!(
-        gw.metric("vfgate_sink_events_failed_total{reason=\"too_old\",sink=\"dd\"}")
-            .await,
-        1.0
-    );
-
-    // 413 splits the batch; 429 is retried.
-    mock.push(Reply::Status(413, vec![], "Payload too large".into()));
-    mock.push(Reply::Status(
-        429,
-        vec![("Retry-After".into(), "0".into())],
-        "".into(),
-    ));
-    let more = vec![
-        event_at("evt_dd_3", t, "org_a"),
-        event_at("evt_dd_4", t, "org_a"),
-    ];
-    for r in post_all(&gw, &more).await {
-        assert_eq!(r.status_field(), "accepted");
-    }
-    let sizes: Vec<usize> = mock.requests()[1..]
-        .iter()
-        .map(|q| {
-            serde_json::from_slice::<Vec<Value>>(&gunzip(&q.body))
-                .unwrap()
-                .len()
-        })
-        .collect();
-    assert_eq!(sizes[0], 2);
-    assert!(sizes[1..].iter().all(|n| *n == 1), "{sizes:?}");
+    assert_dd_refuses_an_event_too_old(&gw, &mock).await;
+    assert_dd_413_splits_and_429_retries(&gw, &mock, t).await;
     // A wrong key / wrong site: configuration error, 503, kept.
     mock.set_default(Reply::Status(
         403,
@@ -458,19 +466,54 @@ fn elastic_per_item_replies() -> Reply {
     }))
 }
 
+const ES_KEY: &str = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==";
+
+/// The first `_bulk` request: the path with filter and pipeline, the API key, NDJSON with a
+/// `create` action and an ECS document for each of the 4 events.
+fn assert_es_bulk_request(q: &Captured) {
+    assert_eq!(q.method, "POST");
+    assert_eq!(
+        q.path,
+        "/_bulk?filter_path=errors,items.*.status,items.*.error,items.*._id&pipeline=audit+pipe"
+    );
+    assert_eq!(
+        q.header("authorization"),
+        Some(format!("ApiKey {ES_KEY}").as_str())
+    );
+    assert_eq!(q.header("content-type"), Some("application/x-ndjson"));
+    let text = String::from_utf8(q.body.clone()).unwrap();
+    assert!(text.ends_with('\n'));
+    let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
+    assert_eq!(lines.len(), 8);
+    for pair in lines.chunks(2) {
+        assert_es_action_and_ecs_doc(pair[0], pair[1]);
+    }
+}
+
+fn assert_es_action_and_ecs_doc(action: &str, doc: &str) {
+    let action: Value = serde_json::from_str(action).unwrap();
+    let doc: Value = serde_json::from_str(doc).unwrap();
+    let id = doc["event_id"].as_str().unwrap();
+    assert_eq!(
+        action,
+        serde_json::json!({"create": {"_index": "logs-syvault.audit-default", "_id": id}})
+    );
+    assert_eq!(doc["@timestamp"], doc["timestamp"]);
+    assert_eq!(doc["event"]["id"], id);
+    assert_eq!(doc["event"]["action"], "user.login.failed");
+    assert_eq!(doc["user"]["id"], doc["actor"]["user_id"]);
+    assert_eq!(doc["user"]["email"], doc["actor"]["email"]);
+    assert_eq!(doc["source"]["ip"], "203.0.113.7");
+    assert_eq!(doc["user_agent"]["original"], "Mozilla/5.0");
+    assert_eq!(doc["organization"]["id"], "org_42");
+    assert_eq!(doc["custom"]["n"], 1, "unknown fields kept");
+}
+
 #[tokio::test]
 async fn elastic_bulk_ndjson_ecs_and_per_item_results() {
     let mock = Mock::start().await;
     let cfg = elastic_config(&mock);
-    let gw = Gateway::start_with(
-        &cfg,
-        "",
-        &[(
-            "ES_KEY",
-            "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==",
-        )],
-    )
-    .await;
+    let gw = Gateway::start_with(&cfg, "", &[("ES_KEY", ES_KEY)]).await;
     let t = now_ms() - 1000;
     let bodies: Vec<String> = (0..4)
         .map(|i| event_at(&format!("evt_es_{i}"), t + i, "org_42"))
@@ -497,50 +540,17 @@ async fn elastic_bulk_ndjson_ecs_and_per_item_results() {
         .filter(|q| q.path.contains("_bulk"))
         .collect();
     assert_eq!(reqs.len(), 2, "the batch, then item 2 alone");
-    let q = &reqs[0];
-    assert_eq!(q.method, "POST");
-    assert_eq!(
-        q.path,
-        "/_bulk?filter_path=errors,items.*.status,items.*.error,items.*._id&pipeline=audit+pipe"
-    );
-    assert_eq!(
-        q.header("authorization"),
-        Some("ApiKey VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==")
-    );
-    assert_eq!(q.header("content-type"), Some("application/x-ndjson"));
-    let text = String::from_utf8(q.body.clone()).unwrap();
-    assert!(text.ends_with('\n'));
-    let lines: Vec<&str> = text.trim_end_matches('\n').split('\n').collect();
-    assert_eq!(lines.len(), 8);
-    for pair in lines.chunks(2) {
-        let action: Value = serde_json::from_str(pair[0]).unwrap();
-        let doc: Value = serde_json::from_str(pair[1]).unwrap();
-        let id = doc["event_id"].as_str().unwrap();
-        assert_eq!(
-            action,
-            serde_json::json!({"create": {"_index": "logs-syvault.audit-default", "_id": id}})
-        );
-        assert_eq!(doc["@timestamp"], doc["timestamp"]);
-        assert_eq!(doc["event"]["id"], id);
-        assert_eq!(doc["event"]["action"], "user.login.failed");
-        assert_eq!(doc["user"]["id"], doc["actor"]["user_id"]);
-        assert_eq!(doc["user"]["email"], doc["actor"]["email"]);
-        assert_eq!(doc["source"]["ip"], "203.0.113.7");
-        assert_eq!(doc["user_agent"]["original"], "Mozilla/5.0");
-        assert_eq!(doc["organization"]["id"], "org_42");
-        assert_eq!(doc["custom"]["n"], 1, "unknown fields kept");
-    }
+    assert_es_bulk_request(&reqs[0]);
     let retried = String::from_utf8(reqs[1].body.clone()).unwrap();
     assert_eq!(retried.lines().count(), 2);
     assert!(retried.contains("\"_id\":\"evt_es_2\""));
 }
 
-#[tokio::test]
-async fn azure_logs_ingestion_token_refresh_and_records() {
-    let ingest = Mock::start().await;
-    let token = Mock::start().await;
-    let secret = "s3cr3t~value/+&=";
-    let cfg = format!(
+const AZ_SECRET: &str = "s3cr3t~value/+&=";
+
+/// An Azure Logs Ingestion sink posting to `ingest`, its tokens from `token`.
+fn azure_config(ingest: &Mock, token: &Mock) -> String {
+    format!(
         r#"{}
 [sink.sentinel]
 type = "azure_logs_ingestion"
@@ -556,41 +566,34 @@ batch = {{ max_events = 10, linger = "800ms" }}
         source("sentinel"),
         ingest.url(""),
         token.url("")
-    );
-    let gw = Gateway::start_with(&cfg, "", &[("AZ_SECRET", secret)]).await;
-    token.push(Reply::Status(
-        200,
-        vec![],
-        r#"{"token_type":"Bearer","expires_in":3599,"access_token":"tok-1"}"#.into(),
-    ));
-    token.push(Reply::Status(
-        200,
-        vec![],
-        r#"{"token_type":"Bearer","expires_in":3599,"access_token":"tok-2"}"#.into(),
-    ));
+    )
+}
+
+/// Two tokens to hand out, the first of which the ingestion endpoint calls expired.
+fn script_an_expired_first_token(ingest: &Mock, token: &Mock) {
+    for tok in ["tok-1", "tok-2"] {
+        token.push(Reply::Status(
+            200,
+            vec![],
+            format!(r#"{{"token_type":"Bearer","expires_in":3599,"access_token":"{tok}"}}"#),
+        ));
+    }
     ingest.push(Reply::Status(
         401,
         vec![],
         r#"{"error":{"code":"InvalidToken","message":"expired"}}"#.into(),
     ));
     ingest.set_default(Reply::Status(204, vec![], String::new()));
-    let t = now_ms() - 1000;
-    let bodies = vec![
-        event_at("evt_az_1", t, "org_42"),
-        event_at("evt_az_2", t + 2, "org_43"),
-    ];
-    for r in post_all(&gw, &bodies).await {
-        assert_eq!(r.status_field(), "accepted");
-    }
-    // Token requests, checked against python's own form encoding.
-    let toks = token.requests();
-    assert_eq!(toks.len(), 2, "expired token refreshed once");
+}
+
+/// Token requests, checked against python's own form encoding.
+fn assert_token_requests(toks: &[Captured]) {
     let expected = std::process::Command::new("python3")
         .args(["-c", "import os,urllib.parse as u; print(u.urlencode({'client_id':'11111111-1111-1111-1111-111111111111','client_secret':os.environ['S'],'grant_type':'client_credentials','scope':'https://monitor.azure.com//.default'}), end='')"])
-        .env("S", secret)
+        .env("S", AZ_SECRET)
         .output()
         .unwrap();
-    for q in &toks {
+    for q in toks {
         assert_eq!(q.method, "POST");
         assert_eq!(
             q.path,
@@ -605,11 +608,11 @@ batch = {{ max_events = 10, linger = "800ms" }}
             String::from_utf8_lossy(&expected.stdout)
         );
     }
-    let reqs = ingest.requests();
-    assert_eq!(reqs.len(), 2);
-    assert_eq!(reqs[0].header("authorization"), Some("Bearer tok-1"));
-    assert_eq!(reqs[1].header("authorization"), Some("Bearer tok-2"));
-    let q = &reqs[1];
+}
+
+/// An ingestion request: the DCR stream path, gzip JSON, a request GUID, and one record of
+/// the stream's columns for each event in `bodies`.
+fn assert_azure_ingestion_request(q: &Captured, bodies: &[String]) {
     assert_eq!(q.path, "/dataCollectionRules/dcr-000a00a000a00000a000000aa000a0aa/streams/Custom-SyVaultAudit?api-version=2023-01-01");
     assert_eq!(q.header("content-type"), Some("application/json"));
     assert_eq!(q.header("content-encoding"), Some("gzip"));
@@ -637,6 +640,31 @@ batch = {{ max_events = 10, linger = "800ms" }}
         });
         assert_eq!(r, &expect);
     }
+}
+
+#[tokio::test]
+async fn azure_logs_ingestion_token_refresh_and_records() {
+    let ingest = Mock::start().await;
+    let token = Mock::start().await;
+    let cfg = azure_config(&ingest, &token);
+    let gw = Gateway::start_with(&cfg, "", &[("AZ_SECRET", AZ_SECRET)]).await;
+    script_an_expired_first_token(&ingest, &token);
+    let t = now_ms() - 1000;
+    let bodies = vec![
+        event_at("evt_az_1", t, "org_42"),
+        event_at("evt_az_2", t + 2, "org_43"),
+    ];
+    for r in post_all(&gw, &bodies).await {
+        assert_eq!(r.status_field(), "accepted");
+    }
+    let toks = token.requests();
+    assert_eq!(toks.len(), 2, "expired token refreshed once");
+    assert_token_requests(&toks);
+    let reqs = ingest.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].header("authorization"), Some("Bearer tok-1"));
+    assert_eq!(reqs[1].header("authorization"), Some("Bearer tok-2"));
+    assert_azure_ingestion_request(&reqs[1], &bodies);
     // The cached token is reused.
     assert_eq!(
         gw.post_event(&event_at("evt_az_3", t, "org_42"))
@@ -648,12 +676,12 @@ batch = {{ max_events = 10, linger = "800ms" }}
     assert!(!gw.log_text().contains("tok-") && !gw.log_text().contains("s3cr3t"));
 }
 
-#[tokio::test]
-async fn sentinel_data_collector_signature_and_bad_key() {
-    let mock = Mock::start().await;
-    let key =
-        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==";
-    let cfg = format!(
+const LA_KEY: &str =
+    "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==";
+
+/// A Sentinel Data Collector sink posting to the mock, retrying for at most 1 s.
+fn sentinel_config(mock: &Mock) -> String {
+    format!(
         r#"{}
 [sink.law]
 type = "sentinel_data_collector"
@@ -666,12 +694,12 @@ retry = {{ budget = "1s" }}
 "#,
         source("law"),
         mock.url("")
-    );
-    let gw = Gateway::start_with(&cfg, "", &[("LA_KEY", key)]).await;
-    let t = now_ms() - 1000;
-    let body = event_at("evt_dc_1", t, "org_ë");
-    assert_eq!(gw.post_event(&body).await.status_field(), "accepted");
-    let q = &mock.requests()[0];
+    )
+}
+
+/// The request's method, path and headers, and its `SharedKey` signature, checked by an
+/// independent one: python3's hmac over the byte length of what was received.
+fn assert_dc_request_signed(q: &Captured) {
     assert_eq!(
         (q.method.as_str(), q.path.as_str()),
         ("POST", "/api/logs?api-version=2016-04-01")
@@ -681,12 +709,11 @@ retry = {{ budget = "1s" }}
     assert_eq!(q.header("time-generated-field"), Some("EventTime"));
     let date = q.header("x-ms-date").unwrap().to_string();
     assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
-    // Independent signature: python3's hmac over the byte length of what was received.
     let py = std::process::Command::new("python3")
         .args(["-c", "import base64,hmac,hashlib,os; s='POST\\n%s\\napplication/json\\nx-ms-date:%s\\n/api/logs' % (os.environ['LEN'], os.environ['DATE']); print(base64.b64encode(hmac.new(base64.b64decode(os.environ['KEY']), s.encode(), hashlib.sha256).digest()).decode(), end='')"])
         .env("LEN", q.body.len().to_string())
         .env("DATE", &date)
-        .env("KEY", key)
+        .env("KEY", LA_KEY)
         .output()
         .unwrap();
     let sig = String::from_utf8(py.stdout).unwrap();
@@ -694,16 +721,11 @@ retry = {{ budget = "1s" }}
         q.header("authorization"),
         Some(format!("SharedKey 11111111-2222-3333-4444-555555555555:{sig}").as_str())
     );
-    let recs: Vec<Value> = serde_json::from_slice(&q.body).unwrap();
-    assert_eq!(
-        recs[0]["EventTime"],
-        serde_json::from_str::<Value>(&body).unwrap()["timestamp"]
-    );
-    assert!(recs[0].get("TimeGenerated").is_none());
-    assert_eq!(recs[0]["OrgId"], "org_ë");
-    assert_eq!(recs[0]["RawEvent"].as_str().unwrap(), body);
+}
 
-    // Bad signature (403 InvalidAuthorization): configuration error, 503, data kept.
+/// Bad signature (403 InvalidAuthorization): configuration error, 503, data kept; once the
+/// key is fixed upstream, the sender's retry goes through.
+async fn assert_dc_bad_key_is_a_config_error_then_retried(gw: &Gateway, mock: &Mock, t: i64) {
     mock.set_default(Reply::Status(
         403,
         vec![],
@@ -720,7 +742,6 @@ retry = {{ budget = "1s" }}
             .await
             >= 1.0
     );
-    // Once the key is fixed upstream, the sender's retry goes through.
     mock.set_default(Reply::Status(200, vec![], String::new()));
     assert_eq!(
         gw.post_event(&event_at("evt_dc_2", t, "org_1"))
@@ -728,4 +749,24 @@ retry = {{ budget = "1s" }}
             .status_field(),
         "accepted"
     );
+}
+
+#[tokio::test]
+async fn sentinel_data_collector_signature_and_bad_key() {
+    let mock = Mock::start().await;
+    let gw = Gateway::start_with(&sentinel_config(&mock), "", &[("LA_KEY", LA_KEY)]).await;
+    let t = now_ms() - 1000;
+    let body = event_at("evt_dc_1", t, "org_ë");
+    assert_eq!(gw.post_event(&body).await.status_field(), "accepted");
+    let q = &mock.requests()[0];
+    assert_dc_request_signed(q);
+    let recs: Vec<Value> = serde_json::from_slice(&q.body).unwrap();
+    assert_eq!(
+        recs[0]["EventTime"],
+        serde_json::from_str::<Value>(&body).unwrap()["timestamp"]
+    );
+    assert!(recs[0].get("TimeGenerated").is_none());
+    assert_eq!(recs[0]["OrgId"], "org_ë");
+    assert_eq!(recs[0]["RawEvent"].as_str().unwrap(), body);
+    assert_dc_bad_key_is_a_config_error_then_retried(&gw, &mock, t).await;
 }
