@@ -133,28 +133,6 @@ async fn kill_at_random_moments(
     log
 }
 
-/// Waits up to 90 s for `vfgate send` to finish.
-async fn wait_for_the_sender(send: &mut std::process::Child) {
-    let t0 = Instant::now();
-    while send.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(90),
-            "send did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The ids the sender's results show a 2xx for.
-fn acknowledged(results: &str) -> HashSet<String> {
-    results
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(_, s)| s.starts_with('2'))
-        .map(|(id, _)| id.to_string())
-        .collect()
-}
-
 /// Waits up to 60 s for every acknowledged id to be in the index.
 async fn assert_every_acknowledged_event_is_indexed(
     index: &Index,
@@ -202,7 +180,7 @@ async fn kill_9_at_random_moments_with_a_flapping_siem_loses_and_duplicates_noth
     index.set(&mock, Siem::Up);
     eprintln!("{}", log.join("\n"));
 
-    wait_for_the_sender(&mut send).await;
+    wait_for_sender(&mut send, Duration::from_secs(90)).await;
     let text = std::fs::read_to_string(&results).unwrap();
     let acked = acknowledged(&text);
     assert!(

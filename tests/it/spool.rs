@@ -58,20 +58,9 @@ fn org_event(org: usize, n: usize) -> String {
     )
 }
 
-#[tokio::test]
-async fn kill_9_under_load_loses_no_acknowledged_event() {
-    let mock = Mock::start().await;
-    let mut gw = Gateway::start(
-        &spool_config(&mock, &mock, &["up"], 100)
-            .with_in("[spool]", r#"fsync = "batch""#)
-            .build(),
-    )
-    .await;
-    let results = gw.dir.path().join("results.tsv");
-    let mut send = send_load(&gw, 4000, 800, &results, &[]);
-
-    // Kill points: under plain load; with a backlog (the SIEM refusing, so events are only
-    // in the spool); and right after the SIEM came back (drainer mid-delivery).
+/// Kill points: under plain load; with a backlog (the SIEM refusing, so events are only in
+/// the spool); and right after the SIEM came back (drainer mid-delivery).
+async fn kill_under_load_with_a_backlog_and_mid_recovery(gw: &mut Gateway, mock: &Mock) {
     tokio::time::sleep(Duration::from_millis(800)).await;
     gw.kill9();
     gw.restart().await;
@@ -85,33 +74,20 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     gw.kill9();
     gw.restart().await;
+}
 
-    let t0 = Instant::now();
-    while send.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "send did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let text = std::fs::read_to_string(&results).unwrap();
-    let acked: HashSet<String> = text
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(_, s)| s.starts_with('2'))
-        .map(|(id, _)| id.to_string())
-        .collect();
-    assert!(
-        acked.len() > 2000,
-        "most events were acknowledged: {}",
-        acked.len()
-    );
+/// Waits up to 60 s for every acknowledged id to reach the mock at `/up`; what it received.
+async fn assert_every_acknowledged_event_arrives(
+    mock: &Mock,
+    gw: &Gateway,
+    acked: &HashSet<String>,
+) -> Vec<String> {
     let done = wait_until(Duration::from_secs(60), || {
-        let got: HashSet<String> = received(&mock, "/up").into_iter().collect();
+        let got: HashSet<String> = received(mock, "/up").into_iter().collect();
         acked.is_subset(&got)
     })
     .await;
-    let got: Vec<String> = received(&mock, "/up");
+    let got: Vec<String> = received(mock, "/up");
     let set: HashSet<&String> = got.iter().collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !set.contains(id)).collect();
     assert!(
@@ -121,6 +97,31 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         &missing[..missing.len().min(5)],
         gw.log_text()
     );
+    got
+}
+
+#[tokio::test]
+async fn kill_9_under_load_loses_no_acknowledged_event() {
+    let mock = Mock::start().await;
+    let mut gw = Gateway::start(
+        &spool_config(&mock, &mock, &["up"], 100)
+            .with_in("[spool]", r#"fsync = "batch""#)
+            .build(),
+    )
+    .await;
+    let results = gw.dir.path().join("results.tsv");
+    let mut send = send_load(&gw, 4000, 800, &results, &[]);
+    kill_under_load_with_a_backlog_and_mid_recovery(&mut gw, &mock).await;
+    wait_for_sender(&mut send, Duration::from_secs(60)).await;
+    let text = std::fs::read_to_string(&results).unwrap();
+    let acked = acknowledged(&text);
+    assert!(
+        acked.len() > 2000,
+        "most events were acknowledged: {}",
+        acked.len()
+    );
+    let got = assert_every_acknowledged_event_arrives(&mock, &gw, &acked).await;
+    let set: HashSet<&String> = got.iter().collect();
     // At least once: a crash between delivery and the cursor save repeats at most the
     // batches in flight at each kill.
     let repeats = got.len() - set.len();
@@ -138,15 +139,9 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
     );
 }
 
-#[tokio::test]
-async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
-    let mock = Mock::start().await;
-    let side = Mock::start().await;
-    // `up` is down (refuses, then times out); `side` stays healthy and is not held back.
-    mock.set_default(Reply::Status(503, vec![], "{\"error\":\"down\"}".into()));
-    let gw = Gateway::start(&spool_config(&mock, &side, &["up", "side"], 100).build()).await;
-    let orgs = 4;
-    let per_org = 15;
+/// Posts `per_org` events for each of `orgs` orgs, interleaved, each accepted; after the
+/// 8th round the SIEM turns from refusing to hanging.
+async fn post_through_an_outage(gw: &Gateway, mock: &Mock, orgs: usize, per_org: usize) {
     for n in 0..per_org {
         for org in 0..orgs {
             let r = gw.post_event(&org_event(org, n)).await;
@@ -159,13 +154,11 @@ async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
             mock.set_default(Reply::Sleep(Duration::from_millis(1500)));
         }
     }
-    let total = orgs * per_org;
-    assert!(
-        wait_until(Duration::from_secs(10), || received(&side, "/side").len()
-            >= total)
-        .await,
-        "the healthy sink got everything during the other's outage"
-    );
+}
+
+/// During the outage `up`'s backlog, its oldest event's age and the spool's bytes grow,
+/// while `side` has no backlog.
+async fn assert_the_outage_shows_in_the_metrics(gw: &Gateway) {
     let backlog = gw.metric("vfgate_spool_events{sink=\"up\"}").await;
     assert!(backlog >= 1.0, "backlog grows: {backlog}");
     assert_eq!(gw.metric("vfgate_spool_events{sink=\"side\"}").await, 0.0);
@@ -175,17 +168,13 @@ async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
         .await;
     assert!(age >= 1.0, "oldest age grows: {age}");
     assert!(gw.metric("vfgate_spool_bytes").await > 0.0);
+}
 
-    mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let ok = wait_until(Duration::from_secs(40), || {
-        received(&mock, "/up").iter().collect::<HashSet<_>>().len() >= total
-    })
-    .await;
-    assert!(ok, "all events arrive after recovery");
-    // Per-org order: the first delivery of each id follows the org's sequence.
+/// Per-org order: the first delivery of each id follows the org's sequence.
+fn assert_per_org_order(mock: &Mock) {
     let mut seen = HashSet::new();
     let mut per: HashMap<String, Vec<String>> = HashMap::new();
-    for id in received(&mock, "/up") {
+    for id in received(mock, "/up") {
         if seen.insert(id.clone()) {
             per.entry(id[..2].to_string()).or_default().push(id);
         }
@@ -195,12 +184,71 @@ async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
         sorted.sort();
         assert_eq!(ids, sorted, "org {org} in order");
     }
+}
+
+#[tokio::test]
+async fn outage_keeps_accepting_and_delivers_in_order_after_recovery() {
+    let mock = Mock::start().await;
+    let side = Mock::start().await;
+    // `up` is down (refuses, then times out); `side` stays healthy and is not held back.
+    mock.set_default(Reply::Status(503, vec![], "{\"error\":\"down\"}".into()));
+    let gw = Gateway::start(&spool_config(&mock, &side, &["up", "side"], 100).build()).await;
+    let (orgs, per_org) = (4, 15);
+    post_through_an_outage(&gw, &mock, orgs, per_org).await;
+    let total = orgs * per_org;
+    assert!(
+        wait_until(Duration::from_secs(10), || received(&side, "/side").len()
+            >= total)
+        .await,
+        "the healthy sink got everything during the other's outage"
+    );
+    assert_the_outage_shows_in_the_metrics(&gw).await;
+
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let ok = wait_until(Duration::from_secs(40), || {
+        received(&mock, "/up").iter().collect::<HashSet<_>>().len() >= total
+    })
+    .await;
+    assert!(ok, "all events arrive after recovery");
+    assert_per_org_order(&mock);
     assert_eq!(gw.metric("vfgate_spool_events{sink=\"up\"}").await, 0.0);
     assert_eq!(
         gw.metric("vfgate_spool_oldest_event_age_seconds{sink=\"up\"}")
             .await,
         0.0
     );
+}
+
+/// Posts 1 KB events until the spool is full: the ids accepted before, and the 503.
+async fn fill_the_spool(gw: &Gateway) -> (Vec<String>, Resp) {
+    let pad = "x".repeat(1000);
+    let mut accepted = Vec::new();
+    for n in 0..200 {
+        let body = format!(
+            r#"{{"event_id":"full-{n:04}","event_type":"user.login","timestamp":"{}","pad":"{pad}"}}"#,
+            now_rfc3339()
+        );
+        let r = gw.post_event(&body).await;
+        match r.status {
+            202 => accepted.push(format!("full-{n:04}")),
+            503 => return (accepted, r),
+            s => panic!("unexpected {s}: {:?}", r.json()),
+        }
+    }
+    panic!("the spool fills up")
+}
+
+/// Waits up to 10 s for `/readyz` to answer 200.
+async fn assert_ready_again(gw: &Gateway) {
+    let t0 = Instant::now();
+    loop {
+        let r = request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap();
+        if r.status == 200 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -211,25 +259,7 @@ async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
         .with_in("[spool]", r#"max_bytes = "64KiB""#)
         .build();
     let gw = Gateway::start_with(&cfg, "max_body_bytes = \"8KiB\"", &[]).await;
-    let pad = "x".repeat(1000);
-    let mut accepted = Vec::new();
-    let mut full = None;
-    for n in 0..200 {
-        let body = format!(
-            r#"{{"event_id":"full-{n:04}","event_type":"user.login","timestamp":"{}","pad":"{pad}"}}"#,
-            now_rfc3339()
-        );
-        let r = gw.post_event(&body).await;
-        match r.status {
-            202 => accepted.push(format!("full-{n:04}")),
-            503 => {
-                full = Some(r);
-                break;
-            }
-            s => panic!("unexpected {s}: {:?}", r.json()),
-        }
-    }
-    let r = full.expect("the spool fills up");
+    let (accepted, r) = fill_the_spool(&gw).await;
     assert_eq!(r.error(), "spool_full");
     assert_eq!(r.header("retry-after"), Some("30"));
     assert!(accepted.len() >= 40, "{}", accepted.len());
@@ -253,24 +283,14 @@ async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
         "everything accepted before the spool filled is delivered"
     );
     // Drained segments are reclaimed: ready again, and new events are accepted.
-    let t0 = Instant::now();
-    loop {
-        let r = request(gw.admin, "GET", "/readyz", &[], b"").await.unwrap();
-        if r.status == 200 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_ready_again(&gw).await;
     let r = gw.post_event(&event("after-full", "user.login")).await;
     assert_eq!(r.status, 202);
 }
 
-#[tokio::test]
-async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_only() {
-    let mock = Mock::start().await;
-    let side = Mock::start().await;
-    mock.set_default(Reply::Compute(std::sync::Arc::new(|c: &Captured| {
+/// `dl-bad` is refused (400), `dl-slow` fails (500) until it expires, the rest go through.
+fn refuse_bad_and_fail_slow() -> Reply {
+    Reply::Compute(std::sync::Arc::new(|c: &Captured| {
         let body = String::from_utf8_lossy(&c.body);
         if body.contains("dl-bad") {
             (400, "{\"error\":\"schema\"}".into())
@@ -279,7 +299,38 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
         } else {
             (200, "{}".into())
         }
-    })));
+    }))
+}
+
+/// `failed list` shows both dead letters, their reasons and the far side's own statuses,
+/// not a generic error.
+fn assert_dead_letters_listed_with_reasons_and_statuses(dir: &str) {
+    let (code, out, err) = run_cli(&["failed", "list", "--dir", dir], &[], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dl-bad") && out.contains("dl-slow"), "{out}");
+    assert!(out.contains("rejected") && out.contains("expired"), "{out}");
+    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap().to_string();
+    assert!(line("dl-bad").contains(" 400 "), "{out}");
+    assert!(line("dl-slow").contains(" 500 "), "{out}");
+}
+
+/// `failed replay --all --dir dir --config cfg`, on a blocking thread: the mock SIEM runs on
+/// this test's runtime.
+async fn replay_all_with_the_config(dir: String, cfg: std::path::PathBuf) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let cfg = cfg.to_str().unwrap();
+        let args = ["failed", "replay", "--all", "--dir", &dir, "--config", cfg];
+        run_cli(&args, &[("VF_SECRET", SECRET)], None)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_only() {
+    let mock = Mock::start().await;
+    let side = Mock::start().await;
+    mock.set_default(refuse_bad_and_fail_slow());
     // One event per request, so that the mock's verdict is per event.
     let cfg = spool_config(&mock, &side, &["up", "side"], 1)
         .with_in("[spool]", r#"max_age = "2s""#)
@@ -299,24 +350,11 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
         "{}",
         gw.log_text()
     );
-    assert_eq!(
-        gw.metric("vfgate_dead_letter_events_total{reason=\"rejected\",sink=\"up\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        gw.metric("vfgate_dead_letter_events_total{reason=\"expired\",sink=\"up\"}")
-            .await,
-        1.0
-    );
-    let (code, out, err) = run_cli(&["failed", "list", "--dir", &dir_s], &[], None);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("dl-bad") && out.contains("dl-slow"), "{out}");
-    assert!(out.contains("rejected") && out.contains("expired"), "{out}");
-    // The far side's own statuses, not a generic error.
-    let line = |id: &str| out.lines().find(|l| l.contains(id)).unwrap().to_string();
-    assert!(line("dl-bad").contains(" 400 "), "{out}");
-    assert!(line("dl-slow").contains(" 500 "), "{out}");
+    for reason in ["rejected", "expired"] {
+        let series = format!("vfgate_dead_letter_events_total{{reason=\"{reason}\",sink=\"up\"}}");
+        assert_eq!(gw.metric(&series).await, 1.0, "{reason}");
+    }
+    assert_dead_letters_listed_with_reasons_and_statuses(&dir_s);
 
     // A file that is not an entry is skipped and reported, not fatal.
     std::fs::write(dir.join("20200101T000000000Z-00000000.json"), "{broken").unwrap();
@@ -329,25 +367,8 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
     // them and gets nothing again.
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
     let side_before = received(&side, "/side").len();
-    let cfg_path = gw.dir.path().join("vfgate.toml");
-    // The mock SIEM runs on this test's runtime: wait for the CLI on a blocking thread.
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run_cli(
-            &[
-                "failed",
-                "replay",
-                "--all",
-                "--dir",
-                &dir_s,
-                "--config",
-                cfg_path.to_str().unwrap(),
-            ],
-            &[("VF_SECRET", SECRET)],
-            None,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, out, err) =
+        replay_all_with_the_config(dir_s, gw.dir.path().join("vfgate.toml")).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         err.contains("skipped 20200101T000000000Z-00000000.json"),
@@ -364,7 +385,6 @@ async fn refused_and_expired_events_become_dead_letters_replayed_to_their_sink_o
     assert_eq!(json_files(&dir), 1, "only the broken file is left");
     gw.kill9();
 }
-
 #[tokio::test]
 async fn memory_dedupe_remembers_delivered_ids_across_a_restart() {
     let mock = Mock::start().await;
@@ -406,11 +426,10 @@ async fn memory_dedupe_persists_by_default_without_a_spool() {
     assert_eq!(mode, 0o700);
 }
 
-#[tokio::test]
-async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
-    let far = Mock::start().await;
-    far.set_default(Reply::Status(500, vec![], "{}".into()));
-    let cfg = Toml::new()
+/// A spool and a webhook sink relaying to `far` (a key in the URL's query), version 2,
+/// retried after 200 ms and 300 ms.
+fn webhook_relay_config(far: &Mock) -> String {
+    Toml::new()
         .spool()
         .source(&["relay"])
         .with(r#"ack = "spool""#)
@@ -422,8 +441,39 @@ async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
         .with(r#"secret = { env = "VF_SECRET" }"#)
         .with(r#"version = "2""#)
         .with(r#"retry_schedule = ["200ms", "300ms"]"#)
-        .build();
-    let gw = Gateway::start(&cfg).await;
+        .build()
+}
+
+/// The only file in `dir`.
+fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// The entry says where it was going, as a sender-mode entry does: the sink's type and URL
+/// (never its query string, which may carry a key), and the webhook version it sent.
+fn assert_webhook_entry_names_its_target(dir: &std::path::Path, far: &Mock) {
+    let file = only_file(dir);
+    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        entry["target"],
+        format!("webhook http://127.0.0.1:{}/v1/events", far.port),
+        "{entry}"
+    );
+    assert_eq!(entry["version"], "2", "{entry}");
+    assert_eq!(entry["sink"], "relay");
+    assert!(!entry.to_string().contains("s3cr3t-in-query"), "{entry}");
+}
+
+#[tokio::test]
+async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
+    let far = Mock::start().await;
+    far.set_default(Reply::Status(500, vec![], "{}".into()));
+    let gw = Gateway::start(&webhook_relay_config(&far)).await;
     let t0 = Instant::now();
     assert_eq!(
         gw.post_event(&event("wh-1", "user.login")).await.status,
@@ -443,23 +493,7 @@ async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
     assert!(out.contains("relay: retries_exhausted"), "{out}");
     let line = out.lines().find(|l| l.contains("wh-1")).unwrap();
     assert!(line.contains(" 500 "), "the far side's last status: {out}");
-    // The entry says where it was going, as a sender-mode entry does: the sink's type and
-    // URL (never its query string, which may carry a key), and the webhook version it sent.
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let entry: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_eq!(
-        entry["target"],
-        format!("webhook http://127.0.0.1:{}/v1/events", far.port),
-        "{entry}"
-    );
-    assert_eq!(entry["version"], "2", "{entry}");
-    assert_eq!(entry["sink"], "relay");
-    assert!(!entry.to_string().contains("s3cr3t-in-query"), "{entry}");
+    assert_webhook_entry_names_its_target(&dir, &far);
     assert!(
         out.contains(&format!("webhook http://127.0.0.1:{}/v1/events", far.port)),
         "{out}"
@@ -475,64 +509,72 @@ async fn spooled_webhook_sink_retries_on_its_schedule_then_dead_letters() {
     );
 }
 
+const ADMIN_AUTH: &str = "Bearer admin-token-0123456789abcdef";
+
+/// A gateway with an admin token (`ADMIN_AUTH`).
+async fn start_with_admin_token(cfg: &str) -> Gateway {
+    let token = ADMIN_AUTH.strip_prefix("Bearer ").unwrap();
+    Gateway::start_admin(
+        cfg,
+        "token = { env = \"ADMIN_TOKEN\" }",
+        &[("ADMIN_TOKEN", token)],
+    )
+    .await
+}
+
+/// `method path` on the admin port with the admin token.
+async fn admin(gw: &Gateway, method: &str, path: &str) -> Resp {
+    admin_at(gw.admin, method, path).await
+}
+
+async fn admin_at(port: u16, method: &str, path: &str) -> Resp {
+    request(port, method, path, &[("authorization", ADMIN_AUTH)], b"")
+        .await
+        .unwrap()
+}
+
+/// Three dead letters and a broken file, listed two a page: the first page (returned) has
+/// two entries and reports the broken file, the next one the third entry and no next page;
+/// a limit of 0 is refused.
+async fn assert_dead_letters_paged(gw: &Gateway) -> serde_json::Value {
+    let p1 = admin(gw, "GET", "/admin/failed?limit=2").await;
+    assert_eq!(p1.status, 200);
+    let j = p1.json();
+    assert_eq!(j["entries"].as_array().unwrap().len(), 2);
+    assert_eq!(j["skipped"].as_array().unwrap().len(), 1, "{j}");
+    let next = j["next"].as_str().unwrap().to_string();
+    let p2 = admin(gw, "GET", &format!("/admin/failed?limit=2&after={next}"))
+        .await
+        .json();
+    assert_eq!(p2["entries"].as_array().unwrap().len(), 1);
+    assert!(p2["next"].is_null());
+    assert_eq!(
+        admin(gw, "GET", "/admin/failed?limit=0").await.status,
+        400,
+        "a limit out of range is refused"
+    );
+    j
+}
+
 #[tokio::test]
 async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
     let mock = Mock::start().await;
     let side = Mock::start().await;
     mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
-    let cfg = spool_config(&mock, &side, &["up", "side"], 1).build();
-    let token = "admin-token-0123456789abcdef";
-    let gw = Gateway::start_admin(
-        &cfg,
-        "token = { env = \"ADMIN_TOKEN\" }",
-        &[("ADMIN_TOKEN", token)],
-    )
-    .await;
+    let gw = start_with_admin_token(&spool_config(&mock, &side, &["up", "side"], 1).build()).await;
     for id in ["adm-1", "adm-2", "adm-3"] {
         assert_eq!(gw.post_event(&event(id, "user.login")).await.status, 202);
     }
     let dir = gw.dir.path().join("spool/dead-letter");
     assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 3).await);
     std::fs::write(dir.join("20200101T000000000Z-00000000.json"), "{broken").unwrap();
-    let auth = format!("Bearer {token}");
-    let get = |q: String| {
-        let auth = auth.clone();
-        async move {
-            request(gw.admin, "GET", &q, &[("authorization", &auth)], b"")
-                .await
-                .unwrap()
-        }
-    };
-    let p1 = get("/admin/failed?limit=2".into()).await;
-    assert_eq!(p1.status, 200);
-    let j = p1.json();
-    assert_eq!(j["entries"].as_array().unwrap().len(), 2);
-    assert_eq!(j["skipped"].as_array().unwrap().len(), 1, "{j}");
-    let next = j["next"].as_str().unwrap().to_string();
-    let p2 = get(format!("/admin/failed?limit=2&after={next}"))
-        .await
-        .json();
-    assert_eq!(p2["entries"].as_array().unwrap().len(), 1);
-    assert!(p2["next"].is_null());
-    assert_eq!(
-        get("/admin/failed?limit=0".into()).await.status,
-        400,
-        "a limit out of range is refused"
-    );
+    let j = assert_dead_letters_paged(&gw).await;
 
     mock.set_default(Reply::Status(200, vec![], "{}".into()));
     let id = j["entries"][0]["id"].as_str().unwrap().to_string();
     let event_id = j["entries"][0]["event_id"].as_str().unwrap().to_string();
     let side_before = received(&side, "/side").len();
-    let r = request(
-        gw.admin,
-        "POST",
-        &format!("/admin/failed/{id}/replay"),
-        &[("authorization", &auth)],
-        b"",
-    )
-    .await
-    .unwrap();
+    let r = admin(&gw, "POST", &format!("/admin/failed/{id}/replay")).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_eq!(r.json()["sink"], "up");
     assert!(received(&mock, "/up").contains(&event_id));
@@ -547,35 +589,13 @@ async fn admin_api_pages_dead_letters_and_replays_them_to_their_sink_only() {
         ("/admin/failed//replay", 400),
         ("/admin/failed/nope/replay", 404),
     ] {
-        let r = request(gw.admin, "POST", path, &[("authorization", &auth)], b"")
-            .await
-            .unwrap();
-        assert_eq!(r.status, want, "{path}");
+        assert_eq!(admin(&gw, "POST", path).await.status, want, "{path}");
     }
 }
 
-/// Concurrent `POST /admin/failed/{id}/replay` of one dead letter: one replay claims it, the
-/// sink gets the event once, exactly one caller is told `delivered`, the others are told the
-/// replay is in progress (409) or the entry is gone (404), and nothing is left behind.
-#[tokio::test]
-async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
-    let mock = Mock::start().await;
-    mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
-    let cfg = spool_config(&mock, &mock, &["up"], 1).build();
-    let token = "admin-token-0123456789abcdef";
-    let gw = Gateway::start_admin(
-        &cfg,
-        "token = { env = \"ADMIN_TOKEN\" }",
-        &[("ADMIN_TOKEN", token)],
-    )
-    .await;
-    assert_eq!(
-        gw.post_event(&event("race-1", "user.login")).await.status,
-        202
-    );
-    let dir = gw.dir.path().join("spool/dead-letter");
-    assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 1).await);
-    let id = std::fs::read_dir(&dir)
+/// The id of the only dead letter in `dir` (its file name without `.json`).
+fn only_dead_letter_id(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .filter_map(|e| {
@@ -585,26 +605,27 @@ async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
                 .map(str::to_string)
         })
         .next()
-        .unwrap();
-    // The sink now takes events, slowly: every replay that starts overlaps the first.
-    mock.set_default(Reply::Sleep(Duration::from_millis(400)));
-    let before = mock.requests().len();
-    let auth = format!("Bearer {token}");
-    let path = format!("/admin/failed/{id}/replay");
-    let calls: Vec<_> = (0..6)
+        .unwrap()
+}
+
+/// `POST path` from `n` callers at once; their answers.
+async fn post_concurrently(gw: &Gateway, path: &str, n: usize) -> Vec<Resp> {
+    let calls: Vec<_> = (0..n)
         .map(|_| {
-            let (auth, path, port) = (auth.clone(), path.clone(), gw.admin);
-            tokio::spawn(async move {
-                request(port, "POST", &path, &[("authorization", &auth)], b"")
-                    .await
-                    .unwrap()
-            })
+            let (path, port) = (path.to_string(), gw.admin);
+            tokio::spawn(async move { admin_at(port, "POST", &path).await })
         })
         .collect();
     let mut answers = Vec::new();
     for c in calls {
         answers.push(c.await.unwrap());
     }
+    answers
+}
+
+/// Exactly one caller is told it succeeded; the others that overlapped are refused (409
+/// `replay_in_progress`) or find the entry gone (404 `not_found`).
+fn assert_one_success_and_the_rest_refused(answers: &[Resp]) {
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
@@ -622,6 +643,29 @@ async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
             s => panic!("unexpected {s}: {:?}", r.json()),
         }
     }
+}
+
+/// Concurrent `POST /admin/failed/{id}/replay` of one dead letter: one replay claims it, the
+/// sink gets the event once, exactly one caller is told `delivered`, the others are told the
+/// replay is in progress (409) or the entry is gone (404), and nothing is left behind.
+#[tokio::test]
+async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(400, vec![], "{\"error\":\"schema\"}".into()));
+    let gw = start_with_admin_token(&spool_config(&mock, &mock, &["up"], 1).build()).await;
+    assert_eq!(
+        gw.post_event(&event("race-1", "user.login")).await.status,
+        202
+    );
+    let dir = gw.dir.path().join("spool/dead-letter");
+    assert!(wait_until(Duration::from_secs(10), || json_files(&dir) == 1).await);
+    let id = only_dead_letter_id(&dir);
+    // The sink now takes events, slowly: every replay that starts overlaps the first.
+    mock.set_default(Reply::Sleep(Duration::from_millis(400)));
+    let before = mock.requests().len();
+    let path = format!("/admin/failed/{id}/replay");
+    let answers = post_concurrently(&gw, &path, 6).await;
+    assert_one_success_and_the_rest_refused(&answers);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sent: Vec<String> = mock.requests()[before..]
         .iter()
@@ -633,8 +677,5 @@ async fn concurrent_admin_replays_of_one_dead_letter_deliver_it_once() {
         0,
         "the entry and its claim are gone"
     );
-    let again = request(gw.admin, "POST", &path, &[("authorization", &auth)], b"")
-        .await
-        .unwrap();
-    assert_eq!(again.status, 404);
+    assert_eq!(admin(&gw, "POST", &path).await.status, 404);
 }

@@ -245,3 +245,22 @@ pub fn send_load(gw: &Gateway, events: usize, rate: u32, results: &Path, extra: 
         .spawn()
         .unwrap()
 }
+
+/// Waits up to `within` for a [`send_load`] sender to finish.
+pub async fn wait_for_sender(send: &mut Child, within: Duration) {
+    let t0 = Instant::now();
+    while send.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < within, "send did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids a [`send_load`] results file shows a 2xx for.
+pub fn acknowledged(results: &str) -> std::collections::HashSet<String> {
+    results
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, s)| s.starts_with('2'))
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
