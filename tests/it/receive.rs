@@ -128,9 +128,17 @@ fn chunked_over_the_limit() -> Vec<u8> {
 
 /// Every refusal row, then the filtered ones; `body` is a valid event.
 fn refused_and_filtered(body: &str) -> Vec<Case> {
+    let mut cases = refused_requests(body);
+    cases.extend(refused_and_filtered_events());
+    cases
+}
+
+/// The rows refused for the request itself (path, method, size, signature, version, media
+/// type); `body` is a valid event.
+fn refused_requests(body: &str) -> Vec<Case> {
     let sig = "X-VF-Signature-256";
     let version = "X-VF-Webhook-Version";
-    let mut cases = vec![
+    vec![
         Case::post("unknown path", body)
             .path("/nope")
             .want(404, "not_found"),
@@ -166,7 +174,12 @@ fn refused_and_filtered(body: &str) -> Vec<Case> {
         Case::post("text/plain", body)
             .header("Content-Type", "text/plain")
             .want(415, "unsupported_media_type"),
-    ];
+    ]
+}
+
+/// The rows refused or filtered for the event in a well-formed, signed request.
+fn refused_and_filtered_events() -> Vec<Case> {
+    let mut cases = Vec::new();
     // Not JSON, not an object, id missing / empty / wrong type, bad timestamp (with a charset,
     // which is allowed).
     for bad in [
@@ -291,22 +304,17 @@ async fn assert_each_row_counted(gw: &Gateway) {
     assert!(gw.metrics().await.contains("vfgate_build_info{version=\""));
 }
 
-#[tokio::test]
-async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
-    let mock = Mock::start().await;
-    let gw = Gateway::start(&config(&mock).build()).await;
-
-    // 400 from the upstream for a single event: permanent, 502 with the reason.
+/// 400 from the upstream for a single event: permanent, 502 with the reason. The sender is
+/// an outside party: it learns the sink and the status, never the upstream's body (which
+/// went to the log).
+async fn assert_a_400_is_a_502_without_the_upstream_body(gw: &Gateway, mock: &Mock, body: &str) {
     mock.push(Reply::Status(
         400,
         vec![],
         r#"{"error":"bad field"}"#.into(),
     ));
-    let body = event("evt_up_1", "user.login");
-    let r = gw.post_event(&body).await;
+    let r = gw.post_event(body).await;
     assert_eq!((r.status, r.error()), (502, "upstream_error".into()));
-    // The sender is an outside party: it learns the sink and the status, never the
-    // upstream's body (which went to the log).
     let detail = r.json()["detail"].as_str().unwrap().to_string();
     assert!(
         detail.contains("sink up") && detail.contains("upstream answered 400"),
@@ -317,28 +325,24 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
         gw.log_text().contains("bad field"),
         "the log has the upstream's answer"
     );
+}
 
-    // 503 until the budget is spent: 503 + Retry-After.
+/// 503 until the budget is spent: 503 + Retry-After. No answer in time: 504 + Retry-After.
+async fn assert_503_and_504_ask_for_a_retry(gw: &Gateway, mock: &Mock, body: &str) {
     mock.set_default(Reply::Status(503, vec![], "busy".into()));
-    let r = gw.post_event(&body).await;
+    let r = gw.post_event(body).await;
     assert_eq!((r.status, r.error()), (503, "upstream_unavailable".into()));
     assert!(r.header("retry-after").is_some());
     assert!(mock.requests().len() >= 3, "retried within the budget");
 
-    // No answer in time: 504.
     mock.set_default(Reply::Sleep(Duration::from_millis(1500)));
-    let r = gw.post_event(&body).await;
+    let r = gw.post_event(body).await;
     assert_eq!((r.status, r.error()), (504, "upstream_timeout".into()));
     assert!(r.header("retry-after").is_some());
+}
 
-    // The id was released each time: the sender's retry goes through once the upstream is back.
-    mock.set_default(Reply::Status(200, vec![], "{}".into()));
-    let r = gw.post_event(&body).await;
-    assert_eq!((r.status, r.status_field()), (200, "accepted".into()));
-    let r = gw.post_event(&body).await;
-    assert_eq!(r.status_field(), "duplicate");
-
-    // Retry-After from the upstream is honoured within the budget.
+/// Retry-After from the upstream is honoured within the budget.
+async fn assert_an_upstream_retry_after_is_honoured(gw: &Gateway, mock: &Mock) {
     let before = mock.requests().len();
     mock.push(Reply::Status(
         429,
@@ -348,7 +352,24 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     let r = gw.post_event(&event("evt_up_2", "user.login")).await;
     assert_eq!(r.status_field(), "accepted");
     assert_eq!(mock.requests().len(), before + 2);
+}
 
+#[tokio::test]
+async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
+    let mock = Mock::start().await;
+    let gw = Gateway::start(&config(&mock).build()).await;
+    let body = event("evt_up_1", "user.login");
+    assert_a_400_is_a_502_without_the_upstream_body(&gw, &mock, &body).await;
+    assert_503_and_504_ask_for_a_retry(&gw, &mock, &body).await;
+
+    // The id was released each time: the sender's retry goes through once the upstream is back.
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let r = gw.post_event(&body).await;
+    assert_eq!((r.status, r.status_field()), (200, "accepted".into()));
+    let r = gw.post_event(&body).await;
+    assert_eq!(r.status_field(), "duplicate");
+
+    assert_an_upstream_retry_after_is_honoured(&gw, &mock).await;
     let m = |o: &str| format!("vfgate_requests_total{{outcome=\"{o}\",source=\"syvault\"}}");
     assert_eq!(gw.metric(&m("upstream_error")).await, 1.0);
     assert_eq!(gw.metric(&m("upstream_unavailable")).await, 1.0);
