@@ -383,6 +383,26 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
     assert_eq!(r.status_field(), "accepted", "a slot freed is usable again");
 }
 
+/// A connection sending one byte of a never-ending header every 300 ms, for up to 6 s; how
+/// long after `start` the gateway closed it (or the 6 s ended).
+async fn trickle_a_header(port: u16, start: std::time::Instant) -> Duration {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    for i in 0..20u8 {
+        if s.write_all(&[b'A' + i % 26]).await.is_err() {
+            return start.elapsed();
+        }
+        let mut b = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await
+        {
+            return start.elapsed();
+        }
+    }
+    start.elapsed()
+}
+
 #[tokio::test]
 async fn idle_or_trickling_connections_never_lock_senders_out() {
     // The probe: every slot held by a connection sending one header byte now and then
@@ -396,28 +416,9 @@ async fn idle_or_trickling_connections_never_lock_senders_out() {
     )
     .await;
     let start = std::time::Instant::now();
-    let mut tricklers = Vec::new();
-    for _ in 0..10 {
-        let port = gw.port;
-        tricklers.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .unwrap();
-            // One byte of a never-ending header every 300 ms, for up to 6 s.
-            for i in 0..20u8 {
-                if s.write_all(&[b'A' + i % 26]).await.is_err() {
-                    return start.elapsed();
-                }
-                let mut b = [0u8; 16];
-                if let Ok(Ok(0) | Err(_)) =
-                    tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await
-                {
-                    return start.elapsed();
-                }
-            }
-            start.elapsed()
-        }));
-    }
+    let tricklers: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(trickle_a_header(gw.port, start)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Three senders at once: each takes a different waiting connection's slot.
     let bodies: Vec<String> = (0..3)
