@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, and, with `admin.token`, the
-//! failed-deliveries API (`GET /admin/failed`, `POST /admin/failed/{id}/replay`). It reads
+//! failed-deliveries API (`GET /admin/failed`, `POST /admin/failed/{id}/replay`) and
+//! `POST /admin/reload` (what SIGHUP does, `reload.rs`). It reads
 //! the dedupe store, the spool and the dead-letter store and replays through the sinks
 //! `assemble.rs` built; it never touches the webhook path. Hand-written on Pingora's
 //! session (see [`AdminApp`]) so that no request bytes are ever logged. Owns: the admin
@@ -137,7 +138,7 @@ impl Admin {
                 404,
                 error_body(
                     "not_found",
-                    "admin routes: GET /admin/failed[?limit=N&after=ID], POST /admin/failed/{id}/replay",
+                    "admin routes: GET /admin/failed[?limit=N&after=ID], POST /admin/failed/{id}/replay, POST /admin/reload",
                 ),
                 &[],
             ),

@@ -3,7 +3,8 @@
 //! becomes a reply through the one status table (`outcome.rs`). The forward-mode batchers run
 //! on the listener's own runtime; the admin listener (`admin.rs`) serves metrics, health and
 //! the failed-deliveries API; the spool drainers run as a background service. `assemble.rs`
-//! wires it all from the config, `shutdown.rs` owns readiness and the exit.
+//! wires it all from the config, `reload.rs` swaps a new config in on SIGHUP or
+//! `POST /admin/reload`, `shutdown.rs` owns readiness, signals and the exit.
 //!
 //! This module may use every module below it; nothing but `cmd` may import it.
 

@@ -85,6 +85,16 @@ fn answers(results: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Each results file has `n` answers, every one 2xx.
+fn all_2xx(files: &[&Path], n: usize) {
+    for file in files {
+        let got = answers(file);
+        assert_eq!(got.len(), n, "{}", file.display());
+        let refused: Vec<_> = got.iter().filter(|(_, s)| !s.starts_with('2')).collect();
+        assert!(refused.is_empty(), "non-2xx answers: {refused:?}");
+    }
+}
+
 fn wait_exit(mut c: Child, within: Duration) {
     let deadline = std::time::Instant::now() + within;
     while c.try_wait().unwrap().is_none() {
@@ -94,6 +104,12 @@ fn wait_exit(mut c: Child, within: Duration) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn in_an_hour() -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -114,10 +130,7 @@ async fn a_secret_rotated_by_two_sighups_under_load_refuses_no_signed_request() 
     tokio::time::sleep(Duration::from_millis(800)).await;
     // Step 1: the new secret first, the old one until a time ahead.
     std::fs::write(&b, SECRET_B).unwrap();
-    let until = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-    let until = until
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let until = in_an_hour();
     let both = format!(
         r#"secrets = [{{ file = "{}" }}, {{ file = "{}", not_after = "{until}" }}]"#,
         b.display(),
@@ -139,12 +152,7 @@ async fn a_secret_rotated_by_two_sighups_under_load_refuses_no_signed_request() 
     tokio::task::spawn_blocking(move || wait_exit(new, Duration::from_secs(60)))
         .await
         .unwrap();
-    for (file, n) in [(&ra, 400), (&rb, 400)] {
-        let got = answers(file);
-        assert_eq!(got.len(), n, "{}", file.display());
-        let refused: Vec<_> = got.iter().filter(|(_, s)| !s.starts_with('2')).collect();
-        assert!(refused.is_empty(), "non-2xx answers: {refused:?}");
-    }
+    all_2xx(&[&ra, &rb], 400);
     assert_eq!(
         gw.metric("vfgate_config_reloads_total{result=\"error\"}")
             .await,
