@@ -129,6 +129,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// How long a kept-alive connection may wait for its next whole request head.
     pub keepalive_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is believed enough to be logged with a refusal (a
+    /// load balancer in front of vfgate); empty: never logged.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// TLS cert and key paths.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Worker threads.

@@ -67,6 +67,9 @@ pub struct RawServer {
     pub header_timeout: Option<DurationStr>,
     /// How long a kept-alive connection may wait for its next whole request head.
     pub keepalive_timeout: Option<DurationStr>,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` is logged with a refusal.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// TLS for the webhook listener.
     pub tls: Option<RawServerTls>,
     /// Worker threads for the webhook listener (default: number of cores).

@@ -273,9 +273,27 @@ fn validate_server(raw: RawServer) -> Result<ServerConfig, ConfigError> {
         max_connections,
         header_timeout,
         keepalive_timeout,
+        trusted_proxies: validate_proxies(&raw.trusted_proxies)?,
         tls,
         threads,
     })
+}
+
+/// `server.trusted_proxies`: each an address (`10.0.0.7`) or a range (`10.0.0.0/8`).
+fn validate_proxies(raw: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    ConfigError::invalid(
+                        format!("server.trusted_proxies[{i}]"),
+                        format!("{p:?} is not an address like 10.0.0.7 or a range like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeConfig, ConfigError> {

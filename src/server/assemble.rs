@@ -5,6 +5,7 @@
 
 use super::admin::Admin;
 use super::outcome::Outcome;
+use super::rejections::Rejections;
 use super::reload::{Reloader, Swapped};
 use super::webhook::{Gateway, Limits, Route, Routes, Workers};
 use crate::config::Config;
@@ -210,6 +211,7 @@ pub(super) fn build_routes(
                 source,
                 outcomes: outcome_counters(metrics, &src.name),
                 timer: metrics.request_timer(&src.name),
+                rejections: Rejections::new(&src.name),
             }),
         );
     }
@@ -314,6 +316,8 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
     let gateway = Gateway {
         routes: routes.clone(),
         unknown: outcome_counters(&metrics, "none"),
+        unknown_rejections: Rejections::new("none"),
+        trusted_proxies: config.server.trusted_proxies.clone(),
         ingest: Ingest {
             dedupe: dedupe.clone(),
             spool: spool.clone(),

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod assemble;
 pub mod connections;
 pub mod outcome;
+pub mod rejections;
 pub mod reload;
 pub mod shutdown;
 pub mod webhook;

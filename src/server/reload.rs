@@ -189,6 +189,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             max_connections,
             header_timeout,
             keepalive_timeout,
+            trusted_proxies,
             tls,
             threads
         ]

@@ -7,6 +7,7 @@
 
 use super::connections::HeadDeadlines;
 use super::outcome::{Outcome, Reply};
+use super::rejections::{self, Peer, Rejections};
 use crate::ingest::{Ingest, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::SinkWorker;
@@ -32,6 +33,8 @@ pub struct Route {
     pub outcomes: Vec<IntCounter>,
     /// `vfgate_request_duration_seconds{source}`.
     pub timer: Histogram,
+    /// The log of this source's refusals.
+    pub rejections: Rejections,
 }
 
 /// Body limits of the listener.
@@ -85,6 +88,10 @@ pub struct Gateway {
     pub routes: Routes,
     /// The request counters of paths no source serves (`source="none"`).
     pub unknown: Vec<IntCounter>,
+    /// The log of refusals at paths no source serves.
+    pub unknown_rejections: Rejections,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The transport-free core.
     pub ingest: Ingest,
     /// Metrics.
@@ -238,22 +245,40 @@ impl Gateway {
         }
     }
 
-    /// One request: route, method, body, then the ingest core; the reply is counted.
+    /// One request: route, method, body, then the ingest core; the reply is counted, and a
+    /// refusal noted in the source's refusal log.
     async fn handle(&self, s: &mut ServerSession) -> Reply {
         let route = self.routes.load().get(s.req_header().uri.path()).cloned();
         let Some(route) = route else {
             s.set_keepalive(None);
-            return count(
-                &self.unknown,
-                Reply::refused(
-                    Outcome::NotFound,
-                    "no webhook source is configured at this path",
-                ),
+            let reply = Reply::refused(
+                Outcome::NotFound,
+                "no webhook source is configured at this path",
             );
+            self.note_refusal(s, &self.unknown_rejections, reply.outcome);
+            return count(&self.unknown, reply);
         };
         let _timer = route.timer.start_timer();
         let reply = self.handle_route(s, &route).await;
+        self.note_refusal(s, &route.rejections, reply.outcome);
         count(&route.outcomes, reply)
+    }
+
+    /// Notes a refused request (a 4xx other than `in_flight`, which is a sender's normal
+    /// retry racing its first attempt).
+    fn note_refusal(&self, s: &ServerSession, log: &Rejections, outcome: Outcome) {
+        if outcome.status() / 100 != 4 || outcome == Outcome::InFlight {
+            return;
+        }
+        let addr = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let forwarded_for = rejections::trusted(addr, &self.trusted_proxies)
+            .then(|| s.get_header("x-forwarded-for").map(|v| v.as_bytes()))
+            .flatten();
+        let peer = Peer {
+            addr,
+            forwarded_for,
+        };
+        log.note(outcome, peer, std::time::Instant::now());
     }
 
     async fn handle_route(&self, s: &mut ServerSession, route: &Route) -> Reply {

@@ -447,3 +447,83 @@ async fn idle_or_trickling_connections_never_lock_senders_out() {
     );
     assert_eq!(gw.metric("vfgate_connections_refused_total").await, 0.0);
 }
+
+/// Posts `event` with a wrong signature to the default source, with `extra` headers.
+async fn forged(gw: &Gateway, extra: &[(&str, &str)]) -> u16 {
+    let body = event("forged", "t");
+    let sig = sign("not-the-secret", body.as_bytes());
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("x-vf-webhook-version", "1"),
+        ("x-vf-signature-256", sig.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    request(gw.port, "POST", "/v1/events", &headers, body.as_bytes())
+        .await
+        .unwrap()
+        .status
+}
+
+/// The refusal lines of the gateway's log.
+fn refusal_lines(gw: &Gateway) -> Vec<String> {
+    gw.log_text()
+        .lines()
+        .filter(|l| l.contains("webhooks refused"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn refusals_are_logged_once_per_source_and_reason_with_the_peer() {
+    let gw = Gateway::start(&file_sink().build()).await;
+    let xff = [("x-forwarded-for", "198.51.100.23")];
+    for _ in 0..5 {
+        assert_eq!(forged(&gw, &xff).await, 401);
+    }
+    let r = request(gw.port, "POST", "/nowhere", &[], b"{}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let lines = refusal_lines(&gw);
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per (source, reason) per 10 s: {lines:#?}"
+    );
+    let sig = lines
+        .iter()
+        .find(|l| l.contains("invalid_signature"))
+        .unwrap();
+    assert!(
+        sig.contains("source=syvault") && sig.contains("count=1"),
+        "{sig}"
+    );
+    assert!(sig.contains("peer=127.0.0.1"), "{sig}");
+    assert!(
+        !sig.contains("198.51.100.23"),
+        "X-Forwarded-For from an untrusted peer: {sig}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("source=none") && l.contains("not_found")));
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_for_is_logged_escaped() {
+    let gw = Gateway::start_with(
+        &file_sink().build(),
+        r#"trusted_proxies = ["127.0.0.0/8"]"#,
+        &[],
+    )
+    .await;
+    let xff = [("x-forwarded-for", "198.51.100.23, \u{202e}evil")];
+    assert_eq!(forged(&gw, &xff).await, 401);
+    let lines = refusal_lines(&gw);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("198.51.100.23"), "{}", lines[0]);
+    assert!(
+        !lines[0].contains('\u{202e}'),
+        "a bidi control reached the log: {}",
+        lines[0]
+    );
+}
