@@ -1,0 +1,293 @@
+//! The Standard Webhooks scheme (Svix-style senders): HMAC-SHA256 over
+//! `{webhook-id}.{webhook-timestamp}.{raw body}` with the base64-decoded part of a `whsec_`
+//! secret, sent as `webhook-signature: v1,<base64> [v1,<base64> ...]` (any one entry may
+//! match: the sender rotates by signing with two secrets). The headers may also be named
+//! `svix-id`, `svix-timestamp`, `svix-signature`. A secret without the `whsec_` prefix is
+//! base64-decoded all the same, as the specification's reference libraries do.
+//!
+//! Every configured secret is tried against every `v1` entry, compared in constant time, even
+//! after a match; a missing or malformed header, a timestamp that is not an integer and a
+//! wrong MAC all give the same error. The tolerance window on the timestamp is the caller's
+//! (a 400 `stale_event`, after the signature, as for VF events).
+//!
+//! Owns: this scheme's headers, key decoding and MAC. Pure: no clock, no I/O.
+
+use super::VerifyError;
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The prefix of a secret as senders show it.
+pub const SECRET_PREFIX: &str = "whsec_";
+/// The only signature version defined so far.
+const VERSION: &str = "v1";
+/// Signature entries considered in one header at most (more is not a rotation, it is abuse).
+const MAX_ENTRIES: usize = 16;
+
+/// Why a configured secret is not a Standard Webhooks key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not base64 after the optional prefix.
+    #[error("not a Standard Webhooks secret: expected \"whsec_\" followed by base64")]
+    NotBase64,
+    /// Decodes to nothing.
+    #[error("the secret decodes to an empty key")]
+    Empty,
+}
+
+/// The HMAC key of a secret as the sender shows it (`whsec_<base64>`, or the base64 alone).
+pub fn decode_secret(secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let s = secret.trim_ascii();
+    let s = s.strip_prefix(SECRET_PREFIX.as_bytes()).unwrap_or(s);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| KeyError::NotBase64)?;
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    Ok(key)
+}
+
+/// The three headers of a request, raw (from `webhook-*`, or else `svix-*`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Headers<'a> {
+    /// `webhook-id`: the message id, which is the dedupe key.
+    pub id: Option<&'a [u8]>,
+    /// `webhook-timestamp`: unix seconds.
+    pub timestamp: Option<&'a [u8]>,
+    /// `webhook-signature`: space-separated `v1,<base64>` entries.
+    pub signature: Option<&'a [u8]>,
+}
+
+/// What a verified request carries besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signed {
+    /// Position of the secret that matched.
+    pub secret: usize,
+    /// The message id.
+    pub id: String,
+    /// The signed timestamp, unix seconds.
+    pub timestamp: i64,
+}
+
+/// One key, pre-keyed, with its expiry (unix seconds).
+#[derive(Clone)]
+pub struct Key {
+    mac: HmacSha256,
+    not_after: Option<i64>,
+}
+
+impl Key {
+    /// A key from its decoded bytes ([`decode_secret`]).
+    pub fn new(key: &[u8], not_after: Option<i64>) -> Key {
+        Key {
+            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            not_after,
+        }
+    }
+}
+
+/// `v1,<base64>` for a message: what a sender puts in `webhook-signature`.
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    feed(&mut mac, id.as_bytes(), timestamp, body);
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    format!("{VERSION},{sig}")
+}
+
+fn feed(mac: &mut HmacSha256, id: &[u8], timestamp: i64, body: &[u8]) {
+    mac.update(id);
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+}
+
+/// The `v1` signatures of a header value (32 bytes each); other versions and malformed
+/// entries are skipped.
+fn signatures(value: &[u8]) -> Vec<[u8; 32]> {
+    value
+        .split(|&b| b == b' ')
+        .filter(|e| !e.is_empty())
+        .take(MAX_ENTRIES)
+        .filter_map(|e| {
+            let (v, sig) = e.split_at(e.iter().position(|&b| b == b',')?);
+            if v != VERSION.as_bytes() {
+                return None;
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&sig[1..])
+                .ok()?;
+            raw.try_into().ok()
+        })
+        .collect()
+}
+
+/// An id the scheme accepts: printable ASCII, at most 256 bytes (it becomes a dedupe key and
+/// a log field).
+fn valid_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Verifies `h` over `body` with `keys` at unix time `now` (for the keys' `not_after`).
+pub fn verify(keys: &[Key], h: Headers<'_>, body: &[u8], now: i64) -> Result<Signed, VerifyError> {
+    let id = h.id.filter(|id| valid_id(id));
+    let timestamp = h
+        .timestamp
+        .and_then(|t| std::str::from_utf8(t.trim_ascii()).ok())
+        .and_then(|t| t.parse::<i64>().ok());
+    let sigs = h.signature.map(signatures).unwrap_or_default();
+    // Every key against every entry, whatever is missing, so that timing tells nothing.
+    let (id_bytes, ts) = (id.unwrap_or(b""), timestamp.unwrap_or(0));
+    let mut matched = None;
+    for (i, k) in keys.iter().enumerate() {
+        let mut mac = k.mac.clone();
+        feed(&mut mac, id_bytes, ts, body);
+        let mut ok = false;
+        for sig in &sigs {
+            ok |= mac.clone().verify_slice(sig).is_ok();
+        }
+        let live = k.not_after.is_none_or(|t| now <= t);
+        if ok && live && matched.is_none() {
+            matched = Some(i);
+        }
+    }
+    match (matched, id, timestamp) {
+        (Some(secret), Some(id), Some(timestamp)) => Ok(Signed {
+            secret,
+            id: String::from_utf8_lossy(id).into_owned(),
+            timestamp,
+        }),
+        _ => Err(VerifyError::InvalidSignature),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // The specification's reference test vector (libraries/rust in standard-webhooks).
+    const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    const ID: &str = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+    const TS: i64 = 1649367553;
+    const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
+    const SIG: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+
+    fn key() -> Vec<u8> {
+        decode_secret(SECRET.as_bytes()).unwrap()
+    }
+
+    fn headers<'a>(id: &'a str, ts: &'a str, sig: &'a str) -> Headers<'a> {
+        Headers {
+            id: Some(id.as_bytes()),
+            timestamp: Some(ts.as_bytes()),
+            signature: Some(sig.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn the_specifications_vector_signs_and_verifies() {
+        assert_eq!(sign(&key(), ID, TS, BODY), SIG);
+        let keys = [Key::new(&key(), None)];
+        let ts = TS.to_string();
+        let got = verify(&keys, headers(ID, &ts, SIG), BODY, TS).unwrap();
+        assert_eq!(
+            got,
+            Signed {
+                secret: 0,
+                id: ID.into(),
+                timestamp: TS
+            }
+        );
+        // Without the prefix the secret is the same key.
+        assert_eq!(decode_secret(&SECRET.as_bytes()[6..]).unwrap(), key());
+    }
+
+    #[test]
+    fn any_v1_entry_may_match_and_other_versions_are_ignored() {
+        let keys = [Key::new(&key(), None)];
+        let ts = TS.to_string();
+        let multi = format!("v1,tFtCZ5RDCPxzWQRWXWPgrCgE2frDBe9gjpbWQxnVfsQ= v2,abc {SIG} v1,9DfC1c3eeOrXB6w/5dIDydLNQaEyww5KalE5jLBZucE=");
+        assert!(verify(&keys, headers(ID, &ts, &multi), BODY, TS).is_ok());
+        let none = "v1,tFtCZ5RDCPxzWQRWXWPgrCgE2frDBe9gjpbWQxnVfsQ= v1,Mm7xgUVICxZfQ3bgf0h0Dof65L/IFx+PnZvnDWPCX6Q=";
+        assert!(verify(&keys, headers(ID, &ts, none), BODY, TS).is_err());
+        let v2 = SIG.replacen("v1,", "v2,", 1);
+        assert!(verify(&keys, headers(ID, &ts, &v2), BODY, TS).is_err());
+    }
+
+    #[test]
+    fn a_changed_id_timestamp_body_or_signature_fails() {
+        let keys = [Key::new(&key(), None)];
+        let ts = TS.to_string();
+        let next = (TS + 1).to_string();
+        assert!(verify(&keys, headers("msg_other", &ts, SIG), BODY, TS).is_err());
+        assert!(verify(&keys, headers(ID, &next, SIG), BODY, TS).is_err());
+        assert!(verify(&keys, headers(ID, &ts, SIG), b"{}", TS).is_err());
+        let flipped = SIG.replacen('t', "u", 1);
+        assert!(verify(&keys, headers(ID, &ts, &flipped), BODY, TS).is_err());
+        for missing in [
+            Headers {
+                id: None,
+                ..headers(ID, &ts, SIG)
+            },
+            Headers {
+                timestamp: None,
+                ..headers(ID, &ts, SIG)
+            },
+            Headers {
+                signature: None,
+                ..headers(ID, &ts, SIG)
+            },
+        ] {
+            assert!(verify(&keys, missing, BODY, TS).is_err());
+        }
+        assert!(verify(&keys, headers(ID, "soon", SIG), BODY, TS).is_err());
+    }
+
+    #[test]
+    fn rotation_and_expiry_pick_the_live_matching_secret() {
+        let other = decode_secret(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let ts = TS.to_string();
+        let keys = [Key::new(&other, None), Key::new(&key(), Some(TS))];
+        assert_eq!(
+            verify(&keys, headers(ID, &ts, SIG), BODY, TS)
+                .unwrap()
+                .secret,
+            1
+        );
+        assert!(
+            verify(&keys, headers(ID, &ts, SIG), BODY, TS + 1).is_err(),
+            "expired"
+        );
+        assert_eq!(decode_secret(b"whsec_***"), Err(KeyError::NotBase64));
+        assert_eq!(decode_secret(b"whsec_"), Err(KeyError::Empty));
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_values_never_panic(id in proptest::collection::vec(any::<u8>(), 0..300),
+                                         ts in proptest::collection::vec(any::<u8>(), 0..30),
+                                         sig in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let keys = [Key::new(&key(), None)];
+            let h = Headers { id: Some(&id), timestamp: Some(&ts), signature: Some(&sig) };
+            let _ = verify(&keys, h, BODY, TS);
+        }
+
+        #[test]
+        fn a_signature_over_another_id_or_timestamp_never_verifies(
+            id in "[a-zA-Z0-9_]{1,40}", other in "[a-zA-Z0-9_]{1,40}",
+            ts in 0i64..4_000_000_000, dt in 1i64..1_000_000,
+        ) {
+            prop_assume!(id != other);
+            let keys = [Key::new(&key(), None)];
+            let sig = sign(&key(), &id, ts, BODY);
+            let t = ts.to_string();
+            prop_assert!(verify(&keys, headers(&id, &t, &sig), BODY, ts).is_ok());
+            prop_assert!(verify(&keys, headers(&other, &t, &sig), BODY, ts).is_err());
+            let t2 = (ts + dt).to_string();
+            prop_assert!(verify(&keys, headers(&id, &t2, &sig), BODY, ts).is_err());
+        }
+    }
+}
