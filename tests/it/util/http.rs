@@ -104,16 +104,7 @@ pub async fn read_response_raw(s: &mut TcpStream) -> std::io::Result<Resp> {
         let mut r = httparse::Response::new(&mut hs);
         if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
             let status = r.code.unwrap();
-            let headers: Vec<(String, String)> = r
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).to_string(),
-                    )
-                })
-                .collect();
+            let headers = owned_headers(r.headers);
             if status == 100 {
                 return Ok(Resp {
                     status,
@@ -160,4 +151,17 @@ pub async fn read_response_raw(s: &mut TcpStream) -> std::io::Result<Resp> {
         }
         buf.extend_from_slice(&tmp[..k]);
     }
+}
+
+/// Parsed headers as owned (name, value) pairs, values decoded lossily.
+pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).to_string(),
+            )
+        })
+        .collect()
 }

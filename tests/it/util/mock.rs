@@ -52,15 +52,20 @@ pub struct Mock {
 }
 
 impl Mock {
-    pub async fn start() -> Mock {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let m = Mock {
+    /// A mock on `port` that answers 200 `{}` until told otherwise.
+    fn on(port: u16) -> Mock {
+        Mock {
             port,
             got: Arc::default(),
             script: Arc::default(),
             default: Arc::new(Mutex::new(Reply::Status(200, vec![], "{}".into()))),
-        };
+        }
+    }
+
+    pub async fn start() -> Mock {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let m = Mock::on(port);
         let mm = m.clone();
         tokio::spawn(async move {
             loop {
@@ -95,12 +100,7 @@ impl Mock {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let m = Mock {
-            port,
-            got: Arc::default(),
-            script: Arc::default(),
-            default: Arc::new(Mutex::new(Reply::Status(200, vec![], "{}".into()))),
-        };
+        let m = Mock::on(port);
         let mm = m.clone();
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
@@ -152,16 +152,7 @@ impl Mock {
                 let mut hs = [httparse::EMPTY_HEADER; 64];
                 let mut r = httparse::Request::new(&mut hs);
                 if let Ok(httparse::Status::Complete(n)) = r.parse(&buf) {
-                    let headers: Vec<(String, String)> = r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).to_string(),
-                            )
-                        })
-                        .collect();
+                    let headers = super::http::owned_headers(r.headers);
                     let len = headers
                         .iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
