@@ -301,7 +301,7 @@ impl HttpClient {
     }
 
     /// Sends `req` once (plus one transparent retry on a stale pooled connection), within
-    /// the client's timeout.
+    /// the client's timeout. The body bytes written count towards [`counting_sent`].
     pub async fn send(&self, req: &Request) -> Result<Response, ClientError> {
         let deadline = self.timeout;
         match tokio::time::timeout(deadline, self.send_inner(req)).await {
@@ -358,6 +358,7 @@ impl HttpClient {
             s.write_request_body(req.body.clone(), true)
                 .await
                 .map_err(|e| (io(e), true))?;
+            count_sent(req.body.len() as u64);
         }
         s.finish_request_body().await.map_err(|e| (io(e), true))?;
         s.read_response_header().await.map_err(|e| (io(e), true))?;
@@ -421,4 +422,25 @@ mod tests {
         assert!(Target::parse("/relative").is_err());
         assert!(Target::parse("https://user:pw@host/").is_err());
     }
+}
+
+tokio::task_local! {
+    static SENT_BYTES: std::cell::Cell<u64>;
+}
+
+/// Runs `f` and returns its output with the request body bytes written on this task while it
+/// ran (by [`HttpClient::send`], or a sink that writes elsewhere through [`count_sent`]):
+/// how the pipeline counts `vfgate_sink_sent_bytes_total` without every sink reporting it.
+pub async fn counting_sent<F: std::future::Future>(f: F) -> (F::Output, u64) {
+    SENT_BYTES
+        .scope(std::cell::Cell::new(0), async {
+            let out = f.await;
+            (out, SENT_BYTES.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+/// Adds `n` bytes sent to the enclosing [`counting_sent`], if any.
+pub fn count_sent(n: u64) {
+    let _ = SENT_BYTES.try_with(|c| c.set(c.get() + n));
 }

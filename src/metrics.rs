@@ -5,6 +5,11 @@
 //!
 //! Owns: the registry and every metric's name, help and labels. Imports nothing of the
 //! crate, so every layer may count.
+//!
+//! Families with labels are initialised at assembly (`server/assemble.rs` calls
+//! [`Metrics::init_source`] and [`Metrics::init_sink`]), so that every configured source's
+//! and sink's series exist with value 0 from start-up: `rate()` and absence alerts work before
+//! the first event.
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -66,6 +71,15 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// `vfgate_spool_corrupt_records_total{source}`.
     pub spool_corrupt: IntCounterVec,
+    /// `vfgate_received_bytes_total{source}`: webhook request body bytes read.
+    pub received_bytes: IntCounterVec,
+    /// `vfgate_sink_sent_bytes_total{sink}`: upstream request body bytes as sent (after
+    /// compression), or bytes written by the file sink.
+    pub sink_sent_bytes: IntCounterVec,
+    /// `vfgate_secret_not_after_timestamp_seconds{source,position}`: a secret's `not_after`.
+    pub secret_not_after: IntGaugeVec,
+    /// `vfgate_spool_capacity_bytes`: `spool.max_bytes` (0 without a spool).
+    pub spool_capacity: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -333,10 +347,80 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            received_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_received_bytes_total",
+                        "Webhook request body bytes read, by source",
+                    ),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            sink_sent_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_sink_sent_bytes_total",
+                        "Upstream request body bytes as sent (after compression; bytes written for the file sink), by sink",
+                    ),
+                    &["sink"],
+                )
+                .unwrap(),
+            ),
+            secret_not_after: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vfgate_secret_not_after_timestamp_seconds",
+                        "The not_after of a source's secret (unix seconds), by source and position in its secrets list; only secrets with a not_after",
+                    ),
+                    &["source", "position"],
+                )
+                .unwrap(),
+            ),
+            spool_capacity: reg(
+                &r,
+                IntGauge::new(
+                    "vfgate_spool_capacity_bytes",
+                    "spool.max_bytes: the spool refuses new events (503 spool_full) near it",
+                )
+                .unwrap(),
+            ),
             registry: r,
         };
         m.build_info.set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         m
+    }
+
+    /// Creates the series of a configured source with value 0 (requests by every outcome
+    /// are created by the webhook routes; `outcomes` names them here too).
+    pub fn init_source(&self, source: &str, outcomes: &[&str]) {
+        for o in outcomes {
+            self.requests.with_label_values(&[source, o]);
+        }
+        self.received_bytes.with_label_values(&[source]);
+        self.request_duration.with_label_values(&[source]);
+    }
+
+    /// Creates the series of a configured sink with value 0.
+    /// `reasons` are the failure reason labels (`RetryKind` and `Refusal` names).
+    pub fn init_sink(&self, sink: &str, reasons: &[&str]) {
+        self.events_forwarded.with_label_values(&[sink]);
+        self.sink_retries.with_label_values(&[sink]);
+        self.sink_sent_bytes.with_label_values(&[sink]);
+        self.sink_duration.with_label_values(&[sink]);
+        self.sink_batch_events.with_label_values(&[sink]);
+        for r in reasons {
+            self.sink_events_failed.with_label_values(&[sink, r]);
+        }
     }
 
     /// The text exposition of every metric.
@@ -357,5 +441,56 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
+
+    #[test]
+    fn configured_sources_and_sinks_have_their_series_at_zero_from_the_start() {
+        let m = Metrics::new();
+        m.init_source("syvault", &["accepted", "bad_signature"]);
+        m.init_sink("splunk", &["unavailable", "rejected"]);
+        let t = text(&m);
+        for series in [
+            r#"vfgate_requests_total{outcome="accepted",source="syvault"} 0"#,
+            r#"vfgate_requests_total{outcome="bad_signature",source="syvault"} 0"#,
+            r#"vfgate_received_bytes_total{source="syvault"} 0"#,
+            r#"vfgate_request_duration_seconds_count{source="syvault"} 0"#,
+            r#"vfgate_events_forwarded_total{sink="splunk"} 0"#,
+            r#"vfgate_sink_retries_total{sink="splunk"} 0"#,
+            r#"vfgate_sink_sent_bytes_total{sink="splunk"} 0"#,
+            r#"vfgate_sink_events_failed_total{reason="unavailable",sink="splunk"} 0"#,
+            r#"vfgate_sink_events_failed_total{reason="rejected",sink="splunk"} 0"#,
+            r#"vfgate_config_reloads_total{result="ok"} 0"#,
+            r#"vfgate_config_reloads_total{result="error"} 0"#,
+            r#"vfgate_spool_capacity_bytes 0"#,
+        ] {
+            assert!(t.lines().any(|l| l == series), "missing {series} in\n{t}");
+        }
+        assert!(t.contains(&format!(
+            "vfgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_in_the_gateway_registry() {
+        let t = text(&Metrics::new());
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(t.lines().any(|l| l.starts_with(name)), "missing {name}");
+        }
     }
 }

@@ -153,11 +153,17 @@ fn send_split<'a>(
 ) -> Pin<Box<dyn Future<Output = (Vec<Verdict>, String)> + Send + 'a>> {
     Box::pin(async move {
         let started = std::time::Instant::now();
-        let attempt = sink.send(events).await;
+        let (attempt, sent) = crate::client::counting_sent(sink.send(events)).await;
         metrics
             .sink_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
+        if sent > 0 {
+            metrics
+                .sink_sent_bytes
+                .with_label_values(&[name])
+                .inc_by(sent);
+        }
         metrics
             .sink_requests
             .with_label_values(&[name, &attempt.status])
@@ -405,5 +411,49 @@ mod tests {
         assert!(
             matches!(o, Verdict::Retry { kind: RetryKind::Unavailable, retry_after: Some(d), .. } if d == Duration::from_secs(30))
         );
+    }
+
+    /// A sink that reports `bytes` written and answers with `verdict`.
+    struct Counting {
+        bytes: u64,
+        verdict: Verdict,
+    }
+
+    #[async_trait]
+    impl Sink for Counting {
+        fn encode(&self, _batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
+            Ok(Vec::new())
+        }
+
+        async fn send(&self, _batch: &[Arc<Event>]) -> Attempt {
+            crate::client::count_sent(self.bytes);
+            Attempt {
+                status: "503".into(),
+                result: SendResult::All(self.verdict.clone()),
+            }
+        }
+
+        fn destination(&self) -> String {
+            "test counting".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn attempts_count_sent_bytes() {
+        let metrics = Metrics::new();
+        let events: Vec<Arc<Event>> = jobs(3).0.into_iter().map(|j| j.event).collect();
+        let failing = Counting {
+            bytes: 100,
+            verdict: Verdict::retry(RetryKind::Unavailable, "down", None),
+        };
+        attempt(&failing, "t", &metrics, &events).await;
+        attempt(&failing, "t", &metrics, &events).await;
+        assert_eq!(metrics.sink_sent_bytes.with_label_values(&["t"]).get(), 200);
+        let refusing = Counting {
+            bytes: 7,
+            verdict: Verdict::permanent(crate::sinks::Refusal::Rejected, "no"),
+        };
+        attempt(&refusing, "t", &metrics, &events).await;
+        assert_eq!(metrics.sink_sent_bytes.with_label_values(&["t"]).get(), 207);
     }
 }

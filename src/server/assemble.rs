@@ -212,10 +212,38 @@ pub(super) fn build_routes(
                 outcomes: outcome_counters(metrics, &src.name),
                 timer: metrics.request_timer(&src.name),
                 rejections: Rejections::new(&src.name),
+                received: metrics
+                    .received_bytes
+                    .with_label_values(&[src.name.as_str()]),
             }),
         );
     }
     routes
+}
+
+/// Creates the series of every configured source and sink at 0 (so `rate()` and alerts see
+/// them before the first event) and sets the gauges read from the config: secrets'
+/// `not_after` (those of a removed or replaced secret are cleared) and the spool's capacity.
+pub(super) fn init_metrics(config: &Config, metrics: &Metrics) {
+    let outcome_labels: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+    metrics
+        .spool_capacity
+        .set(config.spool.as_ref().map_or(0, |s| s.max_bytes as i64));
+    metrics.secret_not_after.reset();
+    for src in &config.sources {
+        metrics.init_source(&src.name, &outcome_labels);
+        for (i, secret) in src.secrets.iter().enumerate() {
+            if let Some(t) = secret.not_after {
+                metrics
+                    .secret_not_after
+                    .with_label_values(&[src.name.as_str(), &i.to_string()])
+                    .set(t);
+            }
+        }
+    }
+    for sink in &config.sinks {
+        metrics.init_sink(&sink.common.name, crate::sinks::FAILURE_REASONS);
+    }
 }
 
 fn outcome_counters(metrics: &Metrics, source: &str) -> Vec<IntCounter> {
@@ -281,6 +309,7 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
         _ => None,
     };
     let sinks = build_sinks(&config, None)?;
+    init_metrics(&config, &metrics);
     let mut drainers = Vec::new();
     if let (Some(spool), Some(cfg)) = (&spool, &config.spool) {
         let ctx = Arc::new(drain::Context {

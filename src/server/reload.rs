@@ -12,7 +12,7 @@
 //! Owns: the running config and the order of a reload (check, build, then swap). It uses
 //! `assemble.rs`'s builders; it holds no request logic.
 
-use super::assemble::{build_routes, build_sinks, ServeError, SinkEntry};
+use super::assemble::{build_routes, build_sinks, init_metrics, ServeError, SinkEntry};
 use super::webhook::{Routes, Workers};
 use crate::config::{Ack, Config, ConfigError};
 use crate::metrics::Metrics;
@@ -148,6 +148,7 @@ impl Reloader {
         for (slot, b) in built.swaps {
             slot.store(Arc::new(b));
         }
+        init_metrics(&new, &self.swapped.metrics);
         self.swapped.workers.add(built.workers);
         self.swapped.routes.store(Arc::new(routes));
         for w in &new.warnings {

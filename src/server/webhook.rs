@@ -35,6 +35,8 @@ pub struct Route {
     pub timer: Histogram,
     /// The log of this source's refusals.
     pub rejections: Rejections,
+    /// `vfgate_received_bytes_total{source}`.
+    pub received: IntCounter,
 }
 
 /// Body limits of the listener.
@@ -305,7 +307,10 @@ impl Gateway {
             ))
         });
         let body = match read {
-            Ok(b) => b,
+            Ok(b) => {
+                route.received.inc_by(b.len() as u64);
+                b
+            }
             Err((o, detail)) => {
                 // An oversized body was drained (bounded) by read_body; anything else closes.
                 if o != Outcome::BodyTooLarge || !s.is_body_done() {

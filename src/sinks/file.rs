@@ -201,6 +201,7 @@ impl Sink for FileSink {
             Ok(b) => b,
             Err(r) => return Attempt::not_sent(r),
         };
+        let written = buf.len() as u64;
         let res = if self.fsync {
             let (out, path) = (self.out.clone(), self.path.clone());
             tokio::task::spawn_blocking(move || out.lock().append(&path, &buf, true)).await
@@ -210,10 +211,13 @@ impl Sink for FileSink {
             Ok(self.out.lock().append(&self.path, &buf, false))
         };
         match res.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
-            Ok(()) => Attempt {
-                status: "ok".into(),
-                result: SendResult::All(Verdict::Ok),
-            },
+            Ok(()) => {
+                crate::client::count_sent(written);
+                Attempt {
+                    status: "ok".into(),
+                    result: SendResult::All(Verdict::Ok),
+                }
+            }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), error = %e, "file sink write failed; cut back to the last whole line, the batch is retried");
                 Attempt {

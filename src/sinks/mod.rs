@@ -45,9 +45,21 @@ pub enum RetryKind {
     Config,
 }
 
+/// Every `reason` label of `vfgate_sink_events_failed_total`: each [`RetryKind`] and
+/// [`Refusal`] (the series are created at start-up with value 0).
+pub const FAILURE_REASONS: &[&str] = &[
+    RetryKind::Unavailable.as_str(),
+    RetryKind::Timeout.as_str(),
+    RetryKind::Config.as_str(),
+    Refusal::Rejected.as_str(),
+    Refusal::TooLarge.as_str(),
+    Refusal::TooOld.as_str(),
+    Refusal::TooNew.as_str(),
+];
+
 impl RetryKind {
     /// Metric label.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             RetryKind::Unavailable => "unavailable",
             RetryKind::Timeout => "timeout",
@@ -72,7 +84,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Metric label.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Refusal::Rejected => "rejected",
             Refusal::TooLarge => "too_large",

@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod edges;
 mod forward;
+mod health;
 mod lifecycle;
 mod receive;
 mod redis;
