@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod escape;
 pub mod event;
 pub mod fsutil;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod pipeline;

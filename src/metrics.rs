@@ -3,8 +3,9 @@
 //! Label values come only from the config (source and sink names, secret positions) and from
 //! enums' `as_str()`, never from request data, so cardinality is bounded by the config.
 //!
-//! Owns: the registry and every metric's name, help and labels. Imports nothing of the
-//! crate, so every layer may count.
+//! Owns: the registry and every metric's name, help and labels, and the sink health board
+//! (`vfgate_sink_up`, see [`crate::health`]). Imports nothing of the crate but `health`
+//! (which imports only `escape`), so every layer may count.
 //!
 //! Families with labels are initialised at assembly (`server/assemble.rs` calls
 //! [`Metrics::init_source`] and [`Metrics::init_sink`]), so that every configured source's
@@ -76,10 +77,14 @@ pub struct Metrics {
     /// `vfgate_sink_sent_bytes_total{sink}`: upstream request body bytes as sent (after
     /// compression), or bytes written by the file sink.
     pub sink_sent_bytes: IntCounterVec,
+    /// `vfgate_sink_up{sink}`: 1 up, 0 down (the rule is [`crate::health`]'s).
+    pub sink_up: IntGaugeVec,
     /// `vfgate_secret_not_after_timestamp_seconds{source,position}`: a secret's `not_after`.
     pub secret_not_after: IntGaugeVec,
     /// `vfgate_spool_capacity_bytes`: `spool.max_bytes` (0 without a spool).
     pub spool_capacity: IntGauge,
+    /// Sink health, behind `vfgate_sink_up`.
+    pub health: crate::health::Board,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -98,6 +103,17 @@ impl Metrics {
             0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1,
             0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         ];
+        let sink_up = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "vfgate_sink_up",
+                    "1 while a sink delivers, 0 once its last 5 attempts over at least 10s all failed (one success sets it back to 1)",
+                ),
+                &["sink"],
+            )
+            .unwrap(),
+        );
         let m = Metrics {
             requests: reg(
                 &r,
@@ -369,6 +385,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            sink_up: sink_up.clone(),
             secret_not_after: reg(
                 &r,
                 IntGaugeVec::new(
@@ -388,6 +405,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            health: crate::health::Board::new(sink_up),
             registry: r,
         };
         m.build_info.set(1);
@@ -410,7 +428,7 @@ impl Metrics {
         self.request_duration.with_label_values(&[source]);
     }
 
-    /// Creates the series of a configured sink with value 0.
+    /// Creates the series of a configured sink with value 0 (and `vfgate_sink_up` 1).
     /// `reasons` are the failure reason labels (`RetryKind` and `Refusal` names).
     pub fn init_sink(&self, sink: &str, reasons: &[&str]) {
         self.events_forwarded.with_label_values(&[sink]);
@@ -421,6 +439,7 @@ impl Metrics {
         for r in reasons {
             self.sink_events_failed.with_label_values(&[sink, r]);
         }
+        self.health.sink(sink);
     }
 
     /// The text exposition of every metric.
@@ -468,6 +487,7 @@ mod tests {
             r#"vfgate_sink_sent_bytes_total{sink="splunk"} 0"#,
             r#"vfgate_sink_events_failed_total{reason="unavailable",sink="splunk"} 0"#,
             r#"vfgate_sink_events_failed_total{reason="rejected",sink="splunk"} 0"#,
+            r#"vfgate_sink_up{sink="splunk"} 1"#,
             r#"vfgate_config_reloads_total{result="ok"} 0"#,
             r#"vfgate_config_reloads_total{result="error"} 0"#,
             r#"vfgate_spool_capacity_bytes 0"#,

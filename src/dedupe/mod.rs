@@ -221,6 +221,15 @@ impl Dedupe {
         }
     }
 
+    /// For `/readyz`: an error when the backend is unreachable and its failures refuse
+    /// requests (Redis with `on_error = "reject"`); the memory backend is always ready.
+    pub async fn probe(&self) -> Result<(), DedupeError> {
+        match self {
+            Dedupe::Memory(_) => Ok(()),
+            Dedupe::Redis(r) => r.probe().await,
+        }
+    }
+
     /// Failed backend calls (Redis).
     pub fn errors(&self) -> u64 {
         match self {

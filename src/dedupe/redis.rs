@@ -204,6 +204,24 @@ impl RedisDedupe {
         Duration::from_millis(self.in_flight_ms)
     }
 
+    /// For `/readyz`: `PING` within the timeout, when a Redis failure refuses requests
+    /// (`on_error = "reject"`); `Ok` without asking under `"allow"`. Not counted as a failed
+    /// dedupe call (no request was affected).
+    pub async fn probe(&self) -> Result<(), DedupeError> {
+        if self.on_error == OnError::Allow {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let pong: String = self.call(redis::cmd("PING").query_async(&mut c)).await?;
+        if pong != "PONG" {
+            return Err(DedupeError(format!(
+                "redis {}: unexpected PING answer",
+                self.display
+            )));
+        }
+        Ok(())
+    }
+
     /// Failed calls so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)

@@ -164,6 +164,7 @@ fn send_split<'a>(
                 .with_label_values(&[name])
                 .inc_by(sent);
         }
+        record_health(metrics, name, &attempt);
         metrics
             .sink_requests
             .with_label_values(&[name, &attempt.status])
@@ -200,6 +201,31 @@ fn send_split<'a>(
             }
         }
     })
+}
+
+/// Records one upstream attempt in the sink's health ([`crate::health`]): a failure when the
+/// target took none of the events and every one is to be retried; a batch stopped before
+/// sending (`not_sent`) is neither.
+fn record_health(metrics: &Metrics, name: &str, attempt: &crate::sinks::Attempt) {
+    if attempt.status == "not_sent" {
+        return;
+    }
+    let failed = match &attempt.result {
+        SendResult::All(v) => matches!(v, Verdict::Retry { .. }),
+        SendResult::PerEvent(vs) => {
+            !vs.is_empty() && vs.iter().all(|v| matches!(v, Verdict::Retry { .. }))
+        }
+        SendResult::Split { .. } => false,
+    };
+    let result = if failed {
+        Err(attempt.status.as_str())
+    } else {
+        Ok(())
+    };
+    metrics
+        .health
+        .sink(name)
+        .record(std::time::Instant::now(), result);
 }
 
 /// Logs a configuration error (bad credentials) at most once a minute per sink.
@@ -439,7 +465,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn attempts_count_sent_bytes() {
+    async fn attempts_count_sent_bytes_and_feed_the_sink_health() {
         let metrics = Metrics::new();
         let events: Vec<Arc<Event>> = jobs(3).0.into_iter().map(|j| j.event).collect();
         let failing = Counting {
@@ -449,11 +475,14 @@ mod tests {
         attempt(&failing, "t", &metrics, &events).await;
         attempt(&failing, "t", &metrics, &events).await;
         assert_eq!(metrics.sink_sent_bytes.with_label_values(&["t"]).get(), 200);
+        assert_eq!(metrics.health.sink("t").failures(), 2);
+        // A permanent refusal is an answer: the target is up.
         let refusing = Counting {
             bytes: 7,
             verdict: Verdict::permanent(crate::sinks::Refusal::Rejected, "no"),
         };
         attempt(&refusing, "t", &metrics, &events).await;
         assert_eq!(metrics.sink_sent_bytes.with_label_values(&["t"]).get(), 207);
+        assert_eq!(metrics.health.sink("t").failures(), 0);
     }
 }

@@ -40,6 +40,24 @@ pub struct Admin {
     pub sinks: Arc<arc_swap::ArcSwap<HashMap<String, crate::pipeline::LiveSink>>>,
     /// `POST /admin/reload`.
     pub reloader: Arc<super::reload::Reloader>,
+    /// The sinks of forward-mode sources (`ack = "forward"`): while one is down, its
+    /// senders' requests fail, so `/readyz` says not ready. A down sink that only spooled
+    /// sources use is reported as degraded (the spool absorbs it; `spool_full` covers the end).
+    /// Swapped by a reload.
+    pub forward_sinks: ForwardSinks,
+}
+
+/// The sinks of forward-mode sources, swapped whole by a reload.
+pub type ForwardSinks = Arc<arc_swap::ArcSwap<std::collections::BTreeSet<String>>>;
+
+/// The sinks of `config`'s forward-mode sources.
+pub fn forward_sinks(config: &crate::config::Config) -> std::collections::BTreeSet<String> {
+    config
+        .sources
+        .iter()
+        .filter(|s| s.ack == crate::config::Ack::Forward)
+        .flat_map(|s| s.sinks.iter().cloned())
+        .collect()
 }
 
 impl Admin {
@@ -358,26 +376,70 @@ impl Admin {
                     .expect("valid response")
             }
             "/healthz" => respond(200, status_body("ok"), &[]),
-            "/readyz" => {
-                if !self.ready.load(Ordering::Acquire) {
-                    respond(503, status_body("starting"), &[])
-                } else if self.spool.as_ref().is_some_and(|s| s.is_full()) {
-                    respond(503, status_body("spool_full"), &[])
-                } else if self
-                    .spool
-                    .as_ref()
-                    .is_some_and(|s| !s.unwritable().is_empty())
-                {
-                    respond(503, status_body("spool_unwritable"), &[])
-                } else {
-                    respond(200, status_body("ready"), &[])
-                }
-            }
+            "/readyz" => self.readiness().await,
             _ => respond(
                 404,
                 error_body("not_found", "admin paths: /metrics, /healthz, /readyz"),
                 &[],
             ),
         }
+    }
+}
+
+impl Admin {
+    /// `/readyz`: 200 `{"status":"ready"}` (with `degraded` listing down spool-only sinks,
+    /// if any), or 503 `{"status":"not_ready","failing":[...]}` naming every failing
+    /// component: `spool_full`, `spool_unwritable`, `sink_down` (a sink of a forward-mode
+    /// source, by the rule of [`crate::health`]), `redis_unreachable` (with
+    /// `dedupe.on_error = "reject"`). 503 `{"status":"starting"}` before the listeners are up.
+    async fn readiness(&self) -> HttpResponse {
+        use serde_json::json;
+        if !self.ready.load(Ordering::Acquire) {
+            return respond(503, status_body("starting"), &[]);
+        }
+        let mut failing = Vec::new();
+        let mut degraded = Vec::new();
+        if let Some(spool) = &self.spool {
+            if spool.is_full() {
+                failing.push(json!({"component": "spool", "reason": "spool_full"}));
+            }
+            for source in spool.unwritable() {
+                failing.push(
+                    json!({"component": "spool", "reason": "spool_unwritable", "source": source}),
+                );
+            }
+        }
+        let now = std::time::Instant::now();
+        for sink in self.metrics.health.down() {
+            let (failures, lasted) = self
+                .metrics
+                .health
+                .sink(&sink)
+                .down_for(now)
+                .unwrap_or_default();
+            let entry = json!({
+                "component": "sink",
+                "reason": "sink_down",
+                "sink": sink,
+                "detail": format!("{failures} failed attempts in a row over {}s", lasted.as_secs()),
+            });
+            if self.forward_sinks.load().contains(&sink) {
+                failing.push(entry);
+            } else {
+                degraded.push(entry);
+            }
+        }
+        if let Err(e) = self.dedupe.probe().await {
+            failing.push(json!({"component": "dedupe", "reason": "redis_unreachable", "detail": e.to_string()}));
+        }
+        let (status, mut body) = if failing.is_empty() {
+            (200, json!({"status": "ready"}))
+        } else {
+            (503, json!({"status": "not_ready", "failing": failing}))
+        };
+        if !degraded.is_empty() {
+            body["degraded"] = degraded.into();
+        }
+        respond(status, serde_json::to_vec(&body).expect("json"), &[])
     }
 }

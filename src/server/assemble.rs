@@ -3,7 +3,7 @@
 //! of the webhook listener and the admin state. Nothing runs yet: `server::run` starts it.
 //! This is the only place that wires modules together; it holds no request logic.
 
-use super::admin::Admin;
+use super::admin::{forward_sinks, Admin, ForwardSinks};
 use super::outcome::Outcome;
 use super::rejections::Rejections;
 use super::reload::{Reloader, Swapped};
@@ -363,6 +363,7 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
     };
     workers.add(sinks.workers);
     let (token, failed_dir) = (config.admin.token.clone(), config.admin.failed_dir.clone());
+    let forward: ForwardSinks = Arc::new(ArcSwap::from_pointee(forward_sinks(&config)));
     let reloader = Arc::new(Reloader::new(
         path.to_path_buf(),
         config,
@@ -373,6 +374,7 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
             admin_sinks: admin_sinks.clone(),
             spool: spool.clone(),
             metrics: metrics.clone(),
+            forward_sinks: forward.clone(),
         },
     ));
     let admin = Admin {
@@ -384,6 +386,7 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
         spool,
         sinks: admin_sinks,
         reloader: reloader.clone(),
+        forward_sinks: forward,
     };
     Ok(Assembled {
         gateway,

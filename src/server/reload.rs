@@ -37,6 +37,8 @@ pub struct Swapped {
     pub spool: Option<Arc<Spool>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The sinks whose health `/readyz` answers for.
+    pub forward_sinks: super::admin::ForwardSinks,
 }
 
 /// Why a reload did not take effect (the running config stays).
@@ -149,6 +151,9 @@ impl Reloader {
             slot.store(Arc::new(b));
         }
         init_metrics(&new, &self.swapped.metrics);
+        self.swapped
+            .forward_sinks
+            .store(Arc::new(super::admin::forward_sinks(&new)));
         self.swapped.workers.add(built.workers);
         self.swapped.routes.store(Arc::new(routes));
         for w in &new.warnings {
