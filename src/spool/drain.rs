@@ -173,7 +173,17 @@ impl Drainer {
     }
 
     /// Delivers `pending` until each event is delivered or dead-lettered.
-    async fn deliver(&self, mut pending: Vec<Pending>) {
+    /// Delivers one batch; its dead letters, if any, are logged in one line at the end
+    /// (a target refusing everything must not write a line per event).
+    async fn deliver(&self, pending: Vec<Pending>) {
+        let mut dead = DeadLetters::default();
+        self.deliver_batch(pending, &mut dead).await;
+        if let Some(line) = dead.summary() {
+            tracing::warn!(sink = %self.name, source = %self.source.name, events = dead.events, "spool: dead-lettered {line}");
+        }
+    }
+
+    async fn deliver_batch(&self, mut pending: Vec<Pending>, dead: &mut DeadLetters) {
         let name = self.name.as_str();
         let metrics = &self.ctx.metrics;
         let max_age_ms = self.ctx.max_age.as_millis() as i64;
@@ -193,7 +203,7 @@ impl Drainer {
                     Verdict::Permanent { reason, detail } => {
                         let mut l = logs.clone();
                         l.push(attempt_log(&at, &status, &detail));
-                        self.dead_letter(&p, reason.as_str(), l).await;
+                        self.dead_letter(&p, reason.as_str(), l, dead).await;
                     }
                     Verdict::Retry {
                         detail,
@@ -220,7 +230,8 @@ impl Drainer {
                 Next::Wait(d) => d,
                 Next::Stop { .. } => {
                     for p in &retry {
-                        self.dead_letter(p, "retries_exhausted", logs.clone()).await;
+                        self.dead_letter(p, "retries_exhausted", logs.clone(), dead)
+                            .await;
                     }
                     return;
                 }
@@ -230,7 +241,7 @@ impl Drainer {
                 .into_iter()
                 .partition(|p| p.received_ms + max_age_ms <= at_next);
             for p in &expired {
-                self.dead_letter(p, "expired", logs.clone()).await;
+                self.dead_letter(p, "expired", logs.clone(), dead).await;
             }
             if keep.is_empty() {
                 return;
@@ -277,14 +288,21 @@ impl Drainer {
         }
     }
 
-    async fn dead_letter(&self, p: &Pending, reason: &'static str, attempts: Vec<AttemptLog>) {
+    async fn dead_letter(
+        &self,
+        p: &Pending,
+        reason: &'static str,
+        attempts: Vec<AttemptLog>,
+        dead: &mut DeadLetters,
+    ) {
         let entry = self.entry(
             (&p.event.event_id, &p.event.event_type),
             reason,
             attempts,
             &p.event.body,
         );
-        tracing::warn!(sink = %self.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        tracing::debug!(sink = %self.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
+        dead.add(reason, &p.event.event_id, &entry.id);
         self.store(entry, reason).await;
     }
 
@@ -358,6 +376,41 @@ pub struct Replayed {
     pub status: String,
     /// Detail of a failure.
     pub detail: Option<String>,
+}
+
+/// The dead letters of one batch, for its one summary line.
+#[derive(Debug, Default)]
+struct DeadLetters {
+    events: usize,
+    by_reason: std::collections::BTreeMap<&'static str, usize>,
+    /// The first event id (as received: escaped when logged) and its entry id.
+    first: Option<(String, String)>,
+}
+
+impl DeadLetters {
+    fn add(&mut self, reason: &'static str, event_id: &str, entry_id: &str) {
+        self.events += 1;
+        *self.by_reason.entry(reason).or_default() += 1;
+        self.first
+            .get_or_insert_with(|| (event_id.to_string(), entry_id.to_string()));
+    }
+
+    /// `3 events (rejected 2, expired 1); first event_id "evt_1" as entry ID`, or `None`.
+    fn summary(&self) -> Option<String> {
+        let (event_id, entry) = self.first.as_ref()?;
+        let reasons: Vec<String> = self
+            .by_reason
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        Some(format!(
+            "{} event{} ({}); first event_id {:?} as entry {entry} (vfgate failed list)",
+            self.events,
+            if self.events == 1 { "" } else { "s" },
+            reasons.join(", "),
+            Printable(event_id),
+        ))
+    }
 }
 
 async fn blocking<T: Send + 'static>(

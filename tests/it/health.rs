@@ -1,5 +1,5 @@
 //! Operability: `/readyz` naming each failing component (a down sink, unreachable Redis),
-//! sink health logged once each way, and the metric
+//! sink health logged once each way, dead letters summarised per batch, and the metric
 //! families that exist from start-up (bytes in and out, secret expiry, spool capacity).
 
 use crate::util::*;
@@ -270,4 +270,67 @@ path = "{{dir}}/events.ndjson"
             .await,
         want
     );
+}
+
+#[tokio::test]
+async fn dead_letters_are_logged_once_per_batch_with_outside_text_escaped() {
+    let mock = Mock::start().await;
+    // The first attempt fails (retried later), so the next events queue up behind it and
+    // go as one batch, which the target refuses event by event (with an escape sequence in
+    // its answer, which must not reach the log raw).
+    mock.push(Reply::Status(503, vec![], "later".into()));
+    mock.set_default(Reply::Status(400, vec![], "no\u{1b}[31m".into()));
+    let cfg = format!(
+        r#"
+[spool]
+dir = "{{dir}}/spool"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "{}"
+timeout = "1s"
+batch = {{ max_events = 100, linger = "5ms" }}
+"#,
+        mock.url("/up")
+    );
+    let gw = Gateway::start(&cfg).await;
+    for i in 0..5 {
+        let r = gw
+            .post_event(&event(&format!("dl-{i}"), "user.login"))
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.json());
+    }
+    let got = gw
+        .metric_reaches(
+            "vfgate_dead_letter_events_total{reason=\"rejected\",sink=\"up\"}",
+            5.0,
+        )
+        .await;
+    assert_eq!(got, 5.0);
+    let log = gw.log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("spool: dead-lettered "))
+        .collect();
+    let total: usize = lines
+        .iter()
+        .map(|l| {
+            let rest = l.split("spool: dead-lettered ").nth(1).unwrap();
+            rest.split(' ').next().unwrap().parse::<usize>().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 5, "{log}");
+    assert!(
+        lines.len() <= 2,
+        "one line per batch, not per event:\n{log}"
+    );
+    assert!(lines.iter().all(|l| l.contains("rejected")), "{log}");
+    assert!(!log.contains('\u{1b}'), "no raw escape in the log:\n{log}");
 }
