@@ -6,6 +6,7 @@ mod edges;
 mod forward;
 mod health;
 mod lifecycle;
+mod prometheus;
 mod receive;
 mod redis;
 mod reload;
