@@ -205,7 +205,8 @@ url = "{}"
         mock.url("/in")
     );
     let gw = Gateway::start(&cfg).await;
-    let prom = Prometheus::start(&bin, &[format!("127.0.0.1:{}", gw.admin)], &[]).await;
+    let rules = repo_root().join("deploy/prometheus/vfgate-rules.yml");
+    let prom = Prometheus::start(&bin, &[format!("127.0.0.1:{}", gw.admin)], &[rules]).await;
     for i in 0..3 {
         let r = gw
             .post_event(&event(&format!("prom-{i}"), "user.login"))
@@ -246,5 +247,87 @@ url = "{}"
         |r| r.len() == 1,
     )
     .await;
+    // The shipped alert rules load and evaluate against the live series without error.
+    let want = alert_names();
+    let t1 = Instant::now();
+    loop {
+        let (status, body) = http_get(prom.port, "/api/v1/rules").unwrap();
+        assert_eq!(status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let rules: Vec<&serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        let names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, want, "every shipped rule is loaded");
+        for r in &rules {
+            assert_ne!(
+                r["health"], "err",
+                "rule {} fails: {}",
+                r["name"], r["lastError"]
+            );
+        }
+        if rules.iter().all(|r| r["health"] == "ok") {
+            break;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(30),
+            "rules not evaluated within 30s: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     eprintln!("prometheus test took {:?}", t0.elapsed());
+}
+
+/// The `alert:` names in the shipped rules file, in order.
+fn alert_names() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo_root().join("deploy/prometheus/vfgate-rules.yml")).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_shipped_alert_rules_pass_their_promtool_unit_tests() {
+    let Some(promtool) = require("promtool") else {
+        return;
+    };
+    let dir = repo_root().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "vfgate-rules.yml"],
+        ["test", "rules", "vfgate-rules.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every alert has a test case, and each carries the three annotations.
+    let tests = std::fs::read_to_string(dir.join("vfgate-rules.test.yml")).unwrap();
+    let rules = std::fs::read_to_string(dir.join("vfgate-rules.yml")).unwrap();
+    for name in alert_names() {
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "{name} has no promtool test"
+        );
+    }
+    for key in ["summary:", "description:", "runbook:"] {
+        assert_eq!(
+            rules.matches(key).count(),
+            alert_names().len(),
+            "every alert has a {key} annotation"
+        );
+    }
 }
