@@ -190,21 +190,42 @@ async fn a_real_prometheus_scrapes_the_gateway_with_the_expected_series() {
     };
     let t0 = Instant::now();
     let mock = Mock::start().await;
+    // Traffic that gives every dashboard query a series: a retry (the first upstream
+    // answer is 503), a dead letter (the spooled sink refuses "reject-me"), a duplicate,
+    // a bad signature, a secret with a not_after.
+    mock.push(Reply::Status(503, vec![], "busy".into()));
+    mock.set_default(Reply::RejectContaining("reject-me".into()));
     let cfg = format!(
         r#"
+[spool]
+dir = "{{dir}}/spool"
+
 [[source]]
 name = "syvault"
 path = "/v1/events"
-secrets = [{{ env = "VF_SECRET" }}]
+secrets = [{{ env = "VF_SECRET" }}, {{ env = "VF_NEXT", not_after = "2099-01-01T00:00:00Z" }}]
 sinks = ["custom"]
+
+[[source]]
+name = "spooled"
+path = "/v2/events"
+secrets = [{{ env = "VF_SECRET" }}]
+ack = "spool"
+sinks = ["spooler"]
 
 [sink.custom]
 type = "http"
 url = "{}"
+
+[sink.spooler]
+type = "http"
+url = "{}"
+timeout = "1s"
 "#,
-        mock.url("/in")
+        mock.url("/in"),
+        mock.url("/sp")
     );
-    let gw = Gateway::start(&cfg).await;
+    let gw = Gateway::start_with(&cfg, "", &[("VF_NEXT", "whsec_next_0123456789abcdef")]).await;
     let rules = repo_root().join("deploy/prometheus/vfgate-rules.yml");
     let prom = Prometheus::start(&bin, &[format!("127.0.0.1:{}", gw.admin)], &[rules]).await;
     for i in 0..3 {
@@ -212,6 +233,23 @@ url = "{}"
             .post_event(&event(&format!("prom-{i}"), "user.login"))
             .await;
         assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    let dup = gw.post_event(&event("prom-0", "user.login")).await;
+    assert_eq!(dup.status_field(), "duplicate", "{:?}", dup.json());
+    let bad = post_signed(
+        gw.port,
+        "/v1/events",
+        "not-the-secret-0123456789",
+        &event("bad", "user.login"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status, 401);
+    for id in ["spooled-ok", "reject-me-1"] {
+        let r = post_signed(gw.port, "/v2/events", SECRET, &event(id, "user.login"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{:?}", r.json());
     }
     let within = Duration::from_secs(30);
     prom.wait_for(r#"up{job="vfgate"}"#, within, |r| {
@@ -278,7 +316,41 @@ url = "{}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("prometheus test took {:?}", t0.elapsed());
+    // Every query of the shipped Grafana dashboard parses and returns a series.
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    for expr in &exprs {
+        prom.wait_for(expr, within, |r| !r.is_empty()).await;
+    }
+    eprintln!(
+        "prometheus test took {:?} ({} dashboard queries)",
+        t0.elapsed(),
+        exprs.len()
+    );
+}
+
+/// Every `expr` of deploy/grafana/vfgate-dashboard.json, in order.
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let text =
+        std::fs::read_to_string(repo_root().join("deploy/grafana/vfgate-dashboard.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    out
 }
 
 /// The `alert:` names in the shipped rules file, in order.
