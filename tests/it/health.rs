@@ -102,11 +102,13 @@ async fn a_down_forward_sink_makes_readyz_503_and_is_logged_once_each_way() {
 }
 
 /// A `redis-server` on a free port, killed by PID when dropped.
-struct RedisChild(Child, u16);
+/// (The port stays reserved while the server runs.)
+struct RedisChild(Child, u16, #[allow(dead_code)] ReservedPort);
 
 impl RedisChild {
     async fn start() -> RedisChild {
-        let port = free_port();
+        let reserved = ReservedPort::new();
+        let port = reserved.port;
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -122,7 +124,7 @@ impl RedisChild {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed by .ci/run");
-        let r = RedisChild(child, port);
+        let r = RedisChild(child, port, reserved);
         let up = wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })

@@ -36,6 +36,8 @@ pub struct Prometheus {
     pub port: u16,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    /// Held while Prometheus listens on it (Go sets SO_REUSEADDR, so it can bind it).
+    _port: ReservedPort,
 }
 
 impl Prometheus {
@@ -43,7 +45,8 @@ impl Prometheus {
     /// `rule_files` loaded (evaluated every second), and waits until it is ready.
     pub async fn start(bin: &Path, targets: &[String], rule_files: &[PathBuf]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let reserved = ReservedPort::new();
+        let port = reserved.port;
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let rules: Vec<String> = rule_files
             .iter()
@@ -76,6 +79,7 @@ impl Prometheus {
             port,
             _dir: dir,
             log,
+            _port: reserved,
         };
         let t0 = Instant::now();
         loop {
