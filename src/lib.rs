@@ -7,7 +7,7 @@
 //!
 //! Layers, arrows running downward: `cmd` → `server` → `ingest` → `spool` → `pipeline` →
 //! `sinks` → `sender` → `client`, `verify`, `dedupe`, `deadletter` → `config`, `event`,
-//! `time`, `retry`, `metrics`, `escape`, `fsutil`, `secret`; none runs back up (config is
+//! `time`, `retry`, `metrics` (with `health`), `escape`, `fsutil`, `secret`; none runs back up (config is
 //! handed the catalog of sink types, [`sinks::TYPES`]). Each module's doc says what it owns
 //! and what it may not import.
 #![warn(missing_docs)]
