@@ -44,20 +44,7 @@ pub struct Admin {
     /// senders' requests fail, so `/readyz` says not ready. A down sink that only spooled
     /// sources use is reported as degraded (the spool absorbs it; `spool_full` covers the end).
     /// Swapped by a reload.
-    pub forward_sinks: ForwardSinks,
-}
-
-/// The sinks of forward-mode sources, swapped whole by a reload.
-pub type ForwardSinks = Arc<arc_swap::ArcSwap<std::collections::BTreeSet<String>>>;
-
-/// The sinks of `config`'s forward-mode sources.
-pub fn forward_sinks(config: &crate::config::Config) -> std::collections::BTreeSet<String> {
-    config
-        .sources
-        .iter()
-        .filter(|s| s.ack == crate::config::Ack::Forward)
-        .flat_map(|s| s.sinks.iter().cloned())
-        .collect()
+    pub forward_sinks: super::build::ForwardSinks,
 }
 
 impl Admin {

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod assemble;
+pub mod build;
 pub mod connections;
 pub mod outcome;
 pub mod rejections;

@@ -12,7 +12,7 @@
 //! Owns: the running config and the order of a reload (check, build, then swap). It uses
 //! `assemble.rs`'s builders; it holds no request logic.
 
-use super::assemble::{build_routes, build_sinks, init_metrics, ServeError, SinkEntry};
+use super::build::{build_routes, build_sinks, forward_sinks, init_metrics, ServeError, SinkEntry};
 use super::webhook::{Routes, Workers};
 use crate::config::{Ack, Config, ConfigError};
 use crate::metrics::Metrics;
@@ -38,7 +38,7 @@ pub struct Swapped {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The sinks whose health `/readyz` answers for.
-    pub forward_sinks: super::admin::ForwardSinks,
+    pub forward_sinks: super::build::ForwardSinks,
 }
 
 /// Why a reload did not take effect (the running config stays).
@@ -153,7 +153,7 @@ impl Reloader {
         init_metrics(&new, &self.swapped.metrics);
         self.swapped
             .forward_sinks
-            .store(Arc::new(super::admin::forward_sinks(&new)));
+            .store(Arc::new(forward_sinks(&new)));
         self.swapped.workers.add(built.workers);
         self.swapped.routes.store(Arc::new(routes));
         for w in &new.warnings {
