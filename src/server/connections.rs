@@ -13,10 +13,13 @@
 //!   with a request.
 //!
 //! Each connection's state lives in a task-local, since Pingora runs one connection, all its
-//! keep-alive requests included, in one task. Owns: slots, deadlines, eviction. Knows nothing
-//! of requests beyond "waiting for a head".
+//! keep-alive requests included, in one task. Both listeners read a head and finish a
+//! response through [`read_request`] and [`respond_and_finish`] here. Owns: slots, deadlines,
+//! eviction, keep-alive. Knows nothing of requests beyond their head.
 
+use bytes::Bytes;
 use parking_lot::Mutex;
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntCounterVec};
@@ -231,5 +234,73 @@ impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerA
 
     async fn cleanup(&self) {
         pingora::apps::ServerApp::cleanup(&*self.app).await;
+    }
+}
+
+/// Reads a request header; `false` ends the connection. The error's context holds the raw
+/// request bytes (tokens, signatures): only its kind is logged. Then keep-alive is only
+/// ever shortened from what Pingora decided from the request (HTTP/1.0 without keep-alive,
+/// `Connection: close`, both Transfer-Encoding and Content-Length: close after the
+/// response, RFC 9112 §6.1), never re-enabled.
+pub(super) async fn read_request(
+    s: &mut ServerSession,
+    shutdown: &ShutdownWatch,
+    head: &HeadDeadlines,
+) -> bool {
+    match head.read_head(s).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return false,
+        Ok(Err(e)) => {
+            tracing::debug!(kind = ?e.etype(), "cannot read a request header");
+            return false;
+        }
+        Err(why) => {
+            tracing::debug!(
+                ?why,
+                "closing a connection that sent no whole request head in time"
+            );
+            return false;
+        }
+    }
+    if *shutdown.borrow() {
+        s.set_keepalive(None);
+    } else if let Some(current) = s.get_keepalive() {
+        // Pingora's idle timeout for the next request, never longer than what it had (0 is
+        // "no limit") nor than server.keepalive_timeout, which bounds the wait in total.
+        let ours = head.keepalive.as_secs().max(1);
+        s.set_keepalive(Some(if current == 0 {
+            ours
+        } else {
+            current.min(ours)
+        }));
+    }
+    true
+}
+
+/// Writes the response and finishes the session, handing the stream back for reuse when
+/// keep-alive allows.
+pub(super) async fn respond_and_finish(
+    mut s: ServerSession,
+    head: pingora::http::ResponseHeader,
+    body: Bytes,
+) -> Option<ReusedHttpStream> {
+    if let Err(e) = s.write_response_header(Box::new(head)).await {
+        tracing::debug!(error = %e, "cannot write a response header");
+        return None;
+    }
+    if !body.is_empty() {
+        if let Err(e) = s.write_response_body(body, true).await {
+            tracing::debug!(error = %e, "cannot write a response body");
+            return None;
+        }
+    }
+    let persistent = HttpPersistentSettings::for_session(&s);
+    match s.finish().await {
+        Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot finish a response");
+            None
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod assemble;
 pub mod build;
 pub mod connections;
+pub mod failed_api;
 pub mod outcome;
 pub mod rejections;
 pub mod reload;

@@ -5,7 +5,7 @@
 //! counted there. This file owns bytes on the wire and the connection's keep-alive; it does
 //! not verify, dedupe or deliver anything itself.
 
-use super::connections::HeadDeadlines;
+use super::connections::{read_request, respond_and_finish, HeadDeadlines};
 use super::outcome::{Outcome, Reply};
 use super::rejections::{self, Peer, Rejections};
 use crate::ingest::{Ingest, Source};
@@ -15,7 +15,7 @@ use crate::verify::{self, RequestParts};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::{HttpServerApp, ReusedHttpStream};
 use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -340,74 +340,6 @@ impl Gateway {
 fn count(counters: &[IntCounter], reply: Reply) -> Reply {
     counters[reply.outcome as usize].inc();
     reply
-}
-
-/// Reads a request header; `false` ends the connection. The error's context holds the raw
-/// request bytes (tokens, signatures): only its kind is logged. Then keep-alive is only
-/// ever shortened from what Pingora decided from the request (HTTP/1.0 without keep-alive,
-/// `Connection: close`, both Transfer-Encoding and Content-Length: close after the
-/// response, RFC 9112 §6.1), never re-enabled.
-pub(super) async fn read_request(
-    s: &mut ServerSession,
-    shutdown: &ShutdownWatch,
-    head: &HeadDeadlines,
-) -> bool {
-    match head.read_head(s).await {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => return false,
-        Ok(Err(e)) => {
-            tracing::debug!(kind = ?e.etype(), "cannot read a request header");
-            return false;
-        }
-        Err(why) => {
-            tracing::debug!(
-                ?why,
-                "closing a connection that sent no whole request head in time"
-            );
-            return false;
-        }
-    }
-    if *shutdown.borrow() {
-        s.set_keepalive(None);
-    } else if let Some(current) = s.get_keepalive() {
-        // Pingora's idle timeout for the next request, never longer than what it had (0 is
-        // "no limit") nor than server.keepalive_timeout, which bounds the wait in total.
-        let ours = head.keepalive.as_secs().max(1);
-        s.set_keepalive(Some(if current == 0 {
-            ours
-        } else {
-            current.min(ours)
-        }));
-    }
-    true
-}
-
-/// Writes the response and finishes the session, handing the stream back for reuse when
-/// keep-alive allows.
-pub(super) async fn respond_and_finish(
-    mut s: ServerSession,
-    head: pingora::http::ResponseHeader,
-    body: Bytes,
-) -> Option<ReusedHttpStream> {
-    if let Err(e) = s.write_response_header(Box::new(head)).await {
-        tracing::debug!(error = %e, "cannot write a response header");
-        return None;
-    }
-    if !body.is_empty() {
-        if let Err(e) = s.write_response_body(body, true).await {
-            tracing::debug!(error = %e, "cannot write a response body");
-            return None;
-        }
-    }
-    let persistent = HttpPersistentSettings::for_session(&s);
-    match s.finish().await {
-        Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot finish a response");
-            None
-        }
-    }
 }
 
 /// The webhook listener as a Pingora HTTP app. It is `HttpServerApp` rather than `ServeHttp`
