@@ -61,7 +61,10 @@ pub enum SecretRef {
 
 /// The serde shape of a secret reference: exactly one of the three keys.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a secret: { env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }"
+)]
 struct RawSecretRef {
     env: Option<String>,
     file: Option<PathBuf>,

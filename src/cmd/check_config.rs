@@ -17,7 +17,7 @@ pub fn run(config: &Path) -> u8 {
             EXIT_OK
         }
         Err(e) => {
-            eprintln!("{}: {e}", config.display());
+            super::print_config_error(config, &e);
             EXIT_USAGE
         }
     }

@@ -174,12 +174,12 @@ pub async fn run(cmd: FailedCmd) -> u8 {
             };
             let config = match config
                 .as_deref()
-                .map(|p| crate::config::Config::load(p, crate::sinks::TYPES))
+                .map(|p| (p, crate::config::Config::load(p, crate::sinks::TYPES)))
             {
                 None => None,
-                Some(Ok(c)) => Some(c),
-                Some(Err(e)) => {
-                    eprintln!("error: {e}");
+                Some((_, Ok(c))) => Some(c),
+                Some((p, Err(e))) => {
+                    super::print_config_error(p, &e);
                     return EXIT_USAGE;
                 }
             };

@@ -23,6 +23,17 @@ pub const EXIT_FAILED: u8 = 1;
 /// Usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
 
+/// Prints a configuration error to stderr, one problem per line, each after the file's path
+/// (an unreadable file's message names the path itself, once).
+fn print_config_error(path: &std::path::Path, e: &crate::config::ConfigError) {
+    for one in e.all() {
+        match one {
+            crate::config::ConfigError::Io { .. } => eprintln!("{one}"),
+            _ => eprintln!("{}: {one}", path.display()),
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -22,7 +22,7 @@ pub fn run(config: &Path) -> anyhow::Result<u8> {
     let cfg = match Config::load(config, crate::sinks::TYPES) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}: {e}", config.display());
+            super::print_config_error(config, &e);
             return Ok(EXIT_USAGE);
         }
     };

@@ -39,7 +39,7 @@ pub const MIN_SECRET_BYTES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: {reason}")]
+    #[error("cannot read {path}: {reason}")]
     Io {
         /// Config file path.
         path: String,
@@ -57,9 +57,29 @@ pub enum ConfigError {
         /// Why it is wrong.
         reason: String,
     },
+    /// Several problems, in file order: one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
 impl ConfigError {
+    /// `errors` as one error: the error itself when there is one, else [`ConfigError::Many`].
+    pub fn many(mut errors: Vec<ConfigError>) -> Self {
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ConfigError::Many(errors)
+        }
+    }
+
+    /// Every single problem (a [`ConfigError::Many`] flattened), for printing one per line.
+    pub fn all(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Many(v) => v.iter().flat_map(ConfigError::all).collect(),
+            e => vec![e],
+        }
+    }
+
     /// A bad value at `key`.
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError::Invalid {
@@ -83,9 +103,35 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
         };
         // toml's own message may repeat position info; keep the serde reason only.
         let msg = e.into_inner().to_string();
-        let first = msg.lines().next().unwrap_or("").trim().to_string();
-        ConfigError::invalid(key, first)
+        let first = msg.lines().next().unwrap_or("").trim();
+        ConfigError::invalid(key, humane(first))
     })
+}
+
+/// serde's wording with Rust's type names replaced by what a person writes in TOML: the
+/// `expected usize` of a number key, and a fallback for any struct or untagged enum still
+/// without its own `expecting` (each raw type has one).
+fn humane(msg: &str) -> String {
+    let mut m = msg.to_string();
+    for (rust, person) in [
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected u32", "expected a whole number of 0 or more"),
+        ("expected u16", "expected a whole number of 0 or more"),
+        ("expected u8", "expected a whole number of 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a borrowed string", "expected a string"),
+    ] {
+        m = m.replace(rust, person);
+    }
+    if let Some(at) = m.find("expected struct ") {
+        m.replace_range(at.., "expected a table { key = value, ... }");
+    }
+    if let Some(at) = m.find("data did not match any variant of untagged enum") {
+        m.replace_range(at.., "not a value this key accepts");
+    }
+    m
 }
 
 // ---------------------------------------------------------------------------------------
@@ -448,6 +494,52 @@ pub fn sink_keys<T: serde::de::DeserializeOwned>(
 // ---------------------------------------------------------------------------------------
 // Loading (the validation itself is in validate.rs).
 
+/// The file's tables into the raw shape, one section (and one `[[source]]`) at a time, so
+/// that a wrong key in one does not hide those of the next: every such error is returned.
+fn raw_sections(table: toml::Table) -> Result<RawConfig, ConfigError> {
+    fn section<T: serde::de::DeserializeOwned>(
+        errors: &mut Vec<ConfigError>,
+        key: &str,
+        value: toml::Value,
+    ) -> Option<T> {
+        from_value(key, value).map_err(|e| errors.push(e)).ok()
+    }
+    let mut errors = Vec::new();
+    let mut raw = RawConfig::default();
+    for (key, value) in table {
+        match key.as_str() {
+            "server" => raw.server = section(&mut errors, &key, value).unwrap_or_default(),
+            "admin" => raw.admin = section(&mut errors, &key, value).unwrap_or_default(),
+            "dedupe" => raw.dedupe = section(&mut errors, &key, value).unwrap_or_default(),
+            "spool" => raw.spool = section(&mut errors, &key, value),
+            "sink" => raw.sink = section(&mut errors, &key, value).unwrap_or_default(),
+            "source" => match value {
+                toml::Value::Array(list) => {
+                    for (i, s) in list.into_iter().enumerate() {
+                        raw.source
+                            .extend(section(&mut errors, &format!("source[{i}]"), s));
+                    }
+                }
+                _ => errors.push(ConfigError::invalid(
+                    "source",
+                    "expected [[source]] tables (an array of tables)",
+                )),
+            },
+            _ => errors.push(ConfigError::invalid(
+                key.clone(),
+                format!(
+                    "unknown section `{key}`, expected one of `server`, `admin`, `dedupe`, `spool`, `source`, `sink`"
+                ),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(raw)
+    } else {
+        Err(ConfigError::many(errors))
+    }
+}
+
 impl Config {
     /// Reads and validates the file at `path`.
     /// `sinks` are the sink types it may name (`crate::sinks::TYPES`).
@@ -464,8 +556,7 @@ impl Config {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
-        let raw: RawConfig = from_value("", toml::Value::Table(table))?;
-        Config::validate(raw, sinks)
+        Config::validate(raw_sections(table)?, sinks)
     }
 
     /// One line for `check-config`.
@@ -609,6 +700,98 @@ path = "/dev/null"
             .starts_with("sink.archive.batch.linger: invalid duration"));
         let e = err(&base("").replace("sinks = [\"archive\"]", "sinks = [\"nope\"]"));
         assert_eq!(e, "source[0].sinks[0]: no [sink.nope] is defined");
+    }
+
+    #[test]
+    fn every_section_source_and_sink_error_is_reported_not_only_the_first() {
+        let text = base("batch = { max_events = 0 }")
+            .replace(
+                "{ value = \"s3cret-value-0123456\" }",
+                "{ env = \"VFGATE_TEST_UNSET_SECRET_2\" }",
+            )
+            .replace("[[source]]", "[server]\nlisten = \"nowhere\"\n[dedupe]\nttl = \"0s\"\n[[source]]")
+            + "\n[[source]]\nname = \"b\"\npath = \"nope\"\nsecrets = [{ value = \"0123456789abcdef\" }]\nsinks = [\"archive\"]\n";
+        let e = parse(&text).unwrap_err();
+        let lines: Vec<String> = e.all().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "server.listen: \"nowhere\" is not an IP:port address (e.g. \"127.0.0.1:8080\")",
+                "dedupe.ttl: must be at least 1s",
+                "sink.archive.batch.max_events: must be between 1 and 10000",
+                "source[0].secrets[0]: environment variable VFGATE_TEST_UNSET_SECRET_2 is not set",
+                "source[1].path: must start with '/' and contain no query or fragment",
+            ]
+        );
+        assert_eq!(e.to_string(), lines.join("\n"));
+        // Key errors of the file's shape: every section's, every source's.
+        let text = format!(
+            "{}\n[server]\nnope = 1\n[admin]\nlisten = 5\n[[source]]\nname = \"c\"\n",
+            base("")
+        );
+        let lines: Vec<String> = parse(&text)
+            .unwrap_err()
+            .all()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("admin.listen: invalid type: integer"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("server.nope: unknown field `nope`"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("source[1]: missing field `path`"),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn shape_errors_read_as_sentences_without_rust_type_names() {
+        let cases = [
+            base("").replace(
+                "secrets = [{ value = \"s3cret-value-0123456\" }]",
+                "secrets = [\"abc\"]",
+            ),
+            base("").replace(
+                "secrets = [{ value = \"s3cret-value-0123456\" }]",
+                "secrets = \"abc\"",
+            ),
+            format!("{}\n[server]\nmax_body_bytes = true\n", base("")),
+            format!("{}\n[server]\nmax_connections = \"many\"\n", base("")),
+            format!("{}\n[server]\ntls = \"yes\"\n", base("")),
+            format!("{}\n[server]\nlisten = {{ a = 1 }}\n", base("")),
+            format!("{}\n[admin]\ntoken = \"plain\"\n", base("")),
+            format!("{}\n[dedupe]\nmax_entries = -1\n", base("")),
+            format!("{}\n[spool]\ndir = 5\n", base("")),
+            format!("spool = 5\n{}", base("")),
+            base("batch = 5"),
+            base("retry = \"1s\""),
+            base("batch = { max_bytes = [1] }"),
+            base("concurrency = 1.5"),
+            "source = 5\n".to_string(),
+            "[sink]\nx = 5\n".to_string(),
+        ];
+        for text in cases {
+            let e = match parse(&text) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => e.to_string(),
+            };
+            for rust in [
+                "struct", "enum", "Raw", "usize", "u64", "i64", "f64", "variant",
+            ] {
+                assert!(!e.contains(rust), "{rust:?} in {e:?} for\n{text}");
+            }
+        }
+        // A sink type's own nested tables (e.g. `tls = true`) get the same fallback.
+        assert_eq!(
+            humane("invalid type: boolean `true`, expected struct RawClientTls"),
+            "invalid type: boolean `true`, expected a table { key = value, ... }"
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub enum OneOrMany {
 }
 
 /// The whole file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the configuration file's tables")]
 pub struct RawConfig {
     /// `[server]`: the webhook listener.
     #[serde(default)]
@@ -49,7 +49,7 @@ pub struct RawConfig {
 
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [server] table")]
 pub struct RawServer {
     /// Address(es) to listen on for webhooks.
     pub listen: Option<OneOrMany>,
@@ -78,7 +78,10 @@ pub struct RawServer {
 
 /// `server.tls`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { cert = \"PATH\", key = \"PATH\" }"
+)]
 pub struct RawServerTls {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -88,7 +91,7 @@ pub struct RawServerTls {
 
 /// `[admin]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an [admin] table")]
 pub struct RawAdmin {
     /// Address for `/metrics`, `/healthz`, `/readyz`.
     pub listen: Option<String>,
@@ -100,7 +103,7 @@ pub struct RawAdmin {
 
 /// `[dedupe]`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [dedupe] table")]
 pub struct RawDedupe {
     /// `"memory"` (default) or `"redis"`.
     pub backend: Option<String>,
@@ -133,7 +136,10 @@ pub struct RawDedupe {
 
 /// `[spool]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [spool] table with at least dir = \"PATH\""
+)]
 pub struct RawSpool {
     /// Directory of the spool (segments, cursors, dead letters, dedupe ids).
     pub dir: PathBuf,
@@ -149,7 +155,10 @@ pub struct RawSpool {
 
 /// One entry of `source.secrets`: a secret reference plus an optional expiry.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a secret table: { env = \"NAME\" }, { file = \"PATH\" } or { value = \"...\" }, with an optional not_after"
+)]
 pub struct RawSourceSecret {
     /// Environment variable holding the secret.
     pub env: Option<String>,
@@ -163,7 +172,10 @@ pub struct RawSourceSecret {
 
 /// `[[source]]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[source]] table with name, path, secrets and sinks"
+)]
 pub struct RawSource {
     /// Name used in metrics and the dedupe key.
     pub name: String,
@@ -190,7 +202,10 @@ pub struct RawSource {
 
 /// `sink.NAME.batch`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { max_events = N, max_bytes = \"1MiB\", linger = \"1s\" }"
+)]
 pub struct RawBatch {
     /// Most events per upstream request.
     pub max_events: Option<usize>,
@@ -202,7 +217,7 @@ pub struct RawBatch {
 
 /// `sink.NAME.retry`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table { budget = \"5m\" }")]
 pub struct RawRetry {
     /// Total time one event may spend on retries before the sender gets a 5xx.
     pub budget: Option<DurationStr>,
@@ -210,7 +225,10 @@ pub struct RawRetry {
 
 /// `sink.NAME.tls` (outbound).
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { ca_file = \"PATH\", insecure_skip_verify = false }"
+)]
 pub struct RawClientTls {
     /// PEM bundle of CAs to trust instead of the system roots.
     pub ca_file: Option<PathBuf>,
@@ -221,6 +239,7 @@ pub struct RawClientTls {
 
 /// The keys every sink has, whatever its type.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a [sink.NAME] table with at least type = \"...\"")]
 pub struct RawSinkCommon {
     /// The sink type, e.g. `file`, `http`.
     #[serde(rename = "type")]

@@ -74,7 +74,10 @@ impl ByteSize {
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "a size: a number of bytes or a string such as \"512KiB\" or \"1MB\""
+        )]
         enum Raw {
             Int(i64),
             Str(String),

@@ -19,13 +19,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 impl Config {
-    /// Turns the raw shape into the validated config.
+    /// Turns the raw shape into the validated config. Each section, source and sink is
+    /// checked even when an earlier one failed, so the error lists every problem found (one
+    /// per section, source or sink: within one, the first); a check that needs another
+    /// section's value uses its default when that section failed.
     pub fn validate<C: SinkCatalog + ?Sized>(
         raw: RawConfig,
         sink_types: &C,
     ) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        let server = validate_server(raw.server)?;
+        let server = keep(&mut errors, validate_server(raw.server));
         let admin_listen = raw
             .admin
             .listen
@@ -36,27 +40,38 @@ impl Config {
                 if r.is_inline() {
                     warnings.push("admin.token: token given inline in the config file; prefer { env = \"NAME\" } or { file = \"PATH\" }".into());
                 }
-                let t = r
+                let token = r
                     .load()
-                    .map_err(|e| ConfigError::invalid("admin.token", e.to_string()))?;
-                if t.expose().len() < 16 {
-                    return Err(ConfigError::invalid(
-                        "admin.token",
-                        "must be at least 16 bytes (vfgate keygen makes one)",
-                    ));
-                }
-                Some(t)
+                    .map_err(|e| ConfigError::invalid("admin.token", e.to_string()))
+                    .and_then(|t| {
+                        if t.expose().len() < 16 {
+                            Err(ConfigError::invalid(
+                                "admin.token",
+                                "must be at least 16 bytes (vfgate keygen makes one)",
+                            ))
+                        } else {
+                            Ok(t)
+                        }
+                    });
+                keep(&mut errors, token)
             }
         };
-        let spool = raw.spool.map(validate_spool).transpose()?;
+        let spool_given = raw.spool.is_some();
+        let spool = raw
+            .spool
+            .map(|s| keep(&mut errors, validate_spool(s)))
+            .unwrap_or(None);
         let persist_off = raw.dedupe.persist == Some(false);
-        let dedupe = validate_dedupe(raw.dedupe, spool.as_ref().map(|s| s.dir.as_path()))?;
+        let dedupe = keep(
+            &mut errors,
+            validate_dedupe(raw.dedupe, spool.as_ref().map(|s| s.dir.as_path())),
+        );
         if persist_off {
             warnings.push("dedupe.persist = false: delivered event ids are kept in memory only, so after a restart a replay of an event inside max_event_age is accepted (and delivered) again".into());
         }
-        if let Some(sp) = &spool {
+        if let (Some(sp), Some(server)) = (&spool, &server) {
             if sp.max_bytes < 2 * server.max_body_bytes {
-                return Err(ConfigError::invalid(
+                errors.push(ConfigError::invalid(
                     "spool.max_bytes",
                     format!(
                         "must be at least twice server.max_body_bytes ({} bytes)",
@@ -65,23 +80,31 @@ impl Config {
                 ));
             }
         }
-        let admin = AdminConfig {
-            listen: parse_addr("admin.listen", &admin_listen)?,
-            token,
-            failed_dir: raw
-                .admin
-                .failed_dir
-                .clone()
-                .or_else(|| spool.as_ref().map(|s| s.dir.join("dead-letter")))
-                .unwrap_or_else(|| PathBuf::from(defaults::FAILED_DIR)),
-        };
-        if server.listen.contains(&admin.listen) {
-            return Err(ConfigError::invalid(
-                "admin.listen",
-                "must differ from server.listen (the admin listener never serves webhooks)",
-            ));
+        let admin = keep(
+            &mut errors,
+            parse_addr("admin.listen", &admin_listen).map(|listen| AdminConfig {
+                listen,
+                token,
+                failed_dir: raw
+                    .admin
+                    .failed_dir
+                    .clone()
+                    .or_else(|| spool.as_ref().map(|s| s.dir.join("dead-letter")))
+                    .unwrap_or_else(|| PathBuf::from(defaults::FAILED_DIR)),
+            }),
+        );
+        if let (Some(server), Some(admin)) = (&server, &admin) {
+            if server.listen.contains(&admin.listen) {
+                errors.push(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from server.listen (the admin listener never serves webhooks)",
+                ));
+            }
         }
 
+        // A source may name a sink whose own keys are wrong: that sink's error is reported,
+        // not a second "no such sink" for each source naming it.
+        let defined: HashSet<String> = raw.sink.keys().cloned().collect();
         let mut sinks = Vec::new();
         for (name, table) in raw.sink {
             let skip_verify = table
@@ -94,7 +117,9 @@ impl Config {
                 .and_then(toml::Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            sinks.push(validate_sink(&name, table, sink_types)?);
+            if let Some(sink) = keep(&mut errors, validate_sink(&name, table, sink_types)) {
+                sinks.push(sink);
+            }
             if skip_verify {
                 let also = if kind == "azure_logs_ingestion" {
                     " (nor the Azure token endpoint's: the client secret could go to an impostor)"
@@ -104,49 +129,64 @@ impl Config {
                 warnings.push(format!("sink.{name}.tls.insecure_skip_verify: the upstream certificate is NOT verified{also}; anyone on the path can read and alter what this sink sends"));
             }
         }
-        let sink_names: HashSet<&str> = sinks.iter().map(|s| s.common.name.as_str()).collect();
+        let sink_names: HashSet<&str> = defined.iter().map(String::as_str).collect();
 
         if raw.source.is_empty() {
-            return Err(ConfigError::invalid(
+            errors.push(ConfigError::invalid(
                 "source",
                 "at least one [[source]] is required",
             ));
         }
+        let ttl = dedupe.as_ref().map_or(defaults::DEDUPE_TTL, |d| d.ttl);
         let mut sources = Vec::new();
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         for (i, s) in raw.source.into_iter().enumerate() {
-            let src = validate_source(i, s, &dedupe, &sink_names, &mut warnings)?;
-            if src.ack == Ack::Spool && spool.is_none() {
-                return Err(ConfigError::invalid(
+            let Some(src) = keep(
+                &mut errors,
+                validate_source(i, s, ttl, &sink_names, &mut warnings),
+            ) else {
+                continue;
+            };
+            // A [spool] section with an error has been reported already.
+            if src.ack == Ack::Spool && !spool_given {
+                errors.push(ConfigError::invalid(
                     format!("source[{i}].ack"),
                     "\"spool\" needs a [spool] section with a dir",
                 ));
             }
             if !names.insert(src.name.clone()) {
-                return Err(ConfigError::invalid(
+                errors.push(ConfigError::invalid(
                     format!("source[{i}].name"),
                     format!("duplicate source name {:?}", src.name),
                 ));
             }
             if !paths.insert(src.path.clone()) {
-                return Err(ConfigError::invalid(
+                errors.push(ConfigError::invalid(
                     format!("source[{i}].path"),
                     format!("path {:?} is used by another source", src.path),
                 ));
             }
             sources.push(src);
         }
-        Ok(Config {
-            server,
-            admin,
-            dedupe,
-            spool,
-            sources,
-            sinks,
-            warnings,
-        })
+        match (server, admin, dedupe) {
+            (Some(server), Some(admin), Some(dedupe)) if errors.is_empty() => Ok(Config {
+                server,
+                admin,
+                dedupe,
+                spool,
+                sources,
+                sinks,
+                warnings,
+            }),
+            _ => Err(ConfigError::many(errors)),
+        }
     }
+}
+
+/// The value of `r`, or `None` with its error added to `errors`.
+fn keep<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -449,7 +489,7 @@ fn validate_dedupe(raw: RawDedupe, spool_dir: Option<&Path>) -> Result<DedupeCon
 fn validate_source(
     i: usize,
     raw: RawSource,
-    dedupe: &DedupeConfig,
+    ttl: Duration,
     sinks: &HashSet<&str>,
     warnings: &mut Vec<String>,
 ) -> Result<SourceConfig, ConfigError> {
@@ -536,13 +576,13 @@ fn validate_source(
             "must list at least one non-empty version",
         ));
     }
-    let max_event_age = raw.max_event_age.map(|d| d.0).unwrap_or(dedupe.ttl);
-    if max_event_age > dedupe.ttl {
+    let max_event_age = raw.max_event_age.map(|d| d.0).unwrap_or(ttl);
+    if max_event_age > ttl {
         return Err(ConfigError::invalid(
             key("max_event_age"),
             format!(
                 "must not exceed dedupe.ttl ({}): an older event could be a forgotten duplicate",
-                humantime::format_duration(dedupe.ttl)
+                humantime::format_duration(ttl)
             ),
         ));
     }

@@ -39,7 +39,10 @@ pub const TYPE: SinkType = SinkType {
 
 /// A header value: plain text or a secret reference.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a header value: a string, or a secret { env = \"NAME\" } / { file = \"PATH\" } / { value = \"...\" }"
+)]
 pub enum HeaderValue {
     /// Plain text.
     Text(String),

@@ -168,7 +168,47 @@ batch = { max_events = 20000 }
         None,
     );
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent.toml"));
+    assert_eq!(err.matches("/nonexistent.toml").count(), 1, "{err}");
+}
+
+#[test]
+fn check_config_prints_every_error_one_per_line_with_the_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        r#"
+[server]
+listen = "nowhere"
+[[source]]
+name = "s"
+path = "/e"
+secrets = [{ env = "VFGATE_NOPE" }]
+sinks = ["f"]
+[sink.f]
+type = "file"
+path = "/dev/null"
+batch = { max_events = 0 }
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &["check-config", "--config", p.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    let f = p.display();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{f}: server.listen: \"nowhere\" is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+            format!("{f}: sink.f.batch.max_events: must be between 1 and 10000"),
+            format!("{f}: source[0].secrets[0]: environment variable VFGATE_NOPE is not set"),
+        ]
+    );
 }
 
 #[test]
