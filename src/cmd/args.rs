@@ -26,13 +26,13 @@ pub enum Command {
     /// Run the gateway in the foreground (SIGTERM/SIGINT stop it gracefully).
     Serve {
         /// Configuration file (TOML).
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", env = "VFGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a configuration file: exit 0 with a summary, or 2 naming the key and reason.
+    /// Validate a configuration file: exit 0 with a summary, or 2 naming each key and reason.
     CheckConfig {
         /// Configuration file (TOML).
-        #[arg(long, short, value_name = "FILE")]
+        #[arg(long, short, value_name = "FILE", env = "VFGATE_CONFIG")]
         config: PathBuf,
     },
     /// Print a new random 32-byte secret (URL-safe base64, no padding).
@@ -54,6 +54,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: FailedCmd,
     },
+    /// Print the shell completion script for SHELL to stdout, e.g.
+    /// `vfgate completions bash > /etc/bash_completion.d/vfgate`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. `vfgate man | man -l -`.
+    Man,
 }
 
 /// `vfgate send`.
@@ -159,7 +167,7 @@ pub enum FailedCmd {
         ca_file: Option<PathBuf>,
         /// The gateway's config: needed for dead letters of a spooled sink, which are
         /// delivered to that sink again (and only to it).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", env = "VFGATE_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Delete entries older than a duration.

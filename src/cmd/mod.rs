@@ -40,7 +40,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs the parsed command line; errors that reach here are printed as `error: ...`, exit 1.
+/// Runs the parsed command line; errors that reach here are printed as `error: ...`, exit 1
+/// (usage and config errors are printed where they are found, exit 2).
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config),
@@ -49,6 +50,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Failed { cmd } => runtime().map(|rt| rt.block_on(failed::run(cmd))),
         Command::Keygen => keygen::run(),
         Command::Sign { secret_env, file } => sign::run(&secret_env, file.as_deref()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "vfgate", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|()| EXIT_OK)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => ExitCode::from(code),

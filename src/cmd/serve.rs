@@ -1,9 +1,11 @@
-//! `vfgate serve`: load the config (exit 2 naming the key on an error), then run the gateway
-//! in the foreground until SIGTERM/SIGINT. Owns: that exit code only; what runs is
+//! `vfgate serve`: load the config (exit 2 naming each key on an error; a sink or TLS
+//! setting that cannot be built is one too), then run the gateway in the foreground until
+//! SIGTERM/SIGINT (a runtime failure: exit 1). Owns: that exit code only; what runs is
 //! `crate::server`'s.
 
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
+use crate::server::ServeError;
 use std::path::Path;
 
 fn init_logging() {
@@ -26,6 +28,18 @@ pub fn run(config: &Path) -> anyhow::Result<u8> {
             return Ok(EXIT_USAGE);
         }
     };
-    crate::server::run(cfg, config)?;
-    Ok(EXIT_OK)
+    match crate::server::run(cfg, config) {
+        Ok(()) => Ok(EXIT_OK),
+        // A sink that cannot be built (an unwritable file path, a bad CA file) or TLS
+        // settings that do not load are the config's fault, as check-config's errors are.
+        Err(ServeError::Config(e)) => {
+            super::print_config_error(config, &e);
+            Ok(EXIT_USAGE)
+        }
+        Err(e @ ServeError::Tls(_)) => {
+            eprintln!("{}: {e}", config.display());
+            Ok(EXIT_USAGE)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

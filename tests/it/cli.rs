@@ -384,3 +384,79 @@ fn failed_list_escapes_bidi_controls_of_outside_text() {
     assert_eq!(shown["event_id"], entry["event_id"]);
     assert_eq!(shown["event_type"], entry["event_type"]);
 }
+
+/// The exit codes of the README: 0 ok, 1 runtime failure, 2 usage or config; a secret that
+/// is not there or a sink that cannot be built is the caller's to fix (2), as in `send`.
+#[test]
+fn usage_and_config_problems_exit_2_in_every_subcommand() {
+    let (code, out, err) = run_cli(&["sign", "--secret-env", "VFGATE_NOPE"], &[], Some(b"x"));
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("VFGATE_NOPE is not set"), "{err}");
+    let (code, _, err) = run_cli(
+        &["sign", "--secret-env", "S", "/nonexistent-input"],
+        &[("S", "k")],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent-input"), "{err}");
+
+    // A file sink whose path cannot be opened passes check-config (nothing is opened
+    // there) but is a config error for serve.
+    let tmp = tempfile::tempdir().unwrap();
+    let not_dir = tmp.path().join("plain-file");
+    std::fs::write(&not_dir, "").unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.2:0\"\n[dedupe]\npersist = false\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"0123456789abcdef\" }}]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"{}/x.ndjson\"\n",
+            not_dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap()], &[], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sink.f.path"), "{err}");
+}
+
+#[test]
+fn config_path_defaults_to_vfgate_config() {
+    let cfg = repo_root().join("config/vfgate.toml");
+    let (code, out, err) = run_cli(
+        &["check-config"],
+        &[
+            ("VFGATE_CONFIG", cfg.to_str().unwrap()),
+            ("VF_SECRET", "s1"),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let (code, _, err) = run_cli(
+        &["check-config"],
+        &[("VFGATE_CONFIG", "/nonexistent-env.toml")],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent-env.toml"), "{err}");
+    let (_, out, _) = run_cli(&["serve", "--help"], &[], None);
+    assert!(out.contains("VFGATE_CONFIG"), "{out}");
+}
+
+#[test]
+fn completions_and_man_page_are_printed() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run_cli(&["completions", shell], &[], None);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("check-config"), "{shell}: {out}");
+    }
+    let (code, _, _) = run_cli(&["completions", "cmd.exe"], &[], None);
+    assert_eq!(code, 2);
+    let (code, out, err) = run_cli(&["man"], &[], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(".ie") || out.contains(".TH vfgate"),
+        "{out}"
+    );
+    assert!(out.contains("check\\-config"), "{out}");
+}
