@@ -117,7 +117,7 @@ fn per_event(c: &mut Criterion) {
         let ev = Arc::new(Event::parse(body.clone()).unwrap());
         let batch = vec![ev];
         g.bench_function("encode_http", |b| {
-            b.iter(|| vfgate::sinks::http::encode(black_box(&batch)))
+            b.iter(|| vfgate::sinks::http::encode(black_box(&batch), false))
         });
         g.bench_function("verify_parse_dedupe_encode", |b| {
             b.iter(|| {
@@ -129,7 +129,7 @@ fn per_event(c: &mut Criterion) {
                 dedupe.begin(k, 3000);
                 dedupe.commit(k, 3000);
                 let batch = [Arc::new(ev.into_inner())];
-                black_box(vfgate::sinks::http::encode(&batch));
+                black_box(vfgate::sinks::http::encode(&batch, false));
             })
         });
         g.finish();

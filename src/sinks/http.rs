@@ -1,7 +1,8 @@
 //! `http` sink: the sender's documented "Custom" target, a JSON POST to any endpoint.
 //!
-//! With `batch.max_events = 1` each event is POSTed as received, byte for byte; with more, a
-//! batch is a JSON array of the events' bytes. Custom headers are strings or secret refs.
+//! With `batch.max_events = 1` each event is POSTed as received, byte for byte; with more,
+//! every request is a JSON array of the events' bytes, a batch of one too (`[{...}]`), so
+//! the receiver parses one shape whatever the traffic. Custom headers are strings or secret refs.
 //! Classification: 2xx ok; 401/403 configuration error (kept, retried); 408/429/5xx retried
 //! honouring `Retry-After`; 413 and other 4xx split the batch until the bad event is alone.
 //!
@@ -151,6 +152,7 @@ fn build(common: &SinkCommon, s: &Settings) -> Result<Arc<dyn Sink>, ConfigError
         client,
         headers,
         path,
+        array: common.batch.max_events > 1,
     }))
 }
 
@@ -159,11 +161,14 @@ pub struct HttpSink {
     client: HttpClient,
     headers: Vec<(String, Vec<u8>)>,
     path: String,
+    /// `batch.max_events > 1`: every body is an array, whatever the batch's size.
+    array: bool,
 }
 
-/// The body for a batch: the single event's bytes, or a JSON array of them.
-pub fn encode(batch: &[Arc<Event>]) -> Bytes {
-    if let [one] = batch {
+/// The body for a batch: a JSON array of the events' bytes when `array` (the sink batches),
+/// else the single event's bytes.
+pub fn encode(batch: &[Arc<Event>], array: bool) -> Bytes {
+    if let ([one], false) = (batch, array) {
         return one.body.clone();
     }
     let mut out = Vec::with_capacity(batch.iter().map(|e| e.body.len() + 1).sum::<usize>() + 2);
@@ -181,7 +186,7 @@ pub fn encode(batch: &[Arc<Event>]) -> Bytes {
 #[async_trait]
 impl Sink for HttpSink {
     fn encode(&self, batch: &[Arc<Event>]) -> Result<Vec<u8>, SendResult> {
-        Ok(encode(batch).to_vec())
+        Ok(encode(batch, self.array).to_vec())
     }
 
     async fn send(&self, batch: &[Arc<Event>]) -> Attempt {
@@ -189,12 +194,51 @@ impl Sink for HttpSink {
             method: "POST",
             path: self.path.clone(),
             headers: self.headers.clone(),
-            body: encode(batch),
+            body: encode(batch, self.array),
         };
         super::exchange(&self.client, &req, classify_status).await
     }
 
     fn destination(&self) -> String {
         super::http_destination(TYPE.name(), self.client.target(), &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(max_events: usize) -> Arc<dyn Sink> {
+        let text = format!(
+            "[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"k\" }}]\nsinks = [\"h\"]\n[sink.h]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/in\"\nbatch = {{ max_events = {max_events} }}\n"
+        );
+        let config = crate::config::Config::parse(&text, crate::sinks::TYPES).unwrap();
+        crate::sinks::build(&config.sinks[0]).unwrap()
+    }
+
+    fn event(id: &str) -> Arc<Event> {
+        let body = format!(
+            r#"{{"event_id":"{id}","event_type":"user.login","timestamp":"2026-01-01T00:00:00Z"}}"#
+        );
+        Arc::new(Event::parse(Bytes::from(body)).unwrap())
+    }
+
+    #[test]
+    fn a_batching_sink_sends_an_array_even_for_one_event() {
+        let one = [event("a")];
+        let two = [event("a"), event("b")];
+        let body = |s: &Arc<dyn Sink>, b: &[Arc<Event>]| {
+            String::from_utf8(s.encode(b).ok().unwrap()).unwrap()
+        };
+        let batching = sink(10);
+        assert_eq!(body(&batching, &one), format!("[{}]", body(&sink(1), &one)));
+        assert_eq!(
+            serde_json::from_str::<Vec<serde_json::Value>>(&body(&batching, &two))
+                .unwrap()
+                .len(),
+            2
+        );
+        // One event per request: the event as received, byte for byte.
+        assert_eq!(body(&sink(1), &one).as_bytes(), &one[0].body[..]);
     }
 }
