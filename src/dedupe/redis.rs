@@ -35,6 +35,39 @@ if redis.call('GET', KEYS[1]) == 'f' then return redis.call('PEXPIRE', KEYS[1], 
 return 0
 "#;
 
+/// What failed, in words, for an operator: connection refused, authentication failed, timed
+/// out, the OS error, or the server's error code. Built from the error's kind and code only,
+/// never from its text or the URL, so no credential can reach a log.
+fn reason(e: &redis::RedisError) -> String {
+    let says =
+        |code: &str| e.code() == Some(code) || e.detail().is_some_and(|d| d.starts_with(code));
+    if e.is_connection_refusal() {
+        return "connection refused (is Redis running and listening there?)".into();
+    }
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || says("WRONGPASS") {
+        return "authentication failed (check dedupe.password or the user in dedupe.url)".into();
+    }
+    if says("NOAUTH") {
+        return "authentication required (set dedupe.password)".into();
+    }
+    if e.is_io_error() {
+        let io = std::iter::successors(std::error::Error::source(e), |s| s.source())
+            .find_map(|s| s.downcast_ref::<std::io::Error>());
+        return match io {
+            Some(io) => format!("connection failed: {io}"),
+            None if e.is_connection_dropped() => "connection lost".into(),
+            None => "I/O error".into(),
+        };
+    }
+    match e.code() {
+        Some(code) => format!("{} ({code})", e.category()),
+        None => e.category().to_string(),
+    }
+}
+
 /// The Redis backend.
 pub struct RedisDedupe {
     client: redis::Client,
@@ -109,8 +142,14 @@ impl RedisDedupe {
             }),
         )
         .await
-        .map_err(|_| DedupeError(format!("redis {}: connect timeout", self.display)))?
-        .map_err(|e| DedupeError(format!("redis {}: {:?}", self.display, e.kind())))?;
+        .map_err(|_| {
+            DedupeError(format!(
+                "redis {}: connect timed out (no answer within {:?})",
+                self.display,
+                self.timeout * 2
+            ))
+        })?
+        .map_err(|e| DedupeError(format!("redis {}: {}", self.display, reason(&e))))?;
         Ok(c.clone())
     }
 
@@ -121,9 +160,9 @@ impl RedisDedupe {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(DedupeError(format!(
-                "redis {}: {:?}",
+                "redis {}: {}",
                 self.display,
-                e.kind()
+                reason(&e)
             ))),
             Err(_) => Err(DedupeError(format!(
                 "redis {}: no answer within {:?}",
@@ -225,5 +264,80 @@ impl RedisDedupe {
     /// Failed calls so far.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn backend(port: u16, password: &str) -> RedisDedupe {
+        let cfg = RedisConfig {
+            url: Secret::new(format!("redis://:{password}@127.0.0.1:{port}/0").into_bytes()),
+            display: format!("127.0.0.1:{port}"),
+            password: None,
+            key_prefix: "t:".into(),
+            on_error: OnError::Reject,
+            timeout: Duration::from_millis(500),
+        };
+        RedisDedupe::new(&cfg, Duration::from_secs(60), Duration::from_secs(60)).unwrap()
+    }
+
+    async fn error_of(r: &RedisDedupe) -> String {
+        let key = r.key("s", "evt_1");
+        r.begin(key).await.unwrap_err().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so_and_where() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = error_of(&backend(port, "TOPSECRETPW")).await;
+        assert_eq!(
+            e,
+            format!("dedupe backend error: redis 127.0.0.1:{port}: connection refused (is Redis running and listening there?)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_says_authentication_failed_without_the_password() {
+        // A server that answers every command as Redis does to a wrong AUTH.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        // One reply per command (a RESP array starts a line with '*').
+                        let commands = buf[..n]
+                            .iter()
+                            .enumerate()
+                            .filter(|&(i, &b)| b == b'*' && (i == 0 || buf[i - 1] == b'\n'))
+                            .count();
+                        let reply =
+                            b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+                                .repeat(commands);
+                        if n == 0 || s.write_all(&reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let e = error_of(&backend(port, "TOPSECRETPW")).await;
+        assert!(
+            e.starts_with(&format!(
+                "dedupe backend error: redis 127.0.0.1:{port}: authentication failed"
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("TOPSECRETPW"), "{e}");
     }
 }
