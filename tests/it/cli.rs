@@ -460,3 +460,43 @@ fn completions_and_man_page_are_printed() {
     );
     assert!(out.contains("check\\-config"), "{out}");
 }
+
+/// The shipped unit file keeps its hardening (systemd-analyze verify in .ci/run checks that
+/// it parses), runs the binary the README installs, and reads the config from VFGATE_CONFIG.
+#[test]
+fn systemd_unit_is_hardened() {
+    let unit = std::fs::read_to_string(repo_root().join("deploy/systemd/vfgate.service")).unwrap();
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let value = |k: &str| {
+        keys.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{k}= missing from the unit"))
+    };
+    for (k, v) in [
+        ("ExecStart", "/usr/local/bin/vfgate serve"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Environment", "VFGATE_CONFIG=/etc/vfgate/vfgate.toml"),
+        ("DynamicUser", "yes"),
+        ("StateDirectory", "vfgate"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("SystemCallFilter", "@system-service"),
+        ("RestartPreventExitStatus", "2"),
+    ] {
+        assert_eq!(value(k), v, "{k}");
+    }
+    assert!(value("LimitNOFILE").parse::<u64>().unwrap() >= 65536);
+    assert!(
+        unit.contains("CAP_NET_BIND_SERVICE"),
+        "says how to bind below 1024"
+    );
+}
