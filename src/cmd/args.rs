@@ -28,6 +28,10 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, value_name = "FILE", env = "VFGATE_CONFIG")]
         config: PathBuf,
+        /// Log line format on stderr (default: the config's log.format, else text). The
+        /// level is the config's log.level; RUST_LOG overrides it.
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate a configuration file: exit 0 with a summary, or 2 naming each key and reason.
     CheckConfig {
@@ -62,6 +66,15 @@ pub enum Command {
     },
     /// Print the man page (roff) to stdout, e.g. `vfgate man | man -l -`.
     Man,
+}
+
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields).
+    Json,
 }
 
 /// `vfgate send`.

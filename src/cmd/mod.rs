@@ -44,7 +44,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// (usage and config errors are printed where they are found, exit 2).
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config, log_format } => serve::run(&config, log_format),
         Command::CheckConfig { config } => Ok(check_config::run(&config)),
         Command::Send(args) => runtime().map(|rt| rt.block_on(send::run(args))),
         Command::Failed { cmd } => runtime().map(|rt| rt.block_on(failed::run(cmd))),

@@ -6,6 +6,10 @@
 
 use std::time::Duration;
 
+/// `log.format`.
+pub const LOG_FORMAT: &str = "text";
+/// `log.level` (`RUST_LOG` overrides it).
+pub const LOG_LEVEL: &str = "info";
 /// `server.listen`.
 pub const LISTEN: &str = "127.0.0.1:8080";
 /// `admin.listen`.

@@ -27,7 +27,7 @@ mod units;
 mod validate;
 
 pub use raw::{
-    OneOrMany, RawAdmin, RawBatch, RawClientTls, RawConfig, RawDedupe, RawRetry, RawServer,
+    OneOrMany, RawAdmin, RawBatch, RawClientTls, RawConfig, RawDedupe, RawLog, RawRetry, RawServer,
     RawServerTls, RawSinkCommon, RawSource, RawSourceSecret, RawSpool,
 };
 pub use units::{ByteSize, DurationStr, SizeError};
@@ -152,8 +152,29 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// Sinks by name (sorted).
     pub sinks: Vec<SinkConfig>,
+    /// `serve`'s log.
+    pub log: LogConfig,
     /// Warnings to log at start-up (inline secrets, TLS verification off).
     pub warnings: Vec<String>,
+}
+
+/// How `serve`'s log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
+    /// fields.
+    Json,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Line format (`serve --log-format` overrides it).
+    pub format: LogFormat,
+    /// Level or filter directives (`RUST_LOG` overrides them).
+    pub level: String,
 }
 
 /// `[server]`, validated.
@@ -511,6 +532,7 @@ fn raw_sections(table: toml::Table) -> Result<RawConfig, ConfigError> {
             "server" => raw.server = section(&mut errors, &key, value).unwrap_or_default(),
             "admin" => raw.admin = section(&mut errors, &key, value).unwrap_or_default(),
             "dedupe" => raw.dedupe = section(&mut errors, &key, value).unwrap_or_default(),
+            "log" => raw.log = section(&mut errors, &key, value).unwrap_or_default(),
             "spool" => raw.spool = section(&mut errors, &key, value),
             "sink" => raw.sink = section(&mut errors, &key, value).unwrap_or_default(),
             "source" => match value {
@@ -528,7 +550,7 @@ fn raw_sections(table: toml::Table) -> Result<RawConfig, ConfigError> {
             _ => errors.push(ConfigError::invalid(
                 key.clone(),
                 format!(
-                    "unknown section `{key}`, expected one of `server`, `admin`, `dedupe`, `spool`, `source`, `sink`"
+                    "unknown section `{key}`, expected one of `server`, `admin`, `dedupe`, `log`, `spool`, `source`, `sink`"
                 ),
             )),
         }
@@ -559,34 +581,57 @@ impl Config {
         Config::validate(raw_sections(table)?, sinks)
     }
 
-    /// One line for `check-config`.
-    pub fn summary(&self) -> String {
+    /// The listeners: `127.0.0.1:8080 (tls), admin 127.0.0.1:9090`.
+    pub fn listen_summary(&self) -> String {
         let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
-        let sinks: Vec<String> = self
-            .sinks
-            .iter()
-            .map(|s| format!("{} ({})", s.common.name, s.common.kind))
-            .collect();
         format!(
-            "ok: {} source(s) [{}], {} sink(s) [{}], listen {}{}, admin {}{}",
-            self.sources.len(),
-            self.sources
-                .iter()
-                .map(|s| match s.ack {
-                    Ack::Forward => format!("{} {}", s.name, s.path),
-                    Ack::Spool => format!("{} {} (ack spool)", s.name, s.path),
-                })
-                .collect::<Vec<_>>()
-                .join(", "),
-            self.sinks.len(),
-            sinks.join(", "),
+            "{}{}, admin {}",
             listen.join(" "),
             if self.server.tls.is_some() {
                 " (tls)"
             } else {
                 ""
             },
-            self.admin.listen,
+            self.admin.listen
+        )
+    }
+
+    /// The sources: `syvault /v1/events, other /v2 (ack spool)`.
+    pub fn sources_summary(&self) -> String {
+        self.sources
+            .iter()
+            .map(|s| match s.ack {
+                Ack::Forward => format!("{} {}", s.name, s.path),
+                Ack::Spool => format!("{} {} (ack spool)", s.name, s.path),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The dedupe backend: `memory (journal data/dedupe)`, `memory (not persisted)` or
+    /// `redis host:port` (never the URL: it may hold a password).
+    pub fn dedupe_summary(&self) -> String {
+        match (&self.dedupe.backend, &self.dedupe.journal) {
+            (DedupeBackend::Redis(r), _) => format!("redis {}", r.display),
+            (DedupeBackend::Memory, Some(dir)) => format!("memory (journal {})", dir.display()),
+            (DedupeBackend::Memory, None) => "memory (not persisted)".to_string(),
+        }
+    }
+
+    /// One line for `check-config`.
+    pub fn summary(&self) -> String {
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| format!("{} ({})", s.common.name, s.common.kind))
+            .collect();
+        format!(
+            "ok: {} source(s) [{}], {} sink(s) [{}], listen {}{}",
+            self.sources.len(),
+            self.sources_summary(),
+            self.sinks.len(),
+            sinks.join(", "),
+            self.listen_summary(),
             match &self.spool {
                 Some(s) => format!(", spool {}", s.dir.display()),
                 None => String::new(),
@@ -792,6 +837,31 @@ path = "/dev/null"
             humane("invalid type: boolean `true`, expected struct RawClientTls"),
             "invalid type: boolean `true`, expected a table { key = value, ... }"
         );
+    }
+
+    #[test]
+    fn log_table_has_defaults_and_checked_values() {
+        let c = parse(&base("")).unwrap();
+        assert_eq!(
+            c.log,
+            LogConfig {
+                format: LogFormat::Text,
+                level: "info".into()
+            }
+        );
+        let with = |l: &str| format!("{}\n[log]\n{l}\n", base(""));
+        let c = parse(&with(
+            "format = \"json\"\nlevel = \"warn,vfgate::dedupe=debug\"",
+        ))
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "warn,vfgate::dedupe=debug");
+        assert_eq!(
+            err(&with("format = \"xml\"")),
+            "log.format: must be \"text\" or \"json\", got \"xml\""
+        );
+        assert!(err(&with("level = \"loud\"")).starts_with("log.level: "));
+        assert!(err(&with("colour = true")).starts_with("log.colour: unknown field"));
     }
 
     #[test]

@@ -45,6 +45,23 @@ pub struct RawConfig {
     /// `[sink.NAME]`: destinations; the keys depend on `type`.
     #[serde(default)]
     pub sink: BTreeMap<String, toml::Table>,
+    /// `[log]`: the format and level of `serve`'s log on stderr.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [log] table { format = \"text\" or \"json\", level = \"info\" }"
+)]
+pub struct RawLog {
+    /// `"text"` (default) or `"json"` (one object per line); `serve --log-format` overrides.
+    pub format: Option<String>,
+    /// `error`, `warn`, `info` (default), `debug`, `trace`, or directives such as
+    /// `"info,vfgate::dedupe=debug"`; the `RUST_LOG` environment variable overrides.
+    pub level: Option<String>,
 }
 
 /// `[server]`.

@@ -6,11 +6,14 @@
 //! CLI) nor name a sink type: a sink's own keys go to its type's `configure`, found in the
 //! catalog the caller passed.
 
-use super::raw::{OneOrMany, RawConfig, RawDedupe, RawServer, RawSinkCommon, RawSource, RawSpool};
+use super::raw::{
+    OneOrMany, RawConfig, RawDedupe, RawLog, RawServer, RawSinkCommon, RawSource, RawSpool,
+};
 use super::{
     defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
-    DedupeConfig, FsyncPolicy, OnError, RedisConfig, ServerConfig, SinkCatalog, SinkCommon,
-    SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TypeFilter, MIN_SECRET_BYTES,
+    DedupeConfig, FsyncPolicy, LogConfig, LogFormat, OnError, RedisConfig, ServerConfig,
+    SinkCatalog, SinkCommon, SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TypeFilter,
+    MIN_SECRET_BYTES,
 };
 use crate::secret::{Secret, SecretRef};
 use std::collections::HashSet;
@@ -30,6 +33,7 @@ impl Config {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let server = keep(&mut errors, validate_server(raw.server));
+        let log = keep(&mut errors, validate_log(raw.log));
         let admin_listen = raw
             .admin
             .listen
@@ -169,16 +173,19 @@ impl Config {
             }
             sources.push(src);
         }
-        match (server, admin, dedupe) {
-            (Some(server), Some(admin), Some(dedupe)) if errors.is_empty() => Ok(Config {
-                server,
-                admin,
-                dedupe,
-                spool,
-                sources,
-                sinks,
-                warnings,
-            }),
+        match (server, admin, dedupe, log) {
+            (Some(server), Some(admin), Some(dedupe), Some(log)) if errors.is_empty() => {
+                Ok(Config {
+                    server,
+                    admin,
+                    dedupe,
+                    spool,
+                    sources,
+                    sinks,
+                    log,
+                    warnings,
+                })
+            }
             _ => Err(ConfigError::many(errors)),
         }
     }
@@ -187,6 +194,37 @@ impl Config {
 /// The value of `r`, or `None` with its error added to `errors`.
 fn keep<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()
+}
+
+fn validate_log(raw: RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match raw.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("must be \"text\" or \"json\", got {other:?}"),
+            ))
+        }
+    };
+    let level = raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let hint = "write error, warn, info, debug or trace, or directives such as \"info,vfgate::dedupe=debug\"";
+    // A bare word would be taken as a target name, so a typo ("inof") would log nothing.
+    if let Some(bad) = level
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()))
+    {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("{bad:?} is not a level ({hint})"),
+        ));
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&level)
+        .map_err(|e| ConfigError::invalid("log.level", format!("{e} ({hint})")))?;
+    Ok(LogConfig { format, level })
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {

@@ -114,6 +114,24 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
     };
     let sinks = build_sinks(&config, None)?;
     init_metrics(&config, &metrics);
+    // What this process serves, in one line (a sink's destination never holds a credential
+    // or a query string).
+    let destinations: Vec<String> = config
+        .sinks
+        .iter()
+        .map(|s| {
+            let live = sinks.by_name[&s.common.name].live.load();
+            format!("{} {}", s.common.name, live.sink.destination())
+        })
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %config.listen_summary(),
+        sources = %config.sources_summary(),
+        sinks = %destinations.join(", "),
+        dedupe = %config.dedupe_summary(),
+        "vfgate starting"
+    );
     let mut drainers = Vec::new();
     if let (Some(spool), Some(cfg)) = (&spool, &config.spool) {
         let ctx = Arc::new(drain::Context {

@@ -500,3 +500,100 @@ fn systemd_unit_is_hardened() {
         "says how to bind below 1024"
     );
 }
+
+/// `[log] format = "json"`: one JSON object per line with timestamp, level, target, message
+/// and the fields, among them the start-up line naming what this process serves, without a
+/// credential or a query string.
+#[tokio::test]
+async fn json_log_has_the_fields_and_a_start_up_line_without_credentials() {
+    let mock = Mock::start().await;
+    let gw = Gateway::start(&format!(
+        r#"
+[log]
+format = "json"
+
+[[source]]
+name = "syvault"
+path = "/v1/events"
+secrets = [{{ env = "VF_SECRET" }}]
+sinks = ["up"]
+
+[sink.up]
+type = "http"
+url = "{}?key=QUERYSECRET"
+headers = {{ "Authorization" = {{ value = "HEADERSECRET" }} }}
+"#,
+        mock.url("/in")
+    ))
+    .await;
+    let text = gw.log_text();
+    assert!(!text.contains("QUERYSECRET") && !text.contains("HEADERSECRET"));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for l in &lines {
+        for k in ["timestamp", "level", "target", "message"] {
+            assert!(l[k].is_string(), "{k} in {l}");
+        }
+    }
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "vfgate starting")
+        .unwrap_or_else(|| panic!("no start-up line in {text}"));
+    assert_eq!(start["level"], "INFO");
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        start["listen"],
+        format!("127.0.0.1:{}, admin 127.0.0.1:{}", gw.port, gw.admin)
+    );
+    assert_eq!(start["sources"], "syvault /v1/events");
+    assert_eq!(start["sinks"], format!("up http {}", mock.url("/in")));
+    assert!(
+        start["dedupe"]
+            .as_str()
+            .unwrap()
+            .starts_with("memory (journal "),
+        "{start}"
+    );
+}
+
+/// `serve --log-format` overrides `[log] format`, and `[log] level` filters unless RUST_LOG
+/// is set. The inline secret's warning is the line looked at; the taken admin port then
+/// stops serve (exit 1) before it runs.
+#[test]
+fn log_format_flag_overrides_the_file_and_rust_log_the_level() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    let write = |log: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[log]\n{log}\n[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"{}\"\n[dedupe]\npersist = false\n[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [{{ value = \"0123456789abcdef\" }}]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n",
+                taken.local_addr().unwrap()
+            ),
+        )
+        .unwrap();
+    };
+    let c = cfg.to_str().unwrap();
+    write("format = \"text\"");
+    let (code, _, err) = run_cli(&["serve", "--config", c, "--log-format", "json"], &[], None);
+    assert_eq!(code, 1, "{err}");
+    let warn = err
+        .lines()
+        .find(|l| l.contains("secret given inline"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let v: serde_json::Value = serde_json::from_str(warn).unwrap();
+    assert_eq!(v["level"], "WARN");
+    let (_, _, err) = run_cli(&["serve", "--config", c], &[], None);
+    assert!(err.lines().any(|l| l.contains("secret given inline")
+        && serde_json::from_str::<serde_json::Value>(l).is_err()));
+
+    write("level = \"error\"");
+    let (code, _, err) = run_cli(&["serve", "--config", c], &[], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("secret given inline"), "{err}");
+    let (_, _, err) = run_cli(&["serve", "--config", c], &[("RUST_LOG", "warn")], None);
+    assert!(err.contains("secret given inline"), "{err}");
+}
