@@ -1,5 +1,7 @@
 //! `vfgate send`: file, test and load-generation modes over [`crate::sender`], with progress
-//! output, a summary and the exit code (0 all delivered, 1 some failed, 2 usage). Owns:
+//! output (events waiting for a retry and the next attempt's time too), a summary and the
+//! exit code (0 all delivered, 1 some failed or a line not a JSON object, 2 usage, 130
+//! stopped by Ctrl-C, the undelivered events stored as failed). Owns:
 //! that output and exit code; signing, ordering, retries and the failed-deliveries store
 //! are `sender`'s and `deadletter`'s, and it builds no request itself.
 
@@ -10,9 +12,10 @@ use crate::config::RawClientTls;
 use crate::deadletter::FailedStore;
 use crate::escape::printable;
 use crate::secret::SecretRef;
-use crate::sender::load::{generated_event, send_ordered, Summary};
+use crate::sender::load::{generated_event, send_ordered, RetryWaits, Summary};
 use crate::sender::{Answer, Outcome, SenderSettings, WebhookSender};
 use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, IsTerminal};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,14 +53,27 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, s: &Summary) {
+    fn update(&mut self, s: &Summary, waits: &RetryWaits) {
+        let (waiting, next) = waits.snapshot();
+        let retrying = match next {
+            Some(at) if waiting > 0 => format!(
+                ", {waiting} waiting for a retry (next attempt in {})",
+                humantime::format_duration(Duration::from_secs(
+                    at.saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs_f64()
+                        .ceil() as u64
+                ))
+            ),
+            _ => String::new(),
+        };
         if let Some(b) = &self.bar {
             b.set_position(s.sent);
+            b.set_message(format!("{} failed{retrying}", s.failed.len()));
         } else if self.plain && self.last.elapsed() >= Duration::from_secs(1) {
             self.last = Instant::now();
             let total = self.total.map(|t| format!("/{t}")).unwrap_or_default();
             eprintln!(
-                "progress: {}{total} done, {} failed",
+                "progress: {}{total} done, {} failed{retrying}",
                 s.sent,
                 s.failed.len()
             );
@@ -140,6 +156,10 @@ pub async fn run(args: SendArgs) -> u8 {
     let total;
     let producer: tokio::task::JoinHandle<Result<(), String>>;
     let retries;
+    // Each line's number by its bytes (the same bytes on several lines: in order), until
+    // its outcome comes back; what is left at Ctrl-C is undelivered.
+    let mut lines_of: HashMap<Bytes, VecDeque<usize>> = HashMap::new();
+    let mut skipped = 0u64;
     if let Some(n) = args.generate {
         let dups = ((n as f64) * args.duplicates / 100.0).round() as u64;
         total = Some(n + dups);
@@ -182,37 +202,49 @@ pub async fn run(args: SendArgs) -> u8 {
     } else {
         total = None;
         retries = true;
+        // Every line is read and checked before anything is sent: a line that is not a JSON
+        // object is reported with its number, skipped and counted as failed.
         let file = args.file.clone();
-        producer = tokio::task::spawn_blocking(move || {
-            let reader: Box<dyn BufRead + Send> = match file.as_deref() {
-                None => Box::new(std::io::BufReader::new(std::io::stdin())),
-                Some(p) if p.as_os_str() == "-" => {
-                    Box::new(std::io::BufReader::new(std::io::stdin()))
+        let input = match tokio::task::spawn_blocking(move || read_lines(file.as_deref())).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                eprintln!("error: {e}");
+                return EXIT_USAGE;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        let mut valid = Vec::new();
+        for (n, line) in input {
+            match not_an_object(&line) {
+                None => {
+                    lines_of.entry(line.clone()).or_default().push_back(n);
+                    valid.push(line);
                 }
-                Some(p) => Box::new(std::io::BufReader::new(
-                    std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
-                )),
-            };
-            for (n, line) in reader.split(b'\n').enumerate() {
-                let mut line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
-                if line.ends_with(b"\r") {
-                    line.pop();
+                Some(why) => {
+                    eprintln!("line {n}: {why}: skipped, not sent");
+                    skipped += 1;
                 }
-                if line.iter().all(|c| c.is_ascii_whitespace()) {
-                    continue;
-                }
-                if etx.blocking_send(Bytes::from(line)).is_err() {
+            }
+        }
+        producer = tokio::spawn(async move {
+            for line in valid {
+                if etx.send(line).await.is_err() {
                     break;
                 }
             }
             Ok(())
         });
     }
+    let waits = Arc::new(RetryWaits::default());
     let sending = tokio::spawn(send_ordered(
         sender.clone(),
         erx,
         args.concurrency,
         retries,
+        waits.clone(),
         dtx,
     ));
     let mut progress = Progress::new(total, args.quiet);
@@ -227,9 +259,32 @@ pub async fn run(args: SendArgs) -> u8 {
             }
         },
     };
-    while let Some((body, outcome)) = drx.recv().await {
+    let mut failed_lines: Vec<Option<usize>> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut interrupted = false;
+    loop {
+        let (body, outcome) = tokio::select! {
+            done = drx.recv() => match done {
+                Some(d) => d,
+                None => break,
+            },
+            _ = tick.tick() => {
+                progress.update(&summary, &waits);
+                continue;
+            }
+            _ = &mut ctrl_c => {
+                interrupted = true;
+                break;
+            }
+        };
+        let line = lines_of.get_mut(&body).and_then(VecDeque::pop_front);
         summary.record(&body, &outcome);
-        progress.update(&summary);
+        if matches!(outcome, Outcome::Failed { .. }) {
+            failed_lines.push(line);
+        }
+        progress.update(&summary, &waits);
         if let Some(w) = results.as_mut() {
             use std::io::Write;
             let last = match &outcome {
@@ -252,6 +307,17 @@ pub async fn run(args: SendArgs) -> u8 {
         }
     }
     progress.finish();
+    if interrupted {
+        return stop(
+            &args,
+            &sender,
+            &summary,
+            &failed_lines,
+            lines_of,
+            skipped,
+            t0,
+        );
+    }
     let _ = sending.await;
     match producer.await {
         Ok(Ok(())) => {}
@@ -264,24 +330,123 @@ pub async fn run(args: SendArgs) -> u8 {
             return EXIT_USAGE;
         }
     }
-    let out = summary.render(t0.elapsed());
-    if !args.quiet || !summary.failed.is_empty() {
-        println!("{out}");
-    }
-    for (id, entry, last) in &summary.failed {
-        println!(
-            "failed: event_id {} (last: {last}){}",
-            printable(id),
-            entry
-                .as_ref()
-                .map(|e| format!(", stored as {e} in {}", args.failed_dir.display()))
-                .unwrap_or_default()
-        );
-    }
-    if summary.failed.is_empty() {
+    print_summary(&args, &summary, &failed_lines, skipped, t0);
+    if summary.failed.is_empty() && skipped == 0 {
         EXIT_OK
     } else {
         EXIT_FAILED
+    }
+}
+
+/// Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Ctrl-C: every event without an outcome yet (not sent, in flight, or waiting for a retry)
+/// goes to the failed store, then the summary; exit 130. An event in flight at this moment
+/// may still have reached the target: its replay is then answered as a duplicate.
+fn stop(
+    args: &SendArgs,
+    sender: &WebhookSender,
+    summary: &Summary,
+    failed_lines: &[Option<usize>],
+    lines_of: HashMap<Bytes, VecDeque<usize>>,
+    skipped: u64,
+    t0: Instant,
+) -> u8 {
+    let mut left: Vec<(usize, Bytes)> = lines_of
+        .into_iter()
+        .flat_map(|(body, lines)| lines.into_iter().map(move |n| (n, body.clone())))
+        .collect();
+    left.sort_by_key(|(n, _)| *n);
+    eprintln!("interrupted: {} event(s) not delivered", left.len());
+    print_summary(args, summary, failed_lines, skipped, t0);
+    for (n, body) in &left {
+        let entry = sender.store_interrupted(body);
+        println!(
+            "failed: line {n} event_id {} (interrupted){}",
+            printable(&crate::sender::event_fields(body).0),
+            stored(args, entry.as_ref())
+        );
+    }
+    EXIT_INTERRUPTED
+}
+
+fn stored(args: &SendArgs, entry: Option<&String>) -> String {
+    entry
+        .map(|e| format!(", stored as {e} in {}", args.failed_dir.display()))
+        .unwrap_or_default()
+}
+
+fn print_summary(
+    args: &SendArgs,
+    summary: &Summary,
+    failed_lines: &[Option<usize>],
+    skipped: u64,
+    t0: Instant,
+) {
+    let out = summary.render(t0.elapsed());
+    if !args.quiet || !summary.failed.is_empty() || skipped > 0 {
+        println!("{out}");
+    }
+    if skipped > 0 {
+        println!(
+            "skipped {skipped} line(s) that are not JSON objects (not sent, counted as failed)"
+        );
+    }
+    for (i, (id, entry, last)) in summary.failed.iter().enumerate() {
+        let line = failed_lines
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|n| format!("line {n} "))
+            .unwrap_or_default();
+        println!(
+            "failed: {line}event_id {} (last: {last}){}",
+            printable(id),
+            stored(args, entry.as_ref())
+        );
+    }
+}
+
+/// The non-blank lines of FILE (stdin when absent or `-`), numbered from 1, without their
+/// line ending.
+fn read_lines(file: Option<&std::path::Path>) -> Result<Vec<(usize, Bytes)>, String> {
+    let reader: Box<dyn BufRead + Send> = match file {
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::BufReader::new(std::io::stdin())),
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )),
+    };
+    let mut out = Vec::new();
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let mut line = line.map_err(|e| format!("line {}: {e}", n + 1))?;
+        if line.ends_with(b"\r") {
+            line.pop();
+        }
+        if !line.iter().all(|c| c.is_ascii_whitespace()) {
+            out.push((n + 1, Bytes::from(line)));
+        }
+    }
+    Ok(out)
+}
+
+/// Why `line` is not a JSON object, or `None` when it is one (the line itself is never
+/// quoted: it is the file's, not ours to echo).
+fn not_an_object(line: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Err(e) => Some(format!("not JSON ({e})")),
+        Ok(serde_json::Value::Object(_)) => None,
+        Ok(v) => Some(format!(
+            "not a JSON object (a {})",
+            match v {
+                serde_json::Value::Array(_) => "JSON array",
+                serde_json::Value::String(_) => "JSON string",
+                serde_json::Value::Number(_) => "number",
+                serde_json::Value::Bool(_) => "boolean",
+                _ => "null",
+            }
+        )),
     }
 }
 

@@ -107,13 +107,44 @@ impl Summary {
     }
 }
 
+/// The events waiting for a retry and when each is due, shared between the retry tasks of
+/// [`send_ordered`] and a progress display.
+#[derive(Debug, Default)]
+pub struct RetryWaits {
+    inner: parking_lot::Mutex<(u64, std::collections::HashMap<u64, tokio::time::Instant>)>,
+}
+
+impl RetryWaits {
+    fn register(&self) -> u64 {
+        let mut g = self.inner.lock();
+        g.0 += 1;
+        g.0
+    }
+
+    fn set(&self, id: u64, at: Option<tokio::time::Instant>) {
+        let mut g = self.inner.lock();
+        match at {
+            Some(at) => g.1.insert(id, at),
+            None => g.1.remove(&id),
+        };
+    }
+
+    /// How many events wait for a retry, and when the soonest attempt is due.
+    pub fn snapshot(&self) -> (usize, Option<tokio::time::Instant>) {
+        let g = self.inner.lock();
+        (g.1.len(), g.1.values().min().copied())
+    }
+}
+
 /// Sends events in order per org through `concurrency` workers; `retries` runs the schedule
-/// for failed first attempts in the background (they do not hold back later events).
+/// for failed first attempts in the background (they do not hold back later events), each
+/// registered in `waits` while it waits.
 pub async fn send_ordered(
     sender: Arc<WebhookSender>,
     mut events: mpsc::Receiver<Bytes>,
     concurrency: usize,
     retries: bool,
+    waits: Arc<RetryWaits>,
     done: mpsc::UnboundedSender<(Bytes, Outcome)>,
 ) {
     let mut workers = Vec::new();
@@ -121,7 +152,7 @@ pub async fn send_ordered(
     for _ in 0..concurrency.max(1) {
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
         txs.push(tx);
-        let (sender, done) = (sender.clone(), done.clone());
+        let (sender, done, waits) = (sender.clone(), done.clone(), waits.clone());
         workers.push(tokio::spawn(async move {
             let mut retrying = tokio::task::JoinSet::new();
             while let Some(body) = rx.recv().await {
@@ -135,9 +166,12 @@ pub async fn send_ordered(
                         },
                     ));
                 } else if retries {
-                    let (sender, done) = (sender.clone(), done.clone());
+                    let (sender, done, waits) = (sender.clone(), done.clone(), waits.clone());
                     retrying.spawn(async move {
-                        let o = sender.retry(body.clone(), first).await;
+                        let id = waits.register();
+                        let o = sender
+                            .retry_watched(body.clone(), first, |at| waits.set(id, at))
+                            .await;
                         let _ = done.send((body, o));
                     });
                 } else {

@@ -120,7 +120,8 @@ pub enum SenderError {
     Secret(#[from] crate::secret::SecretError),
 }
 
-fn event_fields(body: &[u8]) -> (String, String, Option<String>) {
+/// The `event_id`, `event_type` and org of an event body (empty strings when absent).
+pub fn event_fields(body: &[u8]) -> (String, String, Option<String>) {
     #[derive(serde::Deserialize, Default)]
     struct Ctx {
         org_id: Option<String>,
@@ -236,6 +237,28 @@ impl WebhookSender {
     /// Retries after a failed first attempt, on the schedule; stores the event when the
     /// schedule is exhausted.
     pub async fn retry(&self, body: Bytes, first: (AttemptLog, Answer)) -> Outcome {
+        self.retry_watched(body, first, |_| {}).await
+    }
+
+    /// [`WebhookSender::retry`], telling `on_wait` when the next attempt is due before each
+    /// wait, and `None` once the event is delivered or failed (for progress displays).
+    pub async fn retry_watched(
+        &self,
+        body: Bytes,
+        first: (AttemptLog, Answer),
+        on_wait: impl Fn(Option<tokio::time::Instant>),
+    ) -> Outcome {
+        let outcome = self.retry_inner(body, first, &on_wait).await;
+        on_wait(None);
+        outcome
+    }
+
+    async fn retry_inner(
+        &self,
+        body: Bytes,
+        first: (AttemptLog, Answer),
+        on_wait: &impl Fn(Option<tokio::time::Instant>),
+    ) -> Outcome {
         use crate::retry::{Next, Policy};
         let mut logs = vec![first.0];
         let mut last = first.1;
@@ -243,6 +266,7 @@ impl WebhookSender {
         let mut round = 0;
         while let Next::Wait(wait) = policy.next(round, None) {
             round += 1;
+            on_wait(Some(tokio::time::Instant::now() + wait));
             tokio::time::sleep(wait).await;
             let (log, ans) = self.attempt(&body).await;
             logs.push(log);
@@ -281,6 +305,28 @@ impl WebhookSender {
         logs: &[AttemptLog],
         sink: Option<&str>,
     ) -> Option<String> {
+        let reason = format!("no 2xx after {} attempts", logs.len());
+        self.store_entry(body, logs, sink, reason)
+    }
+
+    /// Writes the entry of an event whose delivery was stopped (Ctrl-C) before a 2xx, with
+    /// the attempts made so far (none for an event not yet sent); returns its id.
+    pub fn store_interrupted(&self, body: &[u8]) -> Option<String> {
+        self.store_entry(
+            body,
+            &[],
+            None,
+            "interrupted before a 2xx (vfgate send was stopped)".into(),
+        )
+    }
+
+    fn store_entry(
+        &self,
+        body: &[u8],
+        logs: &[AttemptLog],
+        sink: Option<&str>,
+        reason: String,
+    ) -> Option<String> {
         let store = self.settings.failed.as_ref()?;
         let (event_id, event_type, _) = event_fields(body);
         let entry = FailedEntry {
@@ -298,7 +344,7 @@ impl WebhookSender {
             event_type,
             sink: sink.map(str::to_string),
             source: None,
-            reason: format!("no 2xx after {} attempts", logs.len()),
+            reason,
             created_at: crate::time::now_rfc3339(),
             attempts: logs.to_vec(),
             event: String::from_utf8_lossy(body).to_string(),

@@ -193,7 +193,7 @@ async fn always_failing_goes_to_the_store(mock: &Mock, failed: &Path, file: &Pat
     std::fs::write(file, org_event("evt_dead", "org_1") + "\n").unwrap();
     let (code, out, _) = send_with_retries(mock, failed, file).await;
     assert_eq!(code, 1);
-    assert!(out.contains("failed: event_id evt_dead"), "{out}");
+    assert!(out.contains("failed: line 1 event_id evt_dead"), "{out}");
     assert_eq!(mock.requests().len() - before, 4);
     let (code, list, _) = failed_cli(failed, &["list"]).await;
     assert_eq!(code, 0);
@@ -513,4 +513,140 @@ async fn admin_api_lists_and_replays_with_a_bearer_token() {
     let r = admin(&gw, "GET", "/admin/failed", &auth).await;
     assert!(r.json()["entries"].as_array().unwrap().is_empty());
     assert_eq!(admin(&gw, "POST", &replay, &auth).await.status, 404);
+}
+
+/// Lines that are not JSON objects are reported with their numbers before anything is sent,
+/// skipped and counted as failed (exit 1); a failed event's line names its line number.
+#[tokio::test]
+async fn send_reports_bad_lines_first_and_failures_by_line_number() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::RejectContaining("evt_refused".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.ndjson");
+    let lines = [
+        org_event("evt_l1", "o1"),
+        "{not json".to_string(),
+        "[1, 2]".to_string(),
+        String::new(),
+        org_event("evt_refused", "o1"),
+        org_event("evt_l6", "o2"),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let failed = dir.path().join("failed");
+    let (code, out, err) = send(
+        s(&[
+            "send",
+            "--target",
+            &mock.url("/in"),
+            "--secret-env",
+            "VF_SECRET",
+            "--retry-schedule",
+            "10ms",
+            "--failed-dir",
+            failed.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    let first: Vec<&str> = err.lines().take(2).collect();
+    assert!(first[0].starts_with("line 2: not JSON ("), "{err}");
+    assert_eq!(
+        first[1],
+        "line 3: not a JSON object (a JSON array): skipped, not sent"
+    );
+    assert!(!err.contains("{not json"), "the line itself is not echoed");
+    assert!(
+        out.contains("skipped 2 line(s) that are not JSON objects"),
+        "{out}"
+    );
+    assert!(
+        out.contains("failed: line 5 event_id evt_refused (last: 400)"),
+        "{out}"
+    );
+    let sent: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .collect();
+    assert!(sent.iter().all(|b| b.starts_with('{')), "{sent:?}");
+    assert_eq!(sent.iter().filter(|b| b.contains("evt_l")).count(), 2);
+}
+
+/// Ctrl-C while events wait for a retry: progress has said so and when; every undelivered
+/// event goes to the failed store, the summary is printed, exit 130.
+#[tokio::test]
+async fn send_ctrl_c_stores_undelivered_events_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "down".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.ndjson");
+    let events: Vec<String> = (1..=3)
+        .map(|i| org_event(&format!("evt_int_{i}"), "o1"))
+        .collect();
+    std::fs::write(&file, events.join("\n") + "\n").unwrap();
+    let failed = dir.path().join("failed");
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "send",
+            "--target",
+            &mock.url("/in"),
+            "--secret-env",
+            "VF_SECRET",
+            "--retry-schedule",
+            "10m",
+            "--failed-dir",
+            failed.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ])
+        .env("VF_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let stderr = child.stderr.take().unwrap();
+    // Read stderr to its end (a closed pipe would fail the child's last lines).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let seen = tokio::task::spawn_blocking(move || {
+        rx.iter()
+            .find(|l| l.contains("3 waiting for a retry (next attempt in "))
+    })
+    .await
+    .unwrap();
+    let seen = seen.expect("progress shows the events waiting for a retry");
+    assert!(
+        seen.contains("next attempt in 9m") || seen.contains("next attempt in 10m"),
+        "{seen}"
+    );
+    assert_eq!(send_signal(pid, "INT"), 0);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    reader.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("sent 0:"), "{stdout}");
+    for i in 1..=3 {
+        assert!(
+            stdout.contains(&format!(
+                "failed: line {i} event_id evt_int_{i} (interrupted), stored as "
+            )),
+            "{stdout}"
+        );
+    }
+    let (code, list, _) = run_cli(
+        &["failed", "list", "--dir", failed.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(list.matches("evt_int_").count(), 3, "{list}");
 }
