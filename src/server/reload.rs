@@ -5,7 +5,7 @@
 //! built anew (a rotated secret file takes effect) and the old batchers drain and stop once
 //! the last request that holds them is answered; a spooled sink keeps its slot, so its
 //! drainer and cursor stay. What the running process cannot change without a restart (the
-//! listeners and everything under `[server]` and `[admin]`, `[dedupe]`, `[spool]`, which
+//! listeners and everything under `[server]`, `[admin]`, `[dedupe]`, `[spool]`, `[log]`, which
 //! sources spool and to which sinks, a file sink's keys) is refused with its key path, and
 //! the running config stays, as it does for any invalid config.
 //!
@@ -211,6 +211,9 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     }
     if format!("{:?}", old.spool) != format!("{:?}", new.spool) {
         keys.push("spool".into());
+    }
+    if old.log != new.log {
+        keys.push("log".into());
     }
     let spooled = |c: &Config| -> HashMap<String, Vec<String>> {
         c.sources

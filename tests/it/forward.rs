@@ -173,3 +173,32 @@ async fn https_upstream_is_verified_against_ca_file() {
             >= 1.0
     );
 }
+
+/// Pingora's connector logs `failed to acquire reusable stream` at ERROR when a pooled
+/// connection is still held by its idle watcher; it then opens a new one, so nothing is
+/// wrong and nobody must act. Under concurrent senders it used to fill the log.
+#[tokio::test]
+async fn concurrent_forwarding_logs_no_error_for_a_handled_reconnect() {
+    let mock = Mock::start().await;
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/in"))
+        .with("batch = { max_events = 1 }")
+        .with("concurrency = 8")
+        .build();
+    let gw = Gateway::start(&cfg).await;
+    let results = gw.dir.path().join("results.tsv");
+    let mut send = send_load(&gw, 4000, 4000, &results, &[]);
+    wait_for_sender(&mut send, Duration::from_secs(60)).await;
+    let answered = std::fs::read_to_string(&results).unwrap();
+    assert_eq!(
+        answered.lines().filter(|l| l.ends_with("\t200")).count(),
+        4000
+    );
+    let log = gw.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines for handled conditions: {errors:#?}"
+    );
+}
