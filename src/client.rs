@@ -46,11 +46,13 @@ pub struct Target {
     pub path: String,
 }
 
-/// Why a URL is not a target.
+/// Why a URL is not a target. The messages never repeat the URL: it may hold a token in its
+/// query or a password before its host, and a config error is logged and, on a reload,
+/// answered to the admin API (the key path says which URL).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// Not a URL at all.
-    #[error("{url:?} is not a valid URL ({reason})")]
+    #[error("not a valid URL ({reason})")]
     Invalid {
         /// The text.
         url: String,
@@ -58,13 +60,13 @@ pub enum TargetError {
         reason: String,
     },
     /// Neither http nor https.
-    #[error("{0:?}: the URL must start with http:// or https://")]
+    #[error("the URL must start with http:// or https://")]
     Scheme(String),
     /// No host.
-    #[error("{0:?}: the URL has no host")]
+    #[error("the URL has no host")]
     NoHost(String),
     /// `user:password@` in the URL.
-    #[error("{0:?}: credentials in the URL are not supported; use headers")]
+    #[error("credentials in the URL are not supported; use headers")]
     Credentials(String),
 }
 
