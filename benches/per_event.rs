@@ -81,6 +81,7 @@ fn per_event(c: &mut Criterion) {
             signature: Some(sig.as_bytes()),
             version: Some(b"1"),
             content_type: Some(b"application/json"),
+            headers: None,
         };
         let mut g = c.benchmark_group(format!("per_event_{label}"));
         g.throughput(Throughput::Elements(1));

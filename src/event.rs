@@ -105,6 +105,50 @@ impl Event {
         })
     }
 
+    /// The body of a request signed by another scheme (`standard-webhooks`, `hmac`) as a JSON
+    /// value, after the same checks as [`Event::parse`] makes of a VF body: one JSON object,
+    /// valid UTF-8, at most [`MAX_DEPTH`] levels deep. Its fields are then read through the
+    /// source's field map (in `crate::verify`) and the event made by [`Event::mapped`].
+    pub fn json_object(body: &Bytes) -> Result<serde_json::Value, InvalidEvent> {
+        if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(explain(body, None));
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Err(explain(body, None));
+        };
+        if too_deep(body) {
+            return Err(InvalidEvent(format!(
+                "the JSON nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        serde_json::from_str(text).map_err(|e| explain(body, Some(e)))
+    }
+
+    /// An event whose fields were read through a field map: `event_id` must be non-empty
+    /// and free of control characters (it is the dedupe key and a log field), as in a VF body.
+    pub fn mapped(
+        body: Bytes,
+        event_id: String,
+        event_type: String,
+        timestamp_ms: i64,
+        org_id: Option<String>,
+    ) -> Result<Event, InvalidEvent> {
+        if event_id.is_empty() {
+            return Err(InvalidEvent("event_id is empty".into()));
+        }
+        if event_id.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return Err(InvalidEvent("event_id contains a control character".into()));
+        }
+        Ok(Event {
+            body,
+            event_id,
+            event_type,
+            timestamp_ms,
+            timestamp: crate::time::rfc3339_ms(timestamp_ms),
+            org_id,
+        })
+    }
+
     /// The body with whitespace outside strings removed, so that it fits on one line; the
     /// body itself when it has no raw newline (the common case: no copy).
     pub fn one_line(&self) -> Bytes {

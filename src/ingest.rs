@@ -396,6 +396,7 @@ retry = {{ budget = "0s" }}
             signature: Some(sig.as_bytes()),
             version: Some(b"1"),
             content_type: Some(b"application/json"),
+            headers: None,
         };
         r.ingest
             .handle(&r.src, parts, body, crate::time::now_ms(), ())

@@ -172,6 +172,32 @@ impl SecretRef {
     }
 }
 
+/// Why a secret is not a Standard Webhooks signing key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    /// Not base64 after the optional `whsec_` prefix.
+    #[error("not a Standard Webhooks secret: expected \"whsec_\" followed by base64 (as the sender shows it)")]
+    NotBase64,
+    /// Decodes to nothing.
+    #[error("the secret decodes to an empty key")]
+    Empty,
+}
+
+/// The HMAC key of a Standard Webhooks secret as senders show it: `whsec_<base64>`, or the
+/// base64 alone (decoded all the same, as the specification's reference libraries do).
+pub fn standard_webhooks_key(secret: &Secret) -> Result<Secret, KeyFormatError> {
+    use base64::Engine;
+    let s = secret.expose().trim_ascii();
+    let s = s.strip_prefix(b"whsec_").unwrap_or(s);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|_| KeyFormatError::NotBase64)?;
+    if key.is_empty() {
+        return Err(KeyFormatError::Empty);
+    }
+    Ok(Secret::new(key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -209,6 +209,7 @@ fn whole_check_path() {
             signature: Some(sig),
             version: Some(version),
             content_type: Some(ct),
+            headers: None,
         };
         let ok = c.check(parts, body.clone(), 1_800_000_000_000).is_ok();
         if ok {

@@ -62,3 +62,6 @@ pub const SPOOL_SEGMENT_BYTES: u64 = 64 << 20;
 pub const DEDUPE_DIR: &str = "data/dedupe";
 /// `dedupe.persist`.
 pub const DEDUPE_PERSIST: bool = true;
+
+/// `source.tolerance` of a `standard-webhooks` source (the specification's 5 minutes).
+pub const TOLERANCE: Duration = Duration::from_secs(300);

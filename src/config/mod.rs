@@ -131,7 +131,25 @@ fn humane(msg: &str) -> String {
     if let Some(at) = m.find("data did not match any variant of untagged enum") {
         m.replace_range(at.., "not a value this key accepts");
     }
-    m
+    without_quoted_value(&m)
+}
+
+/// serde quotes the value it refused (`invalid type: string "whsec_...", expected ...`): a
+/// secret written in the wrong shape would be printed, logged and, on a reload, answered to
+/// the admin API. The message keeps the kind of value and drops the value.
+fn without_quoted_value(m: &str) -> String {
+    let mut out = m.to_string();
+    for lead in ["invalid type: string \"", "invalid value: string \""] {
+        while let Some(at) = out.find(lead) {
+            let start = at + lead.len() - 1;
+            let Some(len) = out[start + 1..].find('"') else {
+                out.truncate(start);
+                break;
+            };
+            out.replace_range(start - 1..start + len + 2, "");
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -366,6 +384,104 @@ pub struct SourceConfig {
     pub sinks: Vec<String>,
     /// Acknowledgement mode.
     pub ack: Ack,
+    /// How requests are signed.
+    pub scheme: Scheme,
+    /// Where the event's fields are (schemes other than `vf`; empty for `vf`).
+    pub fields: FieldMap,
+}
+
+/// A source's signature scheme, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    /// `X-VF-Signature-256: sha256=<hex>` over the body, and `X-VF-Webhook-Version`.
+    Vf,
+    /// Standard Webhooks: `{webhook-id}.{webhook-timestamp}.{body}`, the id is the dedupe
+    /// key and the timestamp must be within `tolerance` of now, either way.
+    StandardWebhooks {
+        /// `source.tolerance`.
+        tolerance: Duration,
+    },
+    /// A body MAC in one header.
+    Hmac(HmacScheme),
+}
+
+impl Scheme {
+    /// The config and metric name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scheme::Vf => "vf",
+            Scheme::StandardWebhooks { .. } => "standard-webhooks",
+            Scheme::Hmac(_) => "hmac",
+        }
+    }
+}
+
+/// `source.hmac`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacScheme {
+    /// The header, lower-case.
+    pub header: String,
+    /// Text before the MAC.
+    pub prefix: String,
+    /// The MAC's encoding.
+    pub encoding: HmacEncoding,
+    /// The hash.
+    pub algorithm: HmacAlgorithm,
+}
+
+/// How an `hmac` MAC is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacEncoding {
+    /// Hex digits, either case.
+    #[default]
+    Hex,
+    /// Standard base64.
+    Base64,
+}
+
+/// The hash of an `hmac` MAC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// SHA-256.
+    #[default]
+    Sha256,
+    /// SHA-512.
+    Sha512,
+    /// SHA-1 (weak: warned about).
+    Sha1,
+}
+
+/// Where one event field is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// A JSON pointer into the body.
+    Pointer(String),
+    /// A request header (lower-case name).
+    Header(String),
+}
+
+/// Where the event time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimeField {
+    /// A JSON pointer to an RFC 3339 string or unix seconds; the age window applies.
+    Pointer(String),
+    /// The time of receipt: no age check (replays are bounded by the dedupe TTL only).
+    Received,
+}
+
+/// Where a non-`vf` source finds its event's fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldMap {
+    /// The id (`hmac`; `standard-webhooks` uses `webhook-id`).
+    pub event_id: Option<Field>,
+    /// The type.
+    pub event_type: Option<Field>,
+    /// The time (`hmac`; `standard-webhooks` uses `webhook-timestamp`).
+    pub timestamp: Option<TimeField>,
+    /// The organisation.
+    pub org_id: Option<Field>,
 }
 
 /// Batching limits of a sink.
@@ -642,6 +758,19 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_value_of_the_wrong_shape_is_never_quoted_in_the_error() {
+        let e = parse("[[source]]\nname = \"s\"\npath = \"/e\"\nsecrets = [\"whsec_TOPSECRET\"]\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("TOPSECRET"), "{e}");
+        assert!(e.contains("source[0].secrets[0]"), "{e}");
+        assert_eq!(
+            without_quoted_value("invalid type: string \"abc\", expected a table"),
+            "invalid type: string, expected a table"
+        );
+    }
     use super::*;
 
     fn base(extra: &str) -> String {

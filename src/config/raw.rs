@@ -215,6 +215,79 @@ pub struct RawSource {
     /// `"forward"` (default: answer after the sinks took the event) or `"spool"` (answer
     /// 202 once the event is on disk).
     pub ack: Option<String>,
+    /// How requests are signed: `"vf"` (default), `"standard-webhooks"` or `"hmac"`.
+    pub scheme: Option<RawScheme>,
+    /// `standard-webhooks`: the accepted distance of `webhook-timestamp` from now.
+    pub tolerance: Option<DurationStr>,
+    /// `hmac`: the header and how the MAC is written in it.
+    pub hmac: Option<RawHmac>,
+    /// Where the event's id, type, time and org are, for schemes other than `vf`.
+    pub fields: Option<RawFields>,
+}
+
+/// `source.scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawScheme {
+    /// `X-VF-Signature-256`.
+    Vf,
+    /// `webhook-*` / `svix-*` headers.
+    StandardWebhooks,
+    /// A body MAC in one named header.
+    Hmac,
+}
+
+/// `source.hmac`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" }"
+)]
+pub struct RawHmac {
+    /// The header carrying the MAC.
+    pub header: String,
+    /// Text before the MAC in the header (default none).
+    #[serde(default)]
+    pub prefix: String,
+    /// `hex` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: super::HmacEncoding,
+    /// `sha256` (default), `sha512` or `sha1`.
+    #[serde(default)]
+    pub algorithm: super::HmacAlgorithm,
+}
+
+/// `source.fields`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { event_id = ..., event_type = ..., timestamp = ..., org_id = ... }"
+)]
+pub struct RawFields {
+    /// The event id (the dedupe key).
+    pub event_id: Option<RawField>,
+    /// The event type (filters, sinks).
+    pub event_type: Option<RawField>,
+    /// The event time: a JSON pointer, or `"received"`.
+    pub timestamp: Option<RawField>,
+    /// The organisation (per-org ordering, sinks' org column).
+    pub org_id: Option<RawField>,
+}
+
+/// Where one field is: a JSON pointer into the body (`"/data/id"`), or a header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a JSON pointer such as \"/data/id\", or { header = \"Name\" }"
+)]
+pub enum RawField {
+    /// A JSON pointer (or, for `timestamp`, `"received"`).
+    Pointer(String),
+    /// A request header.
+    Header {
+        /// Its name.
+        header: String,
+    },
 }
 
 /// `sink.NAME.batch`.

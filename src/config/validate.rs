@@ -11,9 +11,9 @@ use super::raw::{
 };
 use super::{
     defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
-    DedupeConfig, FsyncPolicy, LogConfig, LogFormat, OnError, RedisConfig, ServerConfig,
-    SinkCatalog, SinkCommon, SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TypeFilter,
-    MIN_SECRET_BYTES,
+    DedupeConfig, Field, FieldMap, FsyncPolicy, HmacAlgorithm, HmacScheme, LogConfig, LogFormat,
+    OnError, RedisConfig, Scheme, ServerConfig, SinkCatalog, SinkCommon, SinkConfig, SourceConfig,
+    SourceSecret, SpoolConfig, TimeField, TypeFilter, MIN_SECRET_BYTES,
 };
 use crate::secret::{Secret, SecretRef};
 use std::collections::HashSet;
@@ -607,6 +607,7 @@ fn validate_source(
             key("secrets")
         ));
     }
+    let versions_given = raw.versions.is_some() || raw.require_version.is_some();
     let versions = raw.versions.unwrap_or_else(|| vec!["1".to_string()]);
     if versions.is_empty() || versions.iter().any(|v| v.is_empty()) {
         return Err(ConfigError::invalid(
@@ -645,10 +646,25 @@ fn validate_source(
             ));
         }
     }
+    let (scheme, fields) = validate_scheme(
+        i,
+        SchemeKeys {
+            scheme: raw.scheme,
+            tolerance: raw.tolerance,
+            hmac: raw.hmac,
+            fields: raw.fields,
+            versions_given,
+        },
+        &mut secrets,
+        ttl,
+        warnings,
+    )?;
     Ok(SourceConfig {
         name: raw.name,
         path: raw.path,
         secrets,
+        scheme,
+        fields,
         versions,
         require_version: raw.require_version.unwrap_or(defaults::REQUIRE_VERSION),
         max_event_age,
@@ -866,6 +882,166 @@ fn validate_sink<C: SinkCatalog + ?Sized>(
         settings,
         fingerprint,
     })
+}
+
+/// The scheme keys of one `[[source]]`, as written.
+struct SchemeKeys {
+    scheme: Option<super::raw::RawScheme>,
+    tolerance: Option<super::DurationStr>,
+    hmac: Option<super::raw::RawHmac>,
+    fields: Option<super::raw::RawFields>,
+    versions_given: bool,
+}
+
+/// `source[i]`'s scheme and field map. A Standard Webhooks source's secrets become their
+/// decoded keys here (a malformed one is an error naming it).
+fn validate_scheme(
+    i: usize,
+    raw: SchemeKeys,
+    secrets: &mut [SourceSecret],
+    ttl: Duration,
+    warnings: &mut Vec<String>,
+) -> Result<(Scheme, FieldMap), ConfigError> {
+    use super::raw::{RawField, RawScheme};
+    let key = |k: &str| format!("source[{i}].{k}");
+    let kind = raw.scheme.unwrap_or(RawScheme::Vf);
+    let only =
+        |k: &str, what: &str| ConfigError::invalid(key(k), format!("only for scheme = {what}"));
+    if kind != RawScheme::StandardWebhooks && raw.tolerance.is_some() {
+        return Err(only("tolerance", "\"standard-webhooks\""));
+    }
+    if kind != RawScheme::Hmac && raw.hmac.is_some() {
+        return Err(only("hmac", "\"hmac\""));
+    }
+    if kind != RawScheme::Vf && raw.versions_given {
+        return Err(only("versions", "\"vf\" (X-VF-Webhook-Version)"));
+    }
+    if kind == RawScheme::Vf {
+        if raw.fields.is_some() {
+            return Err(ConfigError::invalid(
+                key("fields"),
+                "a vf source's fields are fixed (event_id, event_type, timestamp, context.org_id)",
+            ));
+        }
+        return Ok((Scheme::Vf, FieldMap::default()));
+    }
+    let raw_fields = raw.fields.unwrap_or_default();
+    let field = |k: &str, f: Option<RawField>| -> Result<Option<Field>, ConfigError> {
+        match f {
+            None => Ok(None),
+            Some(RawField::Pointer(p)) if p.starts_with('/') => Ok(Some(Field::Pointer(p))),
+            Some(RawField::Pointer(p)) => Err(ConfigError::invalid(
+                key(&format!("fields.{k}")),
+                format!("{p:?} is not a JSON pointer (write \"/data/id\")"),
+            )),
+            Some(RawField::Header { header }) if is_header_name(&header) => {
+                Ok(Some(Field::Header(header.to_ascii_lowercase())))
+            }
+            Some(RawField::Header { header }) => Err(ConfigError::invalid(
+                key(&format!("fields.{k}.header")),
+                format!("{header:?} is not a header name"),
+            )),
+        }
+    };
+    let event_type = field("event_type", raw_fields.event_type)?;
+    let org_id = field("org_id", raw_fields.org_id)?;
+    if kind == RawScheme::StandardWebhooks {
+        for k in ["event_id", "timestamp"] {
+            let given = match k {
+                "event_id" => raw_fields.event_id.is_some(),
+                _ => raw_fields.timestamp.is_some(),
+            };
+            if given {
+                return Err(ConfigError::invalid(
+                    key(&format!("fields.{k}")),
+                    "a standard-webhooks source takes it from the signed webhook-id / webhook-timestamp headers",
+                ));
+            }
+        }
+        let tolerance = raw.tolerance.map(|d| d.0).unwrap_or(defaults::TOLERANCE);
+        if tolerance > ttl {
+            return Err(ConfigError::invalid(
+                key("tolerance"),
+                format!(
+                    "must not exceed dedupe.ttl ({}): a resend within the tolerance could be a forgotten duplicate",
+                    humantime::format_duration(ttl)
+                ),
+            ));
+        }
+        for (j, s) in secrets.iter_mut().enumerate() {
+            s.secret = crate::secret::standard_webhooks_key(&s.secret)
+                .map_err(|e| ConfigError::invalid(key(&format!("secrets[{j}]")), e.to_string()))?;
+        }
+        let fields = FieldMap {
+            event_id: None,
+            event_type,
+            timestamp: None,
+            org_id,
+        };
+        return Ok((Scheme::StandardWebhooks { tolerance }, fields));
+    }
+    // hmac
+    let Some(h) = raw.hmac else {
+        return Err(ConfigError::invalid(
+            key("hmac"),
+            "required for scheme = \"hmac\": { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" }",
+        ));
+    };
+    if !is_header_name(&h.header) {
+        return Err(ConfigError::invalid(
+            key("hmac.header"),
+            format!("{:?} is not a header name", h.header),
+        ));
+    }
+    if h.algorithm == HmacAlgorithm::Sha1 {
+        warnings.push(format!(
+            "{}: HMAC-SHA1 is weak; use sha256 if the sender offers it",
+            key("hmac.algorithm")
+        ));
+    }
+    let Some(event_id) = field("event_id", raw_fields.event_id)? else {
+        return Err(ConfigError::invalid(
+            key("fields.event_id"),
+            "required for scheme = \"hmac\" (a JSON pointer or { header = \"...\" }): without an id there is no dedupe",
+        ));
+    };
+    let timestamp = match raw_fields.timestamp {
+        Some(RawField::Pointer(p)) if p == "received" => TimeField::Received,
+        Some(RawField::Pointer(p)) if p.starts_with('/') => TimeField::Pointer(p),
+        None => TimeField::Received,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                key("fields.timestamp"),
+                "a JSON pointer to an RFC 3339 string or unix seconds, or \"received\"",
+            ))
+        }
+    };
+    if timestamp == TimeField::Received {
+        warnings.push(format!(
+            "{}: the event time is the time of receipt, so there is no age check: a replayed request is refused only while its id is remembered (dedupe.ttl)",
+            key("fields.timestamp")
+        ));
+    }
+    let scheme = Scheme::Hmac(HmacScheme {
+        header: h.header.to_ascii_lowercase(),
+        prefix: h.prefix,
+        encoding: h.encoding,
+        algorithm: h.algorithm,
+    });
+    let fields = FieldMap {
+        event_id: Some(event_id),
+        event_type,
+        timestamp: Some(timestamp),
+        org_id,
+    };
+    Ok((scheme, fields))
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 #[cfg(test)]

@@ -303,6 +303,7 @@ mod tests {
                 signature: None,
                 version: Some(b"1"),
                 content_type: Some(b"application/json"),
+                headers: None,
             };
             let key = d.key("s", "e1");
             // And a resend at the last millisecond max_event_age lets in.

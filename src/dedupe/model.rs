@@ -425,6 +425,7 @@ impl World {
                     signature: None,
                     version: Some(b"1"),
                     content_type: Some(b"application/json"),
+                    headers: None,
                 };
                 let ok = self.checker.after_signature(parts, body, now).is_ok();
                 assert_eq!(ok, self.inside_window(ts), "the accept window");

@@ -327,6 +327,7 @@ impl Gateway {
                 .map(|v| v.as_bytes()),
             version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
             content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
+            headers: Some(&h.headers),
         };
         let now = crate::time::now_ms();
         self.ingest

@@ -12,29 +12,8 @@
 use super::VerifyError;
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use serde::Deserialize;
 
-/// The hash under the HMAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Algorithm {
-    /// HMAC-SHA256.
-    Sha256,
-    /// HMAC-SHA512.
-    Sha512,
-    /// HMAC-SHA1 (weak; accepted for senders that offer nothing else).
-    Sha1,
-}
-
-/// How the MAC is written in the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// Hex digits, either case.
-    Hex,
-    /// Standard base64 with padding.
-    Base64,
-}
+pub use crate::config::{HmacAlgorithm as Algorithm, HmacEncoding as Encoding};
 
 /// How a source's sender writes its signature.
 #[derive(Debug, Clone, PartialEq, Eq)]

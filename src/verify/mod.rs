@@ -17,7 +17,7 @@ pub mod vf;
 
 pub use vf::{parse_signature, sign, Verifier, VerifyError, SIGNATURE_HEADER, VERSION_HEADER};
 
-use crate::config::SourceConfig;
+use crate::config::{Field, FieldMap, Scheme, SourceConfig, TimeField};
 use crate::event::{Event, Verified};
 use bytes::Bytes;
 
@@ -30,6 +30,57 @@ pub struct RequestParts<'a> {
     pub version: Option<&'a [u8]>,
     /// `Content-Type`.
     pub content_type: Option<&'a [u8]>,
+    /// Every header, for the schemes that read their own (`standard-webhooks`, `hmac`).
+    pub headers: Option<&'a http::HeaderMap>,
+}
+
+impl<'a> RequestParts<'a> {
+    /// A header's raw value.
+    fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers?.get(name).map(|v| v.as_bytes())
+    }
+
+    /// A Standard Webhooks header: `webhook-NAME`, else `svix-NAME`.
+    fn standard(&self, name: &str) -> Option<&'a [u8]> {
+        self.header(&format!("webhook-{name}"))
+            .or_else(|| self.header(&format!("svix-{name}")))
+    }
+
+    fn standard_headers(&self) -> standard_webhooks::Headers<'a> {
+        standard_webhooks::Headers {
+            id: self.standard("id"),
+            timestamp: self.standard("timestamp"),
+            signature: self.standard("signature"),
+        }
+    }
+}
+
+/// A source's scheme with its keys ready.
+#[derive(Clone)]
+enum Keys {
+    Vf(Verifier),
+    StandardWebhooks {
+        keys: Vec<standard_webhooks::Key>,
+        tolerance_ms: i64,
+        tolerance_text: String,
+    },
+    Hmac {
+        format: hmac::Format,
+        header: String,
+        keys: Vec<hmac::Key>,
+    },
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keys::Vf(v) => write!(f, "vf {v:?}"),
+            Keys::StandardWebhooks { keys, .. } => {
+                write!(f, "standard-webhooks ({} keys)", keys.len())
+            }
+            Keys::Hmac { keys, .. } => write!(f, "hmac ({} keys)", keys.len()),
+        }
+    }
 }
 
 /// Why a request is refused, in check order. The detail strings never contain a secret or
@@ -56,7 +107,8 @@ pub enum Reject {
 /// Everything a source checks before dedupe.
 #[derive(Debug, Clone)]
 pub struct Checker {
-    verifier: Verifier,
+    keys: Keys,
+    fields: FieldMap,
     versions: Vec<String>,
     require_version: bool,
     max_age_ms: i64,
@@ -83,8 +135,37 @@ pub fn is_json_media_type(ct: &[u8]) -> bool {
 impl Checker {
     /// The checker of a source.
     pub fn new(src: &SourceConfig) -> Checker {
+        let keys = match &src.scheme {
+            Scheme::Vf => Keys::Vf(Verifier::new(&src.secrets)),
+            Scheme::StandardWebhooks { tolerance } => Keys::StandardWebhooks {
+                keys: src
+                    .secrets
+                    .iter()
+                    .map(|s| standard_webhooks::Key::new(s.secret.expose(), s.not_after))
+                    .collect(),
+                tolerance_ms: tolerance.as_millis().min(i64::MAX as u128) as i64,
+                tolerance_text: humantime::format_duration(*tolerance).to_string(),
+            },
+            Scheme::Hmac(h) => {
+                let format = hmac::Format {
+                    prefix: h.prefix.clone(),
+                    encoding: h.encoding,
+                    algorithm: h.algorithm,
+                };
+                Keys::Hmac {
+                    keys: src
+                        .secrets
+                        .iter()
+                        .map(|s| hmac::Key::new(&format, s.secret.expose(), s.not_after))
+                        .collect(),
+                    header: h.header.clone(),
+                    format,
+                }
+            }
+        };
         Checker {
-            verifier: Verifier::new(&src.secrets),
+            keys,
+            fields: src.fields.clone(),
             versions: src.versions.clone(),
             require_version: src.require_version,
             max_age_ms: src.max_event_age.as_millis().min(i64::MAX as u128) as i64,
@@ -114,9 +195,20 @@ impl Checker {
         body: &[u8],
         now_ms: i64,
     ) -> Result<usize, Reject> {
-        self.verifier
-            .verify(parts.signature, body, now_ms.div_euclid(1000))
-            .map_err(|_| Reject::InvalidSignature)
+        let now_s = now_ms.div_euclid(1000);
+        let matched = match &self.keys {
+            Keys::Vf(v) => v.verify(parts.signature, body, now_s),
+            Keys::StandardWebhooks { keys, .. } => {
+                standard_webhooks::verify(keys, parts.standard_headers(), body, now_s)
+                    .map(|s| s.secret)
+            }
+            Keys::Hmac {
+                format,
+                header,
+                keys,
+            } => hmac::verify(format, keys, parts.header(header), body, now_s),
+        };
+        matched.map_err(|_| Reject::InvalidSignature)
     }
 
     /// Everything after the signature: version, media type, event shape and age. Call only
@@ -127,6 +219,9 @@ impl Checker {
         body: Bytes,
         now_ms: i64,
     ) -> Result<Verified<Event>, Reject> {
+        if !matches!(self.keys, Keys::Vf(_)) {
+            return self.after_other_signature(parts, body, now_ms);
+        }
         match parts.version {
             None if self.require_version => {
                 return Err(Reject::UnsupportedVersion(
@@ -143,21 +238,14 @@ impl Checker {
             }
             Some(_) => {}
         }
-        match parts.content_type {
-            Some(ct) if is_json_media_type(ct) => {}
-            Some(ct) => {
-                return Err(Reject::UnsupportedMediaType(format!(
-                    "Content-Type {:?} is not application/json",
-                    lossy(ct)
-                )))
-            }
-            None => {
-                return Err(Reject::UnsupportedMediaType(
-                    "Content-Type is missing; expected application/json".into(),
-                ))
-            }
-        }
+        json_media_type(parts.content_type)?;
         let event = Event::parse(body).map_err(|e| Reject::InvalidEvent(e.0))?;
+        self.age_window(&event, now_ms)?;
+        Ok(Verified(event))
+    }
+
+    /// The VF age window: at most `max_event_age` old, `max_future_skew` ahead.
+    fn age_window(&self, event: &Event, now_ms: i64) -> Result<(), Reject> {
         let age = now_ms.saturating_sub(event.timestamp_ms);
         if age > self.max_age_ms {
             return Err(Reject::StaleEvent(format!(
@@ -171,7 +259,139 @@ impl Checker {
                 event.timestamp, self.max_skew_text
             )));
         }
+        Ok(())
+    }
+
+    /// After a `standard-webhooks` or `hmac` signature: media type, the body as one JSON
+    /// object, the event's fields through the source's field map, and the time window
+    /// (`tolerance` on the signed timestamp, or the age window on a mapped one).
+    fn after_other_signature(
+        &self,
+        parts: RequestParts<'_>,
+        body: Bytes,
+        now_ms: i64,
+    ) -> Result<Verified<Event>, Reject> {
+        json_media_type(parts.content_type)?;
+        let json = Event::json_object(&body).map_err(|e| Reject::InvalidEvent(e.0))?;
+        let read = |f: &Option<Field>, what: &str| -> Result<Option<String>, Reject> {
+            match f {
+                None => Ok(None),
+                Some(f) => lookup(f, parts, &json).map(Some).ok_or_else(|| {
+                    Reject::InvalidEvent(format!(
+                        "{what} ({}) is missing or not a string or number",
+                        describe(f)
+                    ))
+                }),
+            }
+        };
+        // The type and org are optional, as in a VF event: missing, they are empty.
+        let event_type = self
+            .fields
+            .event_type
+            .as_ref()
+            .and_then(|f| lookup(f, parts, &json))
+            .unwrap_or_default();
+        let org_id = self
+            .fields
+            .org_id
+            .as_ref()
+            .and_then(|f| lookup(f, parts, &json));
+        let (event_id, timestamp_ms) = match &self.keys {
+            Keys::StandardWebhooks {
+                tolerance_ms,
+                tolerance_text,
+                ..
+            } => {
+                // Both were checked with the signature; read them again as text.
+                let h = parts.standard_headers();
+                let id = String::from_utf8_lossy(h.id.unwrap_or_default()).into_owned();
+                let ts: i64 = std::str::from_utf8(h.timestamp.unwrap_or_default())
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .ok_or(Reject::InvalidSignature)?;
+                let ts_ms = ts.saturating_mul(1000);
+                if now_ms.saturating_sub(ts_ms).abs() > *tolerance_ms {
+                    return Err(Reject::StaleEvent(format!(
+                        "webhook-timestamp {ts} is more than {tolerance_text} from now"
+                    )));
+                }
+                (id, ts_ms)
+            }
+            _ => {
+                let id = read(&self.fields.event_id, "event_id")?
+                    .ok_or_else(|| Reject::InvalidEvent("event_id is not configured".into()))?;
+                let ts = match &self.fields.timestamp {
+                    Some(TimeField::Pointer(p)) => Some(
+                        json.pointer(p)
+                            .and_then(time_value)
+                            .ok_or_else(|| {
+                                Reject::InvalidEvent(format!(
+                                    "timestamp ({p}) is missing, or neither an RFC 3339 date-time nor unix seconds"
+                                ))
+                            })?,
+                    ),
+                    Some(TimeField::Received) | None => None,
+                };
+                (id, ts.unwrap_or(now_ms))
+            }
+        };
+        let event = Event::mapped(body, event_id, event_type, timestamp_ms, org_id)
+            .map_err(|e| Reject::InvalidEvent(e.0))?;
+        if matches!(self.fields.timestamp, Some(TimeField::Pointer(_))) {
+            self.age_window(&event, now_ms)?;
+        }
         Ok(Verified(event))
+    }
+}
+
+/// The media type check every scheme shares: `application/json`.
+fn json_media_type(ct: Option<&[u8]>) -> Result<(), Reject> {
+    match ct {
+        Some(ct) if is_json_media_type(ct) => Ok(()),
+        Some(ct) => Err(Reject::UnsupportedMediaType(format!(
+            "Content-Type {:?} is not application/json",
+            lossy(ct)
+        ))),
+        None => Err(Reject::UnsupportedMediaType(
+            "Content-Type is missing; expected application/json".into(),
+        )),
+    }
+}
+
+/// A mapped field's value: a header's text, or a string or number at a JSON pointer.
+fn lookup(f: &Field, parts: RequestParts<'_>, json: &serde_json::Value) -> Option<String> {
+    match f {
+        Field::Header(h) => parts
+            .header(h)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| v.trim().to_string()),
+        Field::Pointer(p) => match json.pointer(p)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        },
+    }
+}
+
+fn describe(f: &Field) -> String {
+    match f {
+        Field::Header(h) => format!("header {h}"),
+        Field::Pointer(p) => p.clone(),
+    }
+}
+
+/// Unix milliseconds of a mapped time: an RFC 3339 string, or unix seconds (a number).
+fn time_value(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::String(s) => crate::time::parse_rfc3339_ms(s),
+        serde_json::Value::Number(n) => {
+            n.as_i64().and_then(|s| s.checked_mul(1000)).or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() < 1e15)
+                    .map(|f| (f * 1000.0) as i64)
+            })
+        }
+        _ => None,
     }
 }
 
@@ -222,6 +442,7 @@ path = "/dev/null"
             signature: Some(s.as_bytes()),
             version: Some(b"2"),
             content_type: Some(b"Application/JSON; charset=utf-8"),
+            headers: None,
         };
         let (ev, pos) = c.check(ok, b.clone(), NOW).unwrap();
         assert_eq!((ev.get().event_id.as_str(), pos), ("e1", 0));
@@ -230,6 +451,7 @@ path = "/dev/null"
             signature: None,
             version: None,
             content_type: None,
+            headers: None,
         };
         assert_eq!(
             c.check(bad, b.clone(), NOW).unwrap_err(),
@@ -319,9 +541,194 @@ mod checker_props {
                 signature: if signed { Some(good.as_bytes()) } else { sig.as_deref() },
                 version: ver.as_deref(),
                 content_type: ct.as_deref(),
+                headers: None,
             };
             let _ = checker.check(parts, Bytes::from(body.clone()), now);
         }
     }
     use crate::config::Config;
+}
+
+#[cfg(test)]
+mod scheme_tests {
+    use super::*;
+    use crate::config::Config;
+
+    const NOW_MS: i64 = 1_700_000_000_000;
+    const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+    fn source(keys: &str) -> SourceConfig {
+        let text = format!(
+            "[[source]]\nname = \"s\"\npath = \"/e\"\nsinks = [\"f\"]\n{keys}\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n"
+        );
+        let mut c = Config::parse(&text, &crate::config::AnySinkType).unwrap();
+        c.sources.remove(0)
+    }
+
+    fn err(keys: &str) -> String {
+        let text = format!(
+            "[[source]]\nname = \"s\"\npath = \"/e\"\nsinks = [\"f\"]\n{keys}\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n"
+        );
+        Config::parse(&text, &crate::config::AnySinkType)
+            .unwrap_err()
+            .to_string()
+    }
+
+    fn headers(pairs: &[(&'static str, String)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn check(c: &Checker, h: &http::HeaderMap, body: &str, now: i64) -> Result<Event, Reject> {
+        let parts = RequestParts {
+            content_type: h.get("content-type").map(|v| v.as_bytes()),
+            headers: Some(h),
+            ..Default::default()
+        };
+        c.check(parts, Bytes::from(body.to_string()), now)
+            .map(|(v, _)| v.into_inner())
+    }
+
+    #[test]
+    fn a_standard_webhooks_source_verifies_maps_and_bounds_the_timestamp() {
+        let src = source(&format!(
+            "scheme = \"standard-webhooks\"\nsecrets = [{{ value = \"{WHSEC}\" }}]\ntolerance = \"5m\"\nfields = {{ event_type = \"/type\", org_id = \"/data/org\" }}"
+        ));
+        let c = Checker::new(&src);
+        let key = crate::secret::standard_webhooks_key(&crate::secret::Secret::new(WHSEC)).unwrap();
+        let body = r#"{"type":"user.created","data":{"org":"o1"}}"#;
+        let ts = NOW_MS / 1000 - 60;
+        let sig = standard_webhooks::sign(key.expose(), "msg_1", ts, body.as_bytes());
+        for prefix in ["webhook", "svix"] {
+            let h = headers(&[
+                (
+                    if prefix == "webhook" {
+                        "webhook-id"
+                    } else {
+                        "svix-id"
+                    },
+                    "msg_1".into(),
+                ),
+                (
+                    if prefix == "webhook" {
+                        "webhook-timestamp"
+                    } else {
+                        "svix-timestamp"
+                    },
+                    ts.to_string(),
+                ),
+                (
+                    if prefix == "webhook" {
+                        "webhook-signature"
+                    } else {
+                        "svix-signature"
+                    },
+                    sig.clone(),
+                ),
+            ]);
+            let e = check(&c, &h, body, NOW_MS).unwrap();
+            assert_eq!(
+                (
+                    e.event_id.as_str(),
+                    e.event_type.as_str(),
+                    e.timestamp_ms,
+                    e.org_id.as_deref()
+                ),
+                ("msg_1", "user.created", ts * 1000, Some("o1")),
+                "{prefix}-* headers"
+            );
+            assert_eq!(
+                check(&c, &h, body, NOW_MS + 301_000).err(),
+                Some(Reject::StaleEvent(
+                    "webhook-timestamp 1699999940 is more than 5m from now".into()
+                ))
+            );
+            assert!(
+                matches!(
+                    check(&c, &h, body, NOW_MS - 361_000),
+                    Err(Reject::StaleEvent(_))
+                ),
+                "ahead of now"
+            );
+            assert_eq!(
+                check(&c, &h, &body.replace("o1", "o2"), NOW_MS).err(),
+                Some(Reject::InvalidSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn an_hmac_source_reads_its_id_from_a_header_and_its_time_from_the_body() {
+        let src = source(
+            "scheme = \"hmac\"\nsecrets = [{ value = \"It's a Secret to Everybody\" }]\nhmac = { header = \"X-Hub-Signature-256\", prefix = \"sha256=\" }\nfields = { event_id = { header = \"X-GitHub-Delivery\" }, event_type = { header = \"X-GitHub-Event\" }, timestamp = \"/at\" }",
+        );
+        let c = Checker::new(&src);
+        let at = crate::time::rfc3339_ms(NOW_MS - 1000);
+        let body = format!(r#"{{"at":"{at}","zen":"x"}}"#);
+        let format = hmac::Format {
+            prefix: "sha256=".into(),
+            encoding: hmac::Encoding::Hex,
+            algorithm: hmac::Algorithm::Sha256,
+        };
+        let sig = hmac::sign(&format, b"It's a Secret to Everybody", body.as_bytes());
+        let h = headers(&[
+            ("x-hub-signature-256", sig.clone()),
+            ("x-github-delivery", "d-1".into()),
+            ("x-github-event", "push".into()),
+        ]);
+        let e = check(&c, &h, &body, NOW_MS).unwrap();
+        assert_eq!(
+            (e.event_id.as_str(), e.event_type.as_str(), e.timestamp_ms),
+            ("d-1", "push", NOW_MS - 1000)
+        );
+        let no_id = headers(&[("x-hub-signature-256", sig.clone())]);
+        assert_eq!(
+            check(&c, &no_id, &body, NOW_MS).err(),
+            Some(Reject::InvalidEvent(
+                "event_id (header x-github-delivery) is missing or not a string or number".into()
+            ))
+        );
+        assert!(matches!(
+            check(&c, &h, &body, NOW_MS + 90_000_000),
+            Err(Reject::StaleEvent(_))
+        ));
+        let wrong = headers(&[("x-hub-signature-256", sig.replace("sha256=", "sha256=0"))]);
+        assert_eq!(
+            check(&c, &wrong, &body, NOW_MS).err(),
+            Some(Reject::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn scheme_keys_are_checked_with_their_key_path() {
+        assert_eq!(
+            err("scheme = \"hmac\"\nsecrets = [{ value = \"k\" }]\nhmac = { header = \"X-Sig\" }"),
+            "source[0].fields.event_id: required for scheme = \"hmac\" (a JSON pointer or { header = \"...\" }): without an id there is no dedupe"
+        );
+        assert_eq!(
+            err("scheme = \"standard-webhooks\"\nsecrets = [{ value = \"whsec_***\" }]"),
+            "source[0].secrets[0]: not a Standard Webhooks secret: expected \"whsec_\" followed by base64 (as the sender shows it)"
+        );
+        assert!(err("secrets = [{ value = \"k\" }]\ntolerance = \"5m\"")
+            .starts_with("source[0].tolerance: only for scheme"));
+        assert!(err("scheme = \"hmac\"\nsecrets = [{ value = \"k\" }]\nversions = [\"1\"]\nhmac = { header = \"X\" }\nfields = { event_id = \"/id\" }").starts_with("source[0].versions: only for scheme"));
+        assert!(err("scheme = \"hmac\"\nsecrets = [{ value = \"k\" }]\nhmac = { header = \"X\" }\nfields = { event_id = \"id\" }").contains("is not a JSON pointer"));
+        let sha1 = "scheme = \"hmac\"\nsecrets = [{ value = \"0123456789abcdef0\" }]\nhmac = { header = \"X\", algorithm = \"sha1\" }\nfields = { event_id = \"/id\", timestamp = \"received\" }";
+        let text = format!("[[source]]\nname = \"s\"\npath = \"/e\"\nsinks = [\"f\"]\n{sha1}\n[sink.f]\ntype = \"file\"\npath = \"/dev/null\"\n");
+        let c = Config::parse(&text, &crate::config::AnySinkType).unwrap();
+        assert!(
+            c.warnings.iter().any(|w| w.contains("HMAC-SHA1 is weak")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(
+            c.warnings.iter().any(|w| w.contains("no age check")),
+            "{:?}",
+            c.warnings
+        );
+    }
 }

@@ -2,8 +2,8 @@
 //! `{webhook-id}.{webhook-timestamp}.{raw body}` with the base64-decoded part of a `whsec_`
 //! secret, sent as `webhook-signature: v1,<base64> [v1,<base64> ...]` (any one entry may
 //! match: the sender rotates by signing with two secrets). The headers may also be named
-//! `svix-id`, `svix-timestamp`, `svix-signature`. A secret without the `whsec_` prefix is
-//! base64-decoded all the same, as the specification's reference libraries do.
+//! `svix-id`, `svix-timestamp`, `svix-signature`. The key is the base64 part of the secret,
+//! decoded at config load ([`crate::secret::standard_webhooks_key`]).
 //!
 //! Every configured secret is tried against every `v1` entry, compared in constant time, even
 //! after a match; a missing or malformed header, a timestamp that is not an integer and a
@@ -18,36 +18,10 @@ use hmac::{KeyInit, Mac};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// The prefix of a secret as senders show it.
-pub const SECRET_PREFIX: &str = "whsec_";
 /// The only signature version defined so far.
 const VERSION: &str = "v1";
 /// Signature entries considered in one header at most (more is not a rotation, it is abuse).
 const MAX_ENTRIES: usize = 16;
-
-/// Why a configured secret is not a Standard Webhooks key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyError {
-    /// Not base64 after the optional prefix.
-    #[error("not a Standard Webhooks secret: expected \"whsec_\" followed by base64")]
-    NotBase64,
-    /// Decodes to nothing.
-    #[error("the secret decodes to an empty key")]
-    Empty,
-}
-
-/// The HMAC key of a secret as the sender shows it (`whsec_<base64>`, or the base64 alone).
-pub fn decode_secret(secret: &[u8]) -> Result<Vec<u8>, KeyError> {
-    let s = secret.trim_ascii();
-    let s = s.strip_prefix(SECRET_PREFIX.as_bytes()).unwrap_or(s);
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(s)
-        .map_err(|_| KeyError::NotBase64)?;
-    if key.is_empty() {
-        return Err(KeyError::Empty);
-    }
-    Ok(key)
-}
 
 /// The three headers of a request, raw (from `webhook-*`, or else `svix-*`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -175,6 +149,11 @@ mod tests {
     const BODY: &[u8] = br#"{"email":"test@example.com","username":"test_user"}"#;
     const SIG: &str = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
 
+    fn decode_secret(s: &[u8]) -> Result<Vec<u8>, crate::secret::KeyFormatError> {
+        crate::secret::standard_webhooks_key(&crate::secret::Secret::new(s.to_vec()))
+            .map(|k| k.expose().to_vec())
+    }
+
     fn key() -> Vec<u8> {
         decode_secret(SECRET.as_bytes()).unwrap()
     }
@@ -261,8 +240,9 @@ mod tests {
             verify(&keys, headers(ID, &ts, SIG), BODY, TS + 1).is_err(),
             "expired"
         );
-        assert_eq!(decode_secret(b"whsec_***"), Err(KeyError::NotBase64));
-        assert_eq!(decode_secret(b"whsec_"), Err(KeyError::Empty));
+        use crate::secret::KeyFormatError;
+        assert_eq!(decode_secret(b"whsec_***"), Err(KeyFormatError::NotBase64));
+        assert_eq!(decode_secret(b"whsec_"), Err(KeyFormatError::Empty));
     }
 
     proptest! {

@@ -11,6 +11,7 @@ mod receive;
 mod redis;
 mod reload;
 mod restart;
+mod schemes;
 mod security;
 mod sender;
 mod siem;

@@ -1,0 +1,163 @@
+//! Sources of other signature schemes (`standard-webhooks`, `hmac`) verify, dedupe and
+//! deliver like a VF source: the real binary, a signed request, what reaches the sink.
+
+use crate::util::*;
+use std::time::Duration;
+
+const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+
+/// `v1,<base64>` of the Standard Webhooks scheme, computed here independently of vfgate.
+fn sw_sign(id: &str, ts: i64, body: &str) -> String {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&WHSEC["whsec_".len()..])
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    format!("v1,{sig}")
+}
+
+/// GitHub's `sha256=<hex>` of a body.
+fn github_sign(body: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GITHUB_SECRET.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn config(mock: &Mock) -> String {
+    format!(
+        r#"
+[[source]]
+name = "vanta"
+path = "/hooks/vanta"
+scheme = "standard-webhooks"
+secrets = [{{ env = "VANTA_SECRET" }}]
+tolerance = "5m"
+fields = {{ event_type = "/type", org_id = "/data/org_id" }}
+sinks = ["up"]
+
+[[source]]
+name = "github"
+path = "/hooks/github"
+scheme = "hmac"
+hmac = {{ header = "X-Hub-Signature-256", prefix = "sha256=", encoding = "hex", algorithm = "sha256" }}
+secrets = [{{ env = "GITHUB_SECRET" }}]
+fields = {{ event_id = {{ header = "X-GitHub-Delivery" }}, event_type = {{ header = "X-GitHub-Event" }}, timestamp = "received" }}
+sinks = ["splunk"]
+
+[sink.up]
+type = "http"
+url = "{}"
+
+[sink.splunk]
+type = "splunk_hec"
+url = "{}"
+token = {{ value = "12345678-1234-1234-1234-1234567890AB" }}
+"#,
+        mock.url("/up"),
+        mock.url("")
+    )
+}
+
+async fn post(gw: &Gateway, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    request(gw.port, "POST", path, &h, body.as_bytes())
+        .await
+        .unwrap()
+}
+
+async fn start() -> (Mock, Gateway) {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(
+        200,
+        vec![],
+        r#"{"text":"Success","code":0}"#.into(),
+    ));
+    let env = [("VANTA_SECRET", WHSEC), ("GITHUB_SECRET", GITHUB_SECRET)];
+    let gw = Gateway::start_with(&config(&mock), "", &env).await;
+    (mock, gw)
+}
+
+#[tokio::test]
+async fn a_standard_webhooks_delivery_is_verified_deduped_and_forwarded_as_sent() {
+    let (mock, gw) = start().await;
+    let body = r#"{"type":"vanta.test.failed","data":{"org_id":"org_9","test":"mfa"}}"#;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let sig = sw_sign("msg_2LJ", ts, body);
+    let ts_text = ts.to_string();
+    let hs = [
+        ("webhook-id", "msg_2LJ"),
+        ("webhook-timestamp", ts_text.as_str()),
+        ("webhook-signature", sig.as_str()),
+    ];
+    let r = post(&gw, "/hooks/vanta", &hs, body).await;
+    assert_eq!((r.status, r.status_field()), (200, "accepted".to_string()));
+    let got = mock.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(
+        (got[0].path.as_str(), got[0].body.as_slice()),
+        ("/up", body.as_bytes())
+    );
+    // The sender's retry (the same webhook-id) is a duplicate, with svix-* names too.
+    let svix = [
+        ("svix-id", "msg_2LJ"),
+        ("svix-timestamp", ts_text.as_str()),
+        ("svix-signature", sig.as_str()),
+    ];
+    let r = post(&gw, "/hooks/vanta", &svix, body).await;
+    assert_eq!(r.status_field(), "duplicate");
+    // A flipped id, an old timestamp, a wrong signature.
+    let other = [("webhook-id", "msg_other"), hs[1], hs[2]];
+    assert_eq!(
+        post(&gw, "/hooks/vanta", &other, body).await.error(),
+        "invalid_signature"
+    );
+    let old_ts = (ts - 600).to_string();
+    let old_sig = sw_sign("msg_old", ts - 600, body);
+    let old = [
+        ("webhook-id", "msg_old"),
+        ("webhook-timestamp", old_ts.as_str()),
+        ("webhook-signature", old_sig.as_str()),
+    ];
+    let r = post(&gw, "/hooks/vanta", &old, body).await;
+    assert_eq!((r.status, r.error()), (400, "stale_event".to_string()));
+    assert_eq!(mock.requests().len(), 1, "nothing else reached the sink");
+}
+
+#[tokio::test]
+async fn a_github_shaped_delivery_reaches_splunk_with_its_delivery_id_and_event_type() {
+    let (mock, gw) = start().await;
+    let body = r#"{"zen":"Keep it logically awesome.","hook_id":123}"#;
+    let sig = github_sign(body);
+    let hs = [
+        ("x-hub-signature-256", sig.as_str()),
+        ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        ("x-github-event", "ping"),
+    ];
+    let r = post(&gw, "/hooks/github", &hs, body).await;
+    assert_eq!((r.status, r.status_field()), (200, "accepted".to_string()));
+    let got = mock.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].path, "/services/collector/event");
+    let envelope: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(
+        envelope["event"],
+        serde_json::from_str::<serde_json::Value>(body).unwrap()
+    );
+    assert_eq!(
+        post(&gw, "/hooks/github", &hs, body).await.status_field(),
+        "duplicate"
+    );
+    let unsigned = [hs[1], hs[2]];
+    assert_eq!(
+        post(&gw, "/hooks/github", &unsigned, body).await.error(),
+        "invalid_signature"
+    );
+    let no_id = [hs[0], hs[2]];
+    let r = post(&gw, "/hooks/github", &no_id, body).await;
+    assert_eq!((r.status, r.error()), (400, "invalid_event".to_string()));
+    assert_eq!(mock.requests().len(), 1);
+}
