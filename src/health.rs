@@ -161,6 +161,25 @@ impl Board {
             .clone()
     }
 
+    /// Forgets every sink not in `configured` (a reload removed it), with its gauge series.
+    pub fn retain(&self, configured: &[&str]) {
+        self.sinks.lock().retain(|name, _| {
+            let keep = configured.contains(&name.as_str());
+            if !keep {
+                let _ = self.gauge.remove_label_values(&[name]);
+            }
+            keep
+        });
+    }
+
+    /// Starts `sink` afresh, up (a reload built it anew: its old failures were another
+    /// configuration's, and a forward-mode sink reported down would keep `/readyz` failing
+    /// until a request reached it). Down again after the rule's failures, if still failing.
+    pub fn reset(&self, sink: &str) {
+        let fresh = Arc::new(SinkHealth::new(sink, self.gauge.with_label_values(&[sink])));
+        self.sinks.lock().insert(sink.to_string(), fresh);
+    }
+
     /// The names of the sinks that are down, sorted.
     pub fn down(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -212,6 +231,28 @@ mod tests {
         assert!(!h.is_down());
         assert!(b.down().is_empty());
         assert_eq!(g.with_label_values(&["splunk"]).get(), 1);
+    }
+
+    #[test]
+    fn a_reload_forgets_removed_sinks_and_starts_rebuilt_ones_up() {
+        let (b, g) = board();
+        let t0 = Instant::now();
+        for name in ["gone", "rebuilt", "kept"] {
+            let h = b.sink(name);
+            for i in 0..DOWN_AFTER_ATTEMPTS {
+                h.record(t0 + DOWN_AFTER * i, Err("503"));
+            }
+        }
+        assert_eq!(b.down().len(), 3);
+        b.retain(&["rebuilt", "kept"]);
+        b.reset("rebuilt");
+        assert_eq!(b.down(), vec!["kept".to_string()]);
+        assert_eq!(g.with_label_values(&["rebuilt"]).get(), 1);
+        let text = {
+            use prometheus::core::Collector;
+            format!("{:?}", g.collect())
+        };
+        assert!(!text.contains("gone"), "the removed sink's series is gone");
     }
 
     #[test]

@@ -83,7 +83,11 @@ impl Rejections {
 
 /// Whether `addr` is one of `trusted`.
 pub fn trusted(addr: Option<IpAddr>, trusted: &[ipnet::IpNet]) -> bool {
-    addr.is_some_and(|a| trusted.iter().any(|n| n.contains(&a)))
+    // A dual-stack listener sees an IPv4 peer as ::ffff:a.b.c.d.
+    addr.is_some_and(|a| {
+        let a = a.to_canonical();
+        trusted.iter().any(|n| n.contains(&a))
+    })
 }
 
 #[cfg(test)]
@@ -125,5 +129,9 @@ mod tests {
         assert!(!trusted(Some("192.0.2.8".parse().unwrap()), &nets));
         assert!(!trusted(None, &nets));
         assert!(!trusted(Some("10.1.2.3".parse().unwrap()), &[]));
+        assert!(
+            trusted(Some("::ffff:10.1.2.3".parse().unwrap()), &nets),
+            "v4-mapped"
+        );
     }
 }

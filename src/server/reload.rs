@@ -151,6 +151,12 @@ impl Reloader {
             slot.store(Arc::new(b));
         }
         init_metrics(&new, &self.swapped.metrics);
+        let health = &self.swapped.metrics.health;
+        let names: Vec<&str> = built.by_name.keys().map(String::as_str).collect();
+        health.retain(&names);
+        for name in &rebuilt {
+            health.reset(name);
+        }
         self.swapped
             .forward_sinks
             .store(Arc::new(forward_sinks(&new)));

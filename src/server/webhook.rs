@@ -251,6 +251,9 @@ impl Gateway {
     /// refusal noted in the source's refusal log.
     async fn handle(&self, s: &mut ServerSession) -> Reply {
         let route = self.routes.load().get(s.req_header().uri.path()).cloned();
+        // After the route is loaded: a reload queues its batchers before it swaps the routes,
+        // so a request that got a new route starts them before it hands an event on.
+        self.workers.start_pending(&self.metrics);
         let Some(route) = route else {
             s.set_keepalive(None);
             let reply = Reply::refused(
@@ -366,7 +369,6 @@ impl HttpServerApp for WebhookApp {
             return None;
         }
         let metrics = &self.gateway.metrics;
-        self.gateway.workers.start_pending(&self.gateway.metrics);
         metrics.in_flight.inc();
         struct Dec<'a>(&'a prometheus::IntGauge);
         impl Drop for Dec<'_> {
