@@ -264,6 +264,7 @@ pub async fn run(args: SendArgs) -> u8 {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
+    let mut give_up = tokio::time::Instant::now();
     loop {
         let (body, outcome) = tokio::select! {
             done = drx.recv() => match done {
@@ -274,10 +275,17 @@ pub async fn run(args: SendArgs) -> u8 {
                 progress.update(&summary, &waits);
                 continue;
             }
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !interrupted => {
+                // Stop sending and retrying, then take in every outcome reported before the
+                // tasks ended (the channel closes once the last of them is gone), so that an
+                // event delivered or stored meanwhile is not stored again as interrupted.
                 interrupted = true;
-                break;
+                producer.abort();
+                sending.abort();
+                give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+                continue;
             }
+            _ = tokio::time::sleep_until(give_up), if interrupted => break,
         };
         let line = lines_of.get_mut(&body).and_then(VecDeque::pop_front);
         summary.record(&body, &outcome);

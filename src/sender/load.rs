@@ -147,13 +147,15 @@ pub async fn send_ordered(
     waits: Arc<RetryWaits>,
     done: mpsc::UnboundedSender<(Bytes, Outcome)>,
 ) {
-    let mut workers = Vec::new();
+    // A JoinSet, so that dropping this future (`vfgate send` aborts it on Ctrl-C) aborts
+    // every worker and, with each worker's own set, every retry in flight.
+    let mut workers = tokio::task::JoinSet::new();
     let mut txs = Vec::new();
     for _ in 0..concurrency.max(1) {
         let (tx, mut rx) = mpsc::channel::<Bytes>(256);
         txs.push(tx);
         let (sender, done, waits) = (sender.clone(), done.clone(), waits.clone());
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             let mut retrying = tokio::task::JoinSet::new();
             while let Some(body) = rx.recv().await {
                 let first = sender.attempt(&body).await;
@@ -187,7 +189,7 @@ pub async fn send_ordered(
                 }
             }
             while retrying.join_next().await.is_some() {}
-        }));
+        });
     }
     while let Some(body) = events.recv().await {
         let org = org_of(&body).unwrap_or_default();
@@ -197,9 +199,7 @@ pub async fn send_ordered(
         }
     }
     drop(txs);
-    for w in workers {
-        let _ = w.await;
-    }
+    while workers.join_next().await.is_some() {}
 }
 
 /// A generated event of about `size` bytes.
