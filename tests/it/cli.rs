@@ -2,8 +2,13 @@
 
 use crate::util::*;
 
-const CI_ENV: [(&str, &str); 11] = [
+const CI_ENV: [(&str, &str); 13] = [
     ("VF_SECRET", "s1"),
+    (
+        "VANTA_WEBHOOK_SECRET",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    ),
+    ("GITHUB_WEBHOOK_SECRET", "github-webhook-secret-0123456789"),
     ("VF_SECRET_PREVIOUS", "s0"),
     ("CUSTOM_AUTH", "Bearer x"),
     ("SPLUNK_HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB"),
@@ -85,19 +90,10 @@ fn every_shipped_config_is_valid() {
         let (code, out, err) = run_cli(
             &["check-config", "--config", path.to_str().unwrap()],
             &[
-                ("VF_SECRET", "s1"),
-                ("VF_SECRET_PREVIOUS", "s0"),
-                ("CUSTOM_AUTH", "Bearer x"),
-                ("SPLUNK_HEC_TOKEN", "12345678-1234-1234-1234-1234567890AB"),
-                ("DD_API_KEY", "0123456789abcdef0123456789abcdef"),
-                ("ES_API_KEY", "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw=="),
-                ("AZURE_CLIENT_SECRET", "s3cr3t~value"),
-                ("RELAY_SECRET", "relay-secret"),
-                ("REDIS_PASSWORD", "redis-pw"),
-                ("ADMIN_TOKEN", "admin-token-0123456789abcdef"),
-                ("LA_SHARED_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg=="),
-                ("TMPDIR", tmp.path().to_str().unwrap()),
-            ],
+                CI_ENV.as_slice(),
+                &[("TMPDIR", tmp.path().to_str().unwrap())],
+            ]
+            .concat(),
             None,
         );
         assert_eq!(code, 0, "{}: {err}", path.display());
@@ -114,6 +110,12 @@ fn every_shipped_config_is_valid() {
         assert!(
             all.contains(&format!("type = \"{t}\"")),
             "no example config for sink type {t}"
+        );
+    }
+    for scheme in ["standard-webhooks", "hmac"] {
+        assert!(
+            all.contains(&format!("scheme = \"{scheme}\"")),
+            "no example config for scheme {scheme}"
         );
     }
 }

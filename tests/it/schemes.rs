@@ -161,3 +161,163 @@ async fn a_github_shaped_delivery_reaches_splunk_with_its_delivery_id_and_event_
     assert_eq!((r.status, r.error()), (400, "invalid_event".to_string()));
     assert_eq!(mock.requests().len(), 1);
 }
+
+/// The reference library's Python in the virtualenv `.ci/run` makes; a test without it fails
+/// and says so (`VFGATE_SKIP_PYTHON=1` skips it on a machine without network access).
+fn reference_python() -> Option<std::path::PathBuf> {
+    let py = repo_root().join("target/ci-venv/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var_os("VFGATE_SKIP_PYTHON").is_some(),
+        "{} is missing: run .ci/run (it installs the standardwebhooks package there)",
+        py.display()
+    );
+    None
+}
+
+/// Runs `script` with the reference library, `args` as sys.argv[1:]; its stdout.
+fn python(py: &std::path::Path, script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+const PY_SIGN: &str = r#"
+import sys, datetime
+from standardwebhooks.webhooks import Webhook
+secret, msg_id, ts, body = sys.argv[1:5]
+t = datetime.datetime.fromtimestamp(int(ts), tz=datetime.timezone.utc)
+print(Webhook(secret).sign(msg_id, t, body))
+"#;
+
+const PY_VERIFY: &str = r#"
+import sys
+from standardwebhooks.webhooks import Webhook
+secret, msg_id, ts, sig, body = sys.argv[1:6]
+Webhook(secret).verify(body, {"webhook-id": msg_id, "webhook-timestamp": ts, "webhook-signature": sig})
+print("ok")
+"#;
+
+#[tokio::test]
+async fn the_reference_library_and_vfgate_verify_each_others_signatures() {
+    let Some(py) = reference_python() else {
+        return;
+    };
+    let (mock, gw) = start().await;
+    let body = r#"{"type":"x.y","data":{"org_id":"o"}}"#;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ts_text = ts.to_string();
+    // It signs, vfgate verifies; a changed id, timestamp, body or signature fails.
+    let sig = python(&py, PY_SIGN, &[WHSEC, "msg_py_1", &ts_text, body]);
+    let ok = |id: &'static str, t: String, s: String| {
+        vec![
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", t),
+            ("webhook-signature", s),
+        ]
+    };
+    let send = |h: Vec<(&'static str, String)>, b: &'static str| {
+        let gw = &gw;
+        async move {
+            let hs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(gw, "/hooks/vanta", &hs, b).await
+        }
+    };
+    assert_eq!(
+        send(ok("msg_py_1", ts_text.clone(), sig.clone()), body)
+            .await
+            .status_field(),
+        "accepted"
+    );
+    assert_eq!(
+        send(ok("msg_py_2", ts_text.clone(), sig.clone()), body)
+            .await
+            .error(),
+        "invalid_signature"
+    );
+    assert_eq!(
+        send(ok("msg_py_1", (ts + 1).to_string(), sig.clone()), body)
+            .await
+            .error(),
+        "invalid_signature"
+    );
+    let other = r#"{"type":"x.y","data":{"org_id":"p"}}"#;
+    assert_eq!(
+        send(ok("msg_py_1", ts_text.clone(), sig.clone()), other)
+            .await
+            .error(),
+        "invalid_signature"
+    );
+    let flipped = if sig.ends_with("A=") {
+        sig.replace("A=", "B=")
+    } else {
+        format!("{}A=", &sig[..sig.len() - 2])
+    };
+    assert_eq!(
+        send(ok("msg_py_1", ts_text.clone(), flipped), body)
+            .await
+            .error(),
+        "invalid_signature"
+    );
+    // Several signatures in one header (a sender rotating): any one may match.
+    let sig3 = python(&py, PY_SIGN, &[WHSEC, "msg_py_3", &ts_text, body]);
+    let multi = format!("v1,tFtCZ5RDCPxzWQRWXWPgrCgE2frDBe9gjpbWQxnVfsQ= {sig3}");
+    assert_eq!(
+        send(ok("msg_py_3", ts_text.clone(), multi), body)
+            .await
+            .status_field(),
+        "accepted"
+    );
+    // vfgate signs, it verifies.
+    let key = vfgate::secret::standard_webhooks_key(&vfgate::secret::Secret::new(WHSEC)).unwrap();
+    let ours = vfgate::verify::standard_webhooks::sign(key.expose(), "msg_vf", ts, body.as_bytes());
+    assert_eq!(
+        python(&py, PY_VERIFY, &[WHSEC, "msg_vf", &ts_text, &ours, body]),
+        "ok"
+    );
+    assert_eq!(mock.wait_for(2, Duration::from_secs(5)).await.len(), 2);
+}
+
+#[test]
+fn pythons_hmac_and_vfgate_agree_on_every_algorithm_and_encoding() {
+    use vfgate::verify::hmac::{sign, verify, Algorithm, Encoding, Format, Key};
+    let script = r#"
+import sys, hmac, hashlib, base64
+alg, enc, body = sys.argv[1:4]
+mac = hmac.new(b"k3y", body.encode(), getattr(hashlib, alg)).digest()
+print(mac.hex() if enc == "hex" else base64.b64encode(mac).decode())
+"#;
+    let py = std::path::Path::new("python3");
+    for (alg, a) in [
+        ("sha1", Algorithm::Sha1),
+        ("sha256", Algorithm::Sha256),
+        ("sha512", Algorithm::Sha512),
+    ] {
+        for (enc, e) in [("hex", Encoding::Hex), ("base64", Encoding::Base64)] {
+            let f = Format {
+                prefix: format!("{alg}="),
+                encoding: e,
+                algorithm: a,
+            };
+            let theirs = format!("{alg}={}", python(py, script, &[alg, enc, "{\"a\":1}"]));
+            assert_eq!(sign(&f, b"k3y", b"{\"a\":1}"), theirs, "{alg} {enc}");
+            let keys = [Key::new(&f, b"k3y", None)];
+            assert_eq!(
+                verify(&f, &keys, Some(theirs.as_bytes()), b"{\"a\":1}", 0),
+                Ok(0)
+            );
+            assert!(verify(&f, &keys, Some(theirs.as_bytes()), b"{\"a\":2}", 0).is_err());
+        }
+    }
+}
