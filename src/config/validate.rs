@@ -659,6 +659,25 @@ fn validate_source(
         ttl,
         warnings,
     )?;
+    let ack = match raw.ack.as_deref().unwrap_or("forward") {
+        "forward" => Ack::Forward,
+        "spool" => Ack::Spool,
+        other => {
+            return Err(ConfigError::invalid(
+                key("ack"),
+                format!("must be \"forward\" or \"spool\", got {other:?}"),
+            ))
+        }
+    };
+    if ack == Ack::Spool && scheme != Scheme::Vf {
+        return Err(ConfigError::invalid(
+            key("ack"),
+            format!(
+                "\"spool\" takes only scheme = \"vf\" sources for now: a spool record keeps the body alone, and a {} event's id and time come from its headers and field map",
+                scheme.as_str()
+            ),
+        ));
+    }
     Ok(SourceConfig {
         name: raw.name,
         path: raw.path,
@@ -674,16 +693,7 @@ fn validate_source(
             .unwrap_or(defaults::MAX_FUTURE_SKEW),
         event_types,
         sinks: raw.sinks,
-        ack: match raw.ack.as_deref().unwrap_or("forward") {
-            "forward" => Ack::Forward,
-            "spool" => Ack::Spool,
-            other => {
-                return Err(ConfigError::invalid(
-                    key("ack"),
-                    format!("must be \"forward\" or \"spool\", got {other:?}"),
-                ))
-            }
-        },
+        ack,
     })
 }
 

@@ -321,3 +321,34 @@ print(mac.hex() if enc == "hex" else base64.b64encode(mac).decode())
         }
     }
 }
+
+/// A spool record keeps the body alone: a `standard-webhooks` event spooled would lose its
+/// id and time (they are headers), and the drainer would re-read the body as a VF event and
+/// dead-letter it. Until records carry them, such a config is refused, not half-served.
+#[test]
+fn a_spooled_source_of_another_scheme_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("spooled.toml");
+    let toml = format!(
+        "{}\n[spool]\ndir = \"{}\"\n",
+        Toml::new()
+            .source_at("vanta", "/hooks/vanta", &["up"])
+            .with(r#"scheme = "standard-webhooks""#)
+            .with(r#"secrets = [{ env = "VANTA_SECRET" }]"#)
+            .with(r#"ack = "spool""#)
+            .http_sink("up", "http://127.0.0.1:9/up")
+            .build(),
+        tmp.path().join("spool").display()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", cfg.to_str().unwrap()],
+        &[("VANTA_SECRET", WHSEC)],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("source[0].ack: \"spool\" takes only scheme = \"vf\" sources for now"),
+        "{err}"
+    );
+}

@@ -73,7 +73,8 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> (i3
     }
     let mut child = cmd.spawn().unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
+        // A child that exits before reading (a usage error) closes the pipe: not a failure.
+        let _ = child.stdin.take().unwrap().write_all(input);
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
