@@ -40,17 +40,16 @@ impl<'a> RequestParts<'a> {
         self.headers?.get(name).map(|v| v.as_bytes())
     }
 
-    /// A Standard Webhooks header: `webhook-NAME`, else `svix-NAME`.
-    fn standard(&self, name: &str) -> Option<&'a [u8]> {
-        self.header(&format!("webhook-{name}"))
-            .or_else(|| self.header(&format!("svix-{name}")))
+    /// A Standard Webhooks header: its `webhook-` name, else its `svix-` name.
+    fn standard(&self, webhook: &str, svix: &str) -> Option<&'a [u8]> {
+        self.header(webhook).or_else(|| self.header(svix))
     }
 
     fn standard_headers(&self) -> standard_webhooks::Headers<'a> {
         standard_webhooks::Headers {
-            id: self.standard("id"),
-            timestamp: self.standard("timestamp"),
-            signature: self.standard("signature"),
+            id: self.standard("webhook-id", "svix-id"),
+            timestamp: self.standard("webhook-timestamp", "svix-timestamp"),
+            signature: self.standard("webhook-signature", "svix-signature"),
         }
     }
 }
