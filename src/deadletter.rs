@@ -89,6 +89,21 @@ pub struct FailedEntry {
     pub attempts: Vec<AttemptLog>,
     /// The exact event bytes (events are JSON, so UTF-8).
     pub event: String,
+    /// For an event of a source of another scheme than VF: the fields read through its field
+    /// map that the bytes above do not carry (a replay rebuilds the event from them, with
+    /// `event_id` and `event_type`). Absent for a VF event, whose bytes hold them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<MappedFields>,
+}
+
+/// The mapped fields of a dead letter besides `event_id` and `event_type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedFields {
+    /// The event's time, unix milliseconds.
+    pub timestamp_ms: i64,
+    /// The organisation, when the field map has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
 }
 
 /// Store errors.
@@ -542,6 +557,7 @@ mod tests {
             event_type: "user.login".into(),
             sink: None,
             source: None,
+            mapped: None,
             reason: "gave up after 6 attempts".into(),
             created_at: created.into(),
             attempts: vec![AttemptLog {

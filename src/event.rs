@@ -27,6 +27,9 @@ pub struct Event {
     pub timestamp: String,
     /// `context.org_id`, if present and a string.
     pub org_id: Option<String>,
+    /// Whether the fields above were read through a field map (another scheme than VF): then
+    /// they cannot all be found in the body again, and a spool record or dead letter keeps them.
+    mapped: bool,
 }
 
 /// Why a body is not a valid event (400 `invalid_event`).
@@ -102,6 +105,7 @@ impl Event {
             timestamp,
             org_id: f.context.and_then(|c| c.org_id).map(Cow::into_owned),
             body,
+            mapped: false,
         })
     }
 
@@ -146,7 +150,13 @@ impl Event {
             timestamp_ms,
             timestamp: crate::time::rfc3339_ms(timestamp_ms),
             org_id,
+            mapped: true,
         })
+    }
+
+    /// Whether the event's fields came through a field map rather than from a VF body.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped
     }
 
     /// The body with whitespace outside strings removed, so that it fits on one line; the

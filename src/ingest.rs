@@ -229,7 +229,7 @@ impl Ingest {
             commit_failures: &self.commit_failures,
         };
         if let (Some(log), Some(spool)) = (&src.spool, &self.spool) {
-            let written = spool.append(log, &event.body, now).await;
+            let written = spool.append(log, &event, now).await;
             guard.settle(written.is_ok(), now, event.timestamp_ms).await;
             return match written {
                 Ok(()) => Ingested::Spooled,

@@ -242,7 +242,7 @@ fn segment_seed() -> Vec<u8> {
             .unwrap();
     let recs: Vec<Bytes> = (0..4)
         .map(|i| {
-            vfgate::spool::encode_record(
+            vfgate::spool::record::encode_body(
                 1_700_000_000_000 + i,
                 format!(r#"{{"event_id":"e{i}","timestamp":"2026-01-01T00:00:00Z"}}"#).as_bytes(),
             )
@@ -268,9 +268,9 @@ fn spool_segment_decoding() {
         for (seq, payload) in &batch.records {
             assert!(last.is_none_or(|l| l < *seq), "in order");
             last = Some(*seq);
-            let _ = vfgate::spool::decode_record(payload.clone());
+            let _ = vfgate::spool::record::decode(payload.clone());
         }
-        let _ = vfgate::spool::decode_record(Bytes::copy_from_slice(b));
+        let _ = vfgate::spool::record::decode(Bytes::copy_from_slice(b));
     });
 }
 

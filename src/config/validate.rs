@@ -669,15 +669,6 @@ fn validate_source(
             ))
         }
     };
-    if ack == Ack::Spool && scheme != Scheme::Vf {
-        return Err(ConfigError::invalid(
-            key("ack"),
-            format!(
-                "\"spool\" takes only scheme = \"vf\" sources for now: a spool record keeps the body alone, and a {} event's id and time come from its headers and field map",
-                scheme.as_str()
-            ),
-        ));
-    }
     Ok(SourceConfig {
         name: raw.name,
         path: raw.path,

@@ -348,6 +348,7 @@ impl WebhookSender {
             created_at: crate::time::now_rfc3339(),
             attempts: logs.to_vec(),
             event: String::from_utf8_lossy(body).to_string(),
+            mapped: None,
         };
         match store.put(&entry) {
             Ok(()) => Some(entry.id),

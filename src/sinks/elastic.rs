@@ -251,7 +251,8 @@ impl Elastic {
                 (&["user", "email"], at("actor.email")),
                 (&["source", "ip"], at("context.ip_address")),
                 (&["user_agent", "original"], at("context.user_agent")),
-                (&["organization", "id"], at("context.org_id")),
+                // The source's field map's org (a VF event's `context.org_id`).
+                (&["organization", "id"], ev.org_id.clone()),
             ];
             for (path, v) in &fields {
                 set_path(&mut doc, path, v.as_deref());

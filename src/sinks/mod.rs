@@ -433,7 +433,8 @@ pub fn audit_columns(ev: &Event, v: &serde_json::Value) -> Vec<(&'static str, Op
         ("TargetId", s("target.id")),
         ("IpAddress", s("context.ip_address")),
         ("UserAgent", s("context.user_agent")),
-        ("OrgId", s("context.org_id")),
+        // The source's field map's org (a VF event's `context.org_id`).
+        ("OrgId", ev.org_id.clone()),
     ]
 }
 

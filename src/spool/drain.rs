@@ -6,8 +6,10 @@
 //! moves, retry waits and dead letters. Delivers through `crate::pipeline::deliver` (the
 //! layer below; the pipeline never imports the spool); knows nothing of requests or HTTP.
 
-use super::{decode_record, DrainState, SourceLog};
-use crate::deadletter::{new_id, AttemptLog, Claim, FailedEntry, FailedStore, StoreError};
+use super::{record, DrainState, SourceLog};
+use crate::deadletter::{
+    new_id, AttemptLog, Claim, FailedEntry, FailedStore, MappedFields, StoreError,
+};
 use crate::escape::Printable;
 use crate::event::Event;
 use crate::metrics::Metrics;
@@ -112,13 +114,7 @@ impl Drainer {
             let mut pending = Vec::with_capacity(batch.records.len());
             let mut broken = Vec::new();
             for (seq, payload) in batch.records {
-                match decode_record(payload.clone())
-                    .ok_or_else(|| "record shorter than its header".to_string())
-                    .and_then(|(t, body)| {
-                        Event::parse(body)
-                            .map(|e| (t, e))
-                            .map_err(|e| e.to_string())
-                    }) {
+                match record::decode(payload.clone()).map_err(|e| e.to_string()) {
                     Ok((received_ms, event)) => pending.push(Pending {
                         seq,
                         received_ms,
@@ -265,12 +261,13 @@ impl Drainer {
     /// webhook version it was sent with (empty for a sink that sends none).
     fn entry(
         &self,
-        (event_id, event_type): (&str, &str),
+        event: Option<&Event>,
         reason: &'static str,
         attempts: Vec<AttemptLog>,
         body: &[u8],
     ) -> FailedEntry {
         let built = self.live.load();
+        let (event_id, event_type) = event.map_or(("", ""), |e| (&e.event_id, &e.event_type));
         FailedEntry {
             id: new_id(),
             target: built.sink.destination(),
@@ -285,6 +282,10 @@ impl Drainer {
             created_at: now_rfc3339(),
             attempts,
             event: String::from_utf8_lossy(body).into_owned(),
+            mapped: event.filter(|e| e.is_mapped()).map(|e| MappedFields {
+                timestamp_ms: e.timestamp_ms,
+                org_id: e.org_id.clone(),
+            }),
         }
     }
 
@@ -295,12 +296,7 @@ impl Drainer {
         attempts: Vec<AttemptLog>,
         dead: &mut DeadLetters,
     ) {
-        let entry = self.entry(
-            (&p.event.event_id, &p.event.event_type),
-            reason,
-            attempts,
-            &p.event.body,
-        );
+        let entry = self.entry(Some(&p.event), reason, attempts, &p.event.body);
         tracing::debug!(sink = %self.name, event_id = ?Printable(&p.event.event_id), seq = p.seq, reason, id = %entry.id, "spool: dead-lettered");
         dead.add(reason, &p.event.event_id, &entry.id);
         self.store(entry, reason).await;
@@ -309,11 +305,9 @@ impl Drainer {
     /// A record whose checksum holds but that is not an event (cannot happen unless the
     /// file was edited): kept as a `corrupt` dead letter.
     async fn dead_letter_raw(&self, payload: Bytes, why: &str) {
-        let body = decode_record(payload.clone())
-            .map(|(_, b)| b)
-            .unwrap_or(payload);
+        let body = record::split(&payload).map(|(_, b)| b).unwrap_or(payload);
         let entry = self.entry(
-            ("", ""),
+            None,
             "corrupt",
             vec![attempt_log(&now_rfc3339(), "not_sent", why)],
             &body,
@@ -424,6 +418,22 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
+/// The event a dead letter holds: its bytes parsed again, or for an event of another scheme
+/// than VF, its bytes with the mapped fields it kept.
+fn entry_event(entry: &FailedEntry) -> Result<Event, crate::event::InvalidEvent> {
+    let body = Bytes::from(entry.event.clone().into_bytes());
+    match &entry.mapped {
+        None => Event::parse(body),
+        Some(m) => Event::mapped(
+            body,
+            entry.event_id.clone(),
+            entry.event_type.clone(),
+            m.timestamp_ms,
+            m.org_id.clone(),
+        ),
+    }
+}
+
 /// Delivers the claimed dead letter to `sink` (the one it names) again, straight through it
 /// (not back through the receive path, so no other sink gets it twice and no age window
 /// applies): one attempt. Delivered: the entry is removed; otherwise the attempt is added to
@@ -435,7 +445,7 @@ pub async fn replay_to_sink(
 ) -> Result<Replayed, ReplayError> {
     let entry = claim.entry();
     let name = entry.sink.clone().unwrap_or_default();
-    let event = match Event::parse(Bytes::from(entry.event.clone().into_bytes())) {
+    let event = match entry_event(entry) {
         Ok(e) => e,
         Err(e) => {
             let id = entry.id.clone();
@@ -533,6 +543,7 @@ mod tests {
             reason: "rejected".into(),
             created_at: now_rfc3339(),
             attempts: vec![],
+            mapped: None,
             event: format!(
                 r#"{{"event_id":"evt_race","event_type":"user.login","timestamp":"{}"}}"#,
                 now_rfc3339()

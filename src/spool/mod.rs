@@ -2,7 +2,8 @@
 //!
 //! Storage ([`log`]): per source, a segmented append-only log in `<spool.dir>/<source>/`,
 //! records `[len u32][crc32 u32][seq u64][payload]` (little endian; the CRC covers seq and
-//! payload; the payload is the receive time in unix ms, 8 bytes, then the event's exact bytes).
+//! payload; the payload, laid out by [`record`], is the receive time and the event's exact
+//! bytes, with the mapped fields between them for an event of another scheme than VF).
 //! Recovery cuts a write torn by a crash off the last segment; damage anywhere else (a whole
 //! record that fails its checksum, even the last one) is skipped, quarantined and counted, and
 //! sequence numbers are never reused (see [`log`]). Why a hand-written log and
@@ -25,11 +26,13 @@ pub mod drain;
 pub mod log;
 #[cfg(test)]
 mod model;
+pub mod record;
 
 use crate::config::{FsyncPolicy, SpoolConfig};
 use crate::deadletter::FailedStore;
+use crate::event::Event;
 use crate::metrics::Metrics;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
@@ -106,23 +109,6 @@ pub struct Spool {
     pub dead: FailedStore,
     /// `<spool.dir>/lock`, held while this process owns the spool.
     _lock: std::fs::File,
-}
-
-/// Builds the payload of a record: receive time, then the event's bytes.
-pub fn encode_record(received_ms: i64, body: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(8 + body.len());
-    b.put_i64_le(received_ms);
-    b.put_slice(body);
-    b.freeze()
-}
-
-/// Splits a record payload into receive time and event bytes.
-pub fn decode_record(payload: Bytes) -> Option<(i64, Bytes)> {
-    if payload.len() < 8 {
-        return None;
-    }
-    let t = i64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-    Some((t, payload.slice(8..)))
 }
 
 fn writer(
@@ -437,20 +423,18 @@ impl Spool {
     pub async fn append(
         &self,
         src: &SourceLog,
-        body: &[u8],
+        event: &Event,
         received_ms: i64,
     ) -> Result<(), SpoolError> {
-        if self.bytes() + body.len() as u64 + 24 > self.max_bytes {
+        let payload = record::encode(received_ms, event);
+        if self.bytes() + payload.len() as u64 + 16 > self.max_bytes {
             return Err(SpoolError::Full {
                 max_bytes: self.max_bytes,
             });
         }
         let (reply, rx) = oneshot::channel();
         src.tx
-            .send(Append {
-                payload: encode_record(received_ms, body),
-                reply,
-            })
+            .send(Append { payload, reply })
             .map_err(|_| SpoolError::Closed)?;
         rx.await.unwrap_or(Err(SpoolError::Closed))
     }
@@ -495,19 +479,5 @@ impl Spool {
                 .set(backlog as i64);
             metrics.spool_oldest_age.with_label_values(&[sink]).set(age);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_payload_roundtrip() {
-        let p = encode_record(1_700_000_000_123, b"{\"a\":1}");
-        let (t, b) = decode_record(p).unwrap();
-        assert_eq!(t, 1_700_000_000_123);
-        assert_eq!(&b[..], b"{\"a\":1}");
-        assert!(decode_record(Bytes::from_static(b"short")).is_none());
     }
 }

@@ -322,33 +322,173 @@ print(mac.hex() if enc == "hex" else base64.b64encode(mac).decode())
     }
 }
 
-/// A spool record keeps the body alone: a `standard-webhooks` event spooled would lose its
-/// id and time (they are headers), and the drainer would re-read the body as a VF event and
-/// dead-letter it. Until records carry them, such a config is refused, not half-served.
-#[test]
-fn a_spooled_source_of_another_scheme_is_refused_at_load() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("spooled.toml");
-    let toml = format!(
-        "{}\n[spool]\ndir = \"{}\"\n",
-        Toml::new()
-            .source_at("vanta", "/hooks/vanta", &["up"])
-            .with(r#"scheme = "standard-webhooks""#)
-            .with(r#"secrets = [{ env = "VANTA_SECRET" }]"#)
-            .with(r#"ack = "spool""#)
-            .http_sink("up", "http://127.0.0.1:9/up")
-            .build(),
-        tmp.path().join("spool").display()
-    );
-    std::fs::write(&cfg, toml).unwrap();
-    let (code, _, err) = run_cli(
-        &["check-config", "--config", cfg.to_str().unwrap()],
-        &[("VANTA_SECRET", WHSEC)],
-        None,
-    );
-    assert_eq!(code, 2, "{err}");
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// Both sources of [`config`] with `ack = "spool"`, delivering to an Elastic sink with ECS
+/// fields (`_id`, `event.id`, `event.action`, `@timestamp`, `organization.id`: every mapped
+/// field shows), and an admin token for the dead-letter API.
+async fn start_spooled(mock: &Mock) -> Gateway {
+    let toml = Toml::new()
+        .spool()
+        .source_at("vanta", "/hooks/vanta", &["es"])
+        .with(r#"scheme = "standard-webhooks""#)
+        .with(r#"secrets = [{ env = "VANTA_SECRET" }]"#)
+        .with(r#"fields = { event_type = "/type", org_id = "/data/org_id" }"#)
+        .with(r#"ack = "spool""#)
+        .source_at("github", "/hooks/github", &["es"])
+        .with(r#"scheme = "hmac""#)
+        .with(r#"hmac = { header = "X-Hub-Signature-256", prefix = "sha256=" }"#)
+        .with(r#"secrets = [{ env = "GITHUB_SECRET" }]"#)
+        .with(r#"fields = { event_id = { header = "X-GitHub-Delivery" }, event_type = { header = "X-GitHub-Event" }, timestamp = "received" }"#)
+        .with(r#"ack = "spool""#)
+        .sink("es", "elastic")
+        .with(&format!("url = \"{}\"", mock.url("")))
+        .with(r#"index = "audit""#)
+        .with(r#"auth = { api_key = { value = "aWQ6a2V5" } }"#)
+        .with("ecs = true")
+        .with(r#"batch = { max_events = 10, linger = "5ms" }"#)
+        .build();
+    let env = [
+        ("VANTA_SECRET", WHSEC),
+        ("GITHUB_SECRET", GITHUB_SECRET),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ];
+    Gateway::start_admin(&toml, "token = { env = \"ADMIN_TOKEN\" }", &env).await
+}
+
+/// Every document a `_bulk` request that was answered 2xx carried, by `_id`.
+fn indexed(mock: &Mock) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut docs = std::collections::HashMap::new();
+    for q in mock.requests().iter().filter(|q| q.status == 200) {
+        let text = String::from_utf8_lossy(&q.body).to_string();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for pair in lines.chunks(2) {
+            let id = pair[0]["create"]["_id"].as_str().unwrap().to_string();
+            docs.insert(id, pair[1].clone());
+        }
+    }
+    docs
+}
+
+/// A document's `@timestamp` in unix seconds.
+fn unix(doc: &serde_json::Value) -> i64 {
+    let text = doc["@timestamp"].as_str().unwrap();
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp()
+}
+
+async fn post_vanta(gw: &Gateway, id: &str, ts: i64, body: &str) -> Resp {
+    let (sig, ts) = (sw_sign(id, ts, body), ts.to_string());
+    let hs = [
+        ("webhook-id", id),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", sig.as_str()),
+    ];
+    post(gw, "/hooks/vanta", &hs, body).await
+}
+
+async fn post_github(gw: &Gateway, delivery: &str, body: &str) -> Resp {
+    let sig = github_sign(body);
+    let hs = [
+        ("x-hub-signature-256", sig.as_str()),
+        ("x-github-delivery", delivery),
+        ("x-github-event", "push"),
+    ];
+    post(gw, "/hooks/github", &hs, body).await
+}
+
+/// A spool record of another scheme keeps the fields its body does not carry (a Standard
+/// Webhooks id and time are headers, GitHub's time is the receive time): events spooled
+/// while the SIEM is down and carried across a `kill -9` reach it with the mapped id, type,
+/// time and org. Before records carried them, the drainer read the body as a VF event and
+/// dead-lettered it as corrupt after its 202.
+#[tokio::test]
+async fn spooled_events_of_other_schemes_survive_a_crash_with_their_mapped_fields() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let mut gw = start_spooled(&mock).await;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp() - 60;
+    let body = r#"{"type":"vanta.test.failed","data":{"org_id":"org_9"}}"#;
+    let r = post_vanta(&gw, "msg_sp_1", ts, body).await;
+    assert_eq!((r.status, r.status_field()), (202, "accepted".to_string()));
+    let before = time::OffsetDateTime::now_utc().unix_timestamp();
+    let r = post_github(&gw, "gh-sp-1", r#"{"ref":"refs/heads/main"}"#).await;
+    assert_eq!(r.status, 202);
+    mock.wait_for(1, Duration::from_secs(5)).await;
+    gw.kill9();
+    mock.set_default(Reply::Status(200, vec![], r#"{"errors":false}"#.into()));
+    gw.restart().await;
     assert!(
-        err.contains("source[0].ack: \"spool\" takes only scheme = \"vf\" sources for now"),
-        "{err}"
+        wait_until(Duration::from_secs(10), || indexed(&mock).len() == 2).await,
+        "{:?}",
+        indexed(&mock).keys()
     );
+    let docs = indexed(&mock);
+    let vanta = &docs["msg_sp_1"];
+    assert_eq!(vanta["event"]["id"], "msg_sp_1");
+    assert_eq!(vanta["event"]["action"], "vanta.test.failed");
+    assert_eq!(vanta["organization"]["id"], "org_9");
+    assert_eq!(
+        unix(vanta),
+        ts,
+        "the webhook-timestamp, not the receive time"
+    );
+    let github = &docs["gh-sp-1"];
+    assert_eq!(github["event"]["action"], "push");
+    assert_eq!(github["ref"], "refs/heads/main");
+    assert!(
+        (before - 1..=before + 1).contains(&unix(github)),
+        "the receive time"
+    );
+    assert_eq!(gw.metric("vfgate_spool_corrupt_records_total").await, 0.0);
+}
+
+/// A dead letter of another scheme keeps its mapped fields too: replayed through the admin
+/// API, the event reaches the sink with its own id, time and org.
+#[tokio::test]
+async fn a_dead_letter_of_another_scheme_replays_with_its_mapped_fields() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(400, vec![], r#"{"error":"mapper"}"#.into()));
+    let gw = start_spooled(&mock).await;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp() - 30;
+    let body = r#"{"type":"vanta.vendor.added","data":{"org_id":"org_3"}}"#;
+    assert_eq!(post_vanta(&gw, "msg_dl_1", ts, body).await.status, 202);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let list = || async {
+        request(
+            gw.admin,
+            "GET",
+            "/admin/failed",
+            &[("authorization", &auth)],
+            b"",
+        )
+        .await
+        .unwrap()
+        .json()
+    };
+    let mut entries = serde_json::Value::Null;
+    for _ in 0..100 {
+        entries = list().await["entries"].clone();
+        if entries.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(entries[0]["event_id"], "msg_dl_1", "{entries}");
+    assert_eq!(entries[0]["reason"], "rejected");
+    mock.set_default(Reply::Status(200, vec![], r#"{"errors":false}"#.into()));
+    let id = entries[0]["id"].as_str().unwrap();
+    let path = format!("/admin/failed/{id}/replay");
+    let r = request(gw.admin, "POST", &path, &[("authorization", &auth)], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let doc = &indexed(&mock)["msg_dl_1"];
+    assert_eq!(doc["organization"]["id"], "org_3");
+    assert_eq!(doc["event"]["action"], "vanta.vendor.added");
+    assert_eq!(unix(doc), ts);
 }
