@@ -94,6 +94,10 @@ pub struct FailedEntry {
     /// `event_id` and `event_type`). Absent for a VF event, whose bytes hold them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mapped: Option<MappedFields>,
+    /// How a sender-mode entry was signed when not the VF scheme (`vfgate send --scheme`),
+    /// as `sender::SendScheme` writes it, e.g. `standard-webhooks`; a replay signs the same way.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
 }
 
 /// The mapped fields of a dead letter besides `event_id` and `event_type`.
@@ -558,6 +562,7 @@ mod tests {
             sink: None,
             source: None,
             mapped: None,
+            scheme: String::new(),
             reason: "gave up after 6 attempts".into(),
             created_at: created.into(),
             attempts: vec![AttemptLog {

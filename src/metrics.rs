@@ -20,7 +20,7 @@ use prometheus::{
 /// Every metric vfgate exports.
 pub struct Metrics {
     registry: Registry,
-    /// `vfgate_requests_total{source,outcome}`.
+    /// `vfgate_requests_total{source,scheme,outcome}`.
     pub requests: IntCounterVec,
     /// `vfgate_request_duration_seconds{source}`.
     pub request_duration: HistogramVec,
@@ -120,9 +120,9 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "vfgate_requests_total",
-                        "Webhook requests by source and outcome",
+                        "Webhook requests by source, its signature scheme and outcome",
                     ),
-                    &["source", "outcome"],
+                    &["source", "scheme", "outcome"],
                 )
                 .unwrap(),
             ),
@@ -420,9 +420,9 @@ impl Metrics {
 
     /// Creates the series of a configured source with value 0 (requests by every outcome
     /// are created by the webhook routes; `outcomes` names them here too).
-    pub fn init_source(&self, source: &str, outcomes: &[&str]) {
+    pub fn init_source(&self, source: &str, scheme: &str, outcomes: &[&str]) {
         for o in outcomes {
-            self.requests.with_label_values(&[source, o]);
+            self.requests.with_label_values(&[source, scheme, o]);
         }
         self.received_bytes.with_label_values(&[source]);
         self.request_duration.with_label_values(&[source]);
@@ -474,12 +474,12 @@ mod tests {
     #[test]
     fn configured_sources_and_sinks_have_their_series_at_zero_from_the_start() {
         let m = Metrics::new();
-        m.init_source("syvault", &["accepted", "bad_signature"]);
+        m.init_source("syvault", "vf", &["accepted", "bad_signature"]);
         m.init_sink("splunk", &["unavailable", "rejected"]);
         let t = text(&m);
         for series in [
-            r#"vfgate_requests_total{outcome="accepted",source="syvault"} 0"#,
-            r#"vfgate_requests_total{outcome="bad_signature",source="syvault"} 0"#,
+            r#"vfgate_requests_total{outcome="accepted",scheme="vf",source="syvault"} 0"#,
+            r#"vfgate_requests_total{outcome="bad_signature",scheme="vf",source="syvault"} 0"#,
             r#"vfgate_received_bytes_total{source="syvault"} 0"#,
             r#"vfgate_request_duration_seconds_count{source="syvault"} 0"#,
             r#"vfgate_events_forwarded_total{sink="splunk"} 0"#,

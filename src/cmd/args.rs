@@ -41,17 +41,29 @@ pub enum Command {
     },
     /// Print a new random 32-byte secret (URL-safe base64, no padding).
     Keygen,
-    /// Print the X-VF-Signature-256 value (`sha256=<hex>`) of FILE's bytes (or stdin).
+    /// Print the signature of FILE's bytes (or stdin): for the VF scheme the
+    /// X-VF-Signature-256 value (`sha256=<hex>`); for another --scheme every header the
+    /// request needs, one `Name: value` line each (ready for `curl -H`).
     Sign {
         /// Environment variable holding the secret.
         #[arg(long, value_name = "NAME")]
         secret_env: String,
+        /// The receiving source's scheme.
+        #[command(flatten)]
+        scheme: Box<SchemeArgs>,
+        /// The event id to sign (standard-webhooks' webhook-id, hmac's --id-header);
+        /// default: the body's event_id.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// Unix seconds to sign as the time (standard-webhooks); default: now.
+        #[arg(long, value_name = "UNIX")]
+        timestamp: Option<i64>,
         /// File to sign; stdin when absent or `-`.
         file: Option<PathBuf>,
     },
     /// Sign and deliver events like the reference sender: an NDJSON file, a test event, or a
     /// generated load. Exit 0 when all were delivered, 1 when some failed, 2 on usage errors.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Inspect, replay and purge failed deliveries.
     Failed {
         /// What to do.
@@ -77,6 +89,34 @@ pub enum LogFormatArg {
     Json,
 }
 
+/// `--scheme` and its options, shared by `sign` and `send`.
+#[derive(Debug, Clone, Args)]
+pub struct SchemeArgs {
+    /// Signature scheme of the receiving source: vf, standard-webhooks (the secret is the
+    /// `whsec_...` text) or hmac (with --hmac-header).
+    #[arg(long, default_value = "vf", value_parser = ["vf", "standard-webhooks", "hmac"])]
+    pub scheme: String,
+    /// hmac: the signature header, e.g. X-Hub-Signature-256.
+    #[arg(long, value_name = "NAME")]
+    pub hmac_header: Option<String>,
+    /// hmac: text before the MAC, e.g. `sha256=` (default: none).
+    #[arg(long, value_name = "TEXT")]
+    pub hmac_prefix: Option<String>,
+    /// hmac: the MAC's encoding (default hex).
+    #[arg(long, value_parser = ["hex", "base64"])]
+    pub hmac_encoding: Option<String>,
+    /// hmac: the hash (default sha256).
+    #[arg(long, value_parser = ["sha256", "sha512", "sha1"])]
+    pub hmac_algorithm: Option<String>,
+    /// hmac: send the event's event_id in this header too, e.g. X-GitHub-Delivery (for a
+    /// source whose fields.event_id is that header).
+    #[arg(long, value_name = "NAME")]
+    pub id_header: Option<String>,
+    /// hmac: send the event's event_type in this header too, e.g. X-GitHub-Event.
+    #[arg(long, value_name = "NAME")]
+    pub type_header: Option<String>,
+}
+
 /// `vfgate send`.
 #[derive(Debug, Args)]
 pub struct SendArgs {
@@ -86,7 +126,10 @@ pub struct SendArgs {
     /// Environment variable holding the signing secret.
     #[arg(long, value_name = "NAME")]
     pub secret_env: String,
-    /// X-VF-Webhook-Version to send.
+    /// The receiving source's scheme.
+    #[command(flatten)]
+    pub scheme: SchemeArgs,
+    /// X-VF-Webhook-Version to send (VF scheme).
     #[arg(long, default_value = "1")]
     pub version: String,
     /// Extra header, `'Name: value'` (repeatable).

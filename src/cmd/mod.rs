@@ -46,10 +46,16 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
         Command::CheckConfig { config } => Ok(check_config::run(&config)),
-        Command::Send(args) => runtime().map(|rt| rt.block_on(send::run(args))),
+        Command::Send(args) => runtime().map(|rt| rt.block_on(send::run(*args))),
         Command::Failed { cmd } => runtime().map(|rt| rt.block_on(failed::run(cmd))),
         Command::Keygen => keygen::run(),
-        Command::Sign { secret_env, file } => sign::run(&secret_env, file.as_deref()),
+        Command::Sign {
+            secret_env,
+            scheme,
+            id,
+            timestamp,
+            file,
+        } => sign::run(&secret_env, &scheme, id, timestamp, file.as_deref()),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vfgate", &mut std::io::stdout());

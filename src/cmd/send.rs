@@ -110,6 +110,7 @@ fn settings_from(args: &SendArgs) -> Result<SenderSettings, String> {
         .iter()
         .map(|h| parse_header(h))
         .collect::<Result<Vec<_>, _>>()?;
+    let scheme = super::sign::send_scheme(&args.scheme)?;
     let schedule = match &args.retry_schedule {
         Some(s) => s.clone(),
         None => crate::sender::DEFAULT_SCHEDULE.to_vec(),
@@ -125,6 +126,7 @@ fn settings_from(args: &SendArgs) -> Result<SenderSettings, String> {
         schedule,
         failed: Some(FailedStore::new(&args.failed_dir)),
         tls: parse_tls(&args.ca_file),
+        scheme,
     })
 }
 
@@ -217,8 +219,17 @@ pub async fn run(args: SendArgs) -> u8 {
             }
         };
         let mut valid = Vec::new();
+        let needs_id = sender.settings().scheme.needs_event_id();
         for (n, line) in input {
-            match not_an_object(&line) {
+            let why = not_an_object(&line).or_else(|| {
+                (needs_id && crate::sender::event_fields(&line).0.is_empty()).then(|| {
+                    format!(
+                        "no event_id (--scheme {} sends it in a header)",
+                        sender.settings().scheme.name()
+                    )
+                })
+            });
+            match why {
                 None => {
                     lines_of.entry(line.clone()).or_default().push_back(n);
                     valid.push(line);

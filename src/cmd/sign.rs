@@ -1,18 +1,101 @@
-//! `vfgate sign`: the `X-VF-Signature-256` value of a file's bytes (or stdin). Uses
-//! `verify::sign` (the one MAC function) and `secret`, nothing else of the crate.
+//! `vfgate sign`: the signature of a file's bytes (or stdin) for a source's scheme: the
+//! `X-VF-Signature-256` value for VF, the request's signature headers for any other scheme.
+//! Also turns `--scheme` and its options into a [`SendScheme`] for `send`. Uses
+//! `sender::scheme` (whose MACs are `verify`'s) and `secret`, nothing else of the crate.
 
+use super::args::{parse_header, SchemeArgs};
 use super::{EXIT_OK, EXIT_USAGE};
+use crate::sender::scheme::{parse_algorithm, parse_encoding, HmacSend, Message, SendScheme};
+use crate::verify::hmac::{Algorithm, Encoding, Format};
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// Runs `sign --secret-env NAME [FILE]`: a missing secret or an unreadable FILE is a usage
-/// error (exit 2), as in `send`.
-pub fn run(secret_env: &str, file: Option<&Path>) -> anyhow::Result<u8> {
+/// The scheme `--scheme` and its options describe; a usage error names the option.
+pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
+    let hmac_options = [
+        ("--hmac-header", a.hmac_header.is_some()),
+        ("--hmac-prefix", a.hmac_prefix.is_some()),
+        ("--hmac-encoding", a.hmac_encoding.is_some()),
+        ("--hmac-algorithm", a.hmac_algorithm.is_some()),
+        ("--id-header", a.id_header.is_some()),
+        ("--type-header", a.type_header.is_some()),
+    ];
+    match a.scheme.as_str() {
+        "hmac" => {}
+        other => {
+            if let Some((name, _)) = hmac_options.iter().find(|(_, given)| *given) {
+                return Err(format!("{name} is only for --scheme hmac (not {other})"));
+            }
+            return Ok(match other {
+                "standard-webhooks" => SendScheme::StandardWebhooks,
+                _ => SendScheme::Vf,
+            });
+        }
+    }
+    let header_name = |opt: &str, v: &Option<String>| -> Result<Option<String>, String> {
+        v.as_deref()
+            .map(|h| {
+                parse_header(&format!("{h}: x"))
+                    .map(|(k, _)| k)
+                    .map_err(|_| format!("{opt}: {h:?} is not a header name"))
+            })
+            .transpose()
+    };
+    let header = header_name("--hmac-header", &a.hmac_header)?
+        .ok_or("--scheme hmac needs --hmac-header (the signature header's name)")?;
+    let prefix = a.hmac_prefix.clone().unwrap_or_default();
+    if prefix.contains(char::is_whitespace) {
+        return Err("--hmac-prefix: must not contain spaces".into());
+    }
+    Ok(SendScheme::Hmac(HmacSend {
+        header,
+        format: Format {
+            prefix,
+            encoding: a
+                .hmac_encoding
+                .as_deref()
+                .and_then(parse_encoding)
+                .unwrap_or(Encoding::Hex),
+            algorithm: a
+                .hmac_algorithm
+                .as_deref()
+                .and_then(parse_algorithm)
+                .unwrap_or(Algorithm::Sha256),
+        },
+        id_header: header_name("--id-header", &a.id_header)?,
+        type_header: header_name("--type-header", &a.type_header)?,
+    }))
+}
+
+/// Runs `sign --secret-env NAME [--scheme ...] [FILE]`: a missing secret, an unreadable
+/// FILE, or a scheme that needs an event id the body does not have is a usage error (exit
+/// 2), as in `send`.
+pub fn run(
+    secret_env: &str,
+    scheme: &SchemeArgs,
+    id: Option<String>,
+    timestamp: Option<i64>,
+    file: Option<&Path>,
+) -> anyhow::Result<u8> {
+    let scheme = match send_scheme(scheme) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
     let secret = match (crate::secret::SecretRef::Env {
         env: secret_env.to_string(),
     })
     .load()
     {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: --secret-env: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let signer = match scheme.signer(secret, "1") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: --secret-env: {e}");
@@ -34,7 +117,32 @@ pub fn run(secret_env: &str, file: Option<&Path>) -> anyhow::Result<u8> {
             }
         },
     };
+    let (body_id, event_type, _) = crate::sender::event_fields(&body);
+    let event_id = id.unwrap_or(body_id);
+    if scheme.needs_event_id() && event_id.is_empty() {
+        eprintln!(
+            "error: --scheme {} sends the event id in a header: give --id or sign a body with an event_id",
+            scheme.name()
+        );
+        return Ok(EXIT_USAGE);
+    }
+    let mut headers = Vec::new();
+    signer.headers(
+        Message {
+            body: &body,
+            event_id: &event_id,
+            event_type: &event_type,
+            now_s: timestamp.unwrap_or_else(|| crate::time::now_s() as i64),
+        },
+        &mut headers,
+    );
     let mut out = std::io::stdout();
-    writeln!(out, "{}", crate::verify::sign(&secret, &body))?;
+    if scheme == SendScheme::Vf {
+        writeln!(out, "{}", String::from_utf8_lossy(&headers[0].1))?;
+    } else {
+        for (k, v) in headers {
+            writeln!(out, "{k}: {}", String::from_utf8_lossy(&v))?;
+        }
+    }
     Ok(EXIT_OK)
 }

@@ -15,6 +15,9 @@
 
 pub mod load;
 pub mod replay;
+pub mod scheme;
+
+pub use scheme::SendScheme;
 
 use crate::client::{HttpClient, Request, Target};
 use crate::config::RawClientTls;
@@ -95,6 +98,8 @@ pub struct SenderSettings {
     pub failed: Option<FailedStore>,
     /// Outbound TLS.
     pub tls: RawClientTls,
+    /// How requests are signed (`vf` unless `vfgate send --scheme` says otherwise).
+    pub scheme: SendScheme,
 }
 
 /// Signs and delivers events to one target.
@@ -102,7 +107,7 @@ pub struct WebhookSender {
     client: HttpClient,
     url: String,
     path: String,
-    secret: Secret,
+    signer: scheme::Signer,
     settings: SenderSettings,
 }
 
@@ -118,6 +123,15 @@ pub enum SenderError {
     /// The secret could not be loaded.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
+    /// The secret is not a key of the scheme (a `standard-webhooks` secret that is not
+    /// `whsec_<base64>`).
+    #[error("the secret does not suit scheme {scheme}: {source}")]
+    Key {
+        /// The scheme's name.
+        scheme: &'static str,
+        /// Why.
+        source: crate::secret::KeyFormatError,
+    },
 }
 
 /// The `event_id`, `event_type` and org of an event body (empty strings when absent).
@@ -161,11 +175,18 @@ impl WebhookSender {
         let target = Target::parse(&settings.url)?;
         let path = target.path.clone();
         let client = HttpClient::new(target, &settings.tls, settings.timeout)?;
+        let signer = settings
+            .scheme
+            .signer(secret, &settings.version)
+            .map_err(|source| SenderError::Key {
+                scheme: settings.scheme.name(),
+                source,
+            })?;
         Ok(WebhookSender {
             client,
             url: settings.url.clone(),
             path,
-            secret,
+            signer,
             settings,
         })
     }
@@ -182,17 +203,21 @@ impl WebhookSender {
 
     /// Sends `body` once.
     pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
-        let mut headers = vec![
-            ("content-type".to_string(), b"application/json".to_vec()),
-            (
-                crate::verify::SIGNATURE_HEADER.to_string(),
-                crate::verify::sign(&self.secret, body).into_bytes(),
-            ),
-            (
-                crate::verify::VERSION_HEADER.to_string(),
-                self.settings.version.as_bytes().to_vec(),
-            ),
-        ];
+        let mut headers = Vec::with_capacity(4 + self.settings.headers.len());
+        headers.push(("content-type".to_string(), b"application/json".to_vec()));
+        let (event_id, event_type) = if self.signer.reads_fields() {
+            let (id, ty, _) = event_fields(body);
+            (id, ty)
+        } else {
+            Default::default()
+        };
+        let message = scheme::Message {
+            body,
+            event_id: &event_id,
+            event_type: &event_type,
+            now_s: crate::time::now_s() as i64,
+        };
+        self.signer.headers(message, &mut headers);
         headers.extend(self.settings.headers.iter().cloned());
         let req = Request {
             method: "POST",
@@ -349,6 +374,10 @@ impl WebhookSender {
             attempts: logs.to_vec(),
             event: String::from_utf8_lossy(body).to_string(),
             mapped: None,
+            scheme: match self.settings.scheme {
+                SendScheme::Vf => String::new(),
+                ref other => other.describe(),
+            },
         };
         match store.put(&entry) {
             Ok(()) => Some(entry.id),

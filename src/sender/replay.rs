@@ -4,7 +4,7 @@
 //! `deadletter` and `secret`; knows nothing of sinks or the spool (their dead letters replay
 //! through `spool::drain`).
 
-use super::{parse_secret_ref, Answer, SenderError, SenderSettings, WebhookSender};
+use super::{parse_secret_ref, Answer, SendScheme, SenderError, SenderSettings, WebhookSender};
 use crate::config::RawClientTls;
 use crate::deadletter::{Claim, StoreError};
 use crate::secret::SecretRef;
@@ -17,6 +17,14 @@ pub enum ReplayError {
     /// The entry names no secret reference that can be loaded.
     #[error("entry {id} records no usable secret reference ({recorded:?}); give --secret-env")]
     NoSecret {
+        /// Entry id.
+        id: String,
+        /// What it records.
+        recorded: String,
+    },
+    /// The entry records a signing scheme this version does not know.
+    #[error("entry {id} records a signing scheme this version cannot read ({recorded:?})")]
+    UnknownScheme {
         /// Entry id.
         id: String,
         /// What it records.
@@ -56,6 +64,14 @@ pub async fn replay_entry(
         claim.release()?;
         return Err(why);
     };
+    let Some(scheme) = SendScheme::parse(&entry.scheme) else {
+        let why = ReplayError::UnknownScheme {
+            id,
+            recorded: entry.scheme.clone(),
+        };
+        claim.release()?;
+        return Err(why);
+    };
     let sender = match WebhookSender::new(SenderSettings {
         url: entry.target.clone(),
         secret,
@@ -65,6 +81,7 @@ pub async fn replay_entry(
         schedule: vec![],
         failed: None,
         tls: tls.clone(),
+        scheme,
     }) {
         Ok(s) => s,
         Err(e) => {

@@ -166,7 +166,7 @@ pub fn assemble(config: Config, path: &Path) -> Result<Assembled, ServeError> {
     let ready = Arc::new(AtomicBool::new(false));
     let gateway = Gateway {
         routes: routes.clone(),
-        unknown: outcome_counters(&metrics, "none"),
+        unknown: outcome_counters(&metrics, "none", "none"),
         unknown_rejections: Rejections::new("none"),
         trusted_proxies: config.server.trusted_proxies.clone(),
         ingest: Ingest {

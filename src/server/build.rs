@@ -167,7 +167,7 @@ pub(super) fn build_routes(
             src.path.clone(),
             Arc::new(Route {
                 source,
-                outcomes: outcome_counters(metrics, &src.name),
+                outcomes: outcome_counters(metrics, &src.name, src.scheme.as_str()),
                 timer: metrics.request_timer(&src.name),
                 rejections: Rejections::new(&src.name),
                 received: metrics
@@ -189,7 +189,7 @@ pub(super) fn init_metrics(config: &Config, metrics: &Metrics) {
         .set(config.spool.as_ref().map_or(0, |s| s.max_bytes as i64));
     metrics.secret_not_after.reset();
     for src in &config.sources {
-        metrics.init_source(&src.name, &outcome_labels);
+        metrics.init_source(&src.name, src.scheme.as_str(), &outcome_labels);
         for (i, secret) in src.secrets.iter().enumerate() {
             if let Some(t) = secret.not_after {
                 metrics
@@ -204,10 +204,16 @@ pub(super) fn init_metrics(config: &Config, metrics: &Metrics) {
     }
 }
 
-pub(super) fn outcome_counters(metrics: &Metrics, source: &str) -> Vec<IntCounter> {
+/// A source's request counters, one per outcome; `scheme` is its scheme's name (`none` for
+/// the paths no source serves).
+pub(super) fn outcome_counters(metrics: &Metrics, source: &str, scheme: &str) -> Vec<IntCounter> {
     Outcome::ALL
         .iter()
-        .map(|o| metrics.requests.with_label_values(&[source, o.as_str()]))
+        .map(|o| {
+            metrics
+                .requests
+                .with_label_values(&[source, scheme, o.as_str()])
+        })
         .collect()
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 pub struct Route {
     /// The source the ingest core runs.
     pub source: Source,
-    /// `vfgate_requests_total{source, outcome}`, indexed by [`Outcome`].
+    /// `vfgate_requests_total{source, scheme, outcome}`, indexed by [`Outcome`].
     pub outcomes: Vec<IntCounter>,
     /// `vfgate_request_duration_seconds{source}`.
     pub timer: Histogram,

@@ -102,6 +102,7 @@ fn configure(common: &SinkCommon, keys: toml::Table) -> Result<Settings, ConfigE
             .unwrap_or_else(|| crate::sender::DEFAULT_SCHEDULE.to_vec()),
         failed: c.failed_dir.map(crate::deadletter::FailedStore::new),
         tls: c.tls,
+        scheme: crate::sender::SendScheme::Vf,
     };
     Ok(Settings { sender, secret })
 }

@@ -286,6 +286,7 @@ impl Drainer {
                 timestamp_ms: e.timestamp_ms,
                 org_id: e.org_id.clone(),
             }),
+            scheme: String::new(),
         }
     }
 
@@ -544,6 +545,7 @@ mod tests {
             created_at: now_rfc3339(),
             attempts: vec![],
             mapped: None,
+            scheme: String::new(),
             event: format!(
                 r#"{{"event_id":"evt_race","event_type":"user.login","timestamp":"{}"}}"#,
                 now_rfc3339()

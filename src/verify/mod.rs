@@ -6,9 +6,9 @@
 //!
 //! One file per signature scheme: `vf.rs` (`X-VF-Signature-256`, the default),
 //! `standard_webhooks.rs` (Svix-style `webhook-*` headers) and `hmac.rs` (a body MAC in a
-//! named header); a source chooses its scheme with `scheme` (the last two are being wired in:
-//! their MACs are complete and tested, their config and field mapping are not yet). Owns: the
-//! checks and their order, and every scheme's MAC. Uses `config`, `secret` and `event`;
+//! named header); a source chooses its scheme with `scheme`, and the last two read the
+//! event's id, type, time and org through the source's field map. Owns: the checks and their
+//! order, and every scheme's MAC (the sender signs with the same functions). Uses `config`, `secret` and `event`;
 //! reads no clock (callers pass the time) and knows nothing of dedupe, sinks or HTTP.
 
 pub mod hmac;

@@ -95,7 +95,7 @@ fn from_env<T: std::str::FromStr>(name: &str, default: impl FnOnce() -> T) -> T 
 async fn kill_before_the_first_delivery(gw: &mut Gateway, index: &Index) {
     let t0 = Instant::now();
     while gw
-        .metric("vfgate_requests_total{outcome=\"spooled\",source=\"syvault\"}")
+        .metric("vfgate_requests_total{outcome=\"spooled\",scheme=\"vf\",source=\"syvault\"}")
         .await
         < 5.0
     {

@@ -217,7 +217,7 @@ path = "{{dir}}/events.ndjson"
     let gw = Gateway::start_with(&cfg, "", &[("VF_NEXT", "whsec_next_0123456789abcdef")]).await;
     let m = gw.metrics().await;
     for series in [
-        r#"vfgate_requests_total{outcome="accepted",source="syvault"} 0"#,
+        r#"vfgate_requests_total{outcome="accepted",scheme="vf",source="syvault"} 0"#,
         r#"vfgate_received_bytes_total{source="syvault"} 0"#,
         r#"vfgate_received_bytes_total{source="spooled"} 0"#,
         r#"vfgate_sink_sent_bytes_total{sink="custom"} 0"#,

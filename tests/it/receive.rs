@@ -266,9 +266,11 @@ async fn status_table_rows() {
 
 /// The metrics count each outcome of [`status_table_rows`].
 async fn assert_each_row_counted(gw: &Gateway) {
-    let m = |o: &str| format!("vfgate_requests_total{{outcome=\"{o}\",source=\"syvault\"}}");
+    let m = |o: &str| {
+        format!("vfgate_requests_total{{outcome=\"{o}\",scheme=\"vf\",source=\"syvault\"}}")
+    };
     assert_eq!(
-        gw.metric("vfgate_requests_total{outcome=\"not_found\",source=\"none\"}")
+        gw.metric("vfgate_requests_total{outcome=\"not_found\",scheme=\"none\",source=\"none\"}")
             .await,
         1.0
     );
@@ -370,7 +372,9 @@ async fn upstream_failures_map_to_502_503_504_and_release_the_id() {
     assert_eq!(r.status_field(), "duplicate");
 
     assert_an_upstream_retry_after_is_honoured(&gw, &mock).await;
-    let m = |o: &str| format!("vfgate_requests_total{{outcome=\"{o}\",source=\"syvault\"}}");
+    let m = |o: &str| {
+        format!("vfgate_requests_total{{outcome=\"{o}\",scheme=\"vf\",source=\"syvault\"}}")
+    };
     assert_eq!(gw.metric(&m("upstream_error")).await, 1.0);
     assert_eq!(gw.metric(&m("upstream_unavailable")).await, 1.0);
     assert_eq!(gw.metric(&m("upstream_timeout")).await, 1.0);

@@ -155,7 +155,7 @@ async fn redis_down_follows_on_error() {
     assert!(reject.metric("vfgate_dedupe_errors_total").await >= 1.0);
     assert_eq!(
         reject
-            .metric("vfgate_requests_total{outcome=\"dedupe_unavailable\",source=\"syvault\"}")
+            .metric("vfgate_requests_total{outcome=\"dedupe_unavailable\",scheme=\"vf\",source=\"syvault\"}")
             .await,
         1.0
     );

@@ -492,3 +492,190 @@ async fn a_dead_letter_of_another_scheme_replays_with_its_mapped_fields() {
     assert_eq!(doc["event"]["action"], "vanta.vendor.added");
     assert_eq!(unix(doc), ts);
 }
+
+/// `vfgate send --scheme ...` signs as each source verifies: delivered once, a repeat is a
+/// duplicate (the same webhook-id / delivery id), and the request counter names the scheme.
+async fn send_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.as_bytes().to_vec();
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = [("VANTA_SECRET", WHSEC), ("GITHUB_SECRET", GITHUB_SECRET)];
+        run_cli(&a, &env, Some(&stdin))
+    })
+    .await
+    .unwrap()
+}
+
+const GITHUB_SEND: &[&str] = &[
+    "--scheme",
+    "hmac",
+    "--hmac-header",
+    "X-Hub-Signature-256",
+    "--hmac-prefix",
+    "sha256=",
+    "--id-header",
+    "X-GitHub-Delivery",
+    "--type-header",
+    "X-GitHub-Event",
+];
+
+#[tokio::test]
+async fn vfgate_send_signs_for_every_scheme() {
+    let (mock, gw) = start().await;
+    let vanta = format!("http://127.0.0.1:{}/hooks/vanta", gw.port);
+    let github = format!("http://127.0.0.1:{}/hooks/github", gw.port);
+    let sw_events = "{\"event_id\":\"msg_cli_1\",\"type\":\"a.b\",\"data\":{\"org_id\":\"o1\"}}\n{\"event_id\":\"msg_cli_1\",\"type\":\"a.b\",\"data\":{\"org_id\":\"o1\"}}\n";
+    let args = ["send", "--target", &vanta, "--secret-env", "VANTA_SECRET"];
+    let (code, out, err) = send_cli(
+        &[&args[..], &["--scheme", "standard-webhooks"]].concat(),
+        sw_events,
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let gh_event = "{\"event_id\":\"gh-cli-1\",\"event_type\":\"push\",\"ref\":\"main\"}\n";
+    let args = ["send", "--target", &github, "--secret-env", "GITHUB_SECRET"];
+    let (code, out, err) = send_cli(&[&args[..], GITHUB_SEND].concat(), gh_event).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let got = mock.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 2, "the repeated webhook-id was a duplicate");
+    let series = |source: &str, scheme: &str, outcome: &str| {
+        format!("vfgate_requests_total{{outcome=\"{outcome}\",scheme=\"{scheme}\",source=\"{source}\"}}")
+    };
+    assert_eq!(
+        gw.metric(&series("vanta", "standard-webhooks", "accepted"))
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(&series("vanta", "standard-webhooks", "duplicate"))
+            .await,
+        1.0
+    );
+    assert_eq!(gw.metric(&series("github", "hmac", "accepted")).await, 1.0);
+    let tmp = tempfile::tempdir().unwrap();
+    let failed = tmp.path().join("failed");
+    // The wrong scheme's signature is refused (both attempts) and counted under the
+    // source's scheme.
+    let args = [
+        "send",
+        "--target",
+        &vanta,
+        "--secret-env",
+        "GITHUB_SECRET",
+        "--retry-schedule",
+        "10ms",
+        "--failed-dir",
+        failed.to_str().unwrap(),
+    ];
+    let (code, _, _) = send_cli(&args, gh_event).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        gw.metric(&series("vanta", "standard-webhooks", "invalid_signature"))
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn vfgate_sign_prints_the_headers_of_each_scheme() {
+    let body = r#"{"event_id":"msg_sign_1","type":"x"}"#;
+    let sign = |extra: &[&str]| {
+        let mut a = vec!["sign", "--secret-env", "S", "--timestamp", "1700000000"];
+        a.extend_from_slice(extra);
+        run_cli(&a, &[("S", WHSEC)], Some(body.as_bytes()))
+    };
+    let (code, out, err) = sign(&["--scheme", "standard-webhooks"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "webhook-id: msg_sign_1".to_string(),
+            "webhook-timestamp: 1700000000".to_string(),
+            format!(
+                "webhook-signature: {}",
+                sw_sign("msg_sign_1", 1_700_000_000, body)
+            ),
+        ]
+    );
+    let (code, out, _) = sign(&["--scheme", "standard-webhooks", "--id", "msg_other"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&sw_sign("msg_other", 1_700_000_000, body)));
+    // hmac: the signature header, then the id header.
+    let (code, out, _) = run_cli(
+        &[&["sign", "--secret-env", "S"][..], GITHUB_SEND].concat(),
+        &[("S", GITHUB_SECRET)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().take(2).collect::<Vec<_>>(),
+        [
+            format!("x-hub-signature-256: {}", github_sign(body)),
+            "x-github-delivery: msg_sign_1".to_string(),
+        ]
+    );
+    // Usage errors name the option.
+    let (code, _, err) = sign(&["--hmac-header", "X"]);
+    assert_eq!(
+        (
+            code,
+            err.contains("--hmac-header is only for --scheme hmac")
+        ),
+        (2, true),
+        "{err}"
+    );
+    let (code, _, err) = sign(&["--scheme", "hmac"]);
+    assert_eq!(
+        (code, err.contains("needs --hmac-header")),
+        (2, true),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(
+        &["sign", "--secret-env", "S", "--scheme", "standard-webhooks"],
+        &[("S", WHSEC)],
+        Some(b"{}"),
+    );
+    assert_eq!((code, err.contains("give --id")), (2, true), "{err}");
+}
+
+/// A `send --scheme standard-webhooks` delivery that failed is stored with its scheme, and
+/// `vfgate failed replay` signs it the same way (a fresh webhook-timestamp, same id).
+#[tokio::test]
+async fn a_failed_send_of_another_scheme_replays_signed_the_same_way() {
+    let mock = Mock::start().await;
+    mock.set_default(Reply::Status(503, vec![], "{}".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let failed = dir.path().join("failed");
+    let failed_s = failed.to_str().unwrap();
+    let target = mock.url("/hooks/vanta");
+    let args = [
+        "send",
+        "--target",
+        &target,
+        "--secret-env",
+        "VANTA_SECRET",
+        "--scheme",
+        "standard-webhooks",
+        "--retry-schedule",
+        "10ms",
+        "--failed-dir",
+        failed_s,
+    ];
+    let (code, _, err) = send_cli(&args, "{\"event_id\":\"msg_rp_1\",\"type\":\"t\"}\n").await;
+    assert_eq!(code, 1, "{err}");
+    mock.set_default(Reply::Status(200, vec![], "{}".into()));
+    let (code, out, err) = send_cli(&["failed", "replay", "--all", "--dir", failed_s], "").await;
+    assert_eq!(code, 0, "{out}{err}");
+    let got = mock.requests();
+    let last = got.last().unwrap();
+    assert_eq!(last.status, 200);
+    assert_eq!(last.header("webhook-id"), Some("msg_rp_1"));
+    let ts: i64 = last.header("webhook-timestamp").unwrap().parse().unwrap();
+    let body = String::from_utf8(last.body.clone()).unwrap();
+    assert_eq!(
+        last.header("webhook-signature"),
+        Some(sw_sign("msg_rp_1", ts, &body).as_str())
+    );
+    assert_eq!(last.header("x-vf-signature-256"), None);
+}

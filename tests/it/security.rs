@@ -179,8 +179,10 @@ async fn deep_json_and_control_characters_in_event_id_are_400_before_any_sink() 
     let r = gw.post_event(&ctl).await;
     assert_eq!((r.status, r.error()), (400, "invalid_event".to_string()));
     assert_eq!(
-        gw.metric("vfgate_requests_total{outcome=\"invalid_event\",source=\"syvault\"}")
-            .await,
+        gw.metric(
+            "vfgate_requests_total{outcome=\"invalid_event\",scheme=\"vf\",source=\"syvault\"}"
+        )
+        .await,
         2.0
     );
 }
@@ -310,8 +312,10 @@ async fn a_slow_body_gets_408_and_held_bodies_are_capped_with_503() {
     let r = gw.post_event(&big).await;
     assert_eq!(r.status_field(), "accepted", "{:?}", r.json());
     assert!(
-        gw.metric("vfgate_requests_total{outcome=\"body_timeout\",source=\"syvault\"}")
-            .await
+        gw.metric(
+            "vfgate_requests_total{outcome=\"body_timeout\",scheme=\"vf\",source=\"syvault\"}"
+        )
+        .await
             >= 3.0
     );
 }

@@ -335,7 +335,7 @@ async fn generate_counts_exactly_the_duplicates(gw: &Gateway, target: &str) {
         "{out}"
     );
     assert_eq!(
-        gw.metric("vfgate_requests_total{outcome=\"duplicate\",source=\"syvault\"}")
+        gw.metric("vfgate_requests_total{outcome=\"duplicate\",scheme=\"vf\",source=\"syvault\"}")
             .await,
         30.0
     );

@@ -267,7 +267,7 @@ async fn full_spool_answers_503_and_still_delivers_everything_accepted() {
     assert_eq!(ready.status, 503);
     assert!(String::from_utf8_lossy(&ready.body).contains("spool_full"));
     assert_eq!(
-        gw.metric("vfgate_requests_total{outcome=\"spool_full\",source=\"syvault\"}")
+        gw.metric("vfgate_requests_total{outcome=\"spool_full\",scheme=\"vf\",source=\"syvault\"}")
             .await,
         1.0
     );

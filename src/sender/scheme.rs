@@ -1,0 +1,336 @@
+//! How sender mode signs a request, for each scheme a source can verify: `vf` (the
+//! reference sender's `X-VF-Signature-256` and `X-VF-Webhook-Version`), `standard-webhooks`
+//! (`webhook-id` from the event's `event_id`, `webhook-timestamp` at each attempt, as Svix
+//! re-signs a retry, and `webhook-signature`) and `hmac` (a body MAC in a named header, and
+//! the event's id and type in headers when the receiving source maps them from there).
+//!
+//! A [`SendScheme`] is the description (no secret; it has a one-line text form that a
+//! failed-delivery entry records beside its secret reference, so a replay signs the same
+//! way); a [`Signer`] is one with its key loaded. The MACs are `verify`'s, so the two sides
+//! cannot drift apart. Owns: the outgoing signature headers. Uses `verify`, `secret` and
+//! `config` (the hmac encodings).
+
+use crate::secret::{KeyFormatError, Secret};
+use crate::verify::hmac::{self, Algorithm, Encoding, Format};
+
+/// A signing scheme, without its key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SendScheme {
+    /// `X-VF-Signature-256` and `X-VF-Webhook-Version`.
+    #[default]
+    Vf,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (key `whsec_<base64>`).
+    StandardWebhooks,
+    /// A body MAC in one header.
+    Hmac(HmacSend),
+}
+
+/// The `hmac` scheme as a sender writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmacSend {
+    /// The signature header's name, lower-case.
+    pub header: String,
+    /// Prefix, encoding and hash of its value.
+    pub format: Format,
+    /// A header that carries the event's `event_id` (GitHub's `X-GitHub-Delivery`).
+    pub id_header: Option<String>,
+    /// A header that carries the event's `event_type` (GitHub's `X-GitHub-Event`).
+    pub type_header: Option<String>,
+}
+
+impl SendScheme {
+    /// The scheme's name as a source's `scheme` key spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SendScheme::Vf => "vf",
+            SendScheme::StandardWebhooks => "standard-webhooks",
+            SendScheme::Hmac(_) => "hmac",
+        }
+    }
+
+    /// Whether requests carry the event's `event_id` outside the body (then an event without
+    /// one cannot be sent).
+    pub fn needs_event_id(&self) -> bool {
+        match self {
+            SendScheme::Vf => false,
+            SendScheme::StandardWebhooks => true,
+            SendScheme::Hmac(h) => h.id_header.is_some(),
+        }
+    }
+
+    /// The one-line text a failed-delivery entry keeps: `vf`, `standard-webhooks`, or
+    /// `hmac header=<name> prefix=<text> encoding=<e> algorithm=<a> [id-header=<name>]
+    /// [type-header=<name>]` (header names and the prefix hold no spaces).
+    pub fn describe(&self) -> String {
+        let SendScheme::Hmac(h) = self else {
+            return self.name().to_string();
+        };
+        let mut s = format!(
+            "hmac header={} prefix={} encoding={} algorithm={}",
+            h.header,
+            h.format.prefix,
+            encoding_name(h.format.encoding),
+            algorithm_name(h.format.algorithm)
+        );
+        if let Some(id) = &h.id_header {
+            s.push_str(&format!(" id-header={id}"));
+        }
+        if let Some(t) = &h.type_header {
+            s.push_str(&format!(" type-header={t}"));
+        }
+        s
+    }
+
+    /// Reads what [`SendScheme::describe`] wrote; `None` for anything else.
+    pub fn parse(text: &str) -> Option<SendScheme> {
+        let mut words = text.split(' ');
+        match words.next()? {
+            "vf" | "" => return Some(SendScheme::Vf),
+            "standard-webhooks" => return Some(SendScheme::StandardWebhooks),
+            "hmac" => {}
+            _ => return None,
+        }
+        let mut h = HmacSend {
+            header: String::new(),
+            format: Format {
+                prefix: String::new(),
+                encoding: Encoding::Hex,
+                algorithm: Algorithm::Sha256,
+            },
+            id_header: None,
+            type_header: None,
+        };
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            match k {
+                "header" => h.header = v.to_string(),
+                "prefix" => h.format.prefix = v.to_string(),
+                "encoding" => h.format.encoding = parse_encoding(v)?,
+                "algorithm" => h.format.algorithm = parse_algorithm(v)?,
+                "id-header" => h.id_header = Some(v.to_string()),
+                "type-header" => h.type_header = Some(v.to_string()),
+                _ => return None,
+            }
+        }
+        (!h.header.is_empty()).then_some(SendScheme::Hmac(h))
+    }
+
+    /// This scheme keyed with `secret` (for `standard-webhooks`, the `whsec_` text the
+    /// receiver shows); `version` is the `X-VF-Webhook-Version` a VF request carries.
+    pub fn signer(&self, secret: Secret, version: &str) -> Result<Signer, KeyFormatError> {
+        Ok(match self {
+            SendScheme::Vf => Signer::Vf {
+                secret,
+                version: version.as_bytes().to_vec(),
+            },
+            SendScheme::StandardWebhooks => Signer::StandardWebhooks {
+                key: crate::secret::standard_webhooks_key(&secret)?,
+            },
+            SendScheme::Hmac(h) => Signer::Hmac {
+                spec: h.clone(),
+                secret,
+            },
+        })
+    }
+}
+
+/// `hex` / `base64`.
+pub fn parse_encoding(s: &str) -> Option<Encoding> {
+    match s {
+        "hex" => Some(Encoding::Hex),
+        "base64" => Some(Encoding::Base64),
+        _ => None,
+    }
+}
+
+/// `sha256` / `sha512` / `sha1`.
+pub fn parse_algorithm(s: &str) -> Option<Algorithm> {
+    match s {
+        "sha256" => Some(Algorithm::Sha256),
+        "sha512" => Some(Algorithm::Sha512),
+        "sha1" => Some(Algorithm::Sha1),
+        _ => None,
+    }
+}
+
+fn encoding_name(e: Encoding) -> &'static str {
+    match e {
+        Encoding::Hex => "hex",
+        Encoding::Base64 => "base64",
+    }
+}
+
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::Sha256 => "sha256",
+        Algorithm::Sha512 => "sha512",
+        Algorithm::Sha1 => "sha1",
+    }
+}
+
+/// A scheme with its key: writes the signature headers of one request.
+pub enum Signer {
+    /// VF.
+    Vf {
+        /// The shared secret.
+        secret: Secret,
+        /// `X-VF-Webhook-Version`.
+        version: Vec<u8>,
+    },
+    /// Standard Webhooks.
+    StandardWebhooks {
+        /// The decoded HMAC key.
+        key: Secret,
+    },
+    /// A body MAC.
+    Hmac {
+        /// Header layout.
+        spec: HmacSend,
+        /// The shared secret.
+        secret: Secret,
+    },
+}
+
+/// What a request's signature headers are computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The exact bytes sent.
+    pub body: &'a [u8],
+    /// The event's `event_id` (empty when it has none).
+    pub event_id: &'a str,
+    /// The event's `event_type` (empty when it has none).
+    pub event_type: &'a str,
+    /// Unix seconds at signing.
+    pub now_s: i64,
+}
+
+impl Signer {
+    /// Whether [`Signer::headers`] reads the message's id, type or time (a VF signature is
+    /// over the body alone, so a caller can skip finding them).
+    pub fn reads_fields(&self) -> bool {
+        !matches!(self, Signer::Vf { .. })
+    }
+
+    /// Appends the signature headers of `m` to `out`.
+    pub fn headers(&self, m: Message<'_>, out: &mut Vec<(String, Vec<u8>)>) {
+        match self {
+            Signer::Vf { secret, version } => {
+                out.push((
+                    crate::verify::SIGNATURE_HEADER.to_string(),
+                    crate::verify::sign(secret, m.body).into_bytes(),
+                ));
+                out.push((crate::verify::VERSION_HEADER.to_string(), version.clone()));
+            }
+            Signer::StandardWebhooks { key } => {
+                let sig = crate::verify::standard_webhooks::sign(
+                    key.expose(),
+                    m.event_id,
+                    m.now_s,
+                    m.body,
+                );
+                out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
+                out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
+                out.push(("webhook-signature".into(), sig.into_bytes()));
+            }
+            Signer::Hmac { spec, secret } => {
+                let sig = hmac::sign(&spec.format, secret.expose(), m.body);
+                out.push((spec.header.clone(), sig.into_bytes()));
+                if let Some(h) = &spec.id_header {
+                    out.push((h.clone(), m.event_id.as_bytes().to_vec()));
+                }
+                if let Some(h) = &spec.type_header {
+                    out.push((h.clone(), m.event_type.as_bytes().to_vec()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn github() -> SendScheme {
+        SendScheme::Hmac(HmacSend {
+            header: "x-hub-signature-256".into(),
+            format: Format {
+                prefix: "sha256=".into(),
+                encoding: Encoding::Hex,
+                algorithm: Algorithm::Sha256,
+            },
+            id_header: Some("x-github-delivery".into()),
+            type_header: Some("x-github-event".into()),
+        })
+    }
+
+    #[test]
+    fn the_recorded_text_reads_back_as_the_same_scheme() {
+        for s in [SendScheme::Vf, SendScheme::StandardWebhooks, github()] {
+            assert_eq!(SendScheme::parse(&s.describe()), Some(s.clone()), "{s:?}");
+        }
+        assert_eq!(
+            github().describe(),
+            "hmac header=x-hub-signature-256 prefix=sha256= encoding=hex algorithm=sha256 id-header=x-github-delivery type-header=x-github-event"
+        );
+        assert_eq!(
+            SendScheme::parse(""),
+            Some(SendScheme::Vf),
+            "entries before schemes"
+        );
+        assert_eq!(SendScheme::parse("hmac"), None, "no header");
+        assert_eq!(SendScheme::parse("hmac header=x encoding=hex2"), None);
+        assert_eq!(SendScheme::parse("stripe"), None);
+    }
+
+    fn headers(s: &SendScheme, secret: &str, m: Message<'_>) -> Vec<(String, String)> {
+        let signer = s.signer(Secret::new(secret.as_bytes()), "1").unwrap();
+        let mut out = vec![];
+        signer.headers(m, &mut out);
+        out.into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn each_scheme_writes_what_its_verifier_reads() {
+        let m = Message {
+            body: b"{\"a\":1}",
+            event_id: "evt_1",
+            event_type: "push",
+            now_s: 1_700_000_000,
+        };
+        let vf = headers(&SendScheme::Vf, "k", m);
+        assert_eq!(
+            vf[0].1,
+            crate::verify::sign(&Secret::new(b"k".to_vec()), m.body)
+        );
+        assert_eq!(vf[1], ("x-vf-webhook-version".into(), "1".into()));
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let sw = headers(&SendScheme::StandardWebhooks, whsec, m);
+        let key = crate::secret::standard_webhooks_key(&Secret::new(whsec.as_bytes())).unwrap();
+        let keys = [crate::verify::standard_webhooks::Key::new(
+            key.expose(),
+            None,
+        )];
+        let h = crate::verify::standard_webhooks::Headers {
+            id: Some(sw[0].1.as_bytes()),
+            timestamp: Some(sw[1].1.as_bytes()),
+            signature: Some(sw[2].1.as_bytes()),
+        };
+        assert!(crate::verify::standard_webhooks::verify(&keys, h, m.body, 0).is_ok());
+        let gh = headers(&github(), "s3cret", m);
+        assert_eq!(gh[1], ("x-github-delivery".into(), "evt_1".into()));
+        assert_eq!(gh[2], ("x-github-event".into(), "push".into()));
+        let SendScheme::Hmac(spec) = github() else {
+            unreachable!()
+        };
+        let keys = [hmac::Key::new(&spec.format, b"s3cret", None)];
+        assert_eq!(
+            hmac::verify(&spec.format, &keys, Some(gh[0].1.as_bytes()), m.body, 0),
+            Ok(0)
+        );
+        assert!(SendScheme::StandardWebhooks
+            .signer(Secret::new(b"whsec_!!".to_vec()), "1")
+            .is_err());
+    }
+}
