@@ -679,3 +679,132 @@ async fn a_failed_send_of_another_scheme_replays_signed_the_same_way() {
     );
     assert_eq!(last.header("x-vf-signature-256"), None);
 }
+
+/// One `standard-webhooks` source delivering to a sink of every type (the SIEM mocks answer
+/// by path, as each service would).
+fn every_sink_config(mock: &Mock, dir: &std::path::Path) -> String {
+    let url = mock.url("");
+    let sinks = ["up", "file", "relay", "splunk", "dd", "es", "azure", "law"];
+    Toml::new()
+        .source_at("vanta", "/hooks/vanta", &sinks)
+        .with(r#"scheme = "standard-webhooks""#)
+        .with(r#"secrets = [{ env = "VANTA_SECRET" }]"#)
+        .with(r#"fields = { event_type = "/type", org_id = "/data/org_id" }"#)
+        .http_sink("up", &mock.url("/up"))
+        .file_sink("file", dir.join("events.ndjson").to_str().unwrap())
+        .sink("relay", "webhook")
+        .with(&format!("url = \"{}\"", mock.url("/relay")))
+        .with(r#"secret = { value = "relay-secret" }"#)
+        .sink("splunk", "splunk_hec")
+        .with(&format!("url = \"{url}\""))
+        .with(r#"token = { value = "12345678-1234-1234-1234-1234567890AB" }"#)
+        .sink("dd", "datadog")
+        .with(&format!("url = \"{}\"", mock.url("/api/v2/logs")))
+        .with(r#"api_key = { value = "0123456789abcdef0123456789abcdef" }"#)
+        .with(r#"compression = "none""#)
+        .sink("es", "elastic")
+        .with(&format!("url = \"{url}\""))
+        .with(r#"index = "audit""#)
+        .with("ecs = true")
+        .sink("azure", "azure_logs_ingestion")
+        .with(&format!("endpoint = \"{url}\""))
+        .with(r#"dcr_immutable_id = "dcr-000a00a000a00000a000000aa000a0aa""#)
+        .with(r#"stream = "Custom-Audit""#)
+        .with(r#"tenant_id = "00000000-0000-0000-0000-000000000000""#)
+        .with(r#"client_id = "11111111-1111-1111-1111-111111111111""#)
+        .with(r#"client_secret = { value = "az" }"#)
+        .with(&format!("authority_host = \"{url}\""))
+        .with(r#"compression = "none""#)
+        .sink("law", "sentinel_data_collector")
+        .with(r#"workspace_id = "11111111-2222-3333-4444-555555555555""#)
+        .with(r#"shared_key = { value = "c2hhcmVkLWtleQ==" }"#)
+        .with(r#"log_type = "Audit""#)
+        .with(&format!("url = \"{url}\""))
+        .build()
+}
+
+/// What each service answers, by path.
+fn answer_by_path() -> Reply {
+    Reply::Compute(std::sync::Arc::new(|q: &Captured| {
+        let path = q.path.as_str();
+        let body = if path.contains("/oauth2/") {
+            r#"{"token_type":"Bearer","expires_in":3599,"access_token":"tok"}"#
+        } else if path.starts_with("/_bulk") {
+            r#"{"errors":false}"#
+        } else if path.starts_with("/services/collector") {
+            r#"{"text":"Success","code":0}"#
+        } else {
+            "{}"
+        };
+        (200, body.to_string())
+    }))
+}
+
+/// The one request whose path starts with `prefix`, its body as JSON.
+fn json_at(got: &[Captured], prefix: &str) -> serde_json::Value {
+    let q = got
+        .iter()
+        .find(|q| q.path.starts_with(prefix))
+        .unwrap_or_else(|| panic!("nothing reached {prefix}"));
+    serde_json::from_slice(&q.body).unwrap()
+}
+
+/// A Standard Webhooks event reaches every sink type with the fields its source mapped: the
+/// id from `webhook-id`, the time from `webhook-timestamp`, the type and org through JSON
+/// pointers of the source's own choosing (a VF body would have them at fixed names).
+#[tokio::test]
+async fn a_mapped_event_reaches_every_sink_type_with_its_mapped_fields() {
+    let mock = Mock::start().await;
+    mock.set_default(answer_by_path());
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("VANTA_SECRET", WHSEC)];
+    let gw = Gateway::start_with(&every_sink_config(&mock, dir.path()), "", &env).await;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp() - 60;
+    let body = r#"{"type":"vanta.x","data":{"org_id":"org_7"},"n":1}"#;
+    let r = post_vanta(&gw, "msg_all_1", ts, body).await;
+    assert_eq!(
+        (r.status, r.status_field()),
+        (200, "accepted".to_string()),
+        "{:?}",
+        r.json()
+    );
+    let got = mock.requests();
+    let verbatim = |prefix: &str| got.iter().find(|q| q.path == prefix).unwrap().body.clone();
+    assert_eq!(verbatim("/up"), body.as_bytes());
+    assert_eq!(verbatim("/relay"), body.as_bytes());
+    let file = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
+    assert_eq!(file, format!("{body}\n"));
+    let hec = json_at(&got, "/services/collector/event");
+    assert_eq!(hec["time"], serde_json::json!(ts as f64));
+    assert_eq!(hec["event"]["type"], "vanta.x");
+    let dd = &json_at(&got, "/api/v2/logs")[0];
+    assert_eq!(dd["timestamp"], ts * 1000);
+    let tags = dd["ddtags"].as_str().unwrap();
+    assert!(
+        tags.contains("event_type:vanta.x") && tags.contains("org_id:org_7"),
+        "{tags}"
+    );
+    let es = got.iter().find(|q| q.path.starts_with("/_bulk")).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&es.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["create"]["_id"], "msg_all_1");
+    assert_eq!(
+        (unix(&lines[1]), &lines[1]["organization"]["id"]),
+        (ts, &serde_json::json!("org_7"))
+    );
+    for (prefix, time_key) in [
+        ("/dataCollectionRules/", "TimeGenerated"),
+        ("/api/logs", ""),
+    ] {
+        let rec = &json_at(&got, prefix)[0];
+        assert_eq!(rec["EventId"], "msg_all_1", "{prefix}");
+        assert_eq!(rec["EventType"], "vanta.x", "{prefix}");
+        assert_eq!(rec["OrgId"], "org_7", "{prefix}");
+        if !time_key.is_empty() {
+            let at = serde_json::json!({ "@timestamp": rec[time_key] });
+            assert_eq!(unix(&at), ts);
+        }
+    }
+}
