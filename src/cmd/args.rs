@@ -38,6 +38,10 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, value_name = "FILE", env = "VFGATE_CONFIG")]
         config: PathBuf,
+        /// Also print what each source's `preset` expanded to (its keys, with the source's
+        /// own overrides), as `key = value` lines.
+        #[arg(long)]
+        explain: bool,
     },
     /// Print a new random 32-byte secret (URL-safe base64, no padding).
     Keygen,

@@ -6,12 +6,23 @@ use super::{EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use std::path::Path;
 
-/// Runs `check-config --config FILE`.
-pub fn run(config: &Path) -> u8 {
+/// Runs `check-config --config FILE [--explain]`.
+pub fn run(config: &Path, explain: bool) -> u8 {
     match Config::load(config, crate::sinks::TYPES) {
         Ok(c) => {
             for w in &c.warnings {
                 eprintln!("warning: {w}");
+            }
+            if explain {
+                for (i, s) in c.sources.iter().enumerate() {
+                    let Some((preset, lines)) = &s.preset else {
+                        continue;
+                    };
+                    println!("source[{i}] {:?}: preset = {preset:?} expands to", s.name);
+                    for l in lines {
+                        println!("  {l}");
+                    }
+                }
             }
             println!("{}", c.summary());
             EXIT_OK

@@ -45,7 +45,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, log_format } => serve::run(&config, log_format),
-        Command::CheckConfig { config } => Ok(check_config::run(&config)),
+        Command::CheckConfig { config, explain } => Ok(check_config::run(&config, explain)),
         Command::Send(args) => runtime().map(|rt| rt.block_on(send::run(*args))),
         Command::Failed { cmd } => runtime().map(|rt| rt.block_on(failed::run(cmd))),
         Command::Keygen => keygen::run(),

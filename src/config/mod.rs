@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod defaults;
+pub mod presets;
 mod raw;
 mod units;
 mod validate;
@@ -388,6 +389,9 @@ pub struct SourceConfig {
     pub scheme: Scheme,
     /// Where the event's fields are (schemes other than `vf`; empty for `vf`).
     pub fields: FieldMap,
+    /// The preset the source named, and the `key = value` lines it expanded to (with the
+    /// source's overrides), for `check-config --explain`.
+    pub preset: Option<(&'static str, Vec<String>)>,
 }
 
 /// A source's signature scheme, validated.
@@ -654,8 +658,28 @@ fn raw_sections(table: toml::Table) -> Result<RawConfig, ConfigError> {
             "source" => match value {
                 toml::Value::Array(list) => {
                     for (i, s) in list.into_iter().enumerate() {
-                        raw.source
-                            .extend(section(&mut errors, &format!("source[{i}]"), s));
+                        let key = format!("source[{i}]");
+                        let (s, preset) = match s {
+                            toml::Value::Table(t) => match presets::expand(t) {
+                                Ok((t, Some(p))) => {
+                                    let lines = presets::explain(p, &t);
+                                    (toml::Value::Table(t), Some((p.name, lines)))
+                                }
+                                Ok((t, None)) => (toml::Value::Table(t), None),
+                                Err(e) => {
+                                    errors.push(ConfigError::invalid(
+                                        format!("{key}.preset"),
+                                        e.to_string(),
+                                    ));
+                                    continue;
+                                }
+                            },
+                            other => (other, None),
+                        };
+                        if let Some(mut src) = section::<RawSource>(&mut errors, &key, s) {
+                            src.preset = preset;
+                            raw.source.push(src);
+                        }
                     }
                 }
                 _ => errors.push(ConfigError::invalid(
@@ -798,6 +822,35 @@ path = "/dev/null"
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    /// A source written out by hand with the keys a preset prints (`--explain`) is the same
+    /// source as the preset's, for every preset.
+    #[test]
+    fn every_preset_equals_its_keys_written_out() {
+        for p in presets::PRESETS {
+            let secret = match p.name {
+                "standard-webhooks" => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                _ => "s3cret-value-0123456",
+            };
+            let table = |keys: &str| {
+                format!(
+                    "[[source]]\nname = \"s\"\npath = \"/s\"\nsecrets = [{{ value = \"{secret}\" }}]\nsinks = [\"f\"]\n{keys}\n[sink.f]\ntype = \"file\"\npath = \"x\"\n"
+                )
+            };
+            let by_preset = parse(&table(&format!("preset = \"{}\"", p.name))).unwrap();
+            let (name, lines) = by_preset.sources[0].preset.clone().unwrap();
+            assert_eq!(name, p.name);
+            let by_hand = parse(&table(&lines.join("\n"))).unwrap();
+            let mut a = by_preset.sources[0].clone();
+            a.preset = None;
+            assert_eq!(format!("{a:?}"), format!("{:?}", by_hand.sources[0]), "{}", p.name);
+            assert_eq!(by_preset.warnings, by_hand.warnings, "{}", p.name);
+        }
+        assert_eq!(
+            err("[[source]]\nname = \"s\"\npath = \"/s\"\npreset = \"gitlab\"\nsecrets = []\nsinks = []\n"),
+            format!("source[0].preset: unknown preset \"gitlab\"; the presets are {}", presets::names())
+        );
     }
 
     #[test]

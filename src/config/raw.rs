@@ -223,6 +223,10 @@ pub struct RawSource {
     pub hmac: Option<RawHmac>,
     /// Where the event's id, type, time and org are, for schemes other than `vf`.
     pub fields: Option<RawFields>,
+    /// The preset this table was expanded from (`preset` itself is gone by then), and what
+    /// it expanded to.
+    #[serde(skip)]
+    pub preset: Option<(&'static str, Vec<String>)>,
 }
 
 /// `source.scheme`.

@@ -685,6 +685,7 @@ fn validate_source(
         event_types,
         sinks: raw.sinks,
         ack,
+        preset: raw.preset,
     })
 }
 

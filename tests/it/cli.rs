@@ -2,8 +2,9 @@
 
 use crate::util::*;
 
-const CI_ENV: [(&str, &str); 13] = [
+const CI_ENV: [(&str, &str); 14] = [
     ("VF_SECRET", "s1"),
+    ("SHOPIFY_WEBHOOK_SECRET", "shopify-client-secret"),
     (
         "VANTA_WEBHOOK_SECRET",
         "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
