@@ -96,10 +96,15 @@ pub enum LogFormatArg {
 /// `--scheme` and its options, shared by `sign` and `send`.
 #[derive(Debug, Clone, Args)]
 pub struct SchemeArgs {
-    /// Signature scheme of the receiving source: vf, standard-webhooks (the secret is the
-    /// `whsec_...` text) or hmac (with --hmac-header).
-    #[arg(long, default_value = "vf", value_parser = ["vf", "standard-webhooks", "hmac"])]
-    pub scheme: String,
+    /// Signature scheme of the receiving source: vf (default), standard-webhooks (the
+    /// secret is the `whsec_...` text) or hmac (with --hmac-header).
+    #[arg(long, value_parser = ["vf", "standard-webhooks", "hmac"])]
+    pub scheme: Option<String>,
+    /// Sign as the provider preset P does (github, shopify, slack, stripe,
+    /// standard-webhooks): the scheme, headers and signed layout of a source with
+    /// `preset = "P"`.
+    #[arg(long, value_name = "P", conflicts_with_all = ["scheme", "hmac_header", "hmac_prefix", "hmac_encoding", "hmac_algorithm", "id_header", "type_header"])]
+    pub preset: Option<String>,
     /// hmac: the signature header, e.g. X-Hub-Signature-256.
     #[arg(long, value_name = "NAME")]
     pub hmac_header: Option<String>,

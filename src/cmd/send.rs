@@ -1,6 +1,6 @@
 //! `vfgate send`: file, test and load-generation modes over [`crate::sender`], with progress
 //! output (events waiting for a retry and the next attempt's time too), a summary and the
-//! exit code (0 all delivered, 1 some failed or a line not a JSON object, 2 usage, 130
+//! exit code (0 all delivered, 1 some failed or a line skipped (not a JSON object, or not signable for --scheme), 2 usage, 130
 //! stopped by Ctrl-C, the undelivered events stored as failed). Owns:
 //! that output and exit code; signing, ordering, retries and the failed-deliveries store
 //! are `sender`'s and `deadletter`'s, and it builds no request itself.
@@ -219,15 +219,11 @@ pub async fn run(args: SendArgs) -> u8 {
             }
         };
         let mut valid = Vec::new();
-        let needs_id = sender.settings().scheme.needs_event_id();
+        let scheme = &sender.settings().scheme;
         for (n, line) in input {
             let why = not_an_object(&line).or_else(|| {
-                (needs_id && crate::sender::event_fields(&line).0.is_empty()).then(|| {
-                    format!(
-                        "no event_id (--scheme {} sends it in a header)",
-                        sender.settings().scheme.name()
-                    )
-                })
+                let (id, ty, org) = crate::sender::event_fields(&line);
+                scheme.unsendable(&id, &ty, org.as_deref().unwrap_or_default())
             });
             match why {
                 None => {
@@ -313,9 +309,7 @@ pub async fn run(args: SendArgs) -> u8 {
                 .status
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "error".into());
-            let id = crate::event::Event::parse(body.clone())
-                .map(|e| e.event_id)
-                .unwrap_or_default();
+            let id = crate::sender::event_fields(&body).0;
             let _ = writeln!(w, "{id}\t{status}");
         }
     }
@@ -409,7 +403,7 @@ fn print_summary(
     }
     if skipped > 0 {
         println!(
-            "skipped {skipped} line(s) that are not JSON objects (not sent, counted as failed)"
+            "skipped {skipped} line(s) that are not JSON objects or cannot be signed for the scheme (not sent, counted as failed)"
         );
     }
     for (i, (id, entry, last)) in summary.failed.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! `vfgate sign`: the signature of a file's bytes (or stdin) for a source's scheme: the
 //! `X-VF-Signature-256` value for VF, the request's signature headers for any other scheme.
-//! Also turns `--scheme` and its options into a [`SendScheme`] for `send`. Uses
-//! `sender::scheme` (whose MACs are `verify`'s) and `secret`, nothing else of the crate.
+//! Also turns `--scheme` / `--preset` and their options into a [`SendScheme`] for `send`.
+//! Uses `sender` (the schemes' signers, whose MACs are `verify`'s, and `event_fields`),
+//! `config` (presets), `secret` and `time`.
 
 use super::args::{parse_header, SchemeArgs};
 use super::{EXIT_OK, EXIT_USAGE};
@@ -12,6 +13,15 @@ use std::path::Path;
 
 /// The scheme `--scheme` and its options describe; a usage error names the option.
 pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
+    if let Some(name) = &a.preset {
+        let (scheme, fields) = crate::config::preset_scheme(name).ok_or_else(|| {
+            format!(
+                "--preset: unknown preset {name:?}; the presets are {}",
+                crate::config::presets::names()
+            )
+        })?;
+        return Ok(SendScheme::from_config(&scheme, &fields));
+    }
     let hmac_options = [
         ("--hmac-header", a.hmac_header.is_some()),
         ("--hmac-prefix", a.hmac_prefix.is_some()),
@@ -20,7 +30,7 @@ pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
         ("--id-header", a.id_header.is_some()),
         ("--type-header", a.type_header.is_some()),
     ];
-    match a.scheme.as_str() {
+    match a.scheme.as_deref().unwrap_or("vf") {
         "hmac" => {}
         other => {
             if let Some((name, _)) = hmac_options.iter().find(|(_, given)| *given) {
@@ -34,10 +44,9 @@ pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
     }
     let header_name = |opt: &str, v: &Option<String>| -> Result<Option<String>, String> {
         v.as_deref()
-            .map(|h| {
-                parse_header(&format!("{h}: x"))
-                    .map(|(k, _)| k)
-                    .map_err(|_| format!("{opt}: {h:?} is not a header name"))
+            .map(|h| match parse_header(&format!("{h}: x")) {
+                Ok((k, _)) if k == h.to_ascii_lowercase() => Ok(k),
+                _ => Err(format!("{opt}: {h:?} is not a header name")),
             })
             .transpose()
     };
@@ -47,7 +56,7 @@ pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
     if prefix.contains(char::is_whitespace) {
         return Err("--hmac-prefix: must not contain spaces".into());
     }
-    Ok(SendScheme::Hmac(HmacSend {
+    Ok(SendScheme::Hmac(Box::new(HmacSend {
         header,
         format: Format {
             prefix,
@@ -61,10 +70,13 @@ pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
                 .as_deref()
                 .and_then(parse_algorithm)
                 .unwrap_or(Algorithm::Sha256),
+            param: None,
         },
         id_header: header_name("--id-header", &a.id_header)?,
         type_header: header_name("--type-header", &a.type_header)?,
-    }))
+        org_header: None,
+        timestamp: None,
+    })))
 }
 
 /// Runs `sign --secret-env NAME [--scheme ...] [FILE]`: a missing secret, an unreadable
@@ -117,13 +129,18 @@ pub fn run(
             }
         },
     };
-    let (body_id, event_type, _) = crate::sender::event_fields(&body);
+    let (body_id, event_type, org_id) = crate::sender::event_fields(&body);
     let event_id = id.unwrap_or(body_id);
+    let org = org_id.clone().unwrap_or_default();
     if scheme.needs_event_id() && event_id.is_empty() {
         eprintln!(
             "error: --scheme {} sends the event id in a header: give --id or sign a body with an event_id",
             scheme.name()
         );
+        return Ok(EXIT_USAGE);
+    }
+    if let Some(why) = scheme.unsendable(&event_id, &event_type, &org) {
+        eprintln!("error: {why}");
         return Ok(EXIT_USAGE);
     }
     let mut headers = Vec::new();
@@ -132,6 +149,7 @@ pub fn run(
             body: &body,
             event_id: &event_id,
             event_type: &event_type,
+            org_id: org_id.as_deref().unwrap_or_default(),
             now_s: timestamp.unwrap_or_else(|| crate::time::now_s() as i64),
         },
         &mut headers,

@@ -26,6 +26,7 @@ pub mod presets;
 mod raw;
 mod units;
 mod validate;
+pub use validate::preset_scheme;
 
 pub use raw::{
     OneOrMany, RawAdmin, RawBatch, RawClientTls, RawConfig, RawDedupe, RawLog, RawRetry, RawServer,
@@ -431,6 +432,34 @@ pub struct HmacScheme {
     pub encoding: HmacEncoding,
     /// The hash.
     pub algorithm: HmacAlgorithm,
+    /// When set, the header is a `key=value,key=value` list and the MACs are the values of
+    /// this key (Stripe's `v1`; any one may match); otherwise the whole value after `prefix`.
+    pub param: Option<String>,
+    /// The signed timestamp, for a sender that signs one (Stripe, Slack).
+    pub timestamp: Option<SignedTimestamp>,
+}
+
+/// A timestamp signed with the body: the message is `{before}{timestamp}{between}{body}`,
+/// and the timestamp (unix seconds) must be within `tolerance` of now, either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTimestamp {
+    /// Where the timestamp is.
+    pub from: TimestampFrom,
+    /// Signed text before it (Slack's `v0:`).
+    pub before: String,
+    /// Signed text between it and the body (Stripe's `.`).
+    pub between: String,
+    /// The accepted distance from now.
+    pub tolerance: Duration,
+}
+
+/// Where a signed timestamp is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimestampFrom {
+    /// Its own header (Slack's `X-Slack-Request-Timestamp`), lower-case.
+    Header(String),
+    /// A key of the signature header's `key=value` list (Stripe's `t`).
+    Param(String),
 }
 
 /// How an `hmac` MAC is written.
@@ -469,10 +498,13 @@ pub enum Field {
 /// Where the event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimeField {
-    /// A JSON pointer to an RFC 3339 string or unix seconds; the age window applies.
+    /// A JSON pointer to an RFC 3339 string or unix seconds; the age window applies, unless
+    /// the scheme signs a timestamp (then the window is on that, and this is only the time).
     Pointer(String),
     /// The time of receipt: no age check (replays are bounded by the dedupe TTL only).
     Received,
+    /// The signed timestamp of an `hmac` scheme that has one (checked against `tolerance`).
+    Signed,
 }
 
 /// Where a non-`vf` source finds its event's fields.
@@ -844,7 +876,12 @@ path = "/dev/null"
             let by_hand = parse(&table(&lines.join("\n"))).unwrap();
             let mut a = by_preset.sources[0].clone();
             a.preset = None;
-            assert_eq!(format!("{a:?}"), format!("{:?}", by_hand.sources[0]), "{}", p.name);
+            assert_eq!(
+                format!("{a:?}"),
+                format!("{:?}", by_hand.sources[0]),
+                "{}",
+                p.name
+            );
             assert_eq!(by_preset.warnings, by_hand.warnings, "{}", p.name);
         }
         assert_eq!(

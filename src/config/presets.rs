@@ -40,6 +40,26 @@ fields = { event_id = { header = "X-Shopify-Webhook-Id" }, event_type = { header
 "#,
     },
     Preset {
+        name: "slack",
+        provider: "Slack (Events API)",
+        toml: r#"
+scheme = "hmac"
+hmac = { header = "X-Slack-Signature", prefix = "v0=", encoding = "hex", algorithm = "sha256", signed = "v0:{timestamp}:{body}", timestamp = { header = "X-Slack-Request-Timestamp" } }
+tolerance = "5m"
+fields = { event_id = "/event_id", event_type = "/event/type", timestamp = "/event_time", org_id = "/team_id" }
+"#,
+    },
+    Preset {
+        name: "stripe",
+        provider: "Stripe",
+        toml: r#"
+scheme = "hmac"
+hmac = { header = "Stripe-Signature", param = "v1", encoding = "hex", algorithm = "sha256", signed = "{timestamp}.{body}", timestamp = { param = "t" } }
+tolerance = "5m"
+fields = { event_id = "/id", event_type = "/type", timestamp = "/created", org_id = "/account" }
+"#,
+    },
+    Preset {
         name: "standard-webhooks",
         provider: "Standard Webhooks (Svix and its adopters)",
         toml: r#"
@@ -131,11 +151,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_preset_is_valid_toml_with_a_scheme() {
+    fn every_preset_is_valid_toml_with_a_scheme_that_validates() {
         for p in PRESETS {
             let t: toml::Table = p.toml.parse().unwrap_or_else(|e| panic!("{}: {e}", p.name));
             assert!(t.contains_key("scheme"), "{}", p.name);
+            assert!(super::super::preset_scheme(p.name).is_some());
         }
+        assert!(super::super::preset_scheme("gitlab").is_none());
     }
 
     #[test]
@@ -154,13 +176,19 @@ hmac = { algorithm = "sha512" }
         assert_eq!(t["name"].as_str(), Some("gh"));
         assert_eq!(t["hmac"]["algorithm"].as_str(), Some("sha512"));
         assert_eq!(t["hmac"]["header"].as_str(), Some("X-Hub-Signature-256"));
-        assert_eq!(t["fields"]["org_id"].as_str(), Some("/repository/owner/login"));
+        assert_eq!(
+            t["fields"]["org_id"].as_str(),
+            Some("/repository/owner/login")
+        );
         assert_eq!(
             t["fields"]["event_id"]["header"].as_str(),
             Some("X-GitHub-Delivery")
         );
         let lines = explain(p.unwrap(), &t);
-        assert!(lines.iter().any(|l| l.starts_with("scheme = \"hmac\"")), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("scheme = \"hmac\"")),
+            "{lines:?}"
+        );
         assert!(!lines.iter().any(|l| l.starts_with("name")));
     }
 
@@ -168,7 +196,10 @@ hmac = { algorithm = "sha512" }
     fn an_unknown_preset_names_the_known_ones() {
         let src: toml::Table = "preset = \"gitlab\"".parse().unwrap();
         let e = expand(src).unwrap_err().to_string();
-        assert!(e.starts_with("unknown preset \"gitlab\"; the presets are \"github\""), "{e}");
+        assert!(
+            e.starts_with("unknown preset \"gitlab\"; the presets are \"github\""),
+            "{e}"
+        );
         let src: toml::Table = "preset = 1".parse().unwrap();
         assert!(expand(src).is_err());
         let none: toml::Table = "name = \"x\"".parse().unwrap();

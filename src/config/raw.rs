@@ -245,7 +245,7 @@ pub enum RawScheme {
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a table { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" }"
+    expecting = "a table { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" } (optionally param, signed, timestamp)"
 )]
 pub struct RawHmac {
     /// The header carrying the MAC.
@@ -259,6 +259,32 @@ pub struct RawHmac {
     /// `sha256` (default), `sha512` or `sha1`.
     #[serde(default)]
     pub algorithm: super::HmacAlgorithm,
+    /// The header is a `key=value,...` list; the MACs are this key's values (`v1`).
+    pub param: Option<String>,
+    /// The signed message: `"{body}"` (default), or with the timestamp, e.g.
+    /// `"{timestamp}.{body}"`, `"v0:{timestamp}:{body}"`.
+    pub signed: Option<String>,
+    /// Where a signed timestamp is: `{ header = "..." }` or `{ param = "t" }`.
+    pub timestamp: Option<RawTimestampFrom>,
+}
+
+/// `source.hmac.timestamp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "{ header = \"X-Slack-Request-Timestamp\" } or { param = \"t\" }"
+)]
+pub enum RawTimestampFrom {
+    /// Its own header.
+    Header {
+        /// The header's name.
+        header: String,
+    },
+    /// A key of the signature header's list.
+    Param {
+        /// The key.
+        param: String,
+    },
 }
 
 /// `source.fields`.

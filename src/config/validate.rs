@@ -12,8 +12,9 @@ use super::raw::{
 use super::{
     defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
     DedupeConfig, Field, FieldMap, FsyncPolicy, HmacAlgorithm, HmacScheme, LogConfig, LogFormat,
-    OnError, RedisConfig, Scheme, ServerConfig, SinkCatalog, SinkCommon, SinkConfig, SourceConfig,
-    SourceSecret, SpoolConfig, TimeField, TypeFilter, MIN_SECRET_BYTES,
+    OnError, RedisConfig, Scheme, ServerConfig, SignedTimestamp, SinkCatalog, SinkCommon,
+    SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TimeField, TimestampFrom, TypeFilter,
+    MIN_SECRET_BYTES,
 };
 use crate::secret::{Secret, SecretRef};
 use std::collections::HashSet;
@@ -909,8 +910,12 @@ fn validate_scheme(
     let kind = raw.scheme.unwrap_or(RawScheme::Vf);
     let only =
         |k: &str, what: &str| ConfigError::invalid(key(k), format!("only for scheme = {what}"));
-    if kind != RawScheme::StandardWebhooks && raw.tolerance.is_some() {
-        return Err(only("tolerance", "\"standard-webhooks\""));
+    let signs_time = raw.hmac.as_ref().is_some_and(|h| h.timestamp.is_some());
+    if kind != RawScheme::StandardWebhooks && !signs_time && raw.tolerance.is_some() {
+        return Err(only(
+            "tolerance",
+            "\"standard-webhooks\", or \"hmac\" with a signed hmac.timestamp",
+        ));
     }
     if kind != RawScheme::Hmac && raw.hmac.is_some() {
         return Err(only("hmac", "\"hmac\""));
@@ -960,16 +965,7 @@ fn validate_scheme(
                 ));
             }
         }
-        let tolerance = raw.tolerance.map(|d| d.0).unwrap_or(defaults::TOLERANCE);
-        if tolerance > ttl {
-            return Err(ConfigError::invalid(
-                key("tolerance"),
-                format!(
-                    "must not exceed dedupe.ttl ({}): a resend within the tolerance could be a forgotten duplicate",
-                    humantime::format_duration(ttl)
-                ),
-            ));
-        }
+        let tolerance = tolerance_within(&key("tolerance"), raw.tolerance, ttl)?;
         for (j, s) in secrets.iter_mut().enumerate() {
             s.secret = crate::secret::standard_webhooks_key(&s.secret)
                 .map_err(|e| ConfigError::invalid(key(&format!("secrets[{j}]")), e.to_string()))?;
@@ -995,6 +991,67 @@ fn validate_scheme(
             format!("{:?} is not a header name", h.header),
         ));
     }
+    let param = match h.param {
+        Some(p) if !p.is_empty() && is_header_name(&p) => {
+            if !h.prefix.is_empty() {
+                return Err(ConfigError::invalid(
+                    key("hmac.prefix"),
+                    "not with hmac.param: the MACs are the values of that key in a key=value list",
+                ));
+            }
+            Some(p)
+        }
+        Some(p) => {
+            return Err(ConfigError::invalid(
+                key("hmac.param"),
+                format!("{p:?} is not a key such as \"v1\""),
+            ))
+        }
+        None => None,
+    };
+    let signed = signed_layout(&key, h.signed.as_deref())?;
+    let timestamp = match (signed, h.timestamp) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                key("hmac.timestamp"),
+                "hmac.signed has no {timestamp}: write e.g. signed = \"{timestamp}.{body}\"",
+            ))
+        }
+        (Some(_), None) => return Err(ConfigError::invalid(
+            key("hmac.timestamp"),
+            "required when hmac.signed has {timestamp}: { header = \"...\" } or { param = \"t\" }",
+        )),
+        (Some((before, between)), Some(from)) => {
+            use super::raw::RawTimestampFrom;
+            let from = match from {
+                RawTimestampFrom::Header { header } if is_header_name(&header) => {
+                    TimestampFrom::Header(header.to_ascii_lowercase())
+                }
+                RawTimestampFrom::Header { header } => {
+                    return Err(ConfigError::invalid(
+                        key("hmac.timestamp.header"),
+                        format!("{header:?} is not a header name"),
+                    ))
+                }
+                RawTimestampFrom::Param { param: t } if param.is_some() && is_header_name(&t) => {
+                    TimestampFrom::Param(t)
+                }
+                RawTimestampFrom::Param { .. } => {
+                    return Err(ConfigError::invalid(
+                        key("hmac.timestamp.param"),
+                        "needs hmac.param (the signature header as a key=value list) and a key such as \"t\"",
+                    ))
+                }
+            };
+            Some(SignedTimestamp {
+                from,
+                before,
+                between,
+                tolerance: tolerance_within(&key("tolerance"), raw.tolerance, ttl)?,
+            })
+        }
+    };
     if h.algorithm == HmacAlgorithm::Sha1 {
         warnings.push(format!(
             "{}: HMAC-SHA1 is weak; use sha256 if the sender offers it",
@@ -1007,18 +1064,20 @@ fn validate_scheme(
             "required for scheme = \"hmac\" (a JSON pointer or { header = \"...\" }): without an id there is no dedupe",
         ));
     };
-    let timestamp = match raw_fields.timestamp {
+    let time_field = match raw_fields.timestamp {
         Some(RawField::Pointer(p)) if p == "received" => TimeField::Received,
+        Some(RawField::Pointer(p)) if p == "signed" && timestamp.is_some() => TimeField::Signed,
         Some(RawField::Pointer(p)) if p.starts_with('/') => TimeField::Pointer(p),
+        None if timestamp.is_some() => TimeField::Signed,
         None => TimeField::Received,
         Some(_) => {
             return Err(ConfigError::invalid(
                 key("fields.timestamp"),
-                "a JSON pointer to an RFC 3339 string or unix seconds, or \"received\"",
+                "a JSON pointer to an RFC 3339 string or unix seconds, \"received\", or (with a signed hmac.timestamp) \"signed\"",
             ))
         }
     };
-    if timestamp == TimeField::Received {
+    if time_field == TimeField::Received && timestamp.is_none() {
         warnings.push(format!(
             "{}: the event time is the time of receipt, so there is no age check: a replayed request is refused only while its id is remembered (dedupe.ttl)",
             key("fields.timestamp")
@@ -1029,14 +1088,90 @@ fn validate_scheme(
         prefix: h.prefix,
         encoding: h.encoding,
         algorithm: h.algorithm,
+        param,
+        timestamp,
     });
     let fields = FieldMap {
         event_id: Some(event_id),
         event_type,
-        timestamp: Some(timestamp),
+        timestamp: Some(time_field),
         org_id,
     };
     Ok((scheme, fields))
+}
+
+/// The scheme and field map a preset stands for (what a sender signs for, in `vfgate sign`
+/// and `send --preset`); `None` for an unknown name.
+pub fn preset_scheme(name: &str) -> Option<(Scheme, FieldMap)> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        scheme: Option<super::raw::RawScheme>,
+        tolerance: Option<super::DurationStr>,
+        hmac: Option<super::raw::RawHmac>,
+        fields: Option<super::raw::RawFields>,
+    }
+    let preset = super::presets::find(name)?;
+    let k: Keys = toml::from_str(preset.toml).expect("every preset parses (tested)");
+    let keys = SchemeKeys {
+        scheme: k.scheme,
+        tolerance: k.tolerance,
+        hmac: k.hmac,
+        fields: k.fields,
+        versions_given: false,
+    };
+    let scheme = validate_scheme(0, keys, &mut [], Duration::MAX, &mut Vec::new());
+    Some(scheme.expect("every preset validates (tested)"))
+}
+
+/// `source.tolerance` (default 5 minutes), which must not exceed the dedupe TTL.
+fn tolerance_within(
+    key: &str,
+    given: Option<super::DurationStr>,
+    ttl: Duration,
+) -> Result<Duration, ConfigError> {
+    let tolerance = given.map(|d| d.0).unwrap_or(defaults::TOLERANCE);
+    if tolerance > ttl {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "must not exceed dedupe.ttl ({}): a resend within the tolerance could be a forgotten duplicate",
+                humantime::format_duration(ttl)
+            ),
+        ));
+    }
+    Ok(tolerance)
+}
+
+/// `hmac.signed`: `None` for the body alone (`"{body}"`, the default), or the signed text
+/// before and after `{timestamp}` when the message is `<before>{timestamp}<between>{body}`.
+fn signed_layout(
+    key: &impl Fn(&str) -> String,
+    signed: Option<&str>,
+) -> Result<Option<(String, String)>, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid(key("hmac.signed"), why.to_string());
+    let Some(t) = signed else {
+        return Ok(None);
+    };
+    let Some(head) = t.strip_suffix("{body}") else {
+        return Err(bad("must end with {body}, e.g. \"{timestamp}.{body}\""));
+    };
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let Some((before, between)) = head.split_once("{timestamp}") else {
+        return Err(bad(
+            "text before {body} needs {timestamp}: \"{body}\", or e.g. \"v0:{timestamp}:{body}\"",
+        ));
+    };
+    if [before, between]
+        .iter()
+        .any(|p| p.contains(['{', '}']) || p.contains(char::is_whitespace))
+    {
+        return Err(bad(
+            "only {timestamp} and {body} may be written in braces, {timestamp} once, and no spaces",
+        ));
+    }
+    Ok(Some((before.to_string(), between.to_string())))
 }
 
 /// An HTTP header name (RFC 9110 token).

@@ -1,8 +1,9 @@
-//! Sender mode: sign and deliver VF webhooks the way the reference sender does.
+//! Sender mode: sign and deliver webhooks the way the reference sender does: VF by default,
+//! or any scheme a source verifies ([`scheme`]: `standard-webhooks`, `hmac`, a preset's).
 //!
-//! One event per POST, `Content-Type: application/json`, `X-VF-Signature-256` over the exact
-//! bytes sent (the same MAC function as [`crate::verify`]), `X-VF-Webhook-Version`, custom
-//! headers. A non-2xx answer or none within the timeout is retried on the schedule (default
+//! One event per POST, `Content-Type: application/json`, the scheme's signature headers over
+//! the exact bytes sent (for VF `X-VF-Signature-256` and `X-VF-Webhook-Version`, with the same
+//! MAC functions as [`crate::verify`]), custom headers. A non-2xx answer or none within the timeout is retried on the schedule (default
 //! 1 s, 5 s, 30 s, 2 min, 10 min); after the last retry the event goes to the failed-deliveries
 //! store. Ordering: events of one `context.org_id` get their first attempt in arrival order; a
 //! retried event does not hold back later ones (as the reference sender documents).
@@ -146,11 +147,21 @@ pub fn event_fields(body: &[u8]) -> (String, String, Option<String>) {
         event_type: Option<String>,
         context: Option<Ctx>,
     }
-    let f: F = serde_json::from_slice(body).unwrap_or_default();
+    if let Ok(f) = serde_json::from_slice::<F>(body) {
+        return (
+            f.event_id.unwrap_or_default(),
+            f.event_type.unwrap_or_default(),
+            f.context.and_then(|c| c.org_id),
+        );
+    }
+    // A field of another type (`"event_type": 7`) or a repeated key fails the fast parse
+    // above; read each field on its own, so that one odd field does not hide the others.
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_string);
     (
-        f.event_id.unwrap_or_default(),
-        f.event_type.unwrap_or_default(),
-        f.context.and_then(|c| c.org_id),
+        text("/event_id").unwrap_or_default(),
+        text("/event_type").unwrap_or_default(),
+        text("/context/org_id"),
     )
 }
 
@@ -205,9 +216,8 @@ impl WebhookSender {
     pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
         let mut headers = Vec::with_capacity(4 + self.settings.headers.len());
         headers.push(("content-type".to_string(), b"application/json".to_vec()));
-        let (event_id, event_type) = if self.signer.reads_fields() {
-            let (id, ty, _) = event_fields(body);
-            (id, ty)
+        let (event_id, event_type, org_id) = if self.signer.reads_fields() {
+            event_fields(body)
         } else {
             Default::default()
         };
@@ -215,6 +225,7 @@ impl WebhookSender {
             body,
             event_id: &event_id,
             event_type: &event_type,
+            org_id: org_id.as_deref().unwrap_or_default(),
             now_s: crate::time::now_s() as i64,
         };
         self.signer.headers(message, &mut headers);

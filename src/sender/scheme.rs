@@ -7,9 +7,11 @@
 //! A [`SendScheme`] is the description (no secret; it has a one-line text form that a
 //! failed-delivery entry records beside its secret reference, so a replay signs the same
 //! way); a [`Signer`] is one with its key loaded. The MACs are `verify`'s, so the two sides
-//! cannot drift apart. Owns: the outgoing signature headers. Uses `verify`, `secret` and
-//! `config` (the hmac encodings).
+//! cannot drift apart; a preset's or source's scheme becomes a [`SendScheme`] through
+//! [`SendScheme::from_config`]. Owns: the outgoing signature headers. Uses `verify`,
+//! `secret` and `config` (the validated scheme types).
 
+use crate::config::{Field, FieldMap, Scheme, TimestampFrom};
 use crate::secret::{KeyFormatError, Secret};
 use crate::verify::hmac::{self, Algorithm, Encoding, Format};
 
@@ -22,7 +24,7 @@ pub enum SendScheme {
     /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (key `whsec_<base64>`).
     StandardWebhooks,
     /// A body MAC in one header.
-    Hmac(HmacSend),
+    Hmac(Box<HmacSend>),
 }
 
 /// The `hmac` scheme as a sender writes it.
@@ -36,9 +38,54 @@ pub struct HmacSend {
     pub id_header: Option<String>,
     /// A header that carries the event's `event_type` (GitHub's `X-GitHub-Event`).
     pub type_header: Option<String>,
+    /// A header that carries the event's org (Shopify's `X-Shopify-Shop-Domain`).
+    pub org_header: Option<String>,
+    /// A signed timestamp: the message is `{before}{now}{between}{body}`.
+    pub timestamp: Option<SendTimestamp>,
+}
+
+/// A signed timestamp as a sender writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendTimestamp {
+    /// Its own header, or a key of the signature header's list.
+    pub from: TimestampFrom,
+    /// Signed text before it.
+    pub before: String,
+    /// Signed text between it and the body.
+    pub between: String,
 }
 
 impl SendScheme {
+    /// How a sender signs for a source of `scheme` with the field map `fields` (the headers
+    /// the source reads the id, type and org from are sent too).
+    pub fn from_config(scheme: &Scheme, fields: &FieldMap) -> SendScheme {
+        let header = |f: &Option<Field>| match f {
+            Some(Field::Header(h)) => Some(h.clone()),
+            _ => None,
+        };
+        match scheme {
+            Scheme::Vf => SendScheme::Vf,
+            Scheme::StandardWebhooks { .. } => SendScheme::StandardWebhooks,
+            Scheme::Hmac(h) => SendScheme::Hmac(Box::new(HmacSend {
+                header: h.header.clone(),
+                format: Format {
+                    prefix: h.prefix.clone(),
+                    encoding: h.encoding,
+                    algorithm: h.algorithm,
+                    param: h.param.clone(),
+                },
+                id_header: header(&fields.event_id),
+                type_header: header(&fields.event_type),
+                org_header: header(&fields.org_id),
+                timestamp: h.timestamp.as_ref().map(|t| SendTimestamp {
+                    from: t.from.clone(),
+                    before: t.before.clone(),
+                    between: t.between.clone(),
+                }),
+            })),
+        }
+    }
+
     /// The scheme's name as a source's `scheme` key spells it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -58,6 +105,37 @@ impl SendScheme {
         }
     }
 
+    /// Why an event with this id, type and org cannot be signed for this scheme, if it
+    /// cannot: a value the scheme sends in a header must not contain a control character
+    /// (it would end the header), and Standard Webhooks needs an id.
+    pub fn unsendable(&self, event_id: &str, event_type: &str, org_id: &str) -> Option<String> {
+        if self.needs_event_id() && event_id.is_empty() {
+            return Some(format!(
+                "no event_id (--scheme {} sends it in a header)",
+                self.name()
+            ));
+        }
+        let in_headers: Vec<(&str, &str)> = match self {
+            SendScheme::Vf => vec![],
+            SendScheme::StandardWebhooks => vec![("event_id", event_id)],
+            SendScheme::Hmac(h) => [
+                (h.id_header.is_some(), "event_id", event_id),
+                (h.type_header.is_some(), "event_type", event_type),
+                (h.org_header.is_some(), "the org", org_id),
+            ]
+            .into_iter()
+            .filter(|(sent, _, _)| *sent)
+            .map(|(_, name, v)| (name, v))
+            .collect(),
+        };
+        in_headers
+            .into_iter()
+            .find(|(_, v)| v.bytes().any(|b| b < 0x20 || b == 0x7f))
+            .map(|(name, _)| {
+                format!("{name} contains a control character and cannot be sent in a header")
+            })
+    }
+
     /// The one-line text a failed-delivery entry keeps: `vf`, `standard-webhooks`, or
     /// `hmac header=<name> prefix=<text> encoding=<e> algorithm=<a> [id-header=<name>]
     /// [type-header=<name>]` (header names and the prefix hold no spaces).
@@ -72,11 +150,24 @@ impl SendScheme {
             encoding_name(h.format.encoding),
             algorithm_name(h.format.algorithm)
         );
-        if let Some(id) = &h.id_header {
-            s.push_str(&format!(" id-header={id}"));
-        }
-        if let Some(t) = &h.type_header {
-            s.push_str(&format!(" type-header={t}"));
+        let mut add = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                s.push_str(&format!(" {k}={v}"));
+            }
+        };
+        add("param", &h.format.param);
+        add("id-header", &h.id_header);
+        add("type-header", &h.type_header);
+        add("org-header", &h.org_header);
+        if let Some(t) = &h.timestamp {
+            let (k, v) = match &t.from {
+                TimestampFrom::Header(h) => ("timestamp-header", h),
+                TimestampFrom::Param(p) => ("timestamp-param", p),
+            };
+            s.push_str(&format!(
+                " signed={}{{timestamp}}{}{{body}} {k}={v}",
+                t.before, t.between
+            ));
         }
         s
     }
@@ -84,22 +175,29 @@ impl SendScheme {
     /// Reads what [`SendScheme::describe`] wrote; `None` for anything else.
     pub fn parse(text: &str) -> Option<SendScheme> {
         let mut words = text.split(' ');
-        match words.next()? {
-            "vf" | "" => return Some(SendScheme::Vf),
-            "standard-webhooks" => return Some(SendScheme::StandardWebhooks),
-            "hmac" => {}
+        let simple = match words.next()? {
+            "vf" | "" => SendScheme::Vf,
+            "standard-webhooks" => SendScheme::StandardWebhooks,
+            "hmac" => SendScheme::Hmac(Box::new(HmacSend {
+                header: String::new(),
+                format: Format {
+                    prefix: String::new(),
+                    encoding: Encoding::Hex,
+                    algorithm: Algorithm::Sha256,
+                    param: None,
+                },
+                id_header: None,
+                type_header: None,
+                org_header: None,
+                timestamp: None,
+            })),
             _ => return None,
-        }
-        let mut h = HmacSend {
-            header: String::new(),
-            format: Format {
-                prefix: String::new(),
-                encoding: Encoding::Hex,
-                algorithm: Algorithm::Sha256,
-            },
-            id_header: None,
-            type_header: None,
         };
+        let SendScheme::Hmac(mut h) = simple else {
+            // `vf` and `standard-webhooks` have no options.
+            return words.next().is_none().then_some(simple);
+        };
+        let (mut signed, mut from) = (None, None);
         for w in words {
             let (k, v) = w.split_once('=')?;
             match k {
@@ -107,10 +205,27 @@ impl SendScheme {
                 "prefix" => h.format.prefix = v.to_string(),
                 "encoding" => h.format.encoding = parse_encoding(v)?,
                 "algorithm" => h.format.algorithm = parse_algorithm(v)?,
+                "param" => h.format.param = Some(v.to_string()),
                 "id-header" => h.id_header = Some(v.to_string()),
                 "type-header" => h.type_header = Some(v.to_string()),
+                "org-header" => h.org_header = Some(v.to_string()),
+                "signed" => signed = Some(v),
+                "timestamp-header" => from = Some(TimestampFrom::Header(v.to_string())),
+                "timestamp-param" => from = Some(TimestampFrom::Param(v.to_string())),
                 _ => return None,
             }
+        }
+        match (signed, from) {
+            (None, None) => {}
+            (Some(t), Some(from)) => {
+                let (before, between) = t.strip_suffix("{body}")?.split_once("{timestamp}")?;
+                h.timestamp = Some(SendTimestamp {
+                    from,
+                    before: before.to_string(),
+                    between: between.to_string(),
+                });
+            }
+            _ => return None,
         }
         (!h.header.is_empty()).then_some(SendScheme::Hmac(h))
     }
@@ -185,7 +300,7 @@ pub enum Signer {
     /// A body MAC.
     Hmac {
         /// Header layout.
-        spec: HmacSend,
+        spec: Box<HmacSend>,
         /// The shared secret.
         secret: Secret,
     },
@@ -200,6 +315,8 @@ pub struct Message<'a> {
     pub event_id: &'a str,
     /// The event's `event_type` (empty when it has none).
     pub event_type: &'a str,
+    /// The event's org (empty when it has none).
+    pub org_id: &'a str,
     /// Unix seconds at signing.
     pub now_s: i64,
 }
@@ -233,13 +350,28 @@ impl Signer {
                 out.push(("webhook-signature".into(), sig.into_bytes()));
             }
             Signer::Hmac { spec, secret } => {
-                let sig = hmac::sign(&spec.format, secret.expose(), m.body);
-                out.push((spec.header.clone(), sig.into_bytes()));
-                if let Some(h) = &spec.id_header {
-                    out.push((h.clone(), m.event_id.as_bytes().to_vec()));
+                let now = m.now_s.to_string();
+                let mut head = Vec::new();
+                if let Some(t) = &spec.timestamp {
+                    head.extend_from_slice(t.before.as_bytes());
+                    head.extend_from_slice(now.as_bytes());
+                    head.extend_from_slice(t.between.as_bytes());
                 }
-                if let Some(h) = &spec.type_header {
-                    out.push((h.clone(), m.event_type.as_bytes().to_vec()));
+                let mut sig = hmac::sign_message(&spec.format, secret.expose(), &head, m.body);
+                match spec.timestamp.as_ref().map(|t| &t.from) {
+                    Some(TimestampFrom::Param(p)) => sig = format!("{p}={now},{sig}"),
+                    Some(TimestampFrom::Header(h)) => out.push((h.clone(), now.into_bytes())),
+                    None => {}
+                }
+                out.push((spec.header.clone(), sig.into_bytes()));
+                for (h, v) in [
+                    (&spec.id_header, m.event_id),
+                    (&spec.type_header, m.event_type),
+                    (&spec.org_header, m.org_id),
+                ] {
+                    if let Some(h) = h {
+                        out.push((h.clone(), v.as_bytes().to_vec()));
+                    }
                 }
             }
         }
@@ -251,16 +383,19 @@ mod tests {
     use super::*;
 
     fn github() -> SendScheme {
-        SendScheme::Hmac(HmacSend {
+        SendScheme::Hmac(Box::new(HmacSend {
             header: "x-hub-signature-256".into(),
             format: Format {
                 prefix: "sha256=".into(),
                 encoding: Encoding::Hex,
                 algorithm: Algorithm::Sha256,
+                param: None,
             },
             id_header: Some("x-github-delivery".into()),
             type_header: Some("x-github-event".into()),
-        })
+            org_header: None,
+            timestamp: None,
+        }))
     }
 
     #[test]
@@ -280,6 +415,25 @@ mod tests {
         assert_eq!(SendScheme::parse("hmac"), None, "no header");
         assert_eq!(SendScheme::parse("hmac header=x encoding=hex2"), None);
         assert_eq!(SendScheme::parse("stripe"), None);
+        assert_eq!(SendScheme::parse("vf junk"), None);
+        let stripe = SendScheme::from_config(
+            &crate::config::preset_scheme("stripe").unwrap().0,
+            &crate::config::preset_scheme("stripe").unwrap().1,
+        );
+        assert_eq!(SendScheme::parse(&stripe.describe()), Some(stripe.clone()));
+        let slack = crate::config::preset_scheme("slack").unwrap();
+        let slack = SendScheme::from_config(&slack.0, &slack.1);
+        assert_eq!(SendScheme::parse(&slack.describe()), Some(slack));
+        assert!(github()
+            .unsendable("a\nwebhook-signature: x", "", "")
+            .is_some());
+        assert!(SendScheme::StandardWebhooks
+            .unsendable("", "", "")
+            .is_some());
+        assert!(
+            SendScheme::Vf.unsendable("a\n", "", "").is_none(),
+            "vf sends no id header"
+        );
     }
 
     fn headers(s: &SendScheme, secret: &str, m: Message<'_>) -> Vec<(String, String)> {
@@ -297,6 +451,7 @@ mod tests {
             body: b"{\"a\":1}",
             event_id: "evt_1",
             event_type: "push",
+            org_id: "",
             now_s: 1_700_000_000,
         };
         let vf = headers(&SendScheme::Vf, "k", m);

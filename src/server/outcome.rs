@@ -288,12 +288,16 @@ impl From<Ingested> for Reply {
                 "the dedupe store is unavailable",
                 5,
             ),
+            Ingested::SpoolFailed(e @ SpoolError::TooLarge { .. }) => {
+                Reply::refused(Outcome::BodyTooLarge, e.public_detail())
+            }
             Ingested::SpoolFailed(e) => {
                 let (o, wait) = match e {
                     SpoolError::Full { .. } => (Outcome::SpoolFull, 30),
-                    SpoolError::Io(_) | SpoolError::Gone(_) | SpoolError::Closed => {
-                        (Outcome::SpoolError, 5)
-                    }
+                    SpoolError::Io(_)
+                    | SpoolError::Gone(_)
+                    | SpoolError::Closed
+                    | SpoolError::TooLarge { .. } => (Outcome::SpoolError, 5),
                 };
                 Reply::with_retry_after(o, e.public_detail(), wait)
             }
@@ -390,6 +394,12 @@ mod tests {
                 503,
                 "spool_error",
                 ra("5"),
+            ),
+            (
+                Ingested::SpoolFailed(SpoolError::TooLarge { bytes: 2, max: 1 }),
+                413,
+                "body_too_large",
+                None,
             ),
             (
                 Ingested::NotDelivered(Verdict::permanent(crate::sinks::Refusal::Rejected, "d")),

@@ -25,8 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const HEADER: usize = 16;
-/// Largest record payload (a record is one event; events are capped far below this).
-pub const MAX_RECORD: usize = 64 * 1024 * 1024;
+/// Largest record payload: the largest body `server.max_body_bytes` allows (64 MiB) and 1 MiB
+/// for a record's time and mapped fields (`record.rs`; ids and types come from headers, which
+/// are far smaller). `Spool::append` refuses anything larger before acknowledging it, since
+/// a reader would take a longer record for damage.
+pub const MAX_RECORD: usize = 65 * 1024 * 1024;
 
 /// Log errors (file system).
 #[derive(Debug, thiserror::Error)]

@@ -18,8 +18,8 @@
 //! cannot be delivered, then moves the cursor; segments every cursor has passed are deleted.
 //!
 //! Owns: `spool.dir` (its `dedupe/` is the dedupe journal's), the writer threads and the
-//! directory lock. Uses `config`, `deadletter`, `fsutil`, `metrics` and `time` (`drain`
-//! adds `pipeline`, `sinks`, `retry`, `event` and `escape`); knows nothing of requests or
+//! directory lock. Uses `config`, `deadletter`, `event` (a record holds one), `fsutil`,
+//! `metrics` and `time` (`drain` adds `pipeline`, `sinks`, `retry` and `escape`); knows nothing of requests or
 //! HTTP and must not import `ingest` or `server`.
 
 pub mod drain;
@@ -55,6 +55,15 @@ pub enum SpoolError {
     /// The writer is gone (shutting down).
     #[error("the spool is shutting down")]
     Closed,
+    /// The event's record would exceed [`log::MAX_RECORD`] (a body near the 64 MiB limit with
+    /// large mapped fields): refused before it is acknowledged, never written.
+    #[error("the event's spool record would be {bytes} bytes, over {max}")]
+    TooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// [`log::MAX_RECORD`].
+        max: usize,
+    },
 }
 
 impl SpoolError {
@@ -65,6 +74,7 @@ impl SpoolError {
             SpoolError::Io(_) => "the spool cannot be written right now; retry later",
             SpoolError::Gone(_) => "the spool is not writable (its directory is gone); retry later",
             SpoolError::Closed => "the spool is shutting down; retry later",
+            SpoolError::TooLarge { .. } => "the event is too large to spool",
         }
     }
 }
@@ -427,6 +437,12 @@ impl Spool {
         received_ms: i64,
     ) -> Result<(), SpoolError> {
         let payload = record::encode(received_ms, event);
+        if payload.len() > log::MAX_RECORD {
+            return Err(SpoolError::TooLarge {
+                bytes: payload.len(),
+                max: log::MAX_RECORD,
+            });
+        }
         if self.bytes() + payload.len() as u64 + 16 > self.max_bytes {
             return Err(SpoolError::Full {
                 max_bytes: self.max_bytes,

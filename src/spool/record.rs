@@ -92,8 +92,10 @@ pub fn encode_body(received_ms: i64, body: &[u8]) -> Bytes {
 pub fn split(payload: &Bytes) -> Option<(i64, Bytes)> {
     let mut p = payload.clone();
     let (kind, received_ms) = read_head(&mut p).ok()?;
-    if kind == KIND_MAPPED && skip_fields(&mut p).is_err() {
-        return None;
+    match kind {
+        KIND_BODY => {}
+        KIND_MAPPED => skip_fields(&mut p).ok()?,
+        _ => return None,
     }
     Some((received_ms, p))
 }

@@ -1,8 +1,11 @@
 //! The `hmac` scheme: a MAC of the raw body in one named header, with an optional prefix, in
 //! hex (either case) or base64, by SHA-256, SHA-512 or SHA-1 (SHA-1 only because some
 //! senders still use it: the config warns). GitHub's `X-Hub-Signature-256: sha256=<hex>` is
-//! one such; so are many others. The scheme signs no id and no timestamp: the source maps
-//! them from a header or the body (`verify/mod.rs`).
+//! one such; so are many others. Some senders sign a timestamp before the body (Slack's
+//! `v0:{timestamp}:{body}`, Stripe's `{timestamp}.{body}`): the caller passes that signed
+//! head (`verify/mod.rs` reads the timestamp and checks its window). Some write the MACs as
+//! one key's values in a `key=value,...` list (Stripe's `t=...,v1=...,v1=...`): any one may
+//! match, as during the sender's own rotation.
 //!
 //! Every configured secret is tried, compared in constant time, even after a match; a missing
 //! header, a wrong prefix, bad encoding and a wrong MAC all give the same error.
@@ -24,7 +27,12 @@ pub struct Format {
     pub encoding: Encoding,
     /// The hash.
     pub algorithm: Algorithm,
+    /// The MACs are this key's values in a `key=value,...` header (then `prefix` is empty).
+    pub param: Option<String>,
 }
+
+/// Most MACs read from one `key=value` list header.
+const MAX_CANDIDATES: usize = 8;
 
 #[derive(Clone)]
 enum Keyed {
@@ -43,35 +51,21 @@ impl Keyed {
         }
     }
 
-    /// Whether `sig` is the MAC of `body` (constant time).
-    fn verifies(&self, body: &[u8], sig: &[u8]) -> bool {
+    /// The MAC of `head` followed by `body`.
+    fn mac(&self, head: &[u8], body: &[u8]) -> Vec<u8> {
         match self.clone() {
             Keyed::Sha1(mut m) => {
-                m.update(body);
-                m.verify_slice(sig).is_ok()
-            }
-            Keyed::Sha256(mut m) => {
-                m.update(body);
-                m.verify_slice(sig).is_ok()
-            }
-            Keyed::Sha512(mut m) => {
-                m.update(body);
-                m.verify_slice(sig).is_ok()
-            }
-        }
-    }
-
-    fn mac(&self, body: &[u8]) -> Vec<u8> {
-        match self.clone() {
-            Keyed::Sha1(mut m) => {
+                m.update(head);
                 m.update(body);
                 m.finalize().into_bytes().to_vec()
             }
             Keyed::Sha256(mut m) => {
+                m.update(head);
                 m.update(body);
                 m.finalize().into_bytes().to_vec()
             }
             Keyed::Sha512(mut m) => {
+                m.update(head);
                 m.update(body);
                 m.finalize().into_bytes().to_vec()
             }
@@ -98,24 +92,60 @@ impl Key {
 
 /// The header value a sender writes for `body`.
 pub fn sign(format: &Format, secret: &[u8], body: &[u8]) -> String {
-    let mac = Keyed::new(format.algorithm, secret).mac(body);
+    sign_message(format, secret, b"", body)
+}
+
+/// The MAC part of a header value for the message `head` + `body`: `<prefix><mac>`, or
+/// `<param>=<mac>` (a sender with a timestamp parameter writes `t=<ts>,` before it).
+pub fn sign_message(format: &Format, secret: &[u8], head: &[u8], body: &[u8]) -> String {
+    let mac = Keyed::new(format.algorithm, secret).mac(head, body);
     let text = match format.encoding {
         Encoding::Hex => hex::encode(mac),
         Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(mac),
     };
-    format!("{}{text}", format.prefix)
+    match &format.param {
+        Some(p) => format!("{p}={text}"),
+        None => format!("{}{text}", format.prefix),
+    }
 }
 
-/// The MAC bytes of a header value, if it has the format's shape.
-fn decode(format: &Format, value: &[u8]) -> Option<Vec<u8>> {
-    let text = value.trim_ascii().strip_prefix(format.prefix.as_bytes())?;
-    let raw = match format.encoding {
-        Encoding::Hex => hex::decode(text).ok()?,
-        Encoding::Base64 => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .ok()?,
-    };
-    Some(raw)
+fn decode_mac(format: &Format, text: &[u8]) -> Option<Vec<u8>> {
+    match format.encoding {
+        Encoding::Hex => hex::decode(text).ok(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+    }
+}
+
+/// The value of `key` in a `key=value,key=value` header (the first; surrounding spaces
+/// ignored), e.g. Stripe's `t`.
+pub fn param<'a>(value: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    params(value)
+        .find(|(k, _)| *k == key.as_bytes())
+        .map(|(_, v)| v)
+}
+
+fn params(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value.split(|&b| b == b',').filter_map(|pair| {
+        let at = pair.iter().position(|&b| b == b'=')?;
+        Some((pair[..at].trim_ascii(), pair[at + 1..].trim_ascii()))
+    })
+}
+
+/// The MACs a header value offers, if it has the format's shape.
+fn candidates(format: &Format, value: &[u8]) -> Vec<Vec<u8>> {
+    match &format.param {
+        Some(key) => params(value)
+            .filter(|(k, _)| *k == key.as_bytes())
+            .take(MAX_CANDIDATES)
+            .filter_map(|(_, v)| decode_mac(format, v))
+            .collect(),
+        None => value
+            .trim_ascii()
+            .strip_prefix(format.prefix.as_bytes())
+            .and_then(|t| decode_mac(format, t))
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Verifies the header `value` over `body` with `keys` at unix time `now`: the position of
@@ -127,13 +157,30 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<usize, VerifyError> {
-    let sig = value.and_then(|v| decode(format, v));
+    verify_message(format, keys, value, b"", body, now)
+}
+
+/// [`verify`] for the message `head` + `body` (a signed timestamp's head, or nothing).
+pub fn verify_message(
+    format: &Format,
+    keys: &[Key],
+    value: Option<&[u8]>,
+    head: &[u8],
+    body: &[u8],
+    now: i64,
+) -> Result<usize, VerifyError> {
+    use subtle::ConstantTimeEq;
+    let sigs = value.map(|v| candidates(format, v)).unwrap_or_default();
     let mut matched = None;
     for (i, k) in keys.iter().enumerate() {
-        // Every key computes its MAC whatever the header held, so timing tells nothing.
-        let ok = k.keyed.verifies(body, sig.as_deref().unwrap_or(&[]));
+        // Every key computes its MAC whatever the header held, and is compared with every
+        // candidate, so timing tells nothing.
+        let mac = k.keyed.mac(head, body);
+        let ok = sigs.iter().fold(false, |any, s| {
+            any | bool::from(mac.as_slice().ct_eq(s.as_slice()))
+        });
         let live = k.not_after.is_none_or(|t| now <= t);
-        if ok && sig.is_some() && live && matched.is_none() {
+        if ok && live && matched.is_none() {
             matched = Some(i);
         }
     }
@@ -150,6 +197,7 @@ mod tests {
             prefix: "sha256=".into(),
             encoding: Encoding::Hex,
             algorithm: Algorithm::Sha256,
+            param: None,
         }
     }
 
@@ -180,6 +228,7 @@ mod tests {
                     prefix: String::new(),
                     encoding,
                     algorithm,
+                    param: None,
                 };
                 let keys = [Key::new(&f, b"old", Some(10)), Key::new(&f, b"new", None)];
                 let sig = sign(&f, b"new", b"body");

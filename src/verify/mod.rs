@@ -17,7 +17,7 @@ pub mod vf;
 
 pub use vf::{parse_signature, sign, Verifier, VerifyError, SIGNATURE_HEADER, VERSION_HEADER};
 
-use crate::config::{Field, FieldMap, Scheme, SourceConfig, TimeField};
+use crate::config::{Field, FieldMap, Scheme, SourceConfig, TimeField, TimestampFrom};
 use crate::event::{Event, Verified};
 use bytes::Bytes;
 
@@ -67,8 +67,22 @@ enum Keys {
         format: hmac::Format,
         header: String,
         keys: Vec<hmac::Key>,
+        timestamp: Option<SignedTime>,
     },
 }
+
+/// An `hmac` scheme's signed timestamp, ready.
+#[derive(Debug, Clone)]
+struct SignedTime {
+    from: TimestampFrom,
+    before: String,
+    between: String,
+    tolerance_ms: i64,
+    tolerance_text: String,
+}
+
+/// Most digits of a signed unix-seconds timestamp read (year 5138 has 12).
+const MAX_TIMESTAMP_DIGITS: usize = 12;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,8 +164,16 @@ impl Checker {
                     prefix: h.prefix.clone(),
                     encoding: h.encoding,
                     algorithm: h.algorithm,
+                    param: h.param.clone(),
                 };
                 Keys::Hmac {
+                    timestamp: h.timestamp.as_ref().map(|t| SignedTime {
+                        from: t.from.clone(),
+                        before: t.before.clone(),
+                        between: t.between.clone(),
+                        tolerance_ms: t.tolerance.as_millis().min(i64::MAX as u128) as i64,
+                        tolerance_text: humantime::format_duration(t.tolerance).to_string(),
+                    }),
                     keys: src
                         .secrets
                         .iter()
@@ -205,7 +227,24 @@ impl Checker {
                 format,
                 header,
                 keys,
+                timestamp: None,
             } => hmac::verify(format, keys, parts.header(header), body, now_s),
+            Keys::Hmac {
+                format,
+                header,
+                keys,
+                timestamp: Some(t),
+            } => {
+                // A timestamp that is missing or not digits cannot have been signed: refused
+                // like any signature that does not match.
+                let ts =
+                    signed_timestamp(parts, header, &t.from).ok_or(Reject::InvalidSignature)?;
+                let mut head = Vec::with_capacity(t.before.len() + ts.len() + t.between.len());
+                head.extend_from_slice(t.before.as_bytes());
+                head.extend_from_slice(ts);
+                head.extend_from_slice(t.between.as_bytes());
+                hmac::verify_message(format, keys, parts.header(header), &head, body, now_s)
+            }
         };
         matched.map_err(|_| Reject::InvalidSignature)
     }
@@ -295,6 +334,7 @@ impl Checker {
             .org_id
             .as_ref()
             .and_then(|f| lookup(f, parts, &json));
+        let mut signed_ts_ms = None;
         let (event_id, timestamp_ms) = match &self.keys {
             Keys::StandardWebhooks {
                 tolerance_ms,
@@ -319,7 +359,25 @@ impl Checker {
             _ => {
                 let id = read(&self.fields.event_id, "event_id")?
                     .ok_or_else(|| Reject::InvalidEvent("event_id is not configured".into()))?;
+                if let Keys::Hmac {
+                    header,
+                    timestamp: Some(t),
+                    ..
+                } = &self.keys
+                {
+                    let ts = signed_timestamp(parts, header, &t.from)
+                        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+                        .ok_or(Reject::InvalidSignature)?;
+                    signed_ts_ms = Some(ts.saturating_mul(1000));
+                    if now_ms.saturating_sub(ts.saturating_mul(1000)).abs() > t.tolerance_ms {
+                        return Err(Reject::StaleEvent(format!(
+                            "the signed timestamp {ts} is more than {} from now",
+                            t.tolerance_text
+                        )));
+                    }
+                }
                 let ts = match &self.fields.timestamp {
+                    Some(TimeField::Signed) => signed_ts_ms,
                     Some(TimeField::Pointer(p)) => Some(
                         json.pointer(p)
                             .and_then(time_value)
@@ -336,11 +394,28 @@ impl Checker {
         };
         let event = Event::mapped(body, event_id, event_type, timestamp_ms, org_id)
             .map_err(|e| Reject::InvalidEvent(e.0))?;
-        if matches!(self.fields.timestamp, Some(TimeField::Pointer(_))) {
+        // A signed timestamp was checked against the tolerance above; a mapped time alone
+        // gets the age window.
+        if signed_ts_ms.is_none() && matches!(self.fields.timestamp, Some(TimeField::Pointer(_))) {
             self.age_window(&event, now_ms)?;
         }
         Ok(Verified(event))
     }
+}
+
+/// The signed timestamp of an `hmac` request, as its digits: from its own header, or a key of
+/// the signature header's `key=value` list. `None` when missing or not 1 to 12 ASCII digits.
+fn signed_timestamp<'a>(
+    parts: RequestParts<'a>,
+    signature_header: &str,
+    from: &TimestampFrom,
+) -> Option<&'a [u8]> {
+    let raw = match from {
+        TimestampFrom::Header(h) => parts.header(h)?.trim_ascii(),
+        TimestampFrom::Param(p) => hmac::param(parts.header(signature_header)?, p)?,
+    };
+    (!raw.is_empty() && raw.len() <= MAX_TIMESTAMP_DIGITS && raw.iter().all(u8::is_ascii_digit))
+        .then_some(raw)
 }
 
 /// The media type check every scheme shares: `application/json`.
@@ -672,6 +747,7 @@ mod scheme_tests {
             prefix: "sha256=".into(),
             encoding: hmac::Encoding::Hex,
             algorithm: hmac::Algorithm::Sha256,
+            param: None,
         };
         let sig = hmac::sign(&format, b"It's a Secret to Everybody", body.as_bytes());
         let h = headers(&[

@@ -309,6 +309,7 @@ print(mac.hex() if enc == "hex" else base64.b64encode(mac).decode())
                 prefix: format!("{alg}="),
                 encoding: e,
                 algorithm: a,
+                param: None,
             };
             let theirs = format!("{alg}={}", python(py, script, &[alg, enc, "{\"a\":1}"]));
             assert_eq!(sign(&f, b"k3y", b"{\"a\":1}"), theirs, "{alg} {enc}");
