@@ -2,8 +2,10 @@
 
 use crate::util::*;
 
-const CI_ENV: [(&str, &str); 14] = [
+const CI_ENV: [(&str, &str); 16] = [
     ("VF_SECRET", "s1"),
+    ("STRIPE_WEBHOOK_SECRET", "whsec_test_secret_0123456789abcdef"),
+    ("SLACK_SIGNING_SECRET", "8f742231b10e8888abcd99yyyzzz85a5"),
     ("SHOPIFY_WEBHOOK_SECRET", "shopify-client-secret"),
     (
         "VANTA_WEBHOOK_SECRET",

@@ -6,6 +6,7 @@ mod edges;
 mod forward;
 mod health;
 mod lifecycle;
+mod presets;
 mod prometheus;
 mod receive;
 mod redis;

@@ -162,37 +162,6 @@ async fn a_github_shaped_delivery_reaches_splunk_with_its_delivery_id_and_event_
     assert_eq!(mock.requests().len(), 1);
 }
 
-/// The reference library's Python in the virtualenv `.ci/run` makes; a test without it fails
-/// and says so (`VFGATE_SKIP_PYTHON=1` skips it on a machine without network access).
-fn reference_python() -> Option<std::path::PathBuf> {
-    let py = repo_root().join("target/ci-venv/bin/python");
-    if py.exists() {
-        return Some(py);
-    }
-    assert!(
-        std::env::var_os("VFGATE_SKIP_PYTHON").is_some(),
-        "{} is missing: run .ci/run (it installs the standardwebhooks package there)",
-        py.display()
-    );
-    None
-}
-
-/// Runs `script` with the reference library, `args` as sys.argv[1:]; its stdout.
-fn python(py: &std::path::Path, script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 const PY_SIGN: &str = r#"
 import sys, datetime
 from standardwebhooks.webhooks import Webhook
@@ -355,31 +324,6 @@ async fn start_spooled(mock: &Mock) -> Gateway {
         ("ADMIN_TOKEN", ADMIN_TOKEN),
     ];
     Gateway::start_admin(&toml, "token = { env = \"ADMIN_TOKEN\" }", &env).await
-}
-
-/// Every document a `_bulk` request that was answered 2xx carried, by `_id`.
-fn indexed(mock: &Mock) -> std::collections::HashMap<String, serde_json::Value> {
-    let mut docs = std::collections::HashMap::new();
-    for q in mock.requests().iter().filter(|q| q.status == 200) {
-        let text = String::from_utf8_lossy(&q.body).to_string();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        for pair in lines.chunks(2) {
-            let id = pair[0]["create"]["_id"].as_str().unwrap().to_string();
-            docs.insert(id, pair[1].clone());
-        }
-    }
-    docs
-}
-
-/// A document's `@timestamp` in unix seconds.
-fn unix(doc: &serde_json::Value) -> i64 {
-    let text = doc["@timestamp"].as_str().unwrap();
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .unwrap()
-        .unix_timestamp()
 }
 
 async fn post_vanta(gw: &Gateway, id: &str, ts: i64, body: &str) -> Resp {
@@ -724,23 +668,6 @@ fn every_sink_config(mock: &Mock, dir: &std::path::Path) -> String {
         .build()
 }
 
-/// What each service answers, by path.
-fn answer_by_path() -> Reply {
-    Reply::Compute(std::sync::Arc::new(|q: &Captured| {
-        let path = q.path.as_str();
-        let body = if path.contains("/oauth2/") {
-            r#"{"token_type":"Bearer","expires_in":3599,"access_token":"tok"}"#
-        } else if path.starts_with("/_bulk") {
-            r#"{"errors":false}"#
-        } else if path.starts_with("/services/collector") {
-            r#"{"text":"Success","code":0}"#
-        } else {
-            "{}"
-        };
-        (200, body.to_string())
-    }))
-}
-
 /// The one request whose path starts with `prefix`, its body as JSON.
 fn json_at(got: &[Captured], prefix: &str) -> serde_json::Value {
     let q = got
@@ -756,7 +683,7 @@ fn json_at(got: &[Captured], prefix: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_mapped_event_reaches_every_sink_type_with_its_mapped_fields() {
     let mock = Mock::start().await;
-    mock.set_default(answer_by_path());
+    mock.set_default(siem_answers());
     let dir = tempfile::tempdir().unwrap();
     let env = [("VANTA_SECRET", WHSEC)];
     let gw = Gateway::start_with(&every_sink_config(&mock, dir.path()), "", &env).await;

@@ -9,6 +9,7 @@ mod gateway;
 mod http;
 mod mock;
 mod port;
+mod provider;
 
 pub use config::*;
 pub use fs::*;
@@ -16,6 +17,7 @@ pub use gateway::*;
 pub use http::*;
 pub use mock::*;
 pub use port::*;
+pub use provider::*;
 
 use std::io::Write;
 use std::path::Path;
