@@ -47,6 +47,8 @@ pub enum Ingested {
     Duplicate,
     /// Its `event_type` is not in the source's `event_types`.
     Filtered,
+    /// A sender's handshake, answered with this JSON body; nothing is handed on.
+    Handshake(crate::config::Handshake, Bytes),
     /// A check failed (signature, version, media type, shape, age).
     Rejected(Reject),
     /// The same id is being handed on by another request right now.
@@ -203,6 +205,11 @@ impl Ingest {
         };
         src.secret_matches[secret].inc();
         drop(permit);
+        match src.checker.handshake(&body) {
+            None => {}
+            Some(Ok((kind, reply))) => return Ingested::Handshake(kind, reply),
+            Some(Err(r)) => return Ingested::Rejected(r),
+        }
         let event = match src.checker.after_signature(parts, body, now) {
             Ok(v) => v.into_inner(),
             Err(r) => return Ingested::Rejected(r),

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub dedupe_journal_corrupt: IntCounter,
     /// `vfgate_secret_matches_total{source,secret}`.
     pub secret_matches: IntCounterVec,
+    /// `vfgate_handshakes_total{source,kind}`: senders' handshakes answered (`slack`, `okta`).
+    pub handshakes: IntCounterVec,
     /// `vfgate_build_info{version}`.
     pub build_info: IntGauge,
     /// `vfgate_in_flight_requests`.
@@ -271,6 +273,17 @@ impl Metrics {
                         "Verified requests by source and position of the matching secret",
                     ),
                     &["source", "secret"],
+                )
+                .unwrap(),
+            ),
+            handshakes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_handshakes_total",
+                        "Senders' handshakes answered by vfgate (never forwarded), by source and kind",
+                    ),
+                    &["source", "kind"],
                 )
                 .unwrap(),
             ),

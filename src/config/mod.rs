@@ -393,6 +393,8 @@ pub struct SourceConfig {
     /// The preset the source named, and the `key = value` lines it expanded to (with the
     /// source's overrides), for `check-config --explain`.
     pub preset: Option<(&'static str, Vec<String>)>,
+    /// The sender's handshake vfgate answers, if any.
+    pub handshake: Option<Handshake>,
 }
 
 /// A source's signature scheme, validated.
@@ -408,6 +410,33 @@ pub enum Scheme {
     },
     /// A body MAC in one header.
     Hmac(HmacScheme),
+    /// The secret itself in a header, compared in constant time: authenticates the sender,
+    /// does not protect the body (Okta event hooks).
+    SharedSecret {
+        /// The header, lower-case.
+        header: String,
+    },
+}
+
+/// A sender's handshake that vfgate answers itself (never forwarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Slack's `url_verification`: a signed POST whose body is `{"type":"url_verification",
+    /// "challenge":...}` is answered 200 `{"challenge":...}`.
+    Slack,
+    /// Okta's one-time verification: a `GET` with `X-Okta-Verification-Challenge` and the
+    /// shared secret is answered `{"verification":...}`.
+    Okta,
+}
+
+impl Handshake {
+    /// The config and metric name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Slack => "slack",
+            Handshake::Okta => "okta",
+        }
+    }
 }
 
 impl Scheme {
@@ -417,6 +446,7 @@ impl Scheme {
             Scheme::Vf => "vf",
             Scheme::StandardWebhooks { .. } => "standard-webhooks",
             Scheme::Hmac(_) => "hmac",
+            Scheme::SharedSecret { .. } => "shared-secret",
         }
     }
 }

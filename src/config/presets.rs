@@ -47,6 +47,17 @@ scheme = "hmac"
 hmac = { header = "X-Slack-Signature", prefix = "v0=", encoding = "hex", algorithm = "sha256", signed = "v0:{timestamp}:{body}", timestamp = { header = "X-Slack-Request-Timestamp" } }
 tolerance = "5m"
 fields = { event_id = "/event_id", event_type = "/event/type", timestamp = "/event_time", org_id = "/team_id" }
+handshake = "slack"
+"#,
+    },
+    Preset {
+        name: "okta",
+        provider: "Okta (event hooks)",
+        toml: r#"
+scheme = "shared-secret"
+shared_secret = { header = "Authorization" }
+fields = { event_id = "/eventId", event_type = "/eventType", timestamp = "/eventTime" }
+handshake = "okta"
 "#,
     },
     Preset {

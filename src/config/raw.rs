@@ -215,7 +215,8 @@ pub struct RawSource {
     /// `"forward"` (default: answer after the sinks took the event) or `"spool"` (answer
     /// 202 once the event is on disk).
     pub ack: Option<String>,
-    /// How requests are signed: `"vf"` (default), `"standard-webhooks"` or `"hmac"`.
+    /// How requests are signed: `"vf"` (default), `"standard-webhooks"`, `"hmac"` or
+    /// `"shared-secret"`.
     pub scheme: Option<RawScheme>,
     /// `standard-webhooks`: the accepted distance of `webhook-timestamp` from now.
     pub tolerance: Option<DurationStr>,
@@ -223,6 +224,11 @@ pub struct RawSource {
     pub hmac: Option<RawHmac>,
     /// Where the event's id, type, time and org are, for schemes other than `vf`.
     pub fields: Option<RawFields>,
+    /// `shared-secret`: the header that carries the secret itself.
+    pub shared_secret: Option<RawSharedSecret>,
+    /// A sender's handshake answered by vfgate: `"slack"` (url_verification) or `"okta"`
+    /// (the one-time verification GET).
+    pub handshake: Option<String>,
     /// The preset this table was expanded from (`preset` itself is gone by then), and what
     /// it expanded to.
     #[serde(skip)]
@@ -239,6 +245,19 @@ pub enum RawScheme {
     StandardWebhooks,
     /// A body MAC in one named header.
     Hmac,
+    /// The secret itself in a header (no body signature).
+    SharedSecret,
+}
+
+/// `source.shared_secret`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { header = \"Authorization\" }"
+)]
+pub struct RawSharedSecret {
+    /// The header.
+    pub header: String,
 }
 
 /// `source.hmac`.

@@ -11,10 +11,10 @@ use super::raw::{
 };
 use super::{
     defaults, from_value, Ack, AdminConfig, BatchLimits, Config, ConfigError, DedupeBackend,
-    DedupeConfig, Field, FieldMap, FsyncPolicy, HmacAlgorithm, HmacScheme, LogConfig, LogFormat,
-    OnError, RedisConfig, Scheme, ServerConfig, SignedTimestamp, SinkCatalog, SinkCommon,
-    SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TimeField, TimestampFrom, TypeFilter,
-    MIN_SECRET_BYTES,
+    DedupeConfig, Field, FieldMap, FsyncPolicy, Handshake, HmacAlgorithm, HmacScheme, LogConfig,
+    LogFormat, OnError, RedisConfig, Scheme, ServerConfig, SignedTimestamp, SinkCatalog,
+    SinkCommon, SinkConfig, SourceConfig, SourceSecret, SpoolConfig, TimeField, TimestampFrom,
+    TypeFilter, MIN_SECRET_BYTES,
 };
 use crate::secret::{Secret, SecretRef};
 use std::collections::HashSet;
@@ -653,6 +653,7 @@ fn validate_source(
             scheme: raw.scheme,
             tolerance: raw.tolerance,
             hmac: raw.hmac,
+            shared_secret: raw.shared_secret,
             fields: raw.fields,
             versions_given,
         },
@@ -667,6 +668,29 @@ fn validate_source(
             return Err(ConfigError::invalid(
                 key("ack"),
                 format!("must be \"forward\" or \"spool\", got {other:?}"),
+            ))
+        }
+    };
+    let handshake = match raw.handshake.as_deref() {
+        None => None,
+        Some("slack") if matches!(scheme, Scheme::Hmac(_)) => Some(Handshake::Slack),
+        Some("okta") if matches!(scheme, Scheme::SharedSecret { .. }) => Some(Handshake::Okta),
+        Some("slack") => {
+            return Err(ConfigError::invalid(
+                key("handshake"),
+                "\"slack\" answers Slack's url_verification, which a source of scheme = \"hmac\" verifies (preset = \"slack\")",
+            ))
+        }
+        Some("okta") => {
+            return Err(ConfigError::invalid(
+                key("handshake"),
+                "\"okta\" answers Okta's verification GET, for a source of scheme = \"shared-secret\" (preset = \"okta\")",
+            ))
+        }
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                key("handshake"),
+                format!("must be \"slack\" or \"okta\", got {other:?}"),
             ))
         }
     };
@@ -687,6 +711,7 @@ fn validate_source(
         sinks: raw.sinks,
         ack,
         preset: raw.preset,
+        handshake,
     })
 }
 
@@ -892,6 +917,7 @@ struct SchemeKeys {
     scheme: Option<super::raw::RawScheme>,
     tolerance: Option<super::DurationStr>,
     hmac: Option<super::raw::RawHmac>,
+    shared_secret: Option<super::raw::RawSharedSecret>,
     fields: Option<super::raw::RawFields>,
     versions_given: bool,
 }
@@ -916,6 +942,9 @@ fn validate_scheme(
             "tolerance",
             "\"standard-webhooks\", or \"hmac\" with a signed hmac.timestamp",
         ));
+    }
+    if kind != RawScheme::SharedSecret && raw.shared_secret.is_some() {
+        return Err(only("shared_secret", "\"shared-secret\""));
     }
     if kind != RawScheme::Hmac && raw.hmac.is_some() {
         return Err(only("hmac", "\"hmac\""));
@@ -978,13 +1007,104 @@ fn validate_scheme(
         };
         return Ok((Scheme::StandardWebhooks { tolerance }, fields));
     }
-    // hmac
-    let Some(h) = raw.hmac else {
+    // hmac and shared-secret: the id (and time) come from the field map
+    let (scheme, signs_time) = if kind == RawScheme::SharedSecret {
+        let Some(ss) = raw.shared_secret else {
+            return Err(ConfigError::invalid(
+                key("shared_secret"),
+                "required for scheme = \"shared-secret\": { header = \"Authorization\" }",
+            ));
+        };
+        if !is_header_name(&ss.header) {
+            return Err(ConfigError::invalid(
+                key("shared_secret.header"),
+                format!("{:?} is not a header name", ss.header),
+            ));
+        }
+        warnings.push(format!(
+            "{}: a shared secret in a header authenticates the sender but does not protect the body: anyone who sees one request can send any body with it (use a signing scheme where the sender offers one)",
+            key("scheme")
+        ));
+        let header = ss.header.to_ascii_lowercase();
+        (Scheme::SharedSecret { header }, false)
+    } else {
+        let Some(h) = raw.hmac else {
+            return Err(ConfigError::invalid(
+                key("hmac"),
+                "required for scheme = \"hmac\": { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" }",
+            ));
+        };
+        let h = hmac_scheme(&key, h, raw.tolerance, ttl, warnings)?;
+        let signs_time = h.timestamp.is_some();
+        (Scheme::Hmac(h), signs_time)
+    };
+    let Some(event_id) = field("event_id", raw_fields.event_id)? else {
         return Err(ConfigError::invalid(
-            key("hmac"),
-            "required for scheme = \"hmac\": { header = \"X-Hub-Signature-256\", prefix = \"sha256=\", encoding = \"hex\", algorithm = \"sha256\" }",
+            key("fields.event_id"),
+            format!("required for scheme = \"{}\" (a JSON pointer or {{ header = \"...\" }}): without an id there is no dedupe", scheme.as_str()),
         ));
     };
+    let time_field = match raw_fields.timestamp {
+        Some(RawField::Pointer(p)) if p == "received" => TimeField::Received,
+        Some(RawField::Pointer(p)) if p == "signed" && signs_time => TimeField::Signed,
+        Some(RawField::Pointer(p)) if p.starts_with('/') => TimeField::Pointer(p),
+        None if signs_time => TimeField::Signed,
+        None => TimeField::Received,
+        Some(_) => {
+            return Err(ConfigError::invalid(
+                key("fields.timestamp"),
+                "a JSON pointer to an RFC 3339 string or unix seconds, \"received\", or (with a signed hmac.timestamp) \"signed\"",
+            ))
+        }
+    };
+    if time_field == TimeField::Received && !signs_time {
+        warnings.push(format!(
+            "{}: the event time is the time of receipt, so there is no age check: a replayed request is refused only while its id is remembered (dedupe.ttl)",
+            key("fields.timestamp")
+        ));
+    }
+    let fields = FieldMap {
+        event_id: Some(event_id),
+        event_type,
+        timestamp: Some(time_field),
+        org_id,
+    };
+    Ok((scheme, fields))
+}
+
+/// The scheme and field map a preset stands for (what a sender signs for, in `vfgate sign`
+/// and `send --preset`); `None` for an unknown name.
+pub fn preset_scheme(name: &str) -> Option<(Scheme, FieldMap)> {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        scheme: Option<super::raw::RawScheme>,
+        tolerance: Option<super::DurationStr>,
+        hmac: Option<super::raw::RawHmac>,
+        shared_secret: Option<super::raw::RawSharedSecret>,
+        fields: Option<super::raw::RawFields>,
+    }
+    let preset = super::presets::find(name)?;
+    let k: Keys = toml::from_str(preset.toml).expect("every preset parses (tested)");
+    let keys = SchemeKeys {
+        scheme: k.scheme,
+        tolerance: k.tolerance,
+        hmac: k.hmac,
+        shared_secret: k.shared_secret,
+        fields: k.fields,
+        versions_given: false,
+    };
+    let scheme = validate_scheme(0, keys, &mut [], Duration::MAX, &mut Vec::new());
+    Some(scheme.expect("every preset validates (tested)"))
+}
+
+/// `source[i].hmac`, validated.
+fn hmac_scheme(
+    key: &impl Fn(&str) -> String,
+    h: super::raw::RawHmac,
+    tolerance: Option<super::DurationStr>,
+    ttl: Duration,
+    warnings: &mut Vec<String>,
+) -> Result<HmacScheme, ConfigError> {
     if !is_header_name(&h.header) {
         return Err(ConfigError::invalid(
             key("hmac.header"),
@@ -1048,7 +1168,7 @@ fn validate_scheme(
                 from,
                 before,
                 between,
-                tolerance: tolerance_within(&key("tolerance"), raw.tolerance, ttl)?,
+                tolerance: tolerance_within(&key("tolerance"), tolerance, ttl)?,
             })
         }
     };
@@ -1058,69 +1178,14 @@ fn validate_scheme(
             key("hmac.algorithm")
         ));
     }
-    let Some(event_id) = field("event_id", raw_fields.event_id)? else {
-        return Err(ConfigError::invalid(
-            key("fields.event_id"),
-            "required for scheme = \"hmac\" (a JSON pointer or { header = \"...\" }): without an id there is no dedupe",
-        ));
-    };
-    let time_field = match raw_fields.timestamp {
-        Some(RawField::Pointer(p)) if p == "received" => TimeField::Received,
-        Some(RawField::Pointer(p)) if p == "signed" && timestamp.is_some() => TimeField::Signed,
-        Some(RawField::Pointer(p)) if p.starts_with('/') => TimeField::Pointer(p),
-        None if timestamp.is_some() => TimeField::Signed,
-        None => TimeField::Received,
-        Some(_) => {
-            return Err(ConfigError::invalid(
-                key("fields.timestamp"),
-                "a JSON pointer to an RFC 3339 string or unix seconds, \"received\", or (with a signed hmac.timestamp) \"signed\"",
-            ))
-        }
-    };
-    if time_field == TimeField::Received && timestamp.is_none() {
-        warnings.push(format!(
-            "{}: the event time is the time of receipt, so there is no age check: a replayed request is refused only while its id is remembered (dedupe.ttl)",
-            key("fields.timestamp")
-        ));
-    }
-    let scheme = Scheme::Hmac(HmacScheme {
+    Ok(HmacScheme {
         header: h.header.to_ascii_lowercase(),
         prefix: h.prefix,
         encoding: h.encoding,
         algorithm: h.algorithm,
         param,
         timestamp,
-    });
-    let fields = FieldMap {
-        event_id: Some(event_id),
-        event_type,
-        timestamp: Some(time_field),
-        org_id,
-    };
-    Ok((scheme, fields))
-}
-
-/// The scheme and field map a preset stands for (what a sender signs for, in `vfgate sign`
-/// and `send --preset`); `None` for an unknown name.
-pub fn preset_scheme(name: &str) -> Option<(Scheme, FieldMap)> {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        scheme: Option<super::raw::RawScheme>,
-        tolerance: Option<super::DurationStr>,
-        hmac: Option<super::raw::RawHmac>,
-        fields: Option<super::raw::RawFields>,
-    }
-    let preset = super::presets::find(name)?;
-    let k: Keys = toml::from_str(preset.toml).expect("every preset parses (tested)");
-    let keys = SchemeKeys {
-        scheme: k.scheme,
-        tolerance: k.tolerance,
-        hmac: k.hmac,
-        fields: k.fields,
-        versions_given: false,
-    };
-    let scheme = validate_scheme(0, keys, &mut [], Duration::MAX, &mut Vec::new());
-    Some(scheme.expect("every preset validates (tested)"))
+    })
 }
 
 /// `source.tolerance` (default 5 minutes), which must not exceed the dedupe TTL.

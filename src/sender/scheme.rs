@@ -25,6 +25,11 @@ pub enum SendScheme {
     StandardWebhooks,
     /// A body MAC in one header.
     Hmac(Box<HmacSend>),
+    /// The secret itself in a header (no body signature; Okta event hooks).
+    SharedSecret {
+        /// The header, lower-case.
+        header: String,
+    },
 }
 
 /// The `hmac` scheme as a sender writes it.
@@ -66,6 +71,9 @@ impl SendScheme {
         match scheme {
             Scheme::Vf => SendScheme::Vf,
             Scheme::StandardWebhooks { .. } => SendScheme::StandardWebhooks,
+            Scheme::SharedSecret { header } => SendScheme::SharedSecret {
+                header: header.clone(),
+            },
             Scheme::Hmac(h) => SendScheme::Hmac(Box::new(HmacSend {
                 header: h.header.clone(),
                 format: Format {
@@ -92,6 +100,7 @@ impl SendScheme {
             SendScheme::Vf => "vf",
             SendScheme::StandardWebhooks => "standard-webhooks",
             SendScheme::Hmac(_) => "hmac",
+            SendScheme::SharedSecret { .. } => "shared-secret",
         }
     }
 
@@ -99,7 +108,7 @@ impl SendScheme {
     /// one cannot be sent).
     pub fn needs_event_id(&self) -> bool {
         match self {
-            SendScheme::Vf => false,
+            SendScheme::Vf | SendScheme::SharedSecret { .. } => false,
             SendScheme::StandardWebhooks => true,
             SendScheme::Hmac(h) => h.id_header.is_some(),
         }
@@ -116,7 +125,7 @@ impl SendScheme {
             ));
         }
         let in_headers: Vec<(&str, &str)> = match self {
-            SendScheme::Vf => vec![],
+            SendScheme::Vf | SendScheme::SharedSecret { .. } => vec![],
             SendScheme::StandardWebhooks => vec![("event_id", event_id)],
             SendScheme::Hmac(h) => [
                 (h.id_header.is_some(), "event_id", event_id),
@@ -140,8 +149,10 @@ impl SendScheme {
     /// `hmac header=<name> prefix=<text> encoding=<e> algorithm=<a> [id-header=<name>]
     /// [type-header=<name>]` (header names and the prefix hold no spaces).
     pub fn describe(&self) -> String {
-        let SendScheme::Hmac(h) = self else {
-            return self.name().to_string();
+        let h = match self {
+            SendScheme::Hmac(h) => h,
+            SendScheme::SharedSecret { header } => return format!("shared-secret header={header}"),
+            _ => return self.name().to_string(),
         };
         let mut s = format!(
             "hmac header={} prefix={} encoding={} algorithm={}",
@@ -178,6 +189,11 @@ impl SendScheme {
         let simple = match words.next()? {
             "vf" | "" => SendScheme::Vf,
             "standard-webhooks" => SendScheme::StandardWebhooks,
+            "shared-secret" => {
+                let header = words.next()?.strip_prefix("header=")?.to_string();
+                return (words.next().is_none() && !header.is_empty())
+                    .then_some(SendScheme::SharedSecret { header });
+            }
             "hmac" => SendScheme::Hmac(Box::new(HmacSend {
                 header: String::new(),
                 format: Format {
@@ -241,6 +257,10 @@ impl SendScheme {
             SendScheme::StandardWebhooks => Signer::StandardWebhooks {
                 key: crate::secret::standard_webhooks_key(&secret)?,
             },
+            SendScheme::SharedSecret { header } => Signer::SharedSecret {
+                header: header.clone(),
+                secret,
+            },
             SendScheme::Hmac(h) => Signer::Hmac {
                 spec: h.clone(),
                 secret,
@@ -297,6 +317,13 @@ pub enum Signer {
         /// The decoded HMAC key.
         key: Secret,
     },
+    /// The secret in a header.
+    SharedSecret {
+        /// The header.
+        header: String,
+        /// The secret, sent as the header's value.
+        secret: Secret,
+    },
     /// A body MAC.
     Hmac {
         /// Header layout.
@@ -349,6 +376,9 @@ impl Signer {
                 out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
                 out.push(("webhook-signature".into(), sig.into_bytes()));
             }
+            Signer::SharedSecret { header, secret } => {
+                out.push((header.clone(), secret.expose().to_vec()));
+            }
             Signer::Hmac { spec, secret } => {
                 let now = m.now_s.to_string();
                 let mut head = Vec::new();
@@ -400,7 +430,10 @@ mod tests {
 
     #[test]
     fn the_recorded_text_reads_back_as_the_same_scheme() {
-        for s in [SendScheme::Vf, SendScheme::StandardWebhooks, github()] {
+        let okta = SendScheme::SharedSecret {
+            header: "authorization".into(),
+        };
+        for s in [SendScheme::Vf, SendScheme::StandardWebhooks, github(), okta] {
             assert_eq!(SendScheme::parse(&s.describe()), Some(s.clone()), "{s:?}");
         }
         assert_eq!(

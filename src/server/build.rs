@@ -190,6 +190,11 @@ pub(super) fn init_metrics(config: &Config, metrics: &Metrics) {
     metrics.secret_not_after.reset();
     for src in &config.sources {
         metrics.init_source(&src.name, src.scheme.as_str(), &outcome_labels);
+        if let Some(h) = src.handshake {
+            metrics
+                .handshakes
+                .with_label_values(&[src.name.as_str(), h.as_str()]);
+        }
         for (i, secret) in src.secrets.iter().enumerate() {
             if let Some(t) = secret.not_after {
                 metrics

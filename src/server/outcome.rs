@@ -62,11 +62,14 @@ pub enum Outcome {
     DedupeFull,
     /// 503: `server.max_inflight_body_bytes` of unverified bodies are already held.
     Overloaded,
+    /// 200: a sender's handshake answered by vfgate (Slack's url_verification, Okta's
+    /// verification); nothing is forwarded.
+    Handshake,
 }
 
 impl Outcome {
     /// Every outcome, in discriminant order.
-    pub const ALL: [Outcome; 23] = [
+    pub const ALL: [Outcome; 24] = [
         Outcome::Accepted,
         Outcome::Duplicate,
         Outcome::Filtered,
@@ -90,6 +93,7 @@ impl Outcome {
         Outcome::BodyTimeout,
         Outcome::DedupeFull,
         Outcome::Overloaded,
+        Outcome::Handshake,
     ];
 
     /// Metric label and error code.
@@ -118,13 +122,14 @@ impl Outcome {
             Outcome::BodyTimeout => "body_timeout",
             Outcome::Overloaded => "overloaded",
             Outcome::DedupeFull => "dedupe_full",
+            Outcome::Handshake => "handshake",
         }
     }
 
     /// HTTP status.
     pub fn status(self) -> u16 {
         match self {
-            Outcome::Accepted | Outcome::Duplicate | Outcome::Filtered => 200,
+            Outcome::Accepted | Outcome::Duplicate | Outcome::Filtered | Outcome::Handshake => 200,
             Outcome::Spooled => 202,
             Outcome::NotFound => 404,
             Outcome::MethodNotAllowed => 405,
@@ -272,6 +277,11 @@ impl From<Ingested> for Reply {
             Ingested::Spooled => Reply::ok(Outcome::Spooled, ACCEPTED),
             Ingested::Duplicate => Reply::ok(Outcome::Duplicate, DUPLICATE),
             Ingested::Filtered => Reply::ok(Outcome::Filtered, FILTERED),
+            Ingested::Handshake(_, body) => Reply {
+                outcome: Outcome::Handshake,
+                body,
+                extra: None,
+            },
             Ingested::Rejected(r) => Reply::refused(Outcome::from_reject(&r), &r.to_string()),
             Ingested::InFlight => Reply::with_retry_after(
                 Outcome::InFlight,
@@ -336,7 +346,11 @@ mod tests {
             let s = o.status();
             let ok = matches!(
                 o,
-                Outcome::Accepted | Outcome::Duplicate | Outcome::Filtered | Outcome::Spooled
+                Outcome::Accepted
+                    | Outcome::Duplicate
+                    | Outcome::Filtered
+                    | Outcome::Spooled
+                    | Outcome::Handshake
             );
             assert_eq!(ok, (200..300).contains(&s), "{o:?} {s}");
         }

@@ -8,7 +8,8 @@
 use super::connections::{read_request, respond_and_finish, HeadDeadlines};
 use super::outcome::{Outcome, Reply};
 use super::rejections::{self, Peer, Rejections};
-use crate::ingest::{Ingest, Source};
+use crate::config::Handshake;
+use crate::ingest::{Ingest, Ingested, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::SinkWorker;
 use crate::verify::{self, RequestParts};
@@ -286,7 +287,33 @@ impl Gateway {
         log.note(outcome, peer, std::time::Instant::now());
     }
 
+    /// Counts and logs a handshake answered for `route`'s source.
+    fn note_handshake(&self, route: &Route, kind: Handshake) {
+        let source = route.source.name.as_str();
+        self.metrics
+            .handshakes
+            .with_label_values(&[source, kind.as_str()])
+            .inc();
+        tracing::info!(
+            source,
+            kind = kind.as_str(),
+            "answered the sender's handshake"
+        );
+    }
+
     async fn handle_route(&self, s: &mut ServerSession, route: &Route) -> Reply {
+        if s.req_header().method == Method::GET {
+            let parts = request_parts(s.req_header());
+            let now = crate::time::now_ms();
+            match route.source.checker.okta_verification(parts, now) {
+                Some(Ok(body)) => {
+                    self.note_handshake(route, Handshake::Okta);
+                    return Ingested::Handshake(Handshake::Okta, body).into();
+                }
+                Some(Err(r)) => return Ingested::Rejected(r).into(),
+                None => {}
+            }
+        }
         if s.req_header().method != Method::POST {
             s.set_keepalive(None);
             return Reply::refused(
@@ -322,21 +349,29 @@ impl Gateway {
                 return Reply::refused(o, &detail);
             }
         };
-        let h = s.req_header();
-        let parts = RequestParts {
-            signature: h
-                .headers
-                .get(verify::SIGNATURE_HEADER)
-                .map(|v| v.as_bytes()),
-            version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
-            content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
-            headers: Some(&h.headers),
-        };
+        let parts = request_parts(s.req_header());
         let now = crate::time::now_ms();
-        self.ingest
+        let ingested = self
+            .ingest
             .handle(&route.source, parts, body, now, permit)
-            .await
-            .into()
+            .await;
+        if let Ingested::Handshake(kind, _) = &ingested {
+            self.note_handshake(route, *kind);
+        }
+        ingested.into()
+    }
+}
+
+/// The headers verification reads, borrowed from the request head.
+fn request_parts(h: &pingora::http::RequestHeader) -> RequestParts<'_> {
+    RequestParts {
+        signature: h
+            .headers
+            .get(verify::SIGNATURE_HEADER)
+            .map(|v| v.as_bytes()),
+        version: h.headers.get(verify::VERSION_HEADER).map(|v| v.as_bytes()),
+        content_type: h.headers.get("content-type").map(|v| v.as_bytes()),
+        headers: Some(&h.headers),
     }
 }
 

@@ -17,7 +17,7 @@ pub mod vf;
 
 pub use vf::{parse_signature, sign, Verifier, VerifyError, SIGNATURE_HEADER, VERSION_HEADER};
 
-use crate::config::{Field, FieldMap, Scheme, SourceConfig, TimeField, TimestampFrom};
+use crate::config::{Field, FieldMap, Handshake, Scheme, SourceConfig, TimeField, TimestampFrom};
 use crate::event::{Event, Verified};
 use bytes::Bytes;
 
@@ -69,6 +69,10 @@ enum Keys {
         keys: Vec<hmac::Key>,
         timestamp: Option<SignedTime>,
     },
+    SharedSecret {
+        header: String,
+        keys: Vec<(crate::secret::Secret, Option<i64>)>,
+    },
 }
 
 /// An `hmac` scheme's signed timestamp, ready.
@@ -92,6 +96,7 @@ impl std::fmt::Debug for Keys {
                 write!(f, "standard-webhooks ({} keys)", keys.len())
             }
             Keys::Hmac { keys, .. } => write!(f, "hmac ({} keys)", keys.len()),
+            Keys::SharedSecret { keys, .. } => write!(f, "shared-secret ({} keys)", keys.len()),
         }
     }
 }
@@ -121,6 +126,7 @@ pub enum Reject {
 #[derive(Debug, Clone)]
 pub struct Checker {
     keys: Keys,
+    handshake: Option<Handshake>,
     fields: FieldMap,
     versions: Vec<String>,
     require_version: bool,
@@ -150,6 +156,14 @@ impl Checker {
     pub fn new(src: &SourceConfig) -> Checker {
         let keys = match &src.scheme {
             Scheme::Vf => Keys::Vf(Verifier::new(&src.secrets)),
+            Scheme::SharedSecret { header } => Keys::SharedSecret {
+                header: header.clone(),
+                keys: src
+                    .secrets
+                    .iter()
+                    .map(|s| (s.secret.clone(), s.not_after))
+                    .collect(),
+            },
             Scheme::StandardWebhooks { tolerance } => Keys::StandardWebhooks {
                 keys: src
                     .secrets
@@ -186,6 +200,7 @@ impl Checker {
         };
         Checker {
             keys,
+            handshake: src.handshake,
             fields: src.fields.clone(),
             versions: src.versions.clone(),
             require_version: src.require_version,
@@ -223,6 +238,20 @@ impl Checker {
                 standard_webhooks::verify(keys, parts.standard_headers(), body, now_s)
                     .map(|s| s.secret)
             }
+            Keys::SharedSecret { header, keys } => {
+                use subtle::ConstantTimeEq;
+                let given = parts.header(header).unwrap_or_default();
+                let mut matched = None;
+                // Every secret is compared, even after a match, so timing tells nothing.
+                for (i, (secret, not_after)) in keys.iter().enumerate() {
+                    let ok = bool::from(given.ct_eq(secret.expose()));
+                    let live = not_after.is_none_or(|t| now_s <= t);
+                    if ok && live && !given.is_empty() && matched.is_none() {
+                        matched = Some(i);
+                    }
+                }
+                matched.ok_or(VerifyError::InvalidSignature)
+            }
             Keys::Hmac {
                 format,
                 header,
@@ -247,6 +276,65 @@ impl Checker {
             }
         };
         matched.map_err(|_| Reject::InvalidSignature)
+    }
+
+    /// The answer to a sender's handshake this source takes, for a request whose signature
+    /// [`Checker::signature`] accepted: Slack's `url_verification` (a body
+    /// `{"type":"url_verification","challenge":...}`) is answered `{"challenge":...}`. `None`
+    /// for any other request, which goes on as an event.
+    pub fn handshake(&self, body: &[u8]) -> Option<Result<(Handshake, Bytes), Reject>> {
+        if self.handshake != Some(Handshake::Slack)
+            || memchr::memmem::find(body, b"url_verification").is_none()
+        {
+            return None;
+        }
+        #[derive(serde::Deserialize)]
+        struct Challenge {
+            #[serde(rename = "type")]
+            kind: String,
+            challenge: Option<String>,
+        }
+        let c: Challenge = serde_json::from_slice(body).ok()?;
+        if c.kind != "url_verification" {
+            return None;
+        }
+        Some(
+            challenge_value(c.challenge.as_deref())
+                .map(|v| (Handshake::Slack, Bytes::from(serde_json::json!({ "challenge": v }).to_string())))
+                .ok_or_else(|| {
+                    Reject::InvalidEvent(
+                        "url_verification without a challenge of 1 to 256 letters, digits, '-', '_' or '.'".into(),
+                    )
+                }),
+        )
+    }
+
+    /// Okta's one-time verification: a `GET` with `X-Okta-Verification-Challenge`, whose
+    /// shared secret matches, is answered `{"verification":...}`. `None` when the source
+    /// takes no such handshake or the request has no challenge header (then it is an
+    /// ordinary refused GET).
+    pub fn okta_verification(
+        &self,
+        parts: RequestParts<'_>,
+        now_ms: i64,
+    ) -> Option<Result<Bytes, Reject>> {
+        if self.handshake != Some(Handshake::Okta) {
+            return None;
+        }
+        let value = parts.header("x-okta-verification-challenge")?;
+        if let Err(r) = self.signature(parts, b"", now_ms) {
+            return Some(Err(r));
+        }
+        let v = std::str::from_utf8(value).ok();
+        Some(
+            challenge_value(v)
+                .map(|v| Bytes::from(serde_json::json!({ "verification": v }).to_string()))
+                .ok_or_else(|| {
+                    Reject::InvalidEvent(
+                        "X-Okta-Verification-Challenge must be 1 to 256 letters, digits, '-', '_' or '.'".into(),
+                    )
+                }),
+        )
     }
 
     /// Everything after the signature: version, media type, event shape and age. Call only
@@ -401,6 +489,17 @@ impl Checker {
         }
         Ok(Verified(event))
     }
+}
+
+/// A handshake challenge vfgate may echo: 1 to 256 of `[A-Za-z0-9_.-]` (Slack's and Okta's
+/// are such); anything else is not echoed.
+fn challenge_value(v: Option<&str>) -> Option<&str> {
+    v.filter(|v| {
+        !v.is_empty()
+            && v.len() <= 256
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    })
 }
 
 /// The signed timestamp of an `hmac` request, as its digits: from its own header, or a key of

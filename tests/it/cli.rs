@@ -2,9 +2,16 @@
 
 use crate::util::*;
 
-const CI_ENV: [(&str, &str); 16] = [
+const CI_ENV: [(&str, &str); 17] = [
     ("VF_SECRET", "s1"),
-    ("STRIPE_WEBHOOK_SECRET", "whsec_test_secret_0123456789abcdef"),
+    (
+        "OKTA_EVENT_HOOK_SECRET",
+        "Bearer okta-hook-secret-0123456789",
+    ),
+    (
+        "STRIPE_WEBHOOK_SECRET",
+        "whsec_test_secret_0123456789abcdef",
+    ),
     ("SLACK_SIGNING_SECRET", "8f742231b10e8888abcd99yyyzzz85a5"),
     ("SHOPIFY_WEBHOOK_SECRET", "shopify-client-secret"),
     (

@@ -26,6 +26,8 @@ elif preset == "slack":
 elif preset == "stripe":
     import stripe
     print("Stripe-Signature: " + stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=int(ts)))
+elif preset == "okta":
+    print(f"Authorization: {secret}")
 elif preset == "standard-webhooks":
     from standardwebhooks.webhooks import Webhook
     t = datetime.datetime.fromtimestamp(int(ts), tz=datetime.timezone.utc)
@@ -53,6 +55,8 @@ elif preset == "slack":
 elif preset == "stripe":
     import stripe
     stripe.WebhookSignature.verify_header(body, h["stripe-signature"], secret, tolerance=300)
+elif preset == "okta":
+    assert hmac.compare_digest(h["authorization"], secret)
 elif preset == "standard-webhooks":
     from standardwebhooks.webhooks import Webhook
     Webhook(secret).verify(body, h)
@@ -70,7 +74,7 @@ struct Case {
     timed: bool,
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 6] = [
     Case {
         preset: "github",
         env: "GITHUB_WEBHOOK_SECRET",
@@ -104,6 +108,14 @@ const CASES: [Case; 5] = [
         timed: true,
     },
     Case {
+        preset: "okta",
+        env: "OKTA_EVENT_HOOK_SECRET",
+        secret: "Bearer okta-hook-secret-0123456789",
+        id: "b5a188b9-5ece-4636-b041-482ffda96311",
+        event_type: "com.okta.event_hook",
+        timed: false,
+    },
+    Case {
         preset: "standard-webhooks",
         env: "VANTA_WEBHOOK_SECRET",
         secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
@@ -126,6 +138,15 @@ impl Case {
             "stripe" => format!(
                 r#"{{"id":"{}","object":"event","type":"{}","created":{ts},"account":"acct_1032D82eZvKYlo2C"}}"#,
                 self.id, self.event_type
+            ),
+            "okta" => format!(
+                r#"{{"eventType":"{}","eventId":"{}","eventTime":"{}","data":{{"events":[]}}}}"#,
+                self.event_type,
+                self.id,
+                time::OffsetDateTime::from_unix_timestamp(ts)
+                    .unwrap()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
             ),
             _ => format!(
                 r#"{{"type":"{}","data":{{"org_id":"org_1"}}}}"#,
@@ -193,6 +214,7 @@ fn signed_headers(preset: &str) -> &'static [&'static str] {
         "shopify" => &["x-shopify-hmac-sha256"],
         "slack" => &["x-slack-signature", "x-slack-request-timestamp"],
         "stripe" => &["stripe-signature"],
+        "okta" => &["authorization"],
         _ => &["webhook-id", "webhook-timestamp", "webhook-signature"],
     }
 }
@@ -244,16 +266,21 @@ async fn assert_preset_verifies_and_refuses(
     );
     let r = post(gw, c, &headers, &body).await;
     assert_eq!(r.status_field(), "duplicate", "{}", c.preset);
-    let mut flipped = body.clone().into_bytes();
-    let at = flipped.len() - 2;
-    flipped[at] = if flipped[at] == b'1' { b'2' } else { b'1' };
-    let r = post(gw, c, &headers, std::str::from_utf8(&flipped).unwrap()).await;
-    assert_eq!(
-        (r.status, r.error()),
-        (401, "invalid_signature".into()),
-        "{} body",
-        c.preset
-    );
+    // A shared secret does not protect the body (docs/presets.md says so): only the
+    // signing presets refuse a changed body.
+    if c.preset != "okta" {
+        let mut flipped = body.clone().into_bytes();
+        let at = flipped.len() - 2;
+        flipped[at] = if flipped[at] == b'1' { b'2' } else { b'1' };
+        let r = post(gw, c, &headers, std::str::from_utf8(&flipped).unwrap()).await;
+        let refused = (r.status, r.error());
+        assert_eq!(
+            refused,
+            (401, "invalid_signature".into()),
+            "{} body",
+            c.preset
+        );
+    }
     for changed in each_signed_part_changed(c.preset, &headers) {
         let r = post(gw, c, &changed, &body).await;
         assert_eq!(r.status, 401, "{}: {changed:?}", c.preset);
@@ -388,4 +415,61 @@ async fn sign_and_send_with_a_preset_satisfy_the_provider_and_the_gateway() {
         .unwrap();
         assert_eq!(code, 0, "{}: {out}{err}", c.preset);
     }
+}
+
+/// Slack's `url_verification` and Okta's one-time verification are answered by vfgate,
+/// after the signature or shared secret is checked, counted, and never forwarded.
+#[tokio::test]
+async fn handshakes_are_answered_after_the_check_and_never_forwarded() {
+    let Some(py) = reference_python() else {
+        return;
+    };
+    let mock = Mock::start().await;
+    mock.set_default(siem_answers());
+    let gw = Gateway::start_with(&config(&mock), "", &env()).await;
+    let slack = CASES.iter().find(|c| c.preset == "slack").unwrap();
+    let challenge = "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P";
+    let body = format!(
+        r#"{{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"{challenge}","type":"url_verification"}}"#
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let headers = provider_headers(&py, slack, now, &body);
+    let r = post(&gw, slack, &headers, &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({ "challenge": challenge }));
+    let unsigned = post(&gw, slack, &[], &body).await;
+    assert_eq!(
+        unsigned.status, 401,
+        "a handshake is answered only after the signature"
+    );
+    let okta = CASES.iter().find(|c| c.preset == "okta").unwrap();
+    let port = gw.port;
+    let get = |auth: &'static str, challenge: Option<&'static str>| async move {
+        let mut h = vec![("authorization", auth)];
+        if let Some(c) = challenge {
+            h.push(("x-okta-verification-challenge", c));
+        }
+        request(port, "GET", "/hooks/okta", &h, b"").await.unwrap()
+    };
+    let value = "JqF7OGEkUmlzkd2zVt_2Q0nvDnLf2Kzz9ub0wAII";
+    let r = get(okta.secret, Some(value)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({ "verification": value }));
+    assert_eq!(get("Bearer wrong", Some("abc")).await.status, 401);
+    assert_eq!(
+        get(okta.secret, None).await.status,
+        405,
+        "a GET without a challenge"
+    );
+    assert_eq!(
+        get(okta.secret, Some("<script>")).await.status,
+        400,
+        "not echoed"
+    );
+    for (source, kind) in [("slack", "slack"), ("okta", "okta")] {
+        let series = format!("vfgate_handshakes_total{{kind=\"{kind}\",source=\"{source}\"}}");
+        assert_eq!(gw.metric(&series).await, 1.0, "{series}");
+    }
+    assert!(mock.requests().is_empty(), "nothing forwarded");
+    assert!(gw.log_text().contains("answered the sender's handshake"));
 }
