@@ -429,7 +429,7 @@ retry = {{ budget = "0s" }}
         let (_, sig) = event("e1", "user.login");
         let out = send(&r, Bytes::from_static(b"not json"), &sig).await;
         assert!(
-            matches!(out, Ingested::Rejected(Reject::InvalidSignature)),
+            matches!(out, Ingested::Rejected(Reject::InvalidSignature(_))),
             "{out:?}"
         );
         assert!(r.sink.got.lock().is_empty());

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub secret_matches: IntCounterVec,
     /// `vfgate_handshakes_total{source,kind}`: senders' handshakes answered (`slack`, `okta`).
     pub handshakes: IntCounterVec,
+    /// `vfgate_rejections_total{source,reason}`: requests refused by verification, by the
+    /// reason the sender is not told apart (`signature_missing`, `signature_malformed`,
+    /// `no_key_matched`, `stale`, `future`, ...).
+    pub rejections: IntCounterVec,
     /// `vfgate_build_info{version}`.
     pub build_info: IntGauge,
     /// `vfgate_in_flight_requests`.
@@ -284,6 +288,17 @@ impl Metrics {
                         "Senders' handshakes answered by vfgate (never forwarded), by source and kind",
                     ),
                     &["source", "kind"],
+                )
+                .unwrap(),
+            ),
+            rejections: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "vfgate_rejections_total",
+                        "Requests refused by verification, by source and reason (finer than the status code: why a signature failed, stale or future)",
+                    ),
+                    &["source", "reason"],
                 )
                 .unwrap(),
             ),

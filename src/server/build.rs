@@ -190,6 +190,11 @@ pub(super) fn init_metrics(config: &Config, metrics: &Metrics) {
     metrics.secret_not_after.reset();
     for src in &config.sources {
         metrics.init_source(&src.name, src.scheme.as_str(), &outcome_labels);
+        for reason in crate::verify::Reject::REASONS {
+            metrics
+                .rejections
+                .with_label_values(&[src.name.as_str(), reason]);
+        }
         if let Some(h) = src.handshake {
             metrics
                 .handshakes

@@ -156,11 +156,11 @@ impl Outcome {
     /// The outcome of a request the verifier refused.
     pub fn from_reject(r: &Reject) -> Outcome {
         match r {
-            Reject::InvalidSignature => Outcome::InvalidSignature,
+            Reject::InvalidSignature(_) => Outcome::InvalidSignature,
             Reject::UnsupportedVersion(_) => Outcome::UnsupportedVersion,
             Reject::UnsupportedMediaType(_) => Outcome::UnsupportedMediaType,
             Reject::InvalidEvent(_) => Outcome::InvalidEvent,
-            Reject::StaleEvent(_) => Outcome::StaleEvent,
+            Reject::StaleEvent(_) | Reject::FutureEvent(_) => Outcome::StaleEvent,
         }
     }
 }
@@ -372,7 +372,9 @@ mod tests {
             (Ingested::Duplicate, 200, "duplicate", None),
             (Ingested::Filtered, 200, "filtered", None),
             (
-                Ingested::Rejected(Reject::InvalidSignature),
+                Ingested::Rejected(Reject::InvalidSignature(
+                    crate::verify::VerifyError::NoMatch,
+                )),
                 401,
                 "invalid_signature",
                 None,

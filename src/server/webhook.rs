@@ -301,6 +301,14 @@ impl Gateway {
         );
     }
 
+    /// Counts a verification refusal of `route`'s source by its reason.
+    fn note_rejection(&self, route: &Route, r: &crate::verify::Reject) {
+        self.metrics
+            .rejections
+            .with_label_values(&[route.source.name.as_str(), r.reason()])
+            .inc();
+    }
+
     async fn handle_route(&self, s: &mut ServerSession, route: &Route) -> Reply {
         if s.req_header().method == Method::GET {
             let parts = request_parts(s.req_header());
@@ -310,7 +318,10 @@ impl Gateway {
                     self.note_handshake(route, Handshake::Okta);
                     return Ingested::Handshake(Handshake::Okta, body).into();
                 }
-                Some(Err(r)) => return Ingested::Rejected(r).into(),
+                Some(Err(r)) => {
+                    self.note_rejection(route, &r);
+                    return Ingested::Rejected(r).into();
+                }
                 None => {}
             }
         }
@@ -355,8 +366,10 @@ impl Gateway {
             .ingest
             .handle(&route.source, parts, body, now, permit)
             .await;
-        if let Ingested::Handshake(kind, _) = &ingested {
-            self.note_handshake(route, *kind);
+        match &ingested {
+            Ingested::Handshake(kind, _) => self.note_handshake(route, *kind),
+            Ingested::Rejected(r) => self.note_rejection(route, r),
+            _ => {}
         }
         ingested.into()
     }

@@ -184,7 +184,7 @@ pub fn verify_message(
             matched = Some(i);
         }
     }
-    matched.ok_or(VerifyError::InvalidSignature)
+    matched.ok_or_else(|| VerifyError::of(value.is_some(), !sigs.is_empty()))
 }
 
 #[cfg(test)]

@@ -105,9 +105,9 @@ impl std::fmt::Debug for Keys {
 /// the received signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
-    /// 401 `invalid_signature`.
-    #[error("signature missing, malformed or not matching any configured secret")]
-    InvalidSignature,
+    /// 401 `invalid_signature` (the same detail whatever the reason).
+    #[error("{0}")]
+    InvalidSignature(VerifyError),
     /// 400 `unsupported_version`.
     #[error("{0}")]
     UnsupportedVersion(String),
@@ -117,9 +117,39 @@ pub enum Reject {
     /// 400 `invalid_event`.
     #[error("{0}")]
     InvalidEvent(String),
-    /// 400 `stale_event`.
+    /// 400 `stale_event`: older than the window.
     #[error("{0}")]
     StaleEvent(String),
+    /// 400 `stale_event`: further ahead than the window.
+    #[error("{0}")]
+    FutureEvent(String),
+}
+
+impl Reject {
+    /// The `reason` label of `vfgate_rejections_total`: why a request was refused, finer
+    /// than its status code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::InvalidSignature(e) => e.reason(),
+            Reject::UnsupportedVersion(_) => "unsupported_version",
+            Reject::UnsupportedMediaType(_) => "unsupported_media_type",
+            Reject::InvalidEvent(_) => "invalid_event",
+            Reject::StaleEvent(_) => "stale",
+            Reject::FutureEvent(_) => "future",
+        }
+    }
+
+    /// Every reason, for the series created at start-up.
+    pub const REASONS: [&'static str; 8] = [
+        "signature_missing",
+        "signature_malformed",
+        "no_key_matched",
+        "stale",
+        "future",
+        "unsupported_version",
+        "unsupported_media_type",
+        "invalid_event",
+    ];
 }
 
 /// Everything a source checks before dedupe.
@@ -250,7 +280,7 @@ impl Checker {
                         matched = Some(i);
                     }
                 }
-                matched.ok_or(VerifyError::InvalidSignature)
+                matched.ok_or_else(|| VerifyError::of(!given.is_empty(), true))
             }
             Keys::Hmac {
                 format,
@@ -267,7 +297,7 @@ impl Checker {
                 // A timestamp that is missing or not digits cannot have been signed: refused
                 // like any signature that does not match.
                 let ts =
-                    signed_timestamp(parts, header, &t.from).ok_or(Reject::InvalidSignature)?;
+                    signed_timestamp(parts, header, &t.from).map_err(Reject::InvalidSignature)?;
                 let mut head = Vec::with_capacity(t.before.len() + ts.len() + t.between.len());
                 head.extend_from_slice(t.before.as_bytes());
                 head.extend_from_slice(ts);
@@ -275,7 +305,7 @@ impl Checker {
                 hmac::verify_message(format, keys, parts.header(header), &head, body, now_s)
             }
         };
-        matched.map_err(|_| Reject::InvalidSignature)
+        matched.map_err(Reject::InvalidSignature)
     }
 
     /// The answer to a sender's handshake this source takes, for a request whose signature
@@ -380,7 +410,7 @@ impl Checker {
             )));
         }
         if -age > self.max_skew_ms {
-            return Err(Reject::StaleEvent(format!(
+            return Err(Reject::FutureEvent(format!(
                 "timestamp {} is more than {} in the future",
                 event.timestamp, self.max_skew_text
             )));
@@ -435,12 +465,16 @@ impl Checker {
                 let ts: i64 = std::str::from_utf8(h.timestamp.unwrap_or_default())
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
-                    .ok_or(Reject::InvalidSignature)?;
+                    .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
                 let ts_ms = ts.saturating_mul(1000);
                 if now_ms.saturating_sub(ts_ms).abs() > *tolerance_ms {
-                    return Err(Reject::StaleEvent(format!(
-                        "webhook-timestamp {ts} is more than {tolerance_text} from now"
-                    )));
+                    let detail =
+                        format!("webhook-timestamp {ts} is more than {tolerance_text} from now");
+                    return Err(if ts_ms > now_ms {
+                        Reject::FutureEvent(detail)
+                    } else {
+                        Reject::StaleEvent(detail)
+                    });
                 }
                 (id, ts_ms)
             }
@@ -454,14 +488,21 @@ impl Checker {
                 } = &self.keys
                 {
                     let ts = signed_timestamp(parts, header, &t.from)
+                        .ok()
                         .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
-                        .ok_or(Reject::InvalidSignature)?;
-                    signed_ts_ms = Some(ts.saturating_mul(1000));
-                    if now_ms.saturating_sub(ts.saturating_mul(1000)).abs() > t.tolerance_ms {
-                        return Err(Reject::StaleEvent(format!(
+                        .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
+                    let ts_ms = ts.saturating_mul(1000);
+                    signed_ts_ms = Some(ts_ms);
+                    if now_ms.saturating_sub(ts_ms).abs() > t.tolerance_ms {
+                        let detail = format!(
                             "the signed timestamp {ts} is more than {} from now",
                             t.tolerance_text
-                        )));
+                        );
+                        return Err(if ts_ms > now_ms {
+                            Reject::FutureEvent(detail)
+                        } else {
+                            Reject::StaleEvent(detail)
+                        });
                     }
                 }
                 let ts = match &self.fields.timestamp {
@@ -503,18 +544,23 @@ fn challenge_value(v: Option<&str>) -> Option<&str> {
 }
 
 /// The signed timestamp of an `hmac` request, as its digits: from its own header, or a key of
-/// the signature header's `key=value` list. `None` when missing or not 1 to 12 ASCII digits.
+/// the signature header's `key=value` list. Missing, or not 1 to 12 ASCII digits
+/// (malformed), is an error.
 fn signed_timestamp<'a>(
     parts: RequestParts<'a>,
     signature_header: &str,
     from: &TimestampFrom,
-) -> Option<&'a [u8]> {
+) -> Result<&'a [u8], VerifyError> {
     let raw = match from {
-        TimestampFrom::Header(h) => parts.header(h)?.trim_ascii(),
-        TimestampFrom::Param(p) => hmac::param(parts.header(signature_header)?, p)?,
+        TimestampFrom::Header(h) => parts.header(h).map(<[u8]>::trim_ascii),
+        TimestampFrom::Param(p) => parts
+            .header(signature_header)
+            .and_then(|v| hmac::param(v, p)),
     };
-    (!raw.is_empty() && raw.len() <= MAX_TIMESTAMP_DIGITS && raw.iter().all(u8::is_ascii_digit))
+    let raw = raw.filter(|r| !r.is_empty()).ok_or(VerifyError::Missing)?;
+    (raw.len() <= MAX_TIMESTAMP_DIGITS && raw.iter().all(u8::is_ascii_digit))
         .then_some(raw)
+        .ok_or(VerifyError::Malformed)
 }
 
 /// The media type check every scheme shares: `application/json`.
@@ -628,7 +674,7 @@ path = "/dev/null"
         };
         assert_eq!(
             c.check(bad, b.clone(), NOW).unwrap_err(),
-            Reject::InvalidSignature
+            Reject::InvalidSignature(VerifyError::Missing)
         );
         let r = c
             .check(
@@ -673,7 +719,7 @@ path = "/dev/null"
         );
         let r = c.check(ok, b.clone(), NOW - 301_000 - 1000).unwrap_err();
         assert!(
-            matches!(r, Reject::StaleEvent(ref d) if d.contains("future")),
+            matches!(r, Reject::FutureEvent(ref d) if d.contains("future")),
             "{r:?}"
         );
         let nb = Bytes::from_static(b"[]");
@@ -823,13 +869,13 @@ mod scheme_tests {
             assert!(
                 matches!(
                     check(&c, &h, body, NOW_MS - 361_000),
-                    Err(Reject::StaleEvent(_))
+                    Err(Reject::FutureEvent(_))
                 ),
                 "ahead of now"
             );
             assert_eq!(
                 check(&c, &h, &body.replace("o1", "o2"), NOW_MS).err(),
-                Some(Reject::InvalidSignature)
+                Some(Reject::InvalidSignature(VerifyError::NoMatch))
             );
         }
     }
@@ -870,10 +916,28 @@ mod scheme_tests {
             check(&c, &h, &body, NOW_MS + 90_000_000),
             Err(Reject::StaleEvent(_))
         ));
+        // A hex digit too many is malformed; a wrong MAC of the right shape matches no key;
+        // no header is missing: three reasons, one answer.
         let wrong = headers(&[("x-hub-signature-256", sig.replace("sha256=", "sha256=0"))]);
         assert_eq!(
             check(&c, &wrong, &body, NOW_MS).err(),
-            Some(Reject::InvalidSignature)
+            Some(Reject::InvalidSignature(VerifyError::Malformed))
+        );
+        // The first MAC byte changed: right shape, wrong MAC.
+        let flipped = if &sig[7..9] == "00" { "11" } else { "00" };
+        let other = format!("sha256={flipped}{}", &sig[9..]);
+        let other = headers(&[("x-hub-signature-256", other)]);
+        assert_eq!(
+            check(&c, &other, &body, NOW_MS).err(),
+            Some(Reject::InvalidSignature(VerifyError::NoMatch))
+        );
+        let none = headers(&[("x-github-delivery", "d-1".into())]);
+        let missing = check(&c, &none, &body, NOW_MS).unwrap_err();
+        assert_eq!(missing, Reject::InvalidSignature(VerifyError::Missing));
+        assert_eq!(
+            missing.to_string(),
+            Reject::InvalidSignature(VerifyError::NoMatch).to_string(),
+            "the sender is told the same for every reason"
         );
     }
 

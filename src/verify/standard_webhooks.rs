@@ -133,7 +133,10 @@ pub fn verify(keys: &[Key], h: Headers<'_>, body: &[u8], now: i64) -> Result<Sig
             id: String::from_utf8_lossy(id).into_owned(),
             timestamp,
         }),
-        _ => Err(VerifyError::InvalidSignature),
+        _ => Err(VerifyError::of(
+            h.id.is_some() && h.timestamp.is_some() && h.signature.is_some(),
+            id.is_some() && timestamp.is_some() && !sigs.is_empty(),
+        )),
     }
 }
 

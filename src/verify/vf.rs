@@ -21,12 +21,41 @@ pub const SIGNATURE_HEADER: &str = "x-vf-signature-256";
 /// The version header.
 pub const VERSION_HEADER: &str = "x-vf-webhook-version";
 
-/// Why verification failed. Carries no secret and no received signature.
+/// Why verification failed, for every scheme. The sender is told the same sentence for all
+/// three (they are indistinguishable on purpose); only the metrics' `reason` tells them
+/// apart, for the operator. Carries no secret and no received signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    /// Header missing, malformed, or no secret matches (indistinguishable on purpose).
+    /// A header the scheme needs is missing (or empty).
     #[error("signature missing, malformed or not matching any configured secret")]
-    InvalidSignature,
+    Missing,
+    /// A header is there but not in the scheme's shape (encoding, prefix, a timestamp that
+    /// is not a number).
+    #[error("signature missing, malformed or not matching any configured secret")]
+    Malformed,
+    /// Well formed, but no live secret matches.
+    #[error("signature missing, malformed or not matching any configured secret")]
+    NoMatch,
+}
+
+impl VerifyError {
+    /// The `reason` label: `signature_missing`, `signature_malformed`, `no_key_matched`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            VerifyError::Missing => "signature_missing",
+            VerifyError::Malformed => "signature_malformed",
+            VerifyError::NoMatch => "no_key_matched",
+        }
+    }
+
+    /// The failure of a check that found `given` (a header), `parsed` from it, and `matched`.
+    pub fn of(given: bool, parsed: bool) -> VerifyError {
+        match (given, parsed) {
+            (false, _) => VerifyError::Missing,
+            (true, false) => VerifyError::Malformed,
+            (true, true) => VerifyError::NoMatch,
+        }
+    }
 }
 
 /// One key of a source, with the HMAC state pre-keyed (saves hashing the key per request).
@@ -104,7 +133,7 @@ impl Verifier {
                 matched = Some(i);
             }
         }
-        matched.ok_or(VerifyError::InvalidSignature)
+        matched.ok_or_else(|| VerifyError::of(header.is_some(), expected.is_some()))
     }
 }
 
@@ -153,7 +182,7 @@ mod tests {
         assert_eq!(v.verify(Some(by_old.as_bytes()), SAMPLE, 1000), Ok(1));
         assert_eq!(
             v.verify(Some(by_old.as_bytes()), SAMPLE, 1001),
-            Err(VerifyError::InvalidSignature)
+            Err(VerifyError::NoMatch)
         );
         assert!(v.verify(Some(by_third.as_bytes()), SAMPLE, 0).is_err());
     }

@@ -281,6 +281,8 @@ async fn assert_preset_verifies_and_refuses(
             c.preset
         );
     }
+    let r = post(gw, c, &[], &body).await;
+    assert_eq!(r.status, 401, "{}: no signature headers", c.preset);
     for changed in each_signed_part_changed(c.preset, &headers) {
         let r = post(gw, c, &changed, &body).await;
         assert_eq!(r.status, 401, "{}: {changed:?}", c.preset);
@@ -317,6 +319,33 @@ async fn every_preset_verifies_the_providers_signature_and_delivers_the_mapped_f
             == CASES.len())
         .await
     );
+    // Every refusal above is counted by its reason, which the sender is not told.
+    for c in &CASES {
+        let reason = |r: &str| {
+            format!(
+                "vfgate_rejections_total{{reason=\"{r}\",source=\"{}\"}}",
+                c.preset
+            )
+        };
+        assert_eq!(
+            gw.metric(&reason("signature_missing")).await,
+            1.0,
+            "{}",
+            c.preset
+        );
+        assert!(
+            gw.metric(&reason("no_key_matched")).await >= 1.0,
+            "{}",
+            c.preset
+        );
+        let windowed = if c.timed || c.preset == "standard-webhooks" {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(gw.metric(&reason("stale")).await, windowed, "{}", c.preset);
+        assert_eq!(gw.metric(&reason("future")).await, windowed, "{}", c.preset);
+    }
     let docs = indexed(&mock);
     for c in &CASES {
         let doc = &docs[c.id];
