@@ -181,6 +181,63 @@ pub enum KeyFormatError {
     /// Decodes to nothing.
     #[error("the secret decodes to an empty key")]
     Empty,
+    /// A `whpk_` / `whsk_` key that is not an ed25519 key (32 bytes; a secret key may also be
+    /// the 64-byte key pair).
+    #[error("not an ed25519 key: whpk_ is 32 bytes in base64, whsk_ 32 (or 64) bytes in base64")]
+    NotEd25519,
+    /// A `whpk_` public key given to sign with.
+    #[error("a whpk_ public key verifies but cannot sign: give the whsk_ secret key")]
+    PublicKeyCannotSign,
+}
+
+/// A Standard Webhooks key as the sender shows it: `whsec_<base64>` (or the base64 alone),
+/// the symmetric key of `v1` signatures; `whpk_<base64>`, an ed25519 public key that
+/// verifies `v1a` signatures (the gateway then holds nothing that can forge an event);
+/// `whsk_<base64>`, the ed25519 secret key a sender signs `v1a` with (a 32-byte seed, or the
+/// 64-byte seed and public key).
+pub enum StandardWebhooksKey {
+    /// The decoded HMAC key.
+    Symmetric(Secret),
+    /// An ed25519 public key.
+    Public(ed25519_dalek::VerifyingKey),
+    /// An ed25519 secret key.
+    Private(Box<ed25519_dalek::SigningKey>),
+}
+
+/// Reads a Standard Webhooks key of any of its three kinds.
+pub fn standard_webhooks_key_of(secret: &Secret) -> Result<StandardWebhooksKey, KeyFormatError> {
+    use base64::Engine;
+    let s = secret.expose().trim_ascii();
+    let decode = |b: &[u8]| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|_| KeyFormatError::NotBase64)
+    };
+    if let Some(b) = s.strip_prefix(b"whpk_") {
+        let raw: [u8; 32] = decode(b)?
+            .try_into()
+            .map_err(|_| KeyFormatError::NotEd25519)?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&raw)
+            .map_err(|_| KeyFormatError::NotEd25519)?;
+        return Ok(StandardWebhooksKey::Public(key));
+    }
+    if let Some(b) = s.strip_prefix(b"whsk_") {
+        let mut raw = decode(b)?;
+        let key = match raw.len() {
+            32 => Ok(ed25519_dalek::SigningKey::from_bytes(
+                raw[..].try_into().expect("32 bytes"),
+            )),
+            64 => {
+                ed25519_dalek::SigningKey::from_keypair_bytes(raw[..].try_into().expect("64 bytes"))
+                    .map_err(|_| KeyFormatError::NotEd25519)
+            }
+            _ => Err(KeyFormatError::NotEd25519),
+        };
+        // The decoded secret key is not left behind in freed memory.
+        raw.fill(0);
+        return key.map(|k| StandardWebhooksKey::Private(Box::new(k)));
+    }
+    standard_webhooks_key(secret).map(StandardWebhooksKey::Symmetric)
 }
 
 /// The HMAC key of a Standard Webhooks secret as senders show it: `whsec_<base64>`, or the

@@ -995,9 +995,21 @@ fn validate_scheme(
             }
         }
         let tolerance = tolerance_within(&key("tolerance"), raw.tolerance, ttl)?;
-        for (j, s) in secrets.iter_mut().enumerate() {
-            s.secret = crate::secret::standard_webhooks_key(&s.secret)
-                .map_err(|e| ConfigError::invalid(key(&format!("secrets[{j}]")), e.to_string()))?;
+        // Each secret must be a key of the scheme; it is kept as written (the verifier reads
+        // it again: a whsec_ key for v1, a whpk_ public key for v1a).
+        for (j, s) in secrets.iter().enumerate() {
+            use crate::secret::StandardWebhooksKey;
+            let k = key(&format!("secrets[{j}]"));
+            match crate::secret::standard_webhooks_key_of(&s.secret) {
+                Ok(StandardWebhooksKey::Private(_)) => {
+                    return Err(ConfigError::invalid(
+                        k,
+                        "a whsk_ secret key signs: give the gateway the sender's whpk_ public key instead (it verifies and cannot forge)",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(ConfigError::invalid(k, e.to_string())),
+            }
         }
         let fields = FieldMap {
             event_id: None,

@@ -254,9 +254,15 @@ impl SendScheme {
                 secret,
                 version: version.as_bytes().to_vec(),
             },
-            SendScheme::StandardWebhooks => Signer::StandardWebhooks {
-                key: crate::secret::standard_webhooks_key(&secret)?,
-            },
+            SendScheme::StandardWebhooks => {
+                use crate::secret::StandardWebhooksKey as K;
+                match crate::secret::standard_webhooks_key_of(&secret)? {
+                    K::Symmetric(key) => Signer::StandardWebhooks { key },
+                    K::Private(key) => Signer::StandardWebhooksAsymmetric { key },
+                    // A public key cannot sign.
+                    K::Public(_) => return Err(KeyFormatError::PublicKeyCannotSign),
+                }
+            }
             SendScheme::SharedSecret { header } => Signer::SharedSecret {
                 header: header.clone(),
                 secret,
@@ -312,10 +318,15 @@ pub enum Signer {
         /// `X-VF-Webhook-Version`.
         version: Vec<u8>,
     },
-    /// Standard Webhooks.
+    /// Standard Webhooks, `v1` (HMAC).
     StandardWebhooks {
         /// The decoded HMAC key.
         key: Secret,
+    },
+    /// Standard Webhooks, `v1a` (ed25519 with a `whsk_` key).
+    StandardWebhooksAsymmetric {
+        /// The secret key.
+        key: Box<ed25519_dalek::SigningKey>,
     },
     /// The secret in a header.
     SharedSecret {
@@ -371,6 +382,14 @@ impl Signer {
                     m.event_id,
                     m.now_s,
                     m.body,
+                );
+                out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
+                out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
+                out.push(("webhook-signature".into(), sig.into_bytes()));
+            }
+            Signer::StandardWebhooksAsymmetric { key } => {
+                let sig = crate::verify::standard_webhooks::sign_asymmetric(
+                    key, m.event_id, m.now_s, m.body,
                 );
                 out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
                 out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));

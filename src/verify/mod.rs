@@ -198,7 +198,20 @@ impl Checker {
                 keys: src
                     .secrets
                     .iter()
-                    .map(|s| standard_webhooks::Key::new(s.secret.expose(), s.not_after))
+                    .map(|s| {
+                        use crate::secret::StandardWebhooksKey as K;
+                        match crate::secret::standard_webhooks_key_of(&s.secret) {
+                            Ok(K::Public(p)) => standard_webhooks::Key::public(p, s.not_after),
+                            Ok(K::Symmetric(k)) => {
+                                standard_webhooks::Key::new(k.expose(), s.not_after)
+                            }
+                            // Config validation refuses these; a key that matches nothing
+                            // would be the safe reading anyway.
+                            Ok(K::Private(_)) | Err(_) => {
+                                standard_webhooks::Key::new(&[], Some(i64::MIN))
+                            }
+                        }
+                    })
                     .collect(),
                 tolerance_ms: tolerance.as_millis().min(i64::MAX as u128) as i64,
                 tolerance_text: humantime::format_duration(*tolerance).to_string(),

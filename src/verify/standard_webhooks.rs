@@ -10,7 +10,11 @@
 //! wrong MAC all give the same error. The tolerance window on the timestamp is the caller's
 //! (a 400 `stale_event`, after the signature, as for VF events).
 //!
-//! Owns: this scheme's headers, key decoding and MAC. Pure: no clock, no I/O.
+//! A `whpk_` public key verifies `v1a` entries instead: ed25519 over the same message (the
+//! specification's asymmetric signatures), so the gateway holds nothing that can forge an
+//! event; a source may mix both kinds of key.
+//!
+//! Owns: this scheme's headers, key decoding, MAC and signatures. Pure: no clock, no I/O.
 
 use super::VerifyError;
 use base64::Engine;
@@ -18,8 +22,10 @@ use hmac::{KeyInit, Mac};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-/// The only signature version defined so far.
+/// The symmetric (HMAC-SHA256) signature version.
 const VERSION: &str = "v1";
+/// The asymmetric (ed25519) signature version.
+const VERSION_ASYMMETRIC: &str = "v1a";
 /// Signature entries considered in one header at most (more is not a rotation, it is abuse).
 const MAX_ENTRIES: usize = 16;
 
@@ -48,18 +54,59 @@ pub struct Signed {
 /// One key, pre-keyed, with its expiry (unix seconds).
 #[derive(Clone)]
 pub struct Key {
-    mac: HmacSha256,
+    kind: KeyKind,
     not_after: Option<i64>,
 }
 
+#[derive(Clone)]
+enum KeyKind {
+    Hmac(HmacSha256),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
 impl Key {
-    /// A key from its decoded bytes ([`decode_secret`]).
+    /// A `v1` key from its decoded bytes ([`crate::secret::standard_webhooks_key`]).
     pub fn new(key: &[u8], not_after: Option<i64>) -> Key {
         Key {
-            mac: HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            kind: KeyKind::Hmac(
+                HmacSha256::new_from_slice(key).expect("HMAC takes any key length"),
+            ),
             not_after,
         }
     }
+
+    /// A `v1a` key: an ed25519 public key (`whpk_`).
+    pub fn public(key: ed25519_dalek::VerifyingKey, not_after: Option<i64>) -> Key {
+        Key {
+            kind: KeyKind::Ed25519(key),
+            not_after,
+        }
+    }
+}
+
+/// `v1a,<base64>` for a message: an ed25519 signature with a `whsk_` key.
+pub fn sign_asymmetric(
+    key: &ed25519_dalek::SigningKey,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
+    use ed25519_dalek::Signer;
+    let sig = key.sign(&message(id.as_bytes(), timestamp, body));
+    let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
+    format!("{VERSION_ASYMMETRIC},{sig}")
+}
+
+/// `{id}.{timestamp}.{body}` as one buffer (ed25519 signs the whole message at once).
+fn message(id: &[u8], timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let ts = timestamp.to_string();
+    let mut m = Vec::with_capacity(id.len() + ts.len() + body.len() + 2);
+    m.extend_from_slice(id);
+    m.push(b'.');
+    m.extend_from_slice(ts.as_bytes());
+    m.push(b'.');
+    m.extend_from_slice(body);
+    m
 }
 
 /// `v1,<base64>` for a message: what a sender puts in `webhook-signature`.
@@ -78,24 +125,29 @@ fn feed(mac: &mut HmacSha256, id: &[u8], timestamp: i64, body: &[u8]) {
     mac.update(body);
 }
 
-/// The `v1` signatures of a header value (32 bytes each); other versions and malformed
-/// entries are skipped.
-fn signatures(value: &[u8]) -> Vec<[u8; 32]> {
-    value
+/// The `v1` (32 bytes) and `v1a` (64 bytes) signatures of a header value; other versions
+/// and malformed entries are skipped.
+fn signatures(value: &[u8]) -> (Vec<[u8; 32]>, Vec<[u8; 64]>) {
+    let (mut v1, mut v1a) = (Vec::new(), Vec::new());
+    for e in value
         .split(|&b| b == b' ')
         .filter(|e| !e.is_empty())
         .take(MAX_ENTRIES)
-        .filter_map(|e| {
-            let (v, sig) = e.split_at(e.iter().position(|&b| b == b',')?);
-            if v != VERSION.as_bytes() {
-                return None;
-            }
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(&sig[1..])
-                .ok()?;
-            raw.try_into().ok()
-        })
-        .collect()
+    {
+        let Some(at) = e.iter().position(|&b| b == b',') else {
+            continue;
+        };
+        let (v, sig) = e.split_at(at);
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&sig[1..]) else {
+            continue;
+        };
+        if v == VERSION.as_bytes() {
+            v1.extend(<[u8; 32]>::try_from(raw).ok());
+        } else if v == VERSION_ASYMMETRIC.as_bytes() {
+            v1a.extend(<[u8; 64]>::try_from(raw).ok());
+        }
+    }
+    (v1, v1a)
 }
 
 /// An id the scheme accepts: printable ASCII, at most 256 bytes (it becomes a dedupe key and
@@ -111,16 +163,29 @@ pub fn verify(keys: &[Key], h: Headers<'_>, body: &[u8], now: i64) -> Result<Sig
         .timestamp
         .and_then(|t| std::str::from_utf8(t.trim_ascii()).ok())
         .and_then(|t| t.parse::<i64>().ok());
-    let sigs = h.signature.map(signatures).unwrap_or_default();
+    let (sigs, asym) = h.signature.map(signatures).unwrap_or_default();
     // Every key against every entry, whatever is missing, so that timing tells nothing.
     let (id_bytes, ts) = (id.unwrap_or(b""), timestamp.unwrap_or(0));
     let mut matched = None;
+    let mut signed: Option<Vec<u8>> = None;
     for (i, k) in keys.iter().enumerate() {
-        let mut mac = k.mac.clone();
-        feed(&mut mac, id_bytes, ts, body);
         let mut ok = false;
-        for sig in &sigs {
-            ok |= mac.clone().verify_slice(sig).is_ok();
+        match &k.kind {
+            KeyKind::Hmac(m) => {
+                let mut mac = m.clone();
+                feed(&mut mac, id_bytes, ts, body);
+                for sig in &sigs {
+                    ok |= mac.clone().verify_slice(sig).is_ok();
+                }
+            }
+            KeyKind::Ed25519(public) => {
+                // A public key: nothing secret to leak by timing.
+                let m = signed.get_or_insert_with(|| message(id_bytes, ts, body));
+                for sig in &asym {
+                    let sig = ed25519_dalek::Signature::from_bytes(sig);
+                    ok |= public.verify_strict(m, &sig).is_ok();
+                }
+            }
         }
         let live = k.not_after.is_none_or(|t| now <= t);
         if ok && live && matched.is_none() {
@@ -135,7 +200,7 @@ pub fn verify(keys: &[Key], h: Headers<'_>, body: &[u8], now: i64) -> Result<Sig
         }),
         _ => Err(VerifyError::of(
             h.id.is_some() && h.timestamp.is_some() && h.signature.is_some(),
-            id.is_some() && timestamp.is_some() && !sigs.is_empty(),
+            id.is_some() && timestamp.is_some() && !(sigs.is_empty() && asym.is_empty()),
         )),
     }
 }
@@ -248,12 +313,97 @@ mod tests {
         assert_eq!(decode_secret(b"whsec_"), Err(KeyFormatError::Empty));
     }
 
+    /// RFC 8032 section 7.1, TEST 1: the secret key (seed), its public key, and the
+    /// signature of the empty message.
+    const RFC_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    const RFC_PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    const RFC_SIG: &str = "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b";
+
+    fn b64(hex_text: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(hex::decode(hex_text).unwrap())
+    }
+
+    fn rfc_keys() -> (ed25519_dalek::SigningKey, ed25519_dalek::VerifyingKey) {
+        use crate::secret::{standard_webhooks_key_of, Secret, StandardWebhooksKey as K};
+        let whsk = Secret::new(format!("whsk_{}", b64(RFC_SEED)).into_bytes());
+        let whpk = Secret::new(format!("whpk_{}", b64(RFC_PUBLIC)).into_bytes());
+        let (Ok(K::Private(sk)), Ok(K::Public(pk))) = (
+            standard_webhooks_key_of(&whsk),
+            standard_webhooks_key_of(&whpk),
+        ) else {
+            panic!("the RFC keys read as whsk_ / whpk_")
+        };
+        (*sk, pk)
+    }
+
+    #[test]
+    fn whsk_and_whpk_keys_are_the_standard_ed25519_key_formats() {
+        use ed25519_dalek::Signer;
+        let (sk, pk) = rfc_keys();
+        assert_eq!(sk.verifying_key(), pk, "the whsk_ seed gives the whpk_ key");
+        assert_eq!(hex::encode(sk.sign(b"").to_bytes()), RFC_SIG);
+        let sig = ed25519_dalek::Signature::from_bytes(
+            &hex::decode(RFC_SIG).unwrap().try_into().unwrap(),
+        );
+        assert!(pk.verify_strict(b"", &sig).is_ok());
+        // The 64-byte form (seed and public key) reads as the same key; a wrong pair not.
+        use crate::secret::{standard_webhooks_key_of, Secret, StandardWebhooksKey as K};
+        let pair = format!("whsk_{}", b64(&format!("{RFC_SEED}{RFC_PUBLIC}")));
+        assert!(
+            matches!(standard_webhooks_key_of(&Secret::new(pair.into_bytes())), Ok(K::Private(k)) if k.verifying_key() == pk)
+        );
+        let bad = format!("whsk_{}", b64(&format!("{RFC_SEED}{RFC_SEED}")));
+        assert!(standard_webhooks_key_of(&Secret::new(bad.into_bytes())).is_err());
+        assert!(standard_webhooks_key_of(&Secret::new(b"whpk_AAAA".to_vec())).is_err());
+    }
+
+    #[test]
+    fn a_v1a_signature_verifies_with_the_public_key_and_nothing_else_does() {
+        let (sk, pk) = rfc_keys();
+        let ts = TS.to_string();
+        let sig = sign_asymmetric(&sk, ID, TS, BODY);
+        assert!(sig.starts_with("v1a,"));
+        let keys = [Key::new(&key(), None), Key::public(pk, None)];
+        let got = verify(&keys, headers(ID, &ts, &sig), BODY, TS).unwrap();
+        assert_eq!(got.secret, 1);
+        // Beside a v1 entry (a sender signing both ways during a migration): either matches.
+        let both = format!("{SIG} {sig}");
+        assert_eq!(
+            verify(&keys, headers(ID, &ts, &both), BODY, TS)
+                .unwrap()
+                .secret,
+            0
+        );
+        let next = (TS + 1).to_string();
+        assert!(verify(&keys, headers("msg_other", &ts, &sig), BODY, TS).is_err());
+        assert!(verify(&keys, headers(ID, &next, &sig), BODY, TS).is_err());
+        assert!(verify(&keys, headers(ID, &ts, &sig), b"{}", TS).is_err());
+        let flipped = format!(
+            "v1a,{}",
+            &sig[4..].replacen('A', "B", 1).replacen('a', "b", 1)
+        );
+        assert!(verify(&keys, headers(ID, &ts, &flipped), BODY, TS).is_err());
+        // A v1a entry is not read as v1, nor a v1 entry by the public key.
+        assert!(verify(&[Key::new(&key(), None)], headers(ID, &ts, &sig), BODY, TS).is_err());
+        assert!(verify(&[Key::public(pk, None)], headers(ID, &ts, SIG), BODY, TS).is_err());
+        assert!(
+            verify(
+                &[Key::public(pk, Some(TS - 1))],
+                headers(ID, &ts, &sig),
+                BODY,
+                TS
+            )
+            .is_err(),
+            "expired"
+        );
+    }
+
     proptest! {
         #[test]
         fn any_header_values_never_panic(id in proptest::collection::vec(any::<u8>(), 0..300),
                                          ts in proptest::collection::vec(any::<u8>(), 0..30),
                                          sig in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let keys = [Key::new(&key(), None)];
+            let keys = [Key::new(&key(), None), Key::public(rfc_keys().1, None)];
             let h = Headers { id: Some(&id), timestamp: Some(&ts), signature: Some(&sig) };
             let _ = verify(&keys, h, BODY, TS);
         }

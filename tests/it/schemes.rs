@@ -736,3 +736,103 @@ async fn a_mapped_event_reaches_every_sink_type_with_its_mapped_fields() {
         }
     }
 }
+
+const PY_ED25519: &str = r#"
+import sys, base64
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+seed = bytes.fromhex(sys.argv[2])
+k = Ed25519PrivateKey.from_private_bytes(seed)
+pub = k.public_key()
+if sys.argv[1] == "keys":
+    print("whsk_" + base64.b64encode(seed).decode())
+    print("whpk_" + base64.b64encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode())
+elif sys.argv[1] == "sign":
+    msg_id, ts, body = sys.argv[3:6]
+    print("v1a," + base64.b64encode(k.sign(f"{msg_id}.{ts}.{body}".encode())).decode())
+else:
+    msg_id, ts, body, sig = sys.argv[3:7]
+    assert sig.startswith("v1a,")
+    pub.verify(base64.b64decode(sig[4:]), f"{msg_id}.{ts}.{body}".encode())
+    print("ok")
+"#;
+
+/// Standard Webhooks `v1a`: Python's `cryptography` signs with an ed25519 key, vfgate
+/// verifies with the `whpk_` public key alone (and refuses a changed body); `vfgate sign`
+/// with the `whsk_` key signs what `cryptography` verifies; a `whsk_` secret key given to a
+/// source is refused at load (the gateway needs only the public key).
+#[tokio::test]
+async fn ed25519_signatures_cross_check_with_pythons_cryptography() {
+    let Some(py) = reference_python() else {
+        return;
+    };
+    let seed = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
+    let keys = python(&py, PY_ED25519, &["keys", seed]);
+    let (whsk, whpk) = keys.split_once('\n').unwrap();
+    let toml = Toml::new()
+        .source_at("vanta", "/hooks/vanta", &["up"])
+        .with(r#"scheme = "standard-webhooks""#)
+        .with(r#"secrets = [{ env = "VANTA_PUBLIC_KEY" }]"#)
+        .with(r#"fields = { event_type = "/type" }"#);
+    let mock = Mock::start().await;
+    let cfg = toml.http_sink("up", &mock.url("/up")).build();
+    let gw = Gateway::start_with(&cfg, "", &[("VANTA_PUBLIC_KEY", whpk)]).await;
+    let body = r#"{"type":"a.b"}"#;
+    let ts = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let sig = python(&py, PY_ED25519, &["sign", seed, "msg_ed_1", &ts, body]);
+    let hs = [
+        ("webhook-id", "msg_ed_1"),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", sig.as_str()),
+    ];
+    let r = post(&gw, "/hooks/vanta", &hs, body).await;
+    assert_eq!((r.status, r.status_field()), (200, "accepted".into()));
+    let r = post(&gw, "/hooks/vanta", &hs, r#"{"type":"a.c"}"#).await;
+    assert_eq!(r.status, 401);
+    // vfgate signs with the whsk_ key; cryptography verifies with the public key.
+    let (code, out, err) = run_cli(
+        &[
+            "sign",
+            "--secret-env",
+            "S",
+            "--scheme",
+            "standard-webhooks",
+            "--timestamp",
+            &ts,
+        ],
+        &[("S", whsk)],
+        Some(br#"{"event_id":"msg_ed_2"}"#),
+    );
+    assert_eq!(code, 0, "{err}");
+    let ours = out
+        .lines()
+        .find_map(|l| l.strip_prefix("webhook-signature: "))
+        .unwrap();
+    let verdict = python(
+        &py,
+        PY_ED25519,
+        &[
+            "verify",
+            seed,
+            "msg_ed_2",
+            &ts,
+            r#"{"event_id":"msg_ed_2"}"#,
+            ours,
+        ],
+    );
+    assert_eq!(verdict, "ok");
+    // A secret key given to the gateway is refused, naming the key.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("c.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", path.to_str().unwrap()],
+        &[("VANTA_PUBLIC_KEY", whsk)],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("source[0].secrets[0]: a whsk_ secret key signs"),
+        "{err}"
+    );
+}
