@@ -912,13 +912,15 @@ fn validate_sink<C: SinkCatalog + ?Sized>(
     })
 }
 
-/// The scheme keys of one `[[source]]`, as written.
+/// The scheme keys of one `[[source]]`, as written (a preset's are read straight into it).
+#[derive(serde::Deserialize)]
 struct SchemeKeys {
     scheme: Option<super::raw::RawScheme>,
     tolerance: Option<super::DurationStr>,
     hmac: Option<super::raw::RawHmac>,
     shared_secret: Option<super::raw::RawSharedSecret>,
     fields: Option<super::raw::RawFields>,
+    #[serde(skip)]
     versions_given: bool,
 }
 
@@ -1087,24 +1089,9 @@ fn validate_scheme(
 /// The scheme and field map a preset stands for (what a sender signs for, in `vfgate sign`
 /// and `send --preset`); `None` for an unknown name.
 pub fn preset_scheme(name: &str) -> Option<(Scheme, FieldMap)> {
-    #[derive(serde::Deserialize)]
-    struct Keys {
-        scheme: Option<super::raw::RawScheme>,
-        tolerance: Option<super::DurationStr>,
-        hmac: Option<super::raw::RawHmac>,
-        shared_secret: Option<super::raw::RawSharedSecret>,
-        fields: Option<super::raw::RawFields>,
-    }
     let preset = super::presets::find(name)?;
-    let k: Keys = toml::from_str(preset.toml).expect("every preset parses (tested)");
-    let keys = SchemeKeys {
-        scheme: k.scheme,
-        tolerance: k.tolerance,
-        hmac: k.hmac,
-        shared_secret: k.shared_secret,
-        fields: k.fields,
-        versions_given: false,
-    };
+    // The preset's other keys (handshake) are not the scheme's; serde passes over them.
+    let keys: SchemeKeys = toml::from_str(preset.toml).expect("every preset parses (tested)");
     let scheme = validate_scheme(0, keys, &mut [], Duration::MAX, &mut Vec::new());
     Some(scheme.expect("every preset validates (tested)"))
 }
