@@ -1,5 +1,6 @@
-//! The transport-free core of one webhook: verify → filter → dedupe begin → spool or
-//! fan-out to the sinks → dedupe commit or release → [`Ingested`].
+//! The transport-free core of one webhook: verify → (a sender's handshake is answered here,
+//! after the signature and time window) → filter → dedupe begin → spool or fan-out to the
+//! sinks → dedupe commit or release → [`Ingested`].
 //!
 //! It owns the order of the checks and the dedupe lifecycle of an accepted event: an id is
 //! marked in flight before the event is handed on, committed only once every sink (or the
@@ -205,7 +206,7 @@ impl Ingest {
         };
         src.secret_matches[secret].inc();
         drop(permit);
-        match src.checker.handshake(&body) {
+        match src.checker.handshake(parts, &body, now) {
             None => {}
             Some(Ok((kind, reply))) => return Ingested::Handshake(kind, reply),
             Some(Err(r)) => return Ingested::Rejected(r),

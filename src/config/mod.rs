@@ -323,7 +323,8 @@ pub struct DedupeConfig {
     pub reject_when_full: bool,
 }
 
-/// One configured HMAC secret of a source.
+/// One configured secret of a source: an HMAC key, a Standard Webhooks `whsec_` or `whpk_`
+/// key, or a shared secret's expected header value, by the source's scheme.
 #[derive(Debug, Clone)]
 pub struct SourceSecret {
     /// Where it came from (printable).
@@ -914,6 +915,13 @@ path = "/dev/null"
             );
             assert_eq!(by_preset.warnings, by_hand.warnings, "{}", p.name);
         }
+        // A typo inside an override is refused, as it is without a preset.
+        let typo = "[[source]]\nname = \"s\"\npath = \"/s\"\npreset = \"github\"\nsecrets = [{ value = \"s3cret-value-0123456\" }]\nfields = { event_id = { headr = \"X-Id\" } }\nsinks = [\"f\"]\n[sink.f]\ntype = \"file\"\npath = \"x\"\n";
+        assert!(
+            err(typo).starts_with("source[0].fields.event_id:"),
+            "{}",
+            err(typo)
+        );
         assert_eq!(
             err("[[source]]\nname = \"s\"\npath = \"/s\"\npreset = \"gitlab\"\nsecrets = []\nsinks = []\n"),
             format!("source[0].preset: unknown preset \"gitlab\"; the presets are {}", presets::names())

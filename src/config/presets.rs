@@ -2,7 +2,8 @@
 //! would otherwise write out (scheme, headers, signed layout, encodings, field map,
 //! tolerance). A preset is TOML text, merged under the source's own table before anything
 //! is read from it: a key written beside the preset wins (a table such as `hmac` or `fields`
-//! key by key), so a source written out by hand with the same keys is the same source.
+//! key by key, each of its values whole), so a source written out by hand with the same keys
+//! is the same source.
 //! `vfgate check-config --explain` prints what each preset expanded to.
 //!
 //! Owns: the presets and the merge. A new preset is one [`Preset`] line in [`PRESETS`] (and
@@ -135,11 +136,13 @@ pub fn expand(
     Ok((merged, Some(preset)))
 }
 
-/// Puts `over`'s keys into `base`; tables are merged key by key, anything else replaced.
+/// Puts `over`'s keys into `base`: a table of the source (`hmac`, `fields`) is merged key by
+/// key, one level deep; a value inside it (`hmac.timestamp`, `fields.event_id`) is replaced
+/// whole, so an override is exactly what was written, never half the preset's.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => b.extend(o),
             (_, v) => {
                 base.insert(k, v);
             }
@@ -201,6 +204,22 @@ hmac = { algorithm = "sha512" }
             "{lines:?}"
         );
         assert!(!lines.iter().any(|l| l.starts_with("name")));
+    }
+
+    #[test]
+    fn a_nested_override_replaces_the_presets_value_whole() {
+        let src: toml::Table = r#"
+preset = "slack"
+hmac = { timestamp = { param = "t" } }
+fields = { event_id = { header = "X-Id" } }
+"#
+        .parse()
+        .unwrap();
+        let (t, _) = expand(src).unwrap();
+        assert_eq!(t["hmac"]["timestamp"].as_table().unwrap().len(), 1);
+        assert_eq!(t["hmac"]["timestamp"]["param"].as_str(), Some("t"));
+        assert_eq!(t["fields"]["event_id"]["header"].as_str(), Some("X-Id"));
+        assert_eq!(t["hmac"]["prefix"].as_str(), Some("v0="), "the rest stays");
     }
 
     #[test]

@@ -291,6 +291,7 @@ pub struct RawHmac {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(
     untagged,
+    deny_unknown_fields,
     expecting = "{ header = \"X-Slack-Request-Timestamp\" } or { param = \"t\" }"
 )]
 pub enum RawTimestampFrom {
@@ -327,6 +328,7 @@ pub struct RawFields {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(
     untagged,
+    deny_unknown_fields,
     expecting = "a JSON pointer such as \"/data/id\", or { header = \"Name\" }"
 )]
 pub enum RawField {

@@ -657,7 +657,7 @@ fn validate_source(
             fields: raw.fields,
             versions_given,
         },
-        &mut secrets,
+        &secrets,
         ttl,
         warnings,
     )?;
@@ -924,12 +924,13 @@ struct SchemeKeys {
     versions_given: bool,
 }
 
-/// `source[i]`'s scheme and field map. A Standard Webhooks source's secrets become their
-/// decoded keys here (a malformed one is an error naming it).
+/// `source[i]`'s scheme and field map. A Standard Webhooks source's secrets must read as
+/// `whsec_` or `whpk_` keys (a malformed one, or a `whsk_` secret key, is an error naming it);
+/// they are kept as written.
 fn validate_scheme(
     i: usize,
     raw: SchemeKeys,
-    secrets: &mut [SourceSecret],
+    secrets: &[SourceSecret],
     ttl: Duration,
     warnings: &mut Vec<String>,
 ) -> Result<(Scheme, FieldMap), ConfigError> {
@@ -1092,7 +1093,7 @@ pub fn preset_scheme(name: &str) -> Option<(Scheme, FieldMap)> {
     let preset = super::presets::find(name)?;
     // The preset's other keys (handshake) are not the scheme's; serde passes over them.
     let keys: SchemeKeys = toml::from_str(preset.toml).expect("every preset parses (tested)");
-    let scheme = validate_scheme(0, keys, &mut [], Duration::MAX, &mut Vec::new());
+    let scheme = validate_scheme(0, keys, &[], Duration::MAX, &mut Vec::new());
     Some(scheme.expect("every preset validates (tested)"))
 }
 

@@ -3,7 +3,8 @@
 //! too many bodies held at once, and otherwise read whole and handed to the ingest core
 //! ([`crate::ingest`]); whatever comes back becomes a reply through `outcome.rs`, and is
 //! counted there. This file owns bytes on the wire and the connection's keep-alive; it does
-//! not verify, dedupe or deliver anything itself.
+//! not verify, dedupe or deliver anything itself (Okta's verification `GET` is checked by the
+//! source's checker, called from here because it has no body).
 
 use super::connections::{read_request, respond_and_finish, HeadDeadlines};
 use super::outcome::{Outcome, Reply};
@@ -314,7 +315,8 @@ impl Gateway {
             let parts = request_parts(s.req_header());
             let now = crate::time::now_ms();
             match route.source.checker.okta_verification(parts, now) {
-                Some(Ok(body)) => {
+                Some(Ok((secret, body))) => {
+                    route.source.secret_matches[secret].inc();
                     self.note_handshake(route, Handshake::Okta);
                     return Ingested::Handshake(Handshake::Okta, body).into();
                 }

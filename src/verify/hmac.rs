@@ -8,7 +8,8 @@
 //! match, as during the sender's own rotation.
 //!
 //! Every configured secret is tried, compared in constant time, even after a match; a missing
-//! header, a wrong prefix, bad encoding and a wrong MAC all give the same error.
+//! header, a wrong prefix, bad encoding and a wrong MAC tell the sender the same (the
+//! metrics' reason tells them apart).
 //!
 //! Owns: this scheme's header value and MAC. Pure: no clock, no I/O.
 

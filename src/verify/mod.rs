@@ -2,14 +2,19 @@
 //! request in a fixed order: the signature over the raw bytes first (parsing untrusted input
 //! before would expose the JSON parser to unauthenticated attackers), then the version, the
 //! media type, the event's shape and its age; only then is there a [`Verified`] event, which
-//! nothing else can make.
+//! nothing else can make. A sender's handshake (Slack's `url_verification`) is recognised
+//! after the signature and the signed time window, before the event's shape; Okta's
+//! verification `GET` is checked with the shared secret alone.
 //!
-//! One file per signature scheme: `vf.rs` (`X-VF-Signature-256`, the default),
-//! `standard_webhooks.rs` (Svix-style `webhook-*` headers) and `hmac.rs` (a body MAC in a
-//! named header); a source chooses its scheme with `scheme`, and the last two read the
-//! event's id, type, time and org through the source's field map. Owns: the checks and their
-//! order, and every scheme's MAC (the sender signs with the same functions). Uses `config`, `secret` and `event`;
-//! reads no clock (callers pass the time) and knows nothing of dedupe, sinks or HTTP.
+//! One file per signature scheme with a MAC or signature of its own: `vf.rs`
+//! (`X-VF-Signature-256`, the default), `standard_webhooks.rs` (Svix-style `webhook-*`
+//! headers, HMAC or ed25519) and `hmac.rs` (a body MAC in a named header, optionally with a
+//! signed timestamp); `shared-secret` (a header compared with the secrets, no signature) is
+//! the few lines of [`Checker::signature`]. A source chooses its scheme with `scheme`; every
+//! scheme but VF reads the event's id, type, time and org through the source's field map.
+//! Owns: the checks and their order, and every scheme's MAC (the sender signs with the same
+//! functions). Uses `config`, `secret` and `event`; reads no clock (callers pass the time)
+//! and knows nothing of dedupe, sinks or HTTP.
 
 pub mod hmac;
 pub mod standard_webhooks;
@@ -71,7 +76,9 @@ enum Keys {
     },
     SharedSecret {
         header: String,
-        keys: Vec<(crate::secret::Secret, Option<i64>)>,
+        /// SHA-256 of each secret, and its expiry: the received value is hashed and the
+        /// digests compared, so the comparison takes the same time whatever either length.
+        keys: Vec<([u8; 32], Option<i64>)>,
     },
 }
 
@@ -191,7 +198,7 @@ impl Checker {
                 keys: src
                     .secrets
                     .iter()
-                    .map(|s| (s.secret.clone(), s.not_after))
+                    .map(|s| (digest(s.secret.expose()), s.not_after))
                     .collect(),
             },
             Scheme::StandardWebhooks { tolerance } => Keys::StandardWebhooks {
@@ -284,10 +291,11 @@ impl Checker {
             Keys::SharedSecret { header, keys } => {
                 use subtle::ConstantTimeEq;
                 let given = parts.header(header).unwrap_or_default();
+                let given_digest = digest(given);
                 let mut matched = None;
                 // Every secret is compared, even after a match, so timing tells nothing.
                 for (i, (secret, not_after)) in keys.iter().enumerate() {
-                    let ok = bool::from(given.ct_eq(secret.expose()));
+                    let ok = bool::from(given_digest.ct_eq(secret));
                     let live = not_after.is_none_or(|t| now_s <= t);
                     if ok && live && !given.is_empty() && matched.is_none() {
                         matched = Some(i);
@@ -325,11 +333,24 @@ impl Checker {
     /// [`Checker::signature`] accepted: Slack's `url_verification` (a body
     /// `{"type":"url_verification","challenge":...}`) is answered `{"challenge":...}`. `None`
     /// for any other request, which goes on as an event.
-    pub fn handshake(&self, body: &[u8]) -> Option<Result<(Handshake, Bytes), Reject>> {
+    /// The request's signed timestamp must be within the window and its media type JSON, as
+    /// for an event.
+    pub fn handshake(
+        &self,
+        parts: RequestParts<'_>,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Option<Result<(Handshake, Bytes), Reject>> {
         if self.handshake != Some(Handshake::Slack)
             || memchr::memmem::find(body, b"url_verification").is_none()
         {
             return None;
+        }
+        if let Err(r) = self
+            .signed_window(parts, now_ms)
+            .and_then(|_| json_media_type(parts.content_type))
+        {
+            return Some(Err(r));
         }
         #[derive(serde::Deserialize)]
         struct Challenge {
@@ -352,26 +373,59 @@ impl Checker {
         )
     }
 
+    /// The signed timestamp of an `hmac` scheme that signs one, in unix milliseconds, after
+    /// checking that it is within `tolerance` of `now_ms` either way; `None` for a scheme
+    /// without one.
+    fn signed_window(&self, parts: RequestParts<'_>, now_ms: i64) -> Result<Option<i64>, Reject> {
+        let Keys::Hmac {
+            header,
+            timestamp: Some(t),
+            ..
+        } = &self.keys
+        else {
+            return Ok(None);
+        };
+        let ts = signed_timestamp(parts, header, &t.from)
+            .ok()
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+            .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
+        let ts_ms = ts.saturating_mul(1000);
+        if now_ms.saturating_sub(ts_ms).abs() > t.tolerance_ms {
+            let detail = format!(
+                "the signed timestamp {ts} is more than {} from now",
+                t.tolerance_text
+            );
+            return Err(if ts_ms > now_ms {
+                Reject::FutureEvent(detail)
+            } else {
+                Reject::StaleEvent(detail)
+            });
+        }
+        Ok(Some(ts_ms))
+    }
+
     /// Okta's one-time verification: a `GET` with `X-Okta-Verification-Challenge`, whose
-    /// shared secret matches, is answered `{"verification":...}`. `None` when the source
+    /// shared secret matches, is answered `{"verification":...}` (with the position of the
+    /// secret that matched). `None` when the source
     /// takes no such handshake or the request has no challenge header (then it is an
     /// ordinary refused GET).
     pub fn okta_verification(
         &self,
         parts: RequestParts<'_>,
         now_ms: i64,
-    ) -> Option<Result<Bytes, Reject>> {
+    ) -> Option<Result<(usize, Bytes), Reject>> {
         if self.handshake != Some(Handshake::Okta) {
             return None;
         }
         let value = parts.header("x-okta-verification-challenge")?;
-        if let Err(r) = self.signature(parts, b"", now_ms) {
-            return Some(Err(r));
-        }
+        let secret = match self.signature(parts, b"", now_ms) {
+            Ok(i) => i,
+            Err(r) => return Some(Err(r)),
+        };
         let v = std::str::from_utf8(value).ok();
         Some(
             challenge_value(v)
-                .map(|v| Bytes::from(serde_json::json!({ "verification": v }).to_string()))
+                .map(|v| (secret, Bytes::from(serde_json::json!({ "verification": v }).to_string())))
                 .ok_or_else(|| {
                     Reject::InvalidEvent(
                         "X-Okta-Verification-Challenge must be 1 to 256 letters, digits, '-', '_' or '.'".into(),
@@ -494,30 +548,7 @@ impl Checker {
             _ => {
                 let id = read(&self.fields.event_id, "event_id")?
                     .ok_or_else(|| Reject::InvalidEvent("event_id is not configured".into()))?;
-                if let Keys::Hmac {
-                    header,
-                    timestamp: Some(t),
-                    ..
-                } = &self.keys
-                {
-                    let ts = signed_timestamp(parts, header, &t.from)
-                        .ok()
-                        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
-                        .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
-                    let ts_ms = ts.saturating_mul(1000);
-                    signed_ts_ms = Some(ts_ms);
-                    if now_ms.saturating_sub(ts_ms).abs() > t.tolerance_ms {
-                        let detail = format!(
-                            "the signed timestamp {ts} is more than {} from now",
-                            t.tolerance_text
-                        );
-                        return Err(if ts_ms > now_ms {
-                            Reject::FutureEvent(detail)
-                        } else {
-                            Reject::StaleEvent(detail)
-                        });
-                    }
-                }
+                signed_ts_ms = self.signed_window(parts, now_ms)?;
                 let ts = match &self.fields.timestamp {
                     Some(TimeField::Signed) => signed_ts_ms,
                     Some(TimeField::Pointer(p)) => Some(
@@ -543,6 +574,13 @@ impl Checker {
         }
         Ok(Verified(event))
     }
+}
+
+/// SHA-256 of a shared secret or of a received header value (fixed length, so that comparing
+/// two never depends on their lengths).
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
 }
 
 /// A handshake challenge vfgate may echo: 1 to 256 of `[A-Za-z0-9_.-]` (Slack's and Okta's

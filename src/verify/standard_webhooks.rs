@@ -3,14 +3,15 @@
 //! secret, sent as `webhook-signature: v1,<base64> [v1,<base64> ...]` (any one entry may
 //! match: the sender rotates by signing with two secrets). The headers may also be named
 //! `svix-id`, `svix-timestamp`, `svix-signature`. The key is the base64 part of the secret,
-//! decoded at config load ([`crate::secret::standard_webhooks_key`]).
+//! checked at config load and decoded when the source's checker is built
+//! ([`crate::secret::standard_webhooks_key_of`]).
 //!
 //! Every configured secret is tried against every `v1` entry, compared in constant time, even
 //! after a match; a missing or malformed header, a timestamp that is not an integer and a
-//! wrong MAC all give the same error. The tolerance window on the timestamp is the caller's
+//! wrong MAC tell the sender the same (the metrics' reason tells them apart). The tolerance window on the timestamp is the caller's
 //! (a 400 `stale_event`, after the signature, as for VF events).
 //!
-//! A `whpk_` public key verifies `v1a` entries instead: ed25519 over the same message (the
+//! A `whpk_` public key verifies `v1a` entries (at most 4 a request) instead: ed25519 over the same message (the
 //! specification's asymmetric signatures), so the gateway holds nothing that can forge an
 //! event; a source may mix both kinds of key.
 //!
@@ -28,6 +29,9 @@ const VERSION: &str = "v1";
 const VERSION_ASYMMETRIC: &str = "v1a";
 /// Signature entries considered in one header at most (more is not a rotation, it is abuse).
 const MAX_ENTRIES: usize = 16;
+/// `v1a` entries considered at most: each costs an ed25519 verification per public key, a
+/// SHA-512 over the whole body, so an unsigned request must not buy many.
+const MAX_ASYMMETRIC: usize = 4;
 
 /// The three headers of a request, raw (from `webhook-*`, or else `svix-*`).
 #[derive(Debug, Default, Clone, Copy)]
@@ -143,7 +147,7 @@ fn signatures(value: &[u8]) -> (Vec<[u8; 32]>, Vec<[u8; 64]>) {
         };
         if v == VERSION.as_bytes() {
             v1.extend(<[u8; 32]>::try_from(raw).ok());
-        } else if v == VERSION_ASYMMETRIC.as_bytes() {
+        } else if v == VERSION_ASYMMETRIC.as_bytes() && v1a.len() < MAX_ASYMMETRIC {
             v1a.extend(<[u8; 64]>::try_from(raw).ok());
         }
     }
@@ -178,14 +182,17 @@ pub fn verify(keys: &[Key], h: Headers<'_>, body: &[u8], now: i64) -> Result<Sig
                     ok |= mac.clone().verify_slice(sig).is_ok();
                 }
             }
-            KeyKind::Ed25519(public) => {
-                // A public key: nothing secret to leak by timing.
+            // A public key: nothing secret to leak by timing, so it stops at the first match
+            // (or a match already found), and the message is built only when there is an
+            // entry to check it against.
+            KeyKind::Ed25519(public) if !asym.is_empty() && matched.is_none() => {
                 let m = signed.get_or_insert_with(|| message(id_bytes, ts, body));
-                for sig in &asym {
+                ok = asym.iter().any(|sig| {
                     let sig = ed25519_dalek::Signature::from_bytes(sig);
-                    ok |= public.verify_strict(m, &sig).is_ok();
-                }
+                    public.verify_strict(m, &sig).is_ok()
+                });
             }
+            KeyKind::Ed25519(_) => {}
         }
         let live = k.not_after.is_none_or(|t| now <= t);
         if ok && live && matched.is_none() {

@@ -489,6 +489,13 @@ async fn handshakes_are_answered_after_the_check_and_never_forwarded() {
     let r = post(&gw, slack, &headers, &body).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), serde_json::json!({ "challenge": challenge }));
+    let old = provider_headers(&py, slack, now - 600, &body);
+    let r = post(&gw, slack, &old, &body).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "stale_event".into()),
+        "a replayed handshake"
+    );
     let unsigned = post(&gw, slack, &[], &body).await;
     assert_eq!(
         unsigned.status, 401,
