@@ -4,7 +4,7 @@
 //! Uses `sender` (the schemes' signers, whose MACs are `verify`'s, and `event_fields`),
 //! `config` (presets), `secret` and `time`.
 
-use super::args::{parse_header, SchemeArgs};
+use super::args::SchemeArgs;
 use super::{EXIT_OK, EXIT_USAGE};
 use crate::sender::scheme::{parse_algorithm, parse_encoding, HmacSend, Message, SendScheme};
 use crate::verify::hmac::{Algorithm, Encoding, Format};
@@ -44,9 +44,9 @@ pub(super) fn send_scheme(a: &SchemeArgs) -> Result<SendScheme, String> {
     }
     let header_name = |opt: &str, v: &Option<String>| -> Result<Option<String>, String> {
         v.as_deref()
-            .map(|h| match parse_header(&format!("{h}: x")) {
-                Ok((k, _)) if k == h.to_ascii_lowercase() => Ok(k),
-                _ => Err(format!("{opt}: {h:?} is not a header name")),
+            .map(|h| match crate::config::is_header_name(h) {
+                true => Ok(h.to_ascii_lowercase()),
+                false => Err(format!("{opt}: {h:?} is not a header name")),
             })
             .transpose()
     };

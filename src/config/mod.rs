@@ -26,7 +26,7 @@ pub mod presets;
 mod raw;
 mod units;
 mod validate;
-pub use validate::preset_scheme;
+pub use validate::{is_header_name, preset_scheme};
 
 pub use raw::{
     OneOrMany, RawAdmin, RawBatch, RawClientTls, RawConfig, RawDedupe, RawLog, RawRetry, RawServer,

@@ -1240,7 +1240,7 @@ fn signed_layout(
 }
 
 /// An HTTP header name (RFC 9110 token).
-fn is_header_name(s: &str) -> bool {
+pub fn is_header_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))

@@ -363,7 +363,7 @@ impl Signer {
     /// Whether [`Signer::headers`] reads the message's id, type or time (a VF signature is
     /// over the body alone, so a caller can skip finding them).
     pub fn reads_fields(&self) -> bool {
-        !matches!(self, Signer::Vf { .. })
+        !matches!(self, Signer::Vf { .. } | Signer::SharedSecret { .. })
     }
 
     /// Appends the signature headers of `m` to `out`.
@@ -376,25 +376,16 @@ impl Signer {
                 ));
                 out.push((crate::verify::VERSION_HEADER.to_string(), version.clone()));
             }
-            Signer::StandardWebhooks { key } => {
-                let sig = crate::verify::standard_webhooks::sign(
-                    key.expose(),
-                    m.event_id,
-                    m.now_s,
-                    m.body,
-                );
-                out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
-                out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
-                out.push(("webhook-signature".into(), sig.into_bytes()));
-            }
-            Signer::StandardWebhooksAsymmetric { key } => {
-                let sig = crate::verify::standard_webhooks::sign_asymmetric(
-                    key, m.event_id, m.now_s, m.body,
-                );
-                out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
-                out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
-                out.push(("webhook-signature".into(), sig.into_bytes()));
-            }
+            Signer::StandardWebhooks { key } => standard_webhooks_headers(
+                m,
+                crate::verify::standard_webhooks::sign(key.expose(), m.event_id, m.now_s, m.body),
+                out,
+            ),
+            Signer::StandardWebhooksAsymmetric { key } => standard_webhooks_headers(
+                m,
+                crate::verify::standard_webhooks::sign_asymmetric(key, m.event_id, m.now_s, m.body),
+                out,
+            ),
             Signer::SharedSecret { header, secret } => {
                 out.push((header.clone(), secret.expose().to_vec()));
             }
@@ -425,6 +416,14 @@ impl Signer {
             }
         }
     }
+}
+
+/// The three Standard Webhooks headers of `m` with its signature entry (`v1,...` or
+/// `v1a,...`).
+fn standard_webhooks_headers(m: Message<'_>, sig: String, out: &mut Vec<(String, Vec<u8>)>) {
+    out.push(("webhook-id".into(), m.event_id.as_bytes().to_vec()));
+    out.push(("webhook-timestamp".into(), m.now_s.to_string().into_bytes()));
+    out.push(("webhook-signature".into(), sig.into_bytes()));
 }
 
 #[cfg(test)]

@@ -436,21 +436,25 @@ impl Spool {
         event: &Event,
         received_ms: i64,
     ) -> Result<(), SpoolError> {
-        let payload = record::encode(received_ms, event);
-        if payload.len() > log::MAX_RECORD {
+        // Both checks before the record is built: a refused event costs no copy.
+        let len = record::encoded_len(event);
+        if len > log::MAX_RECORD {
             return Err(SpoolError::TooLarge {
-                bytes: payload.len(),
+                bytes: len,
                 max: log::MAX_RECORD,
             });
         }
-        if self.bytes() + payload.len() as u64 + 16 > self.max_bytes {
+        if self.bytes() + len as u64 + 16 > self.max_bytes {
             return Err(SpoolError::Full {
                 max_bytes: self.max_bytes,
             });
         }
         let (reply, rx) = oneshot::channel();
         src.tx
-            .send(Append { payload, reply })
+            .send(Append {
+                payload: record::encode(received_ms, event),
+                reply,
+            })
             .map_err(|_| SpoolError::Closed)?;
         rx.await.unwrap_or(Err(SpoolError::Closed))
     }

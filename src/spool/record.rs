@@ -54,16 +54,7 @@ pub fn encode(received_ms: i64, event: &Event) -> Bytes {
         return encode_body(received_ms, &event.body);
     }
     let org = event.org_id.as_deref();
-    let len = 8
-        + 8
-        + 4
-        + event.event_id.len()
-        + 4
-        + event.event_type.len()
-        + 1
-        + org.map_or(0, |o| 4 + o.len())
-        + event.body.len();
-    let mut b = BytesMut::with_capacity(len);
+    let mut b = BytesMut::with_capacity(encoded_len(event));
     b.put_u64_le(head(KIND_MAPPED, received_ms));
     b.put_i64_le(event.timestamp_ms);
     put_str(&mut b, &event.event_id);
@@ -77,6 +68,22 @@ pub fn encode(received_ms: i64, event: &Event) -> Bytes {
     }
     b.put_slice(&event.body);
     b.freeze()
+}
+
+/// The length of [`encode`]'s payload for `event`, without building it (the spool's budget
+/// check comes before the copy).
+pub fn encoded_len(event: &Event) -> usize {
+    if !event.is_mapped() {
+        return 8 + event.body.len();
+    }
+    8 + 8
+        + 4
+        + event.event_id.len()
+        + 4
+        + event.event_type.len()
+        + 1
+        + event.org_id.as_deref().map_or(0, |o| 4 + o.len())
+        + event.body.len()
 }
 
 /// A body record: receive time, then the event's bytes.
@@ -253,7 +260,9 @@ mod tests {
         ) {
             let body = format!("{{\"k\":{}}}", serde_json::Value::String(extra));
             let e = mapped(&id, &ty, ts, org.as_deref(), body.as_bytes());
-            let (t, back) = decode(encode(received, &e)).unwrap();
+            let p = encode(received, &e);
+            prop_assert_eq!(p.len(), encoded_len(&e));
+            let (t, back) = decode(p).unwrap();
             prop_assert_eq!(t, received);
             prop_assert_eq!(back.event_id, e.event_id);
             prop_assert_eq!(back.event_type, e.event_type);
