@@ -312,6 +312,9 @@ impl Gateway {
 
     async fn handle_route(&self, s: &mut ServerSession, route: &Route) -> Reply {
         if s.req_header().method == Method::GET {
+            // Whatever the answer, a GET's body (if it had one) is not read: the connection
+            // is not reused, as for any other refused method.
+            s.set_keepalive(None);
             let parts = request_parts(s.req_header());
             let now = crate::time::now_ms();
             match route.source.checker.okta_verification(parts, now) {

@@ -390,7 +390,7 @@ impl Checker {
             .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
             .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
         let ts_ms = ts.saturating_mul(1000);
-        if now_ms.saturating_sub(ts_ms).abs() > t.tolerance_ms {
+        if now_ms.saturating_sub(ts_ms).unsigned_abs() > t.tolerance_ms.unsigned_abs() {
             let detail = format!(
                 "the signed timestamp {ts} is more than {} from now",
                 t.tolerance_text
@@ -534,7 +534,7 @@ impl Checker {
                     .and_then(|t| t.trim().parse().ok())
                     .ok_or(Reject::InvalidSignature(VerifyError::Malformed))?;
                 let ts_ms = ts.saturating_mul(1000);
-                if now_ms.saturating_sub(ts_ms).abs() > *tolerance_ms {
+                if now_ms.saturating_sub(ts_ms).unsigned_abs() > tolerance_ms.unsigned_abs() {
                     let detail =
                         format!("webhook-timestamp {ts} is more than {tolerance_text} from now");
                     return Err(if ts_ms > now_ms {
@@ -861,6 +861,32 @@ mod scheme_tests {
         };
         c.check(parts, Bytes::from(body.to_string()), now)
             .map(|(v, _)| v.into_inner())
+    }
+
+    proptest::proptest! {
+        /// Any values in the headers a preset's source reads (signature, signed timestamp,
+        /// ids, challenge), any body and any clock: a refusal or an event, never a panic.
+        #[test]
+        fn any_headers_on_a_preset_source_never_panic(
+            preset in proptest::sample::select(vec!["github", "shopify", "slack", "stripe", "okta", "standard-webhooks"]),
+            values in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..90), 6),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            now in proptest::prelude::any::<i64>(),
+        ) {
+            let secret = if preset == "standard-webhooks" { WHSEC } else { "s3cret-value-0123456" };
+            let c = Checker::new(&source(&format!("preset = \"{preset}\"\nsecrets = [{{ value = \"{secret}\" }}]")));
+            let names = ["stripe-signature", "x-slack-signature", "x-slack-request-timestamp", "authorization", "webhook-signature", "x-okta-verification-challenge"];
+            let mut h = http::HeaderMap::new();
+            for (name, v) in names.iter().zip(&values) {
+                if let Ok(v) = http::HeaderValue::from_bytes(v) {
+                    h.insert(*name, v);
+                }
+            }
+            let parts = RequestParts { headers: Some(&h), ..Default::default() };
+            let _ = c.check(parts, Bytes::from(body.clone()), now);
+            let _ = c.handshake(parts, &body, now);
+            let _ = c.okta_verification(parts, now);
+        }
     }
 
     #[test]
