@@ -19,7 +19,7 @@ use crate::config::RawClientTls;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
@@ -233,6 +233,10 @@ pub struct Request {
 pub struct HttpClient {
     target: Target,
     connector: Connector,
+    /// For [`HttpClient::open_stream`]: made on first use (its TLS context costs a few ms),
+    /// from the same options as `connector`.
+    transport: std::sync::OnceLock<TransportConnector>,
+    options: ConnectorOptions,
     timeout: Duration,
     verify: bool,
     peer: Mutex<Option<(Instant, Arc<HttpPeer>)>>,
@@ -258,7 +262,9 @@ impl HttpClient {
         }
         Ok(HttpClient {
             target,
-            connector: Connector::new(Some(opts)),
+            connector: Connector::new(Some(opts.clone())),
+            transport: std::sync::OnceLock::new(),
+            options: opts,
             timeout,
             verify: !tls.insecure_skip_verify,
             peer: Mutex::new(None),
@@ -300,6 +306,26 @@ impl HttpClient {
         let peer = Arc::new(peer);
         *self.peer.lock() = Some((Instant::now(), peer.clone()));
         Ok(peer)
+    }
+
+    /// A new connection to the target (TCP, and TLS for https, verified as every other
+    /// connection is), outside the pool: for a caller that keeps one connection per slot
+    /// and speaks HTTP/1.1 on it itself (the load generator, [`crate::sender::conn`]).
+    pub async fn open_stream(&self) -> Result<pingora::protocols::Stream, ClientError> {
+        let peer = self.peer().await?;
+        let transport = self
+            .transport
+            .get_or_init(|| TransportConnector::new(Some(self.options.clone())));
+        match tokio::time::timeout(self.timeout, transport.new_stream(&*peer)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ClientError::Connect(e.to_string())),
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The per-attempt timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends `req` once (plus one transparent retry on a stale pooled connection), within

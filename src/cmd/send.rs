@@ -12,7 +12,7 @@ use crate::config::RawClientTls;
 use crate::deadletter::FailedStore;
 use crate::escape::printable;
 use crate::secret::SecretRef;
-use crate::sender::load::{generated_event, send_ordered, RetryWaits, Summary};
+use crate::sender::load::{generate, generated_event, send_ordered, Plan, RetryWaits, Summary};
 use crate::sender::{Answer, Outcome, SenderSettings, WebhookSender};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -95,15 +95,6 @@ pub(super) fn parse_tls(ca_file: &Option<std::path::PathBuf>) -> RawClientTls {
     }
 }
 
-const TYPES: &[&str] = &[
-    "user.login.succeeded",
-    "user.login.failed",
-    "user.logout",
-    "vault.item.read",
-    "vault.item.updated",
-    "admin.settings.changed",
-];
-
 fn settings_from(args: &SendArgs) -> Result<SenderSettings, String> {
     let headers = args
         .headers
@@ -153,11 +144,11 @@ pub async fn run(args: SendArgs) -> u8 {
         return if ans.ok() { EXIT_OK } else { EXIT_FAILED };
     }
     let t0 = Instant::now();
-    let (etx, erx) = mpsc::channel::<Bytes>(1024);
     let (dtx, mut drx) = mpsc::unbounded_channel();
     let total;
-    let producer: tokio::task::JoinHandle<Result<(), String>>;
-    let retries;
+    let producer: Option<tokio::task::JoinHandle<()>>;
+    let sending: tokio::task::JoinHandle<()>;
+    let waits = Arc::new(RetryWaits::default());
     // Each line's number by its bytes (the same bytes on several lines: in order), until
     // its outcome comes back; what is left at Ctrl-C is undelivered.
     let mut lines_of: HashMap<Bytes, VecDeque<usize>> = HashMap::new();
@@ -165,45 +156,18 @@ pub async fn run(args: SendArgs) -> u8 {
     if let Some(n) = args.generate {
         let dups = ((n as f64) * args.duplicates / 100.0).round() as u64;
         total = Some(n + dups);
-        retries = false;
-        let (size, orgs, rate) = (args.size, args.orgs.max(1), args.rate);
-        producer = tokio::spawn(async move {
-            let mut sent: Vec<Bytes> = Vec::new();
-            let mut tick = rate.filter(|r| *r > 0.0).map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                i
-            });
-            let all = n + dups;
-            let mut made_dups = 0u64;
-            for i in 0..all {
-                if let Some(t) = tick.as_mut() {
-                    t.tick().await;
-                }
-                // Spread the repeats evenly; a repeat goes to the same org worker as its
-                // original and after it, as a sender's retry would.
-                let want = (i + 1) * dups / all.max(1);
-                let body = if want > made_dups && !sent.is_empty() {
-                    made_dups += 1;
-                    sent[(rand::random::<u64>() as usize) % sent.len()].clone()
-                } else {
-                    let b = generated_event(
-                        TYPES[(i as usize) % TYPES.len()],
-                        (i as usize) % orgs,
-                        size,
-                    );
-                    sent.push(b.clone());
-                    b
-                };
-                if etx.send(body).await.is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        });
+        let plan = Plan {
+            events: n,
+            duplicates: dups,
+            size: args.size,
+            orgs: args.orgs.max(1),
+            rate: args.rate,
+            concurrency: args.concurrency,
+        };
+        producer = None;
+        sending = tokio::spawn(generate(sender.clone(), plan, dtx));
     } else {
         total = None;
-        retries = true;
         // Every line is read and checked before anything is sent: a line that is not a JSON
         // object is reported with its number, skipped and counted as failed.
         let file = args.file.clone();
@@ -236,24 +200,23 @@ pub async fn run(args: SendArgs) -> u8 {
                 }
             }
         }
-        producer = tokio::spawn(async move {
+        let (etx, erx) = mpsc::channel::<Bytes>(1024);
+        producer = Some(tokio::spawn(async move {
             for line in valid {
                 if etx.send(line).await.is_err() {
                     break;
                 }
             }
-            Ok(())
-        });
+        }));
+        sending = tokio::spawn(send_ordered(
+            sender.clone(),
+            erx,
+            args.concurrency,
+            true,
+            waits.clone(),
+            dtx,
+        ));
     }
-    let waits = Arc::new(RetryWaits::default());
-    let sending = tokio::spawn(send_ordered(
-        sender.clone(),
-        erx,
-        args.concurrency,
-        retries,
-        waits.clone(),
-        dtx,
-    ));
     let mut progress = Progress::new(total, args.quiet);
     let mut summary = Summary::default();
     let mut results = match &args.results {
@@ -287,14 +250,21 @@ pub async fn run(args: SendArgs) -> u8 {
                 // tasks ended (the channel closes once the last of them is gone), so that an
                 // event delivered or stored meanwhile is not stored again as interrupted.
                 interrupted = true;
-                producer.abort();
+                if let Some(p) = &producer {
+                    p.abort();
+                }
                 sending.abort();
                 give_up = tokio::time::Instant::now() + Duration::from_secs(5);
                 continue;
             }
             _ = tokio::time::sleep_until(give_up), if interrupted => break,
         };
-        let line = lines_of.get_mut(&body).and_then(VecDeque::pop_front);
+        // (Generated events have no lines: no hashing of each body then.)
+        let line = if lines_of.is_empty() {
+            None
+        } else {
+            lines_of.get_mut(&body).and_then(VecDeque::pop_front)
+        };
         summary.record(&body, &outcome);
         if matches!(outcome, Outcome::Failed { .. }) {
             failed_lines.push(line);
@@ -332,16 +302,12 @@ pub async fn run(args: SendArgs) -> u8 {
         );
     }
     let _ = sending.await;
-    match producer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+    if let Some(Err(e)) = match producer {
+        Some(p) => Some(p.await),
+        None => None,
+    } {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
     }
     print_summary(&args, &summary, &failed_lines, skipped, t0);
     if summary.failed.is_empty() && skipped == 0 {

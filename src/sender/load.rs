@@ -4,14 +4,17 @@
 //! `time` and the sender beside it; knows nothing of the gateway (`server`, `ingest`,
 //! `pipeline`, `spool`, `sinks`).
 
+use super::conn::KeptConn;
 use super::{org_of, Outcome, WebhookSender};
 use bytes::Bytes;
+use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Statistics of a run.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// Requests whose final outcome is known.
     pub sent: u64,
@@ -27,10 +30,43 @@ pub struct Summary {
     pub server_errors: u64,
     /// No answer.
     pub errors: u64,
-    /// Round-trip time of every final attempt.
-    pub latencies: Vec<Duration>,
+    /// Round-trip time of every final attempt, in microseconds (HdrHistogram, 3 significant
+    /// digits: a fixed size whatever the number of events).
+    pub latencies: Histogram<u64>,
     /// Failed events: (event_id, failed-store entry, last status or error).
     pub failed: Vec<(String, Option<String>, String)>,
+}
+
+impl Default for Summary {
+    fn default() -> Summary {
+        Summary {
+            sent: 0,
+            accepted: 0,
+            duplicate: 0,
+            filtered: 0,
+            client_errors: 0,
+            server_errors: 0,
+            errors: 0,
+            // Fixed bounds, 1 µs to a day: an auto-resizing histogram's saturating record
+            // clamps to its current (tiny) bound instead of growing.
+            latencies: Histogram::new_with_bounds(1, 86_400_000_000, 3)
+                .expect("valid histogram bounds"),
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// The `status` of a gateway's 2xx answer, read without building a JSON tree.
+fn answer_status(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct A<'a> {
+        #[serde(borrow)]
+        status: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<A<'_>>(body)
+        .ok()?
+        .status
+        .map(|s| s.into_owned())
 }
 
 impl Summary {
@@ -41,16 +77,14 @@ impl Summary {
             Outcome::Delivered { last, .. } => last,
             Outcome::Failed { last, .. } => last,
         };
-        self.latencies.push(last.rtt);
+        self.latencies
+            .saturating_record(u64::try_from(last.rtt.as_micros()).unwrap_or(u64::MAX));
         match last.status {
-            Some(200..=299) => {
-                let v: serde_json::Value = serde_json::from_slice(&last.body).unwrap_or_default();
-                match v["status"].as_str() {
-                    Some("duplicate") => self.duplicate += 1,
-                    Some("filtered") => self.filtered += 1,
-                    _ => self.accepted += 1,
-                }
-            }
+            Some(200..=299) => match answer_status(&last.body).as_deref() {
+                Some("duplicate") => self.duplicate += 1,
+                Some("filtered") => self.filtered += 1,
+                _ => self.accepted += 1,
+            },
             Some(400..=499) => self.client_errors += 1,
             Some(_) => self.server_errors += 1,
             None => self.errors += 1,
@@ -66,28 +100,18 @@ impl Summary {
         }
     }
 
-    /// Latency percentile `p` (0..=100) of latencies sorted once by the caller.
-    fn percentile_of(sorted: &[Duration], p: f64) -> Duration {
-        if sorted.is_empty() {
+    /// Latency percentile `p` (0..=100), to the histogram's precision (3 digits).
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
             return Duration::ZERO;
         }
-        let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-        sorted[idx.min(sorted.len() - 1)]
-    }
-
-    /// Latency percentile `p` (0..=100).
-    pub fn percentile(&self, p: f64) -> Duration {
-        let mut v = self.latencies.clone();
-        v.sort();
-        Self::percentile_of(&v, p)
+        Duration::from_micros(self.latencies.value_at_quantile(p / 100.0))
     }
 
     /// The printed summary.
     pub fn render(&self, elapsed: Duration) -> String {
         let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let pct = |p| Self::percentile_of(&sorted, p);
+        let pct = |p| self.percentile(p);
         format!(
             "sent {}: 2xx accepted {}, duplicate {}, filtered {}; 4xx {}; 5xx {}; errors {}\nlatency p50 {} p90 {} p99 {} max {}; {:.1} events/s over {:.2}s",
             self.sent,
@@ -202,10 +226,121 @@ pub async fn send_ordered(
     while workers.join_next().await.is_some() {}
 }
 
+/// What `vfgate send --generate` sends.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Unique events.
+    pub events: u64,
+    /// Events sent a second time (spread evenly; each after its original, to its worker).
+    pub duplicates: u64,
+    /// About how large each event is.
+    pub size: usize,
+    /// Organisations the events belong to, in turn.
+    pub orgs: usize,
+    /// Events per second, open loop; `None`: each slot sends its next event as soon as its
+    /// answer is in (closed loop).
+    pub rate: Option<f64>,
+    /// Slots: connections, each with one request in flight.
+    pub concurrency: usize,
+}
+
+/// The event types generated events take in turn.
+const TYPES: &[&str] = &[
+    "user.login.succeeded",
+    "user.login.failed",
+    "user.logout",
+    "vault.item.read",
+    "vault.item.updated",
+    "admin.settings.changed",
+];
+
+/// Generates and sends the events of `plan`, reporting each outcome to `done`: no retries
+/// (a failed event goes to the failed store at once).
+///
+/// Each slot keeps one connection ([`KeptConn`]) and sends one event at a time; an org's
+/// events all go to the same slot, in order. With a `rate`, event `i` is due at
+/// `start + i / rate` whether or not the slots keep up, and its latency counts from then
+/// (the wait for a free slot included): an open-loop measurement without coordinated
+/// omission. Without one, the latency counts from the moment the request is written.
+pub async fn generate(
+    sender: Arc<WebhookSender>,
+    plan: Plan,
+    done: mpsc::UnboundedSender<(Bytes, Outcome)>,
+) {
+    let n = plan.concurrency.max(1);
+    let mut workers = tokio::task::JoinSet::new();
+    let mut txs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, mut rx) = mpsc::channel::<(Bytes, Option<Instant>)>(256);
+        txs.push(tx);
+        let (sender, done) = (sender.clone(), done.clone());
+        workers.spawn(async move {
+            let mut slot = KeptConn::new();
+            let mut head = Vec::with_capacity(512);
+            while let Some((body, due)) = rx.recv().await {
+                let since = due.map(Instant::into_std);
+                let (at, last) = sender
+                    .attempt_kept(&mut slot, &mut head, &body, since)
+                    .await;
+                let outcome = if last.ok() {
+                    Outcome::Delivered { attempts: 1, last }
+                } else {
+                    let log = last.log(crate::time::rfc3339_ms(at));
+                    let entry = sender.store_failed(&body, std::slice::from_ref(&log), None);
+                    Outcome::Failed {
+                        entry,
+                        attempts: vec![log],
+                        last,
+                    }
+                };
+                if done.send((body, outcome)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let all = plan.events + plan.duplicates;
+    let orgs = plan.orgs.max(1);
+    let start = Instant::now();
+    // Originals kept for repeats only when there are repeats to make.
+    let mut sent: Vec<(Bytes, usize)> = Vec::new();
+    let mut made_dups = 0u64;
+    for i in 0..all {
+        let due = plan
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| start + Duration::from_secs_f64(i as f64 / r));
+        // The timer has millisecond steps: wake up to one early rather than late (an early
+        // event's latency counts from its send, a late one's from when it was due).
+        if let Some(d) = due {
+            let wake = d - Duration::from_millis(1);
+            if wake > Instant::now() {
+                tokio::time::sleep_until(wake).await;
+            }
+        }
+        let want = (i + 1) * plan.duplicates / all.max(1);
+        let (body, org) = if want > made_dups && !sent.is_empty() {
+            made_dups += 1;
+            sent[rand::random_range(0..sent.len())].clone()
+        } else {
+            let org = (i as usize) % orgs;
+            let b = generated_event(TYPES[(i as usize) % TYPES.len()], org, plan.size);
+            if plan.duplicates > 0 {
+                sent.push((b.clone(), org));
+            }
+            (b, org)
+        };
+        if txs[org % n].send((body, due)).await.is_err() {
+            break;
+        }
+    }
+    drop(txs);
+    while workers.join_next().await.is_some() {}
+}
+
 /// A generated event of about `size` bytes.
 pub fn generated_event(event_type: &str, org: usize, size: usize) -> Bytes {
-    let mut r = [0u8; 14];
-    getrandom::fill(&mut r).expect("OS random source");
+    let r: [u8; 14] = rand::random();
     let ts = crate::time::now_rfc3339();
     let head = format!(
         r#"{{"event_id":"evt_{}","event_type":"{event_type}","timestamp":"{ts}","actor":{{"user_id":"usr_{}","email":"user{}@example.com"}},"target":{{"type":"session","id":"sess_{}"}},"context":{{"ip_address":"203.0.113.{}","org_id":"org_{org:06}","user_agent":"vfgate-send"#,
@@ -215,14 +350,15 @@ pub fn generated_event(event_type: &str, org: usize, size: usize) -> Bytes {
         hex::encode(&r[8..14]),
         1 + r[12] % 254,
     );
-    let tail = "\"}}";
+    let tail = b"\"}}";
     let pad = size.saturating_sub(head.len() + tail.len());
-    let mut s = head;
+    let mut s = Vec::with_capacity(head.len() + pad + tail.len());
+    s.extend_from_slice(head.as_bytes());
     if pad > 0 {
-        s.push(' ');
-        s.push_str(&"x".repeat(pad.saturating_sub(1)));
+        s.push(b' ');
+        s.resize(s.len() + pad - 1, b'x');
     }
-    s.push_str(tail);
+    s.extend_from_slice(tail);
     Bytes::from(s)
 }
 
@@ -245,11 +381,35 @@ mod tests {
 
     #[test]
     fn percentiles() {
-        let s = Summary {
-            latencies: (1..=100).map(Duration::from_millis).collect(),
-            ..Default::default()
+        let mut s = Summary::default();
+        assert_eq!(s.percentile(99.0), Duration::ZERO);
+        for ms in 1..=100u64 {
+            s.latencies.saturating_record(ms * 1000);
+        }
+        // Three significant digits: within 0.1 %, never below the true value.
+        let near = |p: f64, ms: f64| {
+            let got = s.percentile(p).as_secs_f64() * 1000.0;
+            assert!(got >= ms && got <= ms * 1.001, "p{p}: {got} ms, want {ms}");
         };
-        assert_eq!(s.percentile(50.0), Duration::from_millis(51));
-        assert_eq!(s.percentile(100.0), Duration::from_millis(100));
+        near(50.0, 50.0);
+        near(99.0, 99.0);
+        near(100.0, 100.0);
+        s.latencies.saturating_record(90_000_000);
+        let max = s.percentile(100.0).as_secs_f64();
+        assert!((89.9..90.1).contains(&max), "{max}");
+    }
+
+    #[test]
+    fn answer_status_reads_the_status_field_only() {
+        assert_eq!(
+            answer_status(br#"{"status":"duplicate","event_id":"e"}"#).as_deref(),
+            Some("duplicate")
+        );
+        assert_eq!(
+            answer_status(br#"{"status":"dup\u006cicate"}"#).as_deref(),
+            Some("duplicate")
+        );
+        assert_eq!(answer_status(b"{}"), None);
+        assert_eq!(answer_status(b"not json"), None);
     }
 }

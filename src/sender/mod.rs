@@ -14,6 +14,7 @@
 //! `spool`, `sinks`). It sits below the sinks: the `webhook` sink builds on [`WebhookSender`],
 //! the admin API replays through [`replay`], and `vfgate send` drives [`load`].
 
+pub mod conn;
 pub mod load;
 pub mod replay;
 pub mod scheme;
@@ -53,6 +54,32 @@ pub struct Answer {
 }
 
 impl Answer {
+    fn of(r: Result<conn::Reply, crate::client::ClientError>, rtt: Duration) -> Answer {
+        match r {
+            Ok(reply) => Answer {
+                status: Some(reply.status),
+                error: None,
+                rtt,
+                body: reply.body,
+            },
+            Err(e) => Answer {
+                status: None,
+                error: Some(e),
+                rtt,
+                body: Bytes::new(),
+            },
+        }
+    }
+
+    /// The attempt's record for a dead letter, the attempt having started `at`.
+    pub fn log(&self, at: String) -> AttemptLog {
+        AttemptLog {
+            at,
+            status: self.status,
+            error: self.error.as_ref().map(ToString::to_string),
+        }
+    }
+
     /// A 2xx.
     pub fn ok(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
@@ -212,8 +239,9 @@ impl WebhookSender {
         self.client.target()
     }
 
-    /// Sends `body` once.
-    pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
+    /// The headers of `body`'s request besides Host and Content-Length: the media type,
+    /// the scheme's signature headers, the custom ones.
+    fn headers(&self, body: &Bytes) -> Vec<(String, Vec<u8>)> {
         let mut headers = Vec::with_capacity(4 + self.settings.headers.len());
         headers.push(("content-type".to_string(), b"application/json".to_vec()));
         let (event_id, event_type, org_id) = if self.signer.reads_fields() {
@@ -230,44 +258,63 @@ impl WebhookSender {
         };
         self.signer.headers(message, &mut headers);
         headers.extend(self.settings.headers.iter().cloned());
+        headers
+    }
+
+    /// Sends `body` once.
+    pub async fn attempt(&self, body: &Bytes) -> (AttemptLog, Answer) {
         let req = Request {
             method: "POST",
             path: self.path.clone(),
-            headers,
+            headers: self.headers(body),
             body: body.clone(),
         };
         let at = crate::time::now_rfc3339();
         let t0 = Instant::now();
         let r = self.client.send(&req).await;
         let rtt = t0.elapsed();
-        match r {
-            Ok(resp) => (
-                AttemptLog {
-                    at,
-                    status: Some(resp.status),
-                    error: None,
-                },
-                Answer {
-                    status: Some(resp.status),
-                    error: None,
-                    rtt,
-                    body: resp.body,
-                },
-            ),
-            Err(e) => (
-                AttemptLog {
-                    at,
-                    status: None,
-                    error: Some(e.to_string()),
-                },
-                Answer {
-                    status: None,
-                    error: Some(e.clone()),
-                    rtt,
-                    body: Bytes::new(),
-                },
-            ),
+        let r = r.map(|resp| conn::Reply {
+            status: resp.status,
+            body: resp.body,
+        });
+        let answer = Answer::of(r, rtt);
+        (answer.log(at), answer)
+    }
+
+    /// Sends `body` once on the slot's own kept-alive connection (the load generator's
+    /// path: no pool, the request written at once; see [`conn`]). The round-trip time is
+    /// counted from `since`: the attempt's start, or, for an open-loop rate, the moment the
+    /// event was due, so that a late send counts its wait (no coordinated omission).
+    pub async fn attempt_kept(
+        &self,
+        slot: &mut conn::KeptConn,
+        head: &mut Vec<u8>,
+        body: &Bytes,
+        since: Option<Instant>,
+    ) -> (i64, Answer) {
+        use std::io::Write;
+        head.clear();
+        let _ = write!(
+            head,
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
+            self.path,
+            self.client.target().authority(),
+            body.len()
+        );
+        for (k, v) in self.headers(body) {
+            head.extend_from_slice(k.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(&v);
+            head.extend_from_slice(b"\r\n");
         }
+        head.extend_from_slice(b"\r\n");
+        let at = crate::time::now_ms();
+        // Late (the slot was busy when the event was due): from when it was due. Early (the
+        // rate's pacing wakes up to a millisecond ahead): from now.
+        let now = Instant::now();
+        let t0 = since.map_or(now, |due| due.min(now));
+        let r = slot.exchange(&self.client, head, body).await;
+        (at, Answer::of(r, t0.elapsed()))
     }
 
     /// Retries after a failed first attempt, on the schedule; stores the event when the

@@ -650,3 +650,120 @@ async fn send_ctrl_c_stores_undelivered_events_and_exits_130() {
     assert_eq!(code, 0);
     assert_eq!(list.matches("evt_int_").count(), 3, "{list}");
 }
+
+/// Reads one request (head and Content-Length body) from `s`, or `None` at the end of the
+/// connection.
+async fn read_request(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = req.parse(buf) {
+            let h = owned_headers(req.headers);
+            let len: usize = h
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            while buf.len() < n + len {
+                let mut chunk = [0u8; 8192];
+                let got = s.read(&mut chunk).await.ok()?;
+                if got == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..got]);
+            }
+            let body = buf[n..n + len].to_vec();
+            buf.drain(..n + len);
+            return Some((h, body));
+        }
+        let mut chunk = [0u8; 8192];
+        let got = s.read(&mut chunk).await.ok()?;
+        if got == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+/// The answers a scripted server gives in turn, as the load generator must read them: a
+/// length, chunks with a trailer, `Connection: close`, a body to the end of the connection,
+/// a duplicate, and a kept connection the server closes without a word after answering
+/// (the next request on it must go out again on a new one).
+const ANSWERS: [(&str, bool); 6] = [
+    ("HTTP/1.1 202 Accepted\r\nContent-Length: 21\r\n\r\n{\"status\":\"accepted\"}", true),
+    ("HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{\"status\"\r\nc\r\n:\"accepted\"}\r\n0\r\nX-Trailer: 1\r\n\r\n", true),
+    ("HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 21\r\n\r\n{\"status\":\"accepted\"}", false),
+    ("HTTP/1.1 200 OK\r\n\r\n{\"status\":\"accepted\"}", false),
+    ("HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\n{\"status\":\"duplicate\"}", true),
+    ("HTTP/1.1 202 Accepted\r\nContent-Length: 21\r\n\r\n{\"status\":\"accepted\"}", false),
+];
+
+/// Serves [`ANSWERS`] in turn over every connection; records each signed body.
+async fn scripted_server(
+    l: tokio::net::TcpListener,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let (mut s, _) = l.accept().await.unwrap();
+        conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (bodies, turn) = (bodies.clone(), turn.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some((h, body)) = read_request(&mut s, &mut buf).await {
+                let sig = h
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-vf-signature-256"));
+                assert_eq!(
+                    sig.map(|(_, v)| v.as_str()),
+                    Some(sign(SECRET, &body).as_str())
+                );
+                bodies.lock().unwrap().push(body);
+                let i = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (answer, keep) = ANSWERS[i % ANSWERS.len()];
+                s.write_all(answer.as_bytes()).await.unwrap();
+                if !keep {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// `send --generate` keeps one connection per slot and reads every framing of an answer;
+/// each event reaches the server exactly once, signed, and the summary counts what the
+/// server said. An open-loop `--rate` reports its latency from when each event was due.
+#[tokio::test]
+async fn generate_reads_every_answer_framing_on_kept_connections() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/v1/events", l.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(scripted_server(l, bodies.clone(), conns.clone()));
+    let extra = ["--generate", "60", "--concurrency", "1"];
+    let (code, out, err) = send(send_args(&target, &extra), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let ids: std::collections::BTreeSet<String> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_slice::<serde_json::Value>(b).unwrap()["event_id"].to_string())
+        .collect();
+    assert_eq!((bodies.lock().unwrap().len(), ids.len()), (60, 60));
+    // One slot: a new connection only after each of the 3 closing answers in every 6.
+    assert_eq!(
+        conns.load(std::sync::atomic::Ordering::SeqCst),
+        1 + 60 / 6 * 3 - 1
+    );
+    assert!(out.contains("accepted 50, duplicate 10"), "{out}");
+
+    let extra = ["--generate", "30", "--rate", "200", "--concurrency", "2"];
+    let (code, out, err) = send(send_args(&target, &extra), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sent 30:"), "{out}");
+}
