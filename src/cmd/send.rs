@@ -301,7 +301,11 @@ pub async fn run(args: SendArgs) -> u8 {
             t0,
         );
     }
-    let _ = sending.await;
+    if let Err(e) = sending.await {
+        eprintln!("error: the sending stopped early: {e}");
+        print_summary(&args, &summary, &failed_lines, skipped, t0);
+        return EXIT_FAILED;
+    }
     if let Some(Err(e)) = match producer {
         Some(p) => Some(p.await),
         None => None,
@@ -310,6 +314,10 @@ pub async fn run(args: SendArgs) -> u8 {
         return EXIT_USAGE;
     }
     print_summary(&args, &summary, &failed_lines, skipped, t0);
+    if let Some(t) = total.filter(|t| summary.sent < *t) {
+        eprintln!("error: {} of {t} events have no outcome", t - summary.sent);
+        return EXIT_FAILED;
+    }
     if summary.failed.is_empty() && skipped == 0 {
         EXIT_OK
     } else {

@@ -149,6 +149,8 @@ async fn read_reply(s: &mut Stream, inb: &mut BytesMut) -> Result<(Reply, bool),
         error: ClientError::Io(why),
         answered: true,
     };
+    // Once an interim answer came, the server has the request: never sent again.
+    let mut interim = false;
     let (status, framing, mut keep, head_len) = loop {
         if !inb.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; 48];
@@ -159,9 +161,11 @@ async fn read_reply(s: &mut Stream, inb: &mut BytesMut) -> Result<(Reply, bool),
                     if (100..200).contains(&status) {
                         // An interim answer (100 Continue): the real one follows.
                         inb.advance(n);
+                        interim = true;
                         continue;
                     }
-                    let (framing, keep) = framing(status, resp.headers).map_err(bad)?;
+                    let http10 = resp.version == Some(0);
+                    let (framing, keep) = framing(status, http10, resp.headers).map_err(bad)?;
                     break (status, framing, keep, n);
                 }
                 Ok(httparse::Status::Partial) if inb.len() > MAX_HEAD => {
@@ -171,7 +175,7 @@ async fn read_reply(s: &mut Stream, inb: &mut BytesMut) -> Result<(Reply, bool),
                 Err(e) => return Err(bad(format!("malformed answer: {e}"))),
             }
         }
-        let answered = !inb.is_empty();
+        let answered = interim || !inb.is_empty();
         fill(s, inb, answered).await?;
     };
     inb.advance(head_len);
@@ -184,7 +188,10 @@ async fn read_reply(s: &mut Stream, inb: &mut BytesMut) -> Result<(Reply, bool),
             while inb.len() < n {
                 fill(s, inb, true).await?;
             }
-            inb.split_to(n).freeze()
+            // A copy: a view would keep the whole read buffer alive with the answer.
+            let body = Bytes::copy_from_slice(&inb[..n]);
+            inb.advance(n);
+            body
         }
         Framing::Chunked => read_chunked(s, inb).await?,
         Framing::UntilClose => {
@@ -200,17 +207,24 @@ async fn read_reply(s: &mut Stream, inb: &mut BytesMut) -> Result<(Reply, bool),
                     Err(e) => return Err(bad(e.to_string())),
                 }
             }
-            inb.split().freeze()
+            let body = Bytes::copy_from_slice(inb);
+            inb.clear();
+            body
         }
     };
     Ok((Reply { status, body }, keep))
 }
 
-/// The body's framing and whether the connection stays open, from the answer's headers.
-fn framing(status: u16, headers: &[httparse::Header<'_>]) -> Result<(Framing, bool), String> {
+/// The body's framing and whether the connection stays open, from the answer's headers
+/// (an HTTP/1.0 answer keeps it only with `Connection: keep-alive`).
+fn framing(
+    status: u16,
+    http10: bool,
+    headers: &[httparse::Header<'_>],
+) -> Result<(Framing, bool), String> {
     let mut length = None;
     let mut chunked = false;
-    let mut keep = true;
+    let mut keep = !http10;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
@@ -231,10 +245,13 @@ fn framing(status: u16, headers: &[httparse::Header<'_>]) -> Result<(Framing, bo
                 return Err("unsupported Transfer-Encoding in the answer".into());
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
-            keep &= !h
-                .value
-                .split(|b| *b == b',')
-                .any(|v| v.trim_ascii().eq_ignore_ascii_case(b"close"));
+            for v in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if v.eq_ignore_ascii_case(b"close") {
+                    keep = false;
+                } else if http10 && v.eq_ignore_ascii_case(b"keep-alive") {
+                    keep = true;
+                }
+            }
         }
     }
     Ok(match (status, chunked, length) {
@@ -281,7 +298,8 @@ async fn read_chunked(s: &mut Stream, inb: &mut BytesMut) -> Result<Bytes, Faile
                 fill(s, inb, true).await?;
             }
         }
-        if body.len() + size > MAX_RESPONSE_BODY {
+        // (Compared without adding: a chunk size can be up to 2^64 - 1.)
+        if size > MAX_RESPONSE_BODY - body.len() {
             return Err(bad("body too large"));
         }
         while inb.len() < size + 2 {
@@ -303,7 +321,7 @@ mod tests {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut r = httparse::Response::new(&mut headers);
         r.parse(head.as_bytes()).unwrap();
-        framing(r.code.unwrap(), r.headers)
+        framing(r.code.unwrap(), r.version == Some(0), r.headers)
     }
 
     #[test]
@@ -329,5 +347,78 @@ mod tests {
             parse("HTTP/1.1 204 No Content\r\n\r\n"),
             Ok((Framing::None, true))
         );
+        assert_eq!(
+            parse("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n"),
+            Ok((Framing::Length(2), false))
+        );
+        assert_eq!(
+            parse("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n"),
+            Ok((Framing::Length(2), true))
+        );
+    }
+}
+
+#[cfg(test)]
+mod reads {
+    use super::*;
+
+    /// Reads one answer from `chunks`, each arriving as a separate read.
+    async fn reply_of(chunks: &[&[u8]]) -> Result<(Reply, bool), Failed> {
+        let mut b = tokio_test::io::Builder::new();
+        for c in chunks {
+            b.read(c);
+        }
+        let mut s: Stream = Box::new(b.build());
+        read_reply(&mut s, &mut BytesMut::new()).await
+    }
+
+    fn body(r: Result<(Reply, bool), Failed>) -> (u16, Vec<u8>, bool) {
+        let (reply, keep) = r.unwrap_or_else(|f| panic!("{}", f.error));
+        (reply.status, reply.body.to_vec(), keep)
+    }
+
+    #[tokio::test]
+    async fn an_answer_split_across_reads_is_put_together() {
+        let r = reply_of(&[
+            b"HTTP/1.1 202 Accepted\r\nCont",
+            b"ent-Length: 5\r\n\r\nhe",
+            b"llo",
+        ])
+        .await;
+        assert_eq!(body(r), (202, b"hello".to_vec(), true));
+        let r = reply_of(&[
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab",
+            b"c\r\n0\r\n\r\n",
+        ])
+        .await;
+        assert_eq!(body(r), (200, b"abc".to_vec(), true));
+        let r = reply_of(&[b"HTTP/1.0 200 OK\r\n\r\nuntil ", b"the end"]).await;
+        assert_eq!(body(r), (200, b"until the end".to_vec(), false));
+    }
+
+    #[tokio::test]
+    async fn a_huge_chunk_size_is_refused_not_a_panic() {
+        let r = reply_of(&[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+        ])
+        .await;
+        let f = r.expect_err("refused");
+        assert!(
+            f.answered && f.error.to_string().contains("too large"),
+            "{}",
+            f.error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_after_an_interim_answer_counts_as_answered() {
+        // The server has the request: it must not be sent again on a new connection.
+        let f = reply_of(&[b"HTTP/1.1 100 Continue\r\n\r\n"])
+            .await
+            .expect_err("no answer");
+        assert!(f.answered);
+        let f = reply_of(&[]).await.expect_err("no answer");
+        assert!(!f.answered);
     }
 }

@@ -335,7 +335,14 @@ pub async fn generate(
         }
     }
     drop(txs);
-    while workers.join_next().await.is_some() {}
+    while let Some(r) = workers.join_next().await {
+        // A slot that panicked: the run is incomplete, and the caller must hear of it.
+        if let Err(e) = r {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
 }
 
 /// A generated event of about `size` bytes.

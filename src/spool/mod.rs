@@ -126,16 +126,31 @@ pub struct Spool {
 /// waits for more input. The group it then takes is everything the event loop queued in its
 /// burst, and there is one switch per group instead of one per append. Measured with
 /// `scripts/loadtest.sh spool` on one core (`fsync = "never"`: 47.7 k → 64.2 k req/s; `batch`:
-/// 29.2 k → 31.9 k, groups of 11 → 17 events per fsync). Only a hint: a refusal is logged.
+/// 29.2 k → 31.9 k, groups of 11 → 17 events per fsync). The thread's nice value is kept.
+/// Only a hint: a refusal is logged at debug level.
 fn batch_scheduling(source: &str) {
+    use rustix::process::{getpriority_process, setpriority_process};
     use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-        ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityOsValue, ThreadSchedulePolicy,
     };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
-    let nice = ThreadPriority::Os(ThreadPriorityOsValue::default());
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), nice, policy) {
-        tracing::debug!(source = %source, error = ?e, "spool: the writer thread keeps the default scheduling policy");
+    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    // (Linux keeps a nice value per thread: `None` is this thread.)
+    let nice = getpriority_process(None).ok();
+    // Sets the policy, then nice 0 (which an unprivileged thread at a higher nice is refused:
+    // its nice stays as it was).
+    let _ = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Os(ThreadPriorityOsValue::default()),
+        batch,
+    );
+    if let Some(n) = nice {
+        if getpriority_process(None).ok() != Some(n) {
+            let _ = setpriority_process(None, n);
+        }
+    }
+    if thread_schedule_policy().ok() != Some(batch) {
+        tracing::debug!(source = %source, "spool: the writer thread keeps the default scheduling policy");
     }
 }
 

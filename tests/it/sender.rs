@@ -767,3 +767,40 @@ async fn generate_reads_every_answer_framing_on_kept_connections() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("sent 30:"), "{out}");
 }
+
+/// Answers every request after `delay`, keeping the connection.
+async fn slow_server(l: tokio::net::TcpListener, delay: Duration) {
+    use tokio::io::AsyncWriteExt;
+    loop {
+        let (mut s, _) = l.accept().await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while read_request(&mut s, &mut buf).await.is_some() {
+                tokio::time::sleep(delay).await;
+                let ok =
+                    "HTTP/1.1 202 Accepted\r\nContent-Length: 21\r\n\r\n{\"status\":\"accepted\"}";
+                s.write_all(ok.as_bytes()).await.unwrap();
+            }
+        });
+    }
+}
+
+/// Open loop: one slot at 200 events/s against a server taking 20 ms per answer falls
+/// behind, and each event's latency counts from when it was due, so the last of 20 waited
+/// about 20 x 20 - 19 x 5 = 305 ms. (Closed-loop timing would report about 20 ms.)
+#[tokio::test]
+async fn an_open_loop_rate_counts_latency_from_when_each_event_was_due() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/v1/events", l.local_addr().unwrap());
+    tokio::spawn(slow_server(l, Duration::from_millis(20)));
+    let extra = ["--generate", "20", "--rate", "200", "--concurrency", "1"];
+    let (code, out, err) = send(send_args(&target, &extra), None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let max: f64 = out
+        .split("max ")
+        .nth(1)
+        .and_then(|t| t.split("ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no max latency in {out}"));
+    assert!(max >= 250.0, "max latency {max} ms: {out}");
+}
