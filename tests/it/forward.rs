@@ -202,3 +202,37 @@ async fn concurrent_forwarding_logs_no_error_for_a_handled_reconnect() {
         "ERROR lines for handled conditions: {errors:#?}"
     );
 }
+
+/// With `server.threads = 2` (a single-threaded runtime per worker thread, connections
+/// spread over them), concurrent connections still get every event forwarded exactly once
+/// and every repeat answered as a duplicate: the dedupe table and the batch are shared.
+#[tokio::test]
+async fn two_worker_threads_forward_every_event_once() {
+    let mock = Mock::start().await;
+    let cfg = Toml::new()
+        .source(&["up"])
+        .http_sink("up", &mock.url("/bulk"))
+        .build();
+    let gw = Gateway::start_with(&cfg, "threads = 2", &[]).await;
+    let bodies: Vec<String> = (0..40)
+        .map(|i| event(&format!("evt_two_threads_{i:02}"), "user.login"))
+        .collect();
+    for (round, want) in [(1, "accepted"), (2, "duplicate")] {
+        let results = futures_join(bodies.iter().map(|b| gw.post_event(b)).collect()).await;
+        for r in &results {
+            assert_eq!(r.status_field(), want, "round {round}");
+        }
+    }
+    let mut ids: Vec<String> = mock
+        .requests()
+        .iter()
+        .flat_map(|q| match serde_json::from_slice(&q.body).unwrap() {
+            serde_json::Value::Array(batch) => batch,
+            one => vec![one],
+        })
+        .map(|v| v["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let want: Vec<String> = (0..40).map(|i| format!("evt_two_threads_{i:02}")).collect();
+    assert_eq!(ids, want);
+}

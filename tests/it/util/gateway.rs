@@ -43,8 +43,14 @@ impl Gateway {
             let dir = tempfile::tempdir().unwrap();
             let ports = [ReservedPort::new(), ReservedPort::new()];
             let (port, admin) = (ports[0].port, ports[1].port);
+            // One worker thread unless the test sets its own.
+            let threads = if server_extra.contains("threads") {
+                ""
+            } else {
+                "threads = 1\n"
+            };
             let text = format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\ngrace_period = \"5s\"\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n{}",
+                "[server]\nlisten = \"127.0.0.1:{port}\"\ngrace_period = \"5s\"\n{threads}{server_extra}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n{}",
                 body.replace("{dir}", dir.path().to_str().unwrap())
             );
             let cfg = dir.path().join("vfgate.toml");
