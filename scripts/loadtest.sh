@@ -18,7 +18,8 @@
 #            vfgate ingest server, closed loop with as many connections as wrk
 #   scale  : vfgate ingest with server.threads = 1, then 2, server and wrk sharing both
 #            cores: requests/s and requests per CPU-second of the server
-#   cpu    : `cargo bench --bench per_event` (criterion, --quick), the 1 KiB path
+#   cpu    : `cargo bench --bench per_event` (criterion, --quick), the 1 KiB path (of this
+#            tree's source, whatever VFGATE_BIN says)
 # Before the spool: this disk's fdatasync latency (16 KiB appends, as a group commit writes),
 # so that the spool's latency can be read as a multiple of it.
 # Each row: requests/s, events/s delivered upstream, p50/p99 at full load, p50/p99 at half
@@ -256,6 +257,9 @@ if want ingest; then
   PIDS+=($NPID)
   wait_port "$FLOOR_PORT"
   measure_nginx "pingora floor (no vfgate work)" "$FLOOR_PORT"
+  # SIGINT: Pingora's fast shutdown (SIGTERM is graceful, and waits up to its 5 min grace
+  # period for a client's lingering keep-alive connection).
+  kill -INT "$NPID" 2>/dev/null || true
   stop "$NPID"
   ingest_up() { start_vfgate ingest "" 'type = "file"
 path = "/dev/null"
@@ -342,10 +346,12 @@ batch = { max_events = 256, linger = "0ms" }'; }
   read -r WRPS _ _ _ _ < <(run_wrk "$VPORT" "$WORK/corpus.tsv")
   stop "$VPID"
   ingest_up
-  N=$(py "max(10000, round($WRPS * $SECS))")
+  N=$(py "max(10000, round(${WRPS:-0} * $SECS))")
   c0=$(cpu_seconds "$VPID")
+  # (send exits 1 when an event failed: the row still prints, with the failures counted)
   SOUT=$(taskset -c "$LOAD_CPU" "$BIN" send --target "http://127.0.0.1:$VPORT/v1/events" --secret-env VF_SECRET \
-    --generate "$N" --concurrency "$CONNS" --orgs 1000 --size "$SIZE" --failed-dir "$WORK/failed" 2>&1 | tail -2)
+    --generate "$N" --concurrency "$CONNS" --orgs 1000 --size "$SIZE" --failed-dir "$WORK/failed" 2>&1 \
+    | grep -E '^(sent |latency )' || true)
   c1=$(cpu_seconds "$VPID")
   SRPS=$(echo "$SOUT" | sed -n 's/.*; \([0-9.]*\) events\/s over.*/\1/p')
   SP50=$(echo "$SOUT" | sed -n 's/.*latency p50 \([0-9.]*\)ms.*/\1/p')
@@ -356,11 +362,11 @@ batch = { max_events = 256, linger = "0ms" }'; }
   echo "   send: $(echo "$SOUT" | head -1)" >&2
   row "vfgate ingest, driven by wrk" "$WRPS" "-" "-" "-" "-" "-" "-" "-" "-"
   row "vfgate ingest, by send --generate" "${SRPS:-0}" "$(py "round($FWD / max($N / max(${SRPS:-0}, 1), 0.001))")" "${SP50:-0}" "${SP99:-0}" "-" "-" "-" "$(py "f'{($c1-$c0)/max($N,1)*1e5:.2f}'")" "$RSS"
-  SUMMARY+=("$(printf '%-44s %8s %8s' "send --generate / wrk, same server" "$(py "f'{${SRPS:-0}/$WRPS:.2f}'")" ">= 0.8")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "send --generate / wrk, same server" "$(py "f'{${SRPS:-0}/max(${WRPS:-0}, 1):.2f}'")" ">= 0.8")")
 fi
 
 # Multi-core: the same ingest server with one and with two worker threads, server and wrk
-# (one thread per core) on both cores. Requests per CPU-second of the server is what a
+# on both cores (one wrk thread: two would send overlapping parts of the corpus, repeats). Requests per CPU-second of the server is what a
 # bigger box multiplies; req/s on two shared cores is only what these two cores allow.
 if want scale; then
   declare -A PERCPU
@@ -371,18 +377,18 @@ path = "/dev/null"
 batch = { max_events = 256, linger = "0ms" }'
     c0=$(cpu_seconds "$VPID")
     out=$(cd "$SHARED/bench" && CORPUS="$WORK/corpus.tsv" VF_PATH=/v1/events VF_VERSION=1 \
-      taskset -c "0-$LOAD_CPU" wrk -t"$CORES" -c"$CONNS" -d"$DURATION" -s corpus.lua "http://127.0.0.1:$VPORT" 2>&1)
+      taskset -c "0-$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" -s corpus.lua "http://127.0.0.1:$VPORT" 2>&1)
     c1=$(cpu_seconds "$VPID")
     TRPS=$(echo "$out" | sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p')
     TREQ=$(echo "$out" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')
     stop "$VPID"
     PERCPU[$T]=$(py "f'{${TREQ:-0}/max($c1-$c0,0.01):.0f}'")
-    RATE[scale$T]=$TRPS
+    RATE[scale$T]=${TRPS:-0}
     row "vfgate ingest, threads=$T (2 cores)" "$TRPS" "-" "-" "-" "-" "-" "-" "$(py "f'{($c1-$c0)/max(${TREQ:-1},1)*1e5:.2f}'")" "-"
     SUMMARY+=("$(printf '%-44s %8s %8s' "(threads=$T: requests per server CPU-second)" "${PERCPU[$T]}" "-")")
   done
-  SUMMARY+=("$(printf '%-44s %8s %8s' "threads=2 / threads=1, req/s" "$(py "f'{${RATE[scale2]}/${RATE[scale1]}:.2f}'")" "-")")
-  SUMMARY+=("$(printf '%-44s %8s %8s' "threads=2 / threads=1, req per CPU-second" "$(py "f'{${PERCPU[2]}/${PERCPU[1]}:.2f}'")" "-")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "threads=2 / threads=1, req/s" "$(py "f'{${RATE[scale2]}/max(${RATE[scale1]}, 1):.2f}'")" "-")")
+  SUMMARY+=("$(printf '%-44s %8s %8s' "threads=2 / threads=1, req per CPU-second" "$(py "f'{${PERCPU[2]}/max(${PERCPU[1]}, 1):.2f}'")" "-")")
 fi
 
 # Per-event CPU path (criterion): verify, parse, dedupe against 10 M ids, encode; 1 KiB.
@@ -391,8 +397,10 @@ if want cpu; then
   BOUT=$(cd "$ROOT" && cargo bench --locked --quiet --bench per_event -- 'per_event_1KiB/verify_parse_dedupe_encode' --quick 2>&1 || true)
   PE=$(echo "$BOUT" | sed -n 's/.*time: *\[[^ ]* [^ ]* \([0-9.]*\) \([^ ]*s\) .*/\1 \2/p' | tail -1)
   case "$PE" in
-    *ns) PE=$(py "f'{${PE% ns}/1000:.2f}'") ;;
-    *s) PE=$(py "f'{${PE% *}:.2f}'") ;;
+    *" ns") PE=$(py "f'{${PE% *}/1000:.2f}'") ;;
+    *" µs"|*" us") PE=$(py "f'{${PE% *}:.2f}'") ;;
+    *" ms") PE=$(py "f'{${PE% *}*1000:.2f}'") ;;
+    *" s") PE=$(py "f'{${PE% *}*1e6:.2f}'") ;;
     *) PE=? ;;
   esac
   SUMMARY+=("$(printf '%-44s %8s %8s' "per-event CPU path, 1 KiB (µs, criterion)" "$PE" "<= 2")")
@@ -400,7 +408,7 @@ fi
 
 echo
 echo "loadtest $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
-echo "1 KiB events, wrk -t1 -c$CONNS -d$DURATION, server on cpu $SRV_CPU, wrk and stubs on cpu $LOAD_CPU; half load = paced wrk at half the full-load rate"
+echo "1 KiB events, wrk -t1 -c$CONNS -d$DURATION, server on cpu $SRV_CPU, wrk and stubs on cpu $LOAD_CPU (scale: both on cpus 0-$LOAD_CPU); half load = paced wrk at half the full-load rate"
 printf '%-32s %9s %9s %7s %7s %7s %7s %9s %8s %8s\n' "server" "req/s" "ev/s up" "p50 ms" "p99 ms" "½ p50" "½ p99" "½ p99 srv" "cpu/100k" "RSS MiB"
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo

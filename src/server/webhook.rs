@@ -57,8 +57,10 @@ pub struct Limits {
 pub type Routes = Arc<arc_swap::ArcSwap<HashMap<String, Arc<Route>>>>;
 
 /// The forward-mode batchers not started yet: started on the listener's runtime by the next
-/// request, so that handing an event to its sink and getting the answer back never crosses
-/// threads or runtimes. A reload adds the batchers of the sinks it built.
+/// request, so that with one worker thread handing an event to its sink and getting the
+/// answer back never crosses threads. With several (one single-threaded runtime each), the
+/// batchers run on the thread of that request, and events from the others cross to it. A
+/// reload adds the batchers of the sinks it built.
 #[derive(Default)]
 pub struct Workers {
     queue: Mutex<Vec<SinkWorker>>,

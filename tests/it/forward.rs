@@ -214,6 +214,16 @@ async fn two_worker_threads_forward_every_event_once() {
         .http_sink("up", &mock.url("/bulk"))
         .build();
     let gw = Gateway::start_with(&cfg, "threads = 2", &[]).await;
+    // Two worker threads, each named after the service.
+    let pid = gw.child.as_ref().unwrap().id();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim() == "vfgate webhooks")
+        })
+        .count();
+    assert_eq!(workers, 2);
     let bodies: Vec<String> = (0..40)
         .map(|i| event(&format!("evt_two_threads_{i:02}"), "user.login"))
         .collect();

@@ -44,7 +44,7 @@ impl Gateway {
             let ports = [ReservedPort::new(), ReservedPort::new()];
             let (port, admin) = (ports[0].port, ports[1].port);
             // One worker thread unless the test sets its own.
-            let threads = if server_extra.contains("threads") {
+            let threads = if server_extra.contains("threads =") {
                 ""
             } else {
                 "threads = 1\n"
