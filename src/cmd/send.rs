@@ -306,12 +306,11 @@ pub async fn run(args: SendArgs) -> u8 {
         print_summary(&args, &summary, &failed_lines, skipped, t0);
         return EXIT_FAILED;
     }
-    if let Some(Err(e)) = match producer {
-        Some(p) => Some(p.await),
-        None => None,
-    } {
-        eprintln!("error: {e}");
-        return EXIT_USAGE;
+    if let Some(p) = producer {
+        if let Err(e) = p.await {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
     }
     print_summary(&args, &summary, &failed_lines, skipped, t0);
     if let Some(t) = total.filter(|t| summary.sent < *t) {

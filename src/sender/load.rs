@@ -57,16 +57,14 @@ impl Default for Summary {
 }
 
 /// The `status` of a gateway's 2xx answer, read without building a JSON tree.
-fn answer_status(body: &[u8]) -> Option<String> {
+/// (Borrowed from the body unless the JSON escapes it: no allocation per event.)
+fn answer_status(body: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     #[derive(serde::Deserialize)]
     struct A<'a> {
         #[serde(borrow)]
         status: Option<std::borrow::Cow<'a, str>>,
     }
-    serde_json::from_slice::<A<'_>>(body)
-        .ok()?
-        .status
-        .map(|s| s.into_owned())
+    serde_json::from_slice::<A<'_>>(body).ok()?.status
 }
 
 impl Summary {

@@ -535,3 +535,32 @@ impl Spool {
         }
     }
 }
+
+#[cfg(test)]
+mod scheduling {
+    /// The writer's thread ends up under SCHED_BATCH with the nice value it had: a lower
+    /// priority than the process asked for would starve the fsync, a higher one preempt
+    /// the event loop.
+    #[test]
+    fn the_writer_thread_is_batch_scheduled_and_keeps_its_nice_value() {
+        use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+        let (policy, nice_before, nice_after) = std::thread::spawn(|| {
+            // Raising the nice value is always allowed, so the test needs no privilege.
+            let before = rustix::process::getpriority_process(None).unwrap() + 3;
+            rustix::process::setpriority_process(None, before).unwrap();
+            super::batch_scheduling("test");
+            (
+                thread_priority::thread_schedule_policy().unwrap(),
+                before,
+                rustix::process::getpriority_process(None).unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            policy,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch)
+        );
+        assert_eq!(nice_after, nice_before);
+    }
+}
